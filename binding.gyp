@@ -1,0 +1,1 @@
+{"targets":[{"target_name":"ublkdm_native","sources":["native/placeholder.cc"]}]}

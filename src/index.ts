@@ -1,0 +1,5 @@
+// Public library surface; later modules add their exports here.
+export * from './units';
+export * from './errno';
+export * from './blockdev';
+export * from './target';

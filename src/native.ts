@@ -1,0 +1,74 @@
+/**
+ * The native addon's surface (native/*.cc), typed. The addon is transport only: io_uring rings,
+ * ublk command submission, aligned buffers, the descriptor mmap and a few ioctls. It knows
+ * nothing of targets or tables.
+ *
+ * Completions are delivered in batches: the addon writes up to `tokens.length` (token, result)
+ * pairs into the two typed arrays given to the Ring constructor and calls `onCompletions(count)`
+ * once per batch, from the libuv loop (the ring's eventfd is watched with uv_poll; nothing
+ * blocks or spins on the JS thread).
+ */
+export interface NativeRing {
+  /** Queue a read of buf.byteLength bytes at fileByteOffset. */
+  prepRead(fd: number, buf: ArrayBufferView, fileByteOffset: number, token: number): void;
+  /** Queue a write; rwFlags are RWF_* (RWF_DSYNC = 2 for FUA). */
+  prepWrite(fd: number, buf: ArrayBufferView, fileByteOffset: number, rwFlags: number, token: number): void;
+  /** Queue a readv into the buffers in order. */
+  prepReadv(fd: number, bufs: ArrayBufferView[], fileByteOffset: number, token: number): void;
+  /** Queue a writev from the buffers in order. */
+  prepWritev(fd: number, bufs: ArrayBufferView[], fileByteOffset: number, rwFlags: number, token: number): void;
+  /** Queue fsync (datasync = fdatasync). */
+  prepFsync(fd: number, datasync: boolean, token: number): void;
+  /** Queue fallocate(fd, mode, byteOffset, byteLength). */
+  prepFallocate(fd: number, mode: number, byteOffset: number, byteLength: number, token: number): void;
+  /**
+   * Queue an IORING_OP_URING_CMD with `payload` copied into the SQE's command area (at most 16
+   * bytes on a normal ring, 80 on an sqe128 ring).
+   */
+  prepUringCmd(fd: number, cmdOp: number, payload: Uint8Array, token: number): void;
+  /** Queue a ublk I/O command (FETCH_REQ / COMMIT_AND_FETCH_REQ) without building a payload in JS. */
+  prepUblkIoCmd(fd: number, cmdOp: number, queueId: number, tag: number, result: number, bufAddress: number, token: number): void;
+  /** Queue an async cancel of the request whose token is `targetToken`. */
+  prepCancel(targetToken: number, token: number): void;
+  /** Submit everything queued; returns the number submitted. Never waits for completions. */
+  submit(): number;
+  /** Stop watching the ring and tear it down. Pending requests are abandoned. */
+  close(): void;
+}
+
+export interface NativeRingConstructor {
+  new (
+    entries: number,
+    sqe128: boolean,
+    tokens: Float64Array,
+    results: Int32Array,
+    onCompletions: (count: number) => void,
+  ): NativeRing;
+}
+
+export interface NativeAddon {
+  Ring: NativeRingConstructor;
+  /** A page-aligned, zero-filled buffer of `byteLength` bytes, outside the V8 heap; freed on GC. */
+  allocAligned(byteLength: number, alignment: number): ArrayBuffer;
+  /** The address of a view's first byte (for ublk command `addr` fields). */
+  addressOf(view: ArrayBufferView): number;
+  /** mmap(PROT_READ, MAP_SHARED) of `byteLength` bytes of `fd` at `fileByteOffset`; munmap on GC or unmap(). */
+  mmapReadOnly(fd: number, fileByteOffset: number, byteLength: number): ArrayBuffer;
+  /** munmap now; the ArrayBuffer must not be used afterwards (it is detached). */
+  unmap(buffer: ArrayBuffer): void;
+  /** ioctl(BLKGETSIZE64) on a block device fd. */
+  blockDeviceBytes(fd: number): number;
+  /** ioctl(BLKSSZGET) on a block device fd. */
+  logicalBlockBytes(fd: number): number;
+}
+
+let cached: NativeAddon | undefined;
+
+/** Loads build/Release/ublkdm_native.node once. */
+export function native(): NativeAddon {
+  if (!cached) {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    cached = require('../../build/Release/ublkdm_native.node') as NativeAddon;
+  }
+  return cached;
+}

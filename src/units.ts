@@ -1,0 +1,21 @@
+/**
+ * Units. Device-mapper speaks in 512-byte sectors whatever the device's logical block size;
+ * buffers and files speak in bytes. Every number that crosses between the two goes through
+ * these helpers, and every variable says its unit in its name (`sector`, `sectorCount`,
+ * `byteOffset`, `byteLength`).
+ */
+export const SECTOR_SHIFT = 9;
+export const SECTOR_BYTES = 512;
+export const PAGE_BYTES = 4096;
+
+export function sectorsToBytes(sectorCount: number): number {
+  return sectorCount * SECTOR_BYTES;
+}
+
+/** Whole sectors in a byte count; throws if the byte count is not sector-aligned. */
+export function bytesToSectors(byteLength: number): number {
+  if (byteLength % SECTOR_BYTES !== 0) {
+    throw new RangeError(`${byteLength} bytes is not a whole number of 512-byte sectors`);
+  }
+  return byteLength / SECTOR_BYTES;
+}
