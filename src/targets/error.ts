@@ -1,0 +1,44 @@
+import type { BlockDevice } from '../blockdev';
+import { EIO, type IoResult } from '../errno';
+import { IoOp, type Target, type TargetIo, type TargetType } from '../target';
+import { openDeviceArea } from './args';
+
+/**
+ * error: every data operation fails with EIO, discards included (the kernel enables discards on
+ * purpose so they fail with EIO rather than "not supported"). Flush succeeds, because dm core
+ * completes empty flushes itself for targets that ask for none.
+ *
+ * The optional `<dev> <offset>` (kernels from 2024 on) only ties the device to the table; I/O
+ * still fails. As in dm-target.c, other argument counts are accepted and ignored.
+ */
+export class ErrorTarget implements Target {
+  readonly type = 'error';
+
+  constructor(private readonly device: BlockDevice | undefined) {}
+
+  async map(io: TargetIo): Promise<IoResult> {
+    return io.op === IoOp.Flush ? 0 : -EIO;
+  }
+
+  /** The kernel's error target has no status function: both forms are empty, even with a device. */
+  status(): string {
+    return '';
+  }
+
+  devices(): BlockDevice[] {
+    return this.device === undefined ? [] : [this.device];
+  }
+
+  async destroy(): Promise<void> {
+    // A device, if any, belongs to the table, which closes it.
+  }
+}
+
+export const errorTargetType: TargetType = {
+  name: 'error',
+  async create(ctx, args): Promise<Target> {
+    if (args.length !== 2) return new ErrorTarget(undefined);
+    const area = await openDeviceArea(ctx, args[0]!, args[1]!);
+    return new ErrorTarget(area.device);
+  },
+};

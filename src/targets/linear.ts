@@ -1,0 +1,56 @@
+import type { BlockDevice } from '../blockdev';
+import { EOPNOTSUPP, type IoResult } from '../errno';
+import { IoOp, type StatusKind, type Target, type TargetContext, type TargetIo, type TargetType } from '../target';
+import { expectArgCount, openDeviceArea } from './args';
+
+/**
+ * linear <dev> <offset>: the target's sectors map one to one onto <dev> starting at <offset>.
+ * Every operation passes straight through as one device call.
+ */
+export class LinearTarget implements Target {
+  readonly type = 'linear';
+
+  constructor(
+    private readonly device: BlockDevice,
+    private readonly deviceStartSector: number,
+  ) {}
+
+  map(io: TargetIo): Promise<IoResult> {
+    const deviceSector = this.deviceStartSector + io.sector;
+    switch (io.op) {
+      case IoOp.Read:
+        return this.device.read(io.data, deviceSector);
+      case IoOp.Write:
+        return this.device.write(io.data, deviceSector, io.fua);
+      case IoOp.Flush:
+        return this.device.flush();
+      case IoOp.Discard:
+        return this.device.discard(deviceSector, io.sectorCount);
+      case IoOp.WriteZeroes:
+        return this.device.writeZeroes(deviceSector, io.sectorCount, io.noUnmap);
+      default:
+        return Promise.resolve(-EOPNOTSUPP);
+    }
+  }
+
+  status(kind: StatusKind): string {
+    return kind === 'table' ? `${this.device.tableName} ${this.deviceStartSector}` : '';
+  }
+
+  devices(): BlockDevice[] {
+    return [this.device];
+  }
+
+  async destroy(): Promise<void> {
+    // The device belongs to the table, which closes it.
+  }
+}
+
+export const linearTargetType: TargetType = {
+  name: 'linear',
+  async create(ctx: TargetContext, args: string[]): Promise<Target> {
+    expectArgCount(args, 2);
+    const area = await openDeviceArea(ctx, args[0]!, args[1]!);
+    return new LinearTarget(area.device, area.deviceStartSector);
+  },
+};
