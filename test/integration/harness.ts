@@ -1,0 +1,172 @@
+/**
+ * What the integration tests share: running the real CLI and real tools against real
+ * /dev/ublkbN devices, each suite with its own daemon state, run and link directories.
+ * These tests need ublk and root: without them they fail (tools/test.sh runs them in the guest
+ * when this machine has no ublk), they never skip.
+ */
+import { execFile, spawn, ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { readFile, stat, writeFile, truncate } from 'node:fs/promises';
+import { createHash, randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+export const projectRoot = resolve(__dirname, '..', '..', '..');
+export const cliPath = join(projectRoot, 'bin', 'ublk-dm');
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Fails (never skips) when real devices cannot be made here. */
+export function requireRealUblk(): void {
+  if (!existsSync('/dev/ublk-control')) {
+    throw new Error('/dev/ublk-control is missing: run integration tests through `npm test` (it uses the guest runner)');
+  }
+  if (process.getuid && process.getuid() !== 0) throw new Error('integration tests need root');
+}
+
+/** Runs a program to completion without blocking the event loop. */
+export function run(file: string, args: string[], opts: { input?: string | Buffer; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<RunResult> {
+  return new Promise((resolvePromise) => {
+    const child = execFile(file, args, { env: opts.env ?? process.env, maxBuffer: 64 << 20, timeout: opts.timeoutMs ?? 120_000, encoding: 'utf8' },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof (err as NodeJS.ErrnoException).code === 'number' ? Number((err as NodeJS.ErrnoException).code) : (child.exitCode ?? 1)) : 0;
+        resolvePromise({ code, stdout, stderr });
+      });
+    if (opts.input !== undefined) child.stdin?.end(opts.input);
+    else child.stdin?.end();
+  });
+}
+
+export function sh(command: string, opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<RunResult> {
+  return run('/bin/bash', ['-c', command], opts);
+}
+
+/** Runs a shell command and throws with its output if it fails. */
+export async function mustSh(command: string, opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<string> {
+  const r = await sh(command, opts);
+  if (r.code !== 0) throw new Error(`\`${command}\` exited ${r.code}\n${r.stdout}\n${r.stderr}`);
+  return r.stdout;
+}
+
+/** One isolated ublk-dm installation: its own run, state and link directories. */
+export class Sandbox {
+  readonly dir: string;
+  readonly env: NodeJS.ProcessEnv;
+  private daemon?: ChildProcess;
+
+  constructor(label: string) {
+    this.dir = mkdtempSync(join(tmpdir(), `ublkdm-${label}-`));
+    this.env = {
+      ...process.env,
+      UBLK_DM_RUN_DIR: join(this.dir, 'run'),
+      UBLK_DM_STATE_DIR: join(this.dir, 'state'),
+      UBLK_DM_LINK_DIR: join(this.dir, 'links'),
+    };
+  }
+
+  get stateDir(): string { return this.env.UBLK_DM_STATE_DIR!; }
+  get linkDir(): string { return this.env.UBLK_DM_LINK_DIR!; }
+
+  cli(args: string[], input?: string): Promise<RunResult> {
+    return run(process.execPath, [cliPath, ...args], { env: this.env, input });
+  }
+
+  /** The CLI must succeed; returns stdout. */
+  async ok(args: string[], input?: string): Promise<string> {
+    const r = await this.cli(args, input);
+    if (r.code !== 0) throw new Error(`ublk-dm ${args.join(' ')} exited ${r.code}: ${r.stderr}${r.stdout}`);
+    return r.stdout;
+  }
+
+  /** Creates a device and returns its /dev/ublkbN path. */
+  async create(name: string, table: string, extra: string[] = []): Promise<string> {
+    const out = (await this.ok(['create', name, '--table', table, ...extra])).trim();
+    if (!/^\/dev\/ublkb\d+$/.test(out)) throw new Error(`create printed ${JSON.stringify(out)}, not a /dev/ublkbN path`);
+    return out;
+  }
+
+  /** Starts `ublk-dm daemon` in the foreground (as systemd would) and waits for its socket. */
+  async startDaemon(): Promise<ChildProcess> {
+    const child = spawn(process.execPath, [cliPath, 'daemon'], { env: this.env, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr!.on('data', (d) => { stderr += d; });
+    this.daemon = child;
+    const sock = join(this.env.UBLK_DM_RUN_DIR!, 'ublk-dm.sock');
+    for (let i = 0; i < 200; i++) {
+      if (existsSync(sock)) return child;
+      if (child.exitCode !== null) break;
+      await sleep(50);
+    }
+    throw new Error(`daemon did not come up: ${stderr}`);
+  }
+
+  /** SIGTERM to the daemon (whoever started it) and wait for it to exit. */
+  async stopDaemon(): Promise<void> {
+    const pidFile = join(this.env.UBLK_DM_RUN_DIR!, 'ublk-dm.pid');
+    let pid: number | undefined = this.daemon?.pid;
+    if (existsSync(pidFile)) pid = Number((await readFile(pidFile, 'utf8')).trim());
+    if (!pid) return;
+    try { process.kill(pid, 'SIGTERM'); } catch { return; }
+    for (let i = 0; i < 600; i++) {
+      try { process.kill(pid, 0); } catch { this.daemon = undefined; return; }
+      await sleep(50);
+    }
+    throw new Error(`daemon ${pid} did not exit within 30 s of SIGTERM`);
+  }
+
+  /** Removes every device left behind, stops the daemon and deletes the directories. */
+  async cleanup(): Promise<void> {
+    const ls = await this.cli(['ls', '--json']);
+    if (ls.code === 0) {
+      try {
+        const devices = JSON.parse(ls.stdout) as Array<{ name: string }>;
+        for (const d of devices) await this.cli(['remove', d.name]);
+      } catch { /* fall through to stopping the daemon */ }
+    }
+    await this.stopDaemon();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** A file of `byteLength` random bytes (or zeroes) in the guest's tmpfs. */
+export async function makeBackingFile(dir: string, name: string, byteLength: number, fill: 'random' | 'zero' = 'random'): Promise<string> {
+  const path = join(dir, name);
+  if (fill === 'zero') {
+    await writeFile(path, Buffer.alloc(0));
+    await truncate(path, byteLength);
+  } else {
+    await mustSh(`head -c ${byteLength} /dev/urandom > ${path}`);
+  }
+  return path;
+}
+
+export async function sha256OfFile(path: string, byteLength?: number): Promise<string> {
+  const cmd = byteLength === undefined ? `sha256sum ${path}` : `head -c ${byteLength} ${path} | sha256sum`;
+  return (await mustSh(cmd)).split(' ')[0];
+}
+
+export async function fileBlocks(path: string): Promise<number> {
+  return (await stat(path)).blocks;
+}
+
+export function randomName(prefix: string): string {
+  return `${prefix}${randomBytes(3).toString('hex')}`;
+}
+
+/** The /dev/ublkb* nodes that exist now. */
+export async function ublkBlockNodes(): Promise<string[]> {
+  const out = await sh('ls /dev/ublkb* 2>/dev/null');
+  return out.stdout.split('\n').filter(Boolean).sort();
+}
+
+export function sha256(buf: Buffer): string {
+  return createHash('sha256').update(buf).digest('hex');
+}

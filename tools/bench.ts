@@ -1,0 +1,139 @@
+/**
+ * `npm run bench`: ours against the kernel's equivalent on the same backing, in one run (one guest
+ * boot when the host has no ublk, so the ratios compare like with like).
+ *
+ *   fio 4k randread / randwrite at QD 1 and QD 32 on: our `null` beside null_blk, and our `linear`
+ *   over a tmpfs file beside a loop device over that file and dm-linear over that loop device;
+ *   then kcopyd against dd (dist/tools/bench-kcopyd.js).
+ *
+ * Prints a table of IOPS and ours/kernel ratios and writes everything as JSON (--out).
+ */
+import { execFile } from 'node:child_process';
+import { mkdtempSync, mkdirSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+
+const projectRoot = resolve(__dirname, '..', '..');
+const cli = join(projectRoot, 'bin', 'ublk-dm');
+
+interface Args { out: string; runtimeSeconds: number; fileMiB: number; kcopydMiB: number; skipKcopyd: boolean }
+
+function parseArgs(argv: string[]): Args {
+  const args: Args = { out: join(projectRoot, 'bench-results', 'latest.json'), runtimeSeconds: 5, fileMiB: 512, kcopydMiB: 1024, skipKcopyd: false };
+  for (let i = 0; i < argv.length; i++) {
+    const [k, v] = [argv[i], argv[i + 1]];
+    if (k === '--out') { args.out = resolve(v); i++; }
+    else if (k === '--runtime') { args.runtimeSeconds = Number(v); i++; }
+    else if (k === '--file-mib') { args.fileMiB = Number(v); i++; }
+    else if (k === '--kcopyd-mib') { args.kcopydMiB = Number(v); i++; }
+    else if (k === '--no-kcopyd') args.skipKcopyd = true;
+    else throw new Error(`unknown argument ${k}`);
+  }
+  return args;
+}
+
+function run(file: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<string> {
+  return new Promise((res, rej) => {
+    execFile(file, args, { env, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+      if (err) rej(new Error(`${file} ${args.join(' ')}: ${err.message}\n${stderr}`));
+      else res(stdout);
+    });
+  });
+}
+const sh = (cmd: string, env?: NodeJS.ProcessEnv) => run('/bin/bash', ['-c', cmd], env);
+
+type Pattern = 'randread' | 'randwrite';
+interface FioResult { device: string; path: string; pattern: Pattern; iodepth: number; iops: number; meanLatencyUs: number }
+
+async function fio(device: string, path: string, pattern: Pattern, iodepth: number, runtimeSeconds: number): Promise<FioResult> {
+  const out = await run('fio', [
+    '--name=bench', `--filename=${path}`, '--allow_file_create=0', '--ioengine=io_uring', '--direct=1',
+    `--rw=${pattern}`, '--bs=4k', `--iodepth=${iodepth}`, '--numjobs=1', '--time_based', `--runtime=${runtimeSeconds}`,
+    '--ramp_time=1', '--size=100%', '--randrepeat=0', '--norandommap', '--output-format=json',
+  ]);
+  const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
+  const side = pattern === 'randread' ? job.read : job.write;
+  return { device, path, pattern, iodepth, iops: Math.round(side.iops), meanLatencyUs: Math.round(side.lat_ns.mean / 1000) };
+}
+
+async function main(): Promise<void> {
+  const args = parseArgs(process.argv.slice(2));
+  if (!existsSync('/dev/ublk-control')) throw new Error('no /dev/ublk-control: run through `npm run bench` (it uses the guest runner)');
+  const work = mkdtempSync(join(tmpdir(), 'ublkdm-bench-'));
+  const env = { ...process.env, UBLK_DM_RUN_DIR: join(work, 'run'), UBLK_DM_STATE_DIR: join(work, 'state'), UBLK_DM_LINK_DIR: join(work, 'links') };
+  const ours = (...a: string[]) => run(process.execPath, [cli, ...a], env);
+  const cleanups: Array<() => Promise<unknown>> = [];
+  const results: FioResult[] = [];
+  try {
+    const sizeSectors = (args.fileMiB * 1024 * 1024) / 512;
+    await sh(`modprobe null_blk nr_devices=1 queue_mode=2 irqmode=0 gb=${Math.ceil(args.fileMiB / 1024)} bs=512 hw_queue_depth=128 submit_queues=1`);
+    cleanups.push(() => sh('rmmod null_blk'));
+    const img = join(work, 'backing.img');
+    await sh(`dd if=/dev/urandom of=${img} bs=1M count=${args.fileMiB} status=none`);
+    const loop = (await sh(`losetup -f --show ${img}`)).trim();
+    cleanups.push(() => sh(`losetup -d ${loop}`));
+    await sh(`dmsetup create bench-linear --table '0 ${sizeSectors} linear ${loop} 0'`);
+    cleanups.push(() => sh('dmsetup remove bench-linear'));
+    const ourNull = (await ours('create', 'bench-null', '--table', `0 ${sizeSectors} null`)).trim();
+    cleanups.push(() => ours('remove', 'bench-null'));
+    const ourLinear = (await ours('create', 'bench-linear', '--table', `0 ${sizeSectors} linear ${img} 0`)).trim();
+    cleanups.push(() => ours('remove', 'bench-linear'));
+
+    const devices: Array<[string, string]> = [
+      ['null_blk', '/dev/nullb0'], ['ours null', ourNull],
+      ['loop', loop], ['dm-linear/loop', '/dev/mapper/bench-linear'], ['ours linear', ourLinear],
+    ];
+    for (const pattern of ['randread', 'randwrite'] as const) {
+      for (const iodepth of [1, 32]) {
+        for (const [name, path] of devices) {
+          const r = await fio(name, path, pattern, iodepth, args.runtimeSeconds);
+          results.push(r);
+          process.stderr.write(`  ${name.padEnd(16)} ${pattern.padEnd(9)} QD${String(iodepth).padEnd(3)} ${String(r.iops).padStart(8)} IOPS\n`);
+        }
+      }
+    }
+  } finally {
+    for (const c of cleanups.reverse()) await c().catch((e) => process.stderr.write(`cleanup: ${e.message}\n`));
+    await sh(`kill $(cat ${join(work, 'run', 'ublk-dm.pid')}) 2>/dev/null; true`);
+  }
+
+  const iops = (device: string, pattern: Pattern, qd: number) => results.find((r) => r.device === device && r.pattern === pattern && r.iodepth === qd)?.iops ?? NaN;
+  const ratios: Array<{ ours: string; kernel: string; pattern: Pattern; iodepth: number; ratio: number }> = [];
+  const lines = ['', 'fio 4k, IOPS (ours/kernel)', 'pattern    QD  null_blk  ours-null  ratio  |  loop  dm-linear  ours-linear  /loop  /dm-linear'];
+  for (const pattern of ['randread', 'randwrite'] as const) {
+    for (const qd of [1, 32]) {
+      const nb = iops('null_blk', pattern, qd), on = iops('ours null', pattern, qd);
+      const lp = iops('loop', pattern, qd), dl = iops('dm-linear/loop', pattern, qd), ol = iops('ours linear', pattern, qd);
+      ratios.push({ ours: 'null', kernel: 'null_blk', pattern, iodepth: qd, ratio: on / nb });
+      ratios.push({ ours: 'linear', kernel: 'loop', pattern, iodepth: qd, ratio: ol / lp });
+      ratios.push({ ours: 'linear', kernel: 'dm-linear', pattern, iodepth: qd, ratio: ol / dl });
+      lines.push(`${pattern.padEnd(10)} ${String(qd).padStart(2)} ${String(nb).padStart(9)} ${String(on).padStart(10)} ${(on / nb).toFixed(2).padStart(6)}  | ${String(lp).padStart(5)} ${String(dl).padStart(10)} ${String(ol).padStart(12)} ${(ol / lp).toFixed(2).padStart(6)} ${(ol / dl).toFixed(2).padStart(10)}`);
+    }
+  }
+  console.log(lines.join('\n'));
+
+  let kcopyd: unknown = null;
+  if (!args.skipKcopyd) {
+    const kjson = join(work, 'kcopyd.json');
+    const script = join(projectRoot, 'dist', 'tools', 'bench-kcopyd.js');
+    const out = await run(process.execPath, [script, '--size-mib', String(args.kcopydMiB), '--dir', work, '--json', kjson]);
+    console.log(`\n${out}`);
+    kcopyd = JSON.parse(await sh(`cat ${kjson}`));
+  }
+  const report = {
+    date: new Date().toISOString(),
+    kernel: (await sh('uname -r')).trim(),
+    inGuest: process.env.UBLK_DM_IN_GUEST === '1',
+    fio: { runtimeSeconds: args.runtimeSeconds, backingMiB: args.fileMiB, results, ratios },
+    kcopyd,
+  };
+  mkdirSync(dirname(args.out), { recursive: true });
+  writeFileSync(args.out, JSON.stringify(report, null, 2) + '\n');
+  console.log(`\nwritten ${args.out}`);
+  await sh(`rm -rf ${work}`);
+}
+
+main().catch((err) => {
+  console.error(`bench: ${err.message}`);
+  process.exit(1);
+});

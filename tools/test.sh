@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite: host unit tests, then integration tests against real /dev/ublkbN devices
+# (natively when this machine has ublk and we are root, otherwise inside the guest runner).
+# A pending (skipped) test fails the run: a suite that did not run must not look green.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup.sh || exit 1
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+mocha_opts=(--forbid-pending --forbid-only --reporter spec)
+
+echo "== unit tests (host)"
+npx --no-install mocha "${mocha_opts[@]}" 'dist/test/unit/**/*.test.js' 2>&1 | tee -a "$log"
+unit_rc=${PIPESTATUS[0]}
+
+echo "== integration tests (real ublk devices)"
+integ=(npx --no-install mocha "${mocha_opts[@]}" --timeout 300000 'dist/test/integration/**/*.test.js')
+if [[ -e /dev/ublk-control && $EUID -eq 0 ]]; then
+  "${integ[@]}" 2>&1 | tee -a "$log"
+else
+  echo "(no /dev/ublk-control here: running them in the guest)"
+  tools/guest-run -- "${integ[@]}" 2>&1 | tee -a "$log"
+fi
+integ_rc=${PIPESTATUS[0]}
+
+passed=$(grep -oE '^ *[0-9]+ passing' "$log" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -oE '^ *[0-9]+ failing' "$log" | awk '{s+=$1} END {print s+0}')
+if [[ $unit_rc -ne 0 || $integ_rc -ne 0 ]] && [[ $failed -eq 0 ]]; then
+  failed=1  # a runner that died before reporting still fails the run
+fi
+echo "tests: $passed passed, $failed failed"
+[[ $unit_rc -eq 0 && $integ_rc -eq 0 ]]
