@@ -3,3 +3,5 @@ export * from './units';
 export * from './errno';
 export * from './blockdev';
 export * from './target';
+export * from './dmio';
+export * from './kcopyd';
