@@ -28,7 +28,7 @@ fi
 addon=build/Release/ublkdm_native.node
 if [[ ! -f $addon || -n $(find native binding.gyp -newer "$addon" 2>/dev/null | head -1) ]]; then
   echo "setup: building the native addon" >&2
-  npx --no-install node-gyp rebuild --loglevel=error >/dev/null
+  npm run --silent install >/dev/null
 fi
 if [[ ! -f dist/.built || -n $(find src test tools tsconfig.json -name '*.ts' -newer dist/.built -o -name tsconfig.json -newer dist/.built 2>/dev/null | head -1) ]]; then
   echo "setup: compiling TypeScript" >&2

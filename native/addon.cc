@@ -1,0 +1,26 @@
+// ublkdm_native: io_uring transport, aligned buffers, descriptor mmaps and block device
+// geometry. Transport only; it knows nothing of ublk semantics beyond the I/O command layout.
+#include <napi.h>
+
+#include "blockdev.h"
+#include "memory.h"
+#include "ring.h"
+
+namespace ublkdm {
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("Ring", Ring::Define(env));
+  exports.Set("allocAligned", Napi::Function::New(env, AllocAligned, "allocAligned"));
+  exports.Set("addressOf", Napi::Function::New(env, AddressOf, "addressOf"));
+  exports.Set("mmapReadOnly", Napi::Function::New(env, MmapReadOnly, "mmapReadOnly"));
+  exports.Set("unmap", Napi::Function::New(env, Unmap, "unmap"));
+  exports.Set("blockDeviceBytes", Napi::Function::New(env, BlockDeviceBytes, "blockDeviceBytes"));
+  exports.Set("logicalBlockBytes", Napi::Function::New(env, LogicalBlockBytes, "logicalBlockBytes"));
+  return exports;
+}
+
+}  // namespace ublkdm
+
+static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) { return ublkdm::Init(env, exports); }
+
+NODE_API_MODULE(ublkdm_native, InitAddon)

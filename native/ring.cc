@@ -1,0 +1,398 @@
+#include "ring.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "js_errors.h"
+#include "memory.h"
+
+namespace ublkdm {
+
+namespace {
+
+// The CQ is larger than the SQ so that a full SQ of requests plus long-lived ublk commands
+// rarely overflows it (the kernel keeps overflowed CQEs anyway; this keeps them on the fast path).
+constexpr unsigned kCqPerSqEntries = 4;
+constexpr size_t kUringCmdBytes64 = 16;
+constexpr size_t kUringCmdBytes128 = 80;
+
+// The 16-byte ublk I/O command payload (struct ublksrv_io_cmd).
+struct UblkIoCmd {
+  uint16_t queueId;
+  uint16_t tag;
+  int32_t result;
+  uint64_t bufAddress;
+};
+static_assert(sizeof(UblkIoCmd) == 16, "ublksrv_io_cmd is 16 bytes");
+
+bool ArgsAreNumbers(const Napi::CallbackInfo& info, size_t count) {
+  if (info.Length() < count) return false;
+  for (size_t i = 0; i < count; i++) {
+    if (!info[i].IsNumber()) return false;
+  }
+  return true;
+}
+
+uint64_t ToToken(Napi::Value value) { return static_cast<uint64_t>(value.As<Napi::Number>().DoubleValue()); }
+
+uint64_t ToByteOffset(Napi::Value value) { return static_cast<uint64_t>(value.As<Napi::Number>().Int64Value()); }
+
+}  // namespace
+
+Napi::Function Ring::Define(Napi::Env env) {
+  return DefineClass(env, "Ring",
+                     {
+                         InstanceMethod("prepRead", &Ring::PrepRead),
+                         InstanceMethod("prepWrite", &Ring::PrepWrite),
+                         InstanceMethod("prepReadv", &Ring::PrepReadv),
+                         InstanceMethod("prepWritev", &Ring::PrepWritev),
+                         InstanceMethod("prepFsync", &Ring::PrepFsync),
+                         InstanceMethod("prepFallocate", &Ring::PrepFallocate),
+                         InstanceMethod("prepUringCmd", &Ring::PrepUringCmd),
+                         InstanceMethod("prepUblkIoCmd", &Ring::PrepUblkIoCmd),
+                         InstanceMethod("prepCancel", &Ring::PrepCancel),
+                         InstanceMethod("submit", &Ring::Submit),
+                         InstanceMethod("close", &Ring::Close),
+                     });
+}
+
+Ring::Ring(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Ring>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 5 || !info[0].IsNumber() || !info[1].IsBoolean() || !info[2].IsTypedArray() ||
+      !info[3].IsTypedArray() || !info[4].IsFunction() ||
+      info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+      info[3].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+    ThrowType(env, "new Ring(entries, sqe128, tokens: Float64Array, results: Int32Array, onCompletions)");
+    return;
+  }
+  unsigned entries = info[0].As<Napi::Number>().Uint32Value();
+  sqe128_ = info[1].As<Napi::Boolean>().Value();
+  Napi::Float64Array tokens = info[2].As<Napi::Float64Array>();
+  Napi::Int32Array results = info[3].As<Napi::Int32Array>();
+  size_t capacity = std::min(tokens.ElementLength(), results.ElementLength());
+  if (entries == 0 || capacity == 0) {
+    Napi::RangeError::New(env, "Ring: entries and the completion arrays must be non-empty").ThrowAsJavaScriptException();
+    return;
+  }
+
+  io_uring_params params{};
+  params.flags = IORING_SETUP_CQSIZE | (sqe128_ ? IORING_SETUP_SQE128 : 0);
+  params.cq_entries = entries * kCqPerSqEntries;
+  int err = io_uring_queue_init_params(entries, &ring_, &params);
+  if (err < 0) {
+    ThrowErrno(env, "io_uring_queue_init_params", -err);
+    return;
+  }
+  eventFd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (eventFd_ < 0) {
+    int saved = errno;
+    io_uring_queue_exit(&ring_);
+    ThrowErrno(env, "eventfd", saved);
+    return;
+  }
+  err = io_uring_register_eventfd(&ring_, eventFd_);
+  if (err < 0) {
+    io_uring_queue_exit(&ring_);
+    close(eventFd_);
+    ThrowErrno(env, "io_uring_register_eventfd", -err);
+    return;
+  }
+  uv_loop_t* loop = nullptr;
+  napi_get_uv_event_loop(env, &loop);
+  poll_ = new uv_poll_t;
+  uv_poll_init(loop, poll_, eventFd_);
+  poll_->data = this;
+  uv_poll_start(poll_, UV_READABLE, &Ring::OnEventFdReadable);
+  // Idle rings must not keep the process alive; Track() refs the handle while I/O is in flight.
+  uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+
+  tokens_ = Napi::Persistent(tokens);
+  results_ = Napi::Persistent(results);
+  onCompletions_ = Napi::Persistent(info[4].As<Napi::Function>());
+  asyncContext_ = std::make_unique<Napi::AsyncContext>(env, "ublkdm.Ring");
+  cqes_.resize(capacity);
+  open_ = true;
+}
+
+Ring::~Ring() { Teardown(); }
+
+void Ring::Teardown() {
+  if (!open_) return;
+  open_ = false;
+  uv_poll_stop(poll_);
+  uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* handle) { delete reinterpret_cast<uv_poll_t*>(handle); });
+  poll_ = nullptr;
+  io_uring_unregister_eventfd(&ring_);
+  io_uring_queue_exit(&ring_);
+  close(eventFd_);
+  eventFd_ = -1;
+  iovecsInFlight_.clear();
+  inFlight_ = 0;
+}
+
+io_uring_sqe* Ring::NextSqe(Napi::Env env) {
+  if (!open_) {
+    Napi::Error::New(env, "ring is closed").ThrowAsJavaScriptException();
+    return nullptr;
+  }
+  for (int attempt = 0; attempt < 4; attempt++) {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    if (sqe != nullptr) return sqe;
+    int submitted = io_uring_submit(&ring_);
+    if (submitted < 0 && submitted != -EAGAIN && submitted != -EBUSY && submitted != -EINTR) {
+      ThrowErrno(env, "io_uring_submit", -submitted);
+      return nullptr;
+    }
+  }
+  ThrowErrno(env, "io_uring_get_sqe", EBUSY);
+  return nullptr;
+}
+
+void Ring::Track(io_uring_sqe* sqe, uint64_t token) {
+  io_uring_sqe_set_data64(sqe, token);
+  if (inFlight_++ == 0) uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
+}
+
+Napi::Value Ring::PrepRead(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  void* data;
+  size_t byteLength;
+  if (!info[0].IsNumber() || !info[2].IsNumber() || !info[3].IsNumber()) {
+    ThrowType(env, "prepRead(fd, buf, fileByteOffset, token)");
+    return env.Undefined();
+  }
+  if (!ViewBytes(info[1], &data, &byteLength)) return env.Undefined();
+  io_uring_sqe* sqe = NextSqe(env);
+  if (sqe == nullptr) return env.Undefined();
+  io_uring_prep_read(sqe, info[0].As<Napi::Number>().Int32Value(), data, static_cast<unsigned>(byteLength),
+                     ToByteOffset(info[2]));
+  Track(sqe, ToToken(info[3]));
+  return env.Undefined();
+}
+
+Napi::Value Ring::PrepWrite(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  void* data;
+  size_t byteLength;
+  if (!info[0].IsNumber() || !info[2].IsNumber() || !info[3].IsNumber() || !info[4].IsNumber()) {
+    ThrowType(env, "prepWrite(fd, buf, fileByteOffset, rwFlags, token)");
+    return env.Undefined();
+  }
+  if (!ViewBytes(info[1], &data, &byteLength)) return env.Undefined();
+  io_uring_sqe* sqe = NextSqe(env);
+  if (sqe == nullptr) return env.Undefined();
+  io_uring_prep_write(sqe, info[0].As<Napi::Number>().Int32Value(), data, static_cast<unsigned>(byteLength),
+                      ToByteOffset(info[2]));
+  sqe->rw_flags = static_cast<__kernel_rwf_t>(info[3].As<Napi::Number>().Int32Value());
+  Track(sqe, ToToken(info[4]));
+  return env.Undefined();
+}
+
+Napi::Value Ring::PrepReadv(const Napi::CallbackInfo& info) { return PrepVectored(info, false); }
+
+Napi::Value Ring::PrepWritev(const Napi::CallbackInfo& info) { return PrepVectored(info, true); }
+
+Napi::Value Ring::PrepVectored(const Napi::CallbackInfo& info, bool isWrite) {
+  Napi::Env env = info.Env();
+  // readv: (fd, bufs, fileByteOffset, token); writev: (fd, bufs, fileByteOffset, rwFlags, token)
+  size_t tokenIndex = isWrite ? 4 : 3;
+  if (!info[0].IsNumber() || !info[1].IsArray() || !info[2].IsNumber() ||
+      !info[tokenIndex].IsNumber() || (isWrite && !info[3].IsNumber())) {
+    ThrowType(env, isWrite ? "prepWritev(fd, bufs, fileByteOffset, rwFlags, token)"
+                           : "prepReadv(fd, bufs, fileByteOffset, token)");
+    return env.Undefined();
+  }
+  Napi::Array bufs = info[1].As<Napi::Array>();
+  uint32_t count = bufs.Length();
+  if (count == 0 || count > IOV_MAX) {
+    Napi::RangeError::New(env, "readv/writev: 1..IOV_MAX buffers").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::unique_ptr<iovec[]> iovecs(new iovec[count]);
+  for (uint32_t i = 0; i < count; i++) {
+    void* data;
+    size_t byteLength;
+    if (!ViewBytes(bufs.Get(i), &data, &byteLength)) return env.Undefined();
+    iovecs[i].iov_base = data;
+    iovecs[i].iov_len = byteLength;
+  }
+  io_uring_sqe* sqe = NextSqe(env);
+  if (sqe == nullptr) return env.Undefined();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  uint64_t fileByteOffset = ToByteOffset(info[2]);
+  uint64_t token = ToToken(info[tokenIndex]);
+  if (isWrite) {
+    io_uring_prep_writev(sqe, fd, iovecs.get(), count, fileByteOffset);
+    sqe->rw_flags = static_cast<__kernel_rwf_t>(info[3].As<Napi::Number>().Int32Value());
+  } else {
+    io_uring_prep_readv(sqe, fd, iovecs.get(), count, fileByteOffset);
+  }
+  iovecsInFlight_[token] = std::move(iovecs);
+  Track(sqe, token);
+  return env.Undefined();
+}
+
+Napi::Value Ring::PrepFsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber() || !info[1].IsBoolean() || !info[2].IsNumber()) {
+    ThrowType(env, "prepFsync(fd, datasync, token)");
+    return env.Undefined();
+  }
+  io_uring_sqe* sqe = NextSqe(env);
+  if (sqe == nullptr) return env.Undefined();
+  io_uring_prep_fsync(sqe, info[0].As<Napi::Number>().Int32Value(),
+                      info[1].As<Napi::Boolean>().Value() ? IORING_FSYNC_DATASYNC : 0);
+  Track(sqe, ToToken(info[2]));
+  return env.Undefined();
+}
+
+Napi::Value Ring::PrepFallocate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!ArgsAreNumbers(info, 5)) {
+    ThrowType(env, "prepFallocate(fd, mode, byteOffset, byteLength, token)");
+    return env.Undefined();
+  }
+  io_uring_sqe* sqe = NextSqe(env);
+  if (sqe == nullptr) return env.Undefined();
+  io_uring_prep_fallocate(sqe, info[0].As<Napi::Number>().Int32Value(), info[1].As<Napi::Number>().Int32Value(),
+                          static_cast<off_t>(info[2].As<Napi::Number>().Int64Value()),
+                          static_cast<off_t>(info[3].As<Napi::Number>().Int64Value()));
+  Track(sqe, ToToken(info[4]));
+  return env.Undefined();
+}
+
+Napi::Value Ring::PrepUringCmd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsTypedArray() || !info[3].IsNumber()) {
+    ThrowType(env, "prepUringCmd(fd, cmdOp, payload: Uint8Array, token)");
+    return env.Undefined();
+  }
+  void* payload;
+  size_t payloadBytes;
+  if (!ViewBytes(info[2], &payload, &payloadBytes)) return env.Undefined();
+  size_t room = sqe128_ ? kUringCmdBytes128 : kUringCmdBytes64;
+  if (payloadBytes > room) {
+    Napi::RangeError::New(env, "prepUringCmd: payload larger than the SQE command area").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  io_uring_sqe* sqe = NextSqe(env);
+  if (sqe == nullptr) return env.Undefined();
+  // liburing 2.3 has no uring_cmd helper: fill the SQE by hand, clearing both halves of a
+  // 128-byte SQE so no stale command bytes reach the driver.
+  std::memset(sqe, 0, sqe128_ ? 128 : 64);
+  sqe->opcode = IORING_OP_URING_CMD;
+  sqe->fd = info[0].As<Napi::Number>().Int32Value();
+  sqe->cmd_op = info[1].As<Napi::Number>().Uint32Value();
+  std::memcpy(sqe->cmd, payload, payloadBytes);
+  Track(sqe, ToToken(info[3]));
+  return env.Undefined();
+}
+
+Napi::Value Ring::PrepUblkIoCmd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!ArgsAreNumbers(info, 7)) {
+    ThrowType(env, "prepUblkIoCmd(fd, cmdOp, queueId, tag, result, bufAddress, token)");
+    return env.Undefined();
+  }
+  io_uring_sqe* sqe = NextSqe(env);
+  if (sqe == nullptr) return env.Undefined();
+  std::memset(sqe, 0, sqe128_ ? 128 : 64);
+  sqe->opcode = IORING_OP_URING_CMD;
+  sqe->fd = info[0].As<Napi::Number>().Int32Value();
+  sqe->cmd_op = info[1].As<Napi::Number>().Uint32Value();
+  UblkIoCmd cmd{};
+  cmd.queueId = static_cast<uint16_t>(info[2].As<Napi::Number>().Uint32Value());
+  cmd.tag = static_cast<uint16_t>(info[3].As<Napi::Number>().Uint32Value());
+  cmd.result = info[4].As<Napi::Number>().Int32Value();
+  cmd.bufAddress = static_cast<uint64_t>(info[5].As<Napi::Number>().DoubleValue());
+  std::memcpy(sqe->cmd, &cmd, sizeof cmd);
+  Track(sqe, ToToken(info[6]));
+  return env.Undefined();
+}
+
+Napi::Value Ring::PrepCancel(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!ArgsAreNumbers(info, 2)) {
+    ThrowType(env, "prepCancel(targetToken, token)");
+    return env.Undefined();
+  }
+  io_uring_sqe* sqe = NextSqe(env);
+  if (sqe == nullptr) return env.Undefined();
+  io_uring_prep_cancel64(sqe, ToToken(info[0]), 0);
+  Track(sqe, ToToken(info[1]));
+  return env.Undefined();
+}
+
+Napi::Value Ring::Submit(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!open_) {
+    Napi::Error::New(env, "ring is closed").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int submitted = io_uring_submit(&ring_);
+  if (submitted == -EAGAIN || submitted == -EBUSY || submitted == -EINTR) {
+    // The CQ is backed up; ReapCompletions submits the leftovers once it has made room.
+    return Napi::Number::New(env, 0);
+  }
+  if (submitted < 0) {
+    ThrowErrno(env, "io_uring_submit", -submitted);
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, submitted);
+}
+
+Napi::Value Ring::Close(const Napi::CallbackInfo& info) {
+  Teardown();
+  return info.Env().Undefined();
+}
+
+void Ring::OnEventFdReadable(uv_poll_t* handle, int status, int events) {
+  Ring* self = static_cast<Ring*>(handle->data);
+  if (self == nullptr || !self->open_) return;
+  self->DrainEventFd();
+  self->ReapCompletions();
+}
+
+void Ring::DrainEventFd() {
+  // Drained before reaping: a CQE posted after this read signals the eventfd again, so none
+  // is left behind until some later, unrelated wakeup.
+  uint64_t count;
+  while (read(eventFd_, &count, sizeof count) == sizeof count) {
+  }
+}
+
+void Ring::ReapCompletions() {
+  Napi::Env env = Env();
+  Napi::HandleScope scope(env);
+  while (open_) {
+    unsigned ready = io_uring_peek_batch_cqe(&ring_, cqes_.data(), static_cast<unsigned>(cqes_.size()));
+    if (ready == 0) break;
+    // Fetched per batch: small typed arrays live on the V8 heap and may move between batches.
+    double* tokens = tokens_.Value().Data();
+    int32_t* results = results_.Value().Data();
+    for (unsigned i = 0; i < ready; i++) {
+      uint64_t token = cqes_[i]->user_data;
+      tokens[i] = static_cast<double>(token);
+      results[i] = cqes_[i]->res;
+      if (!iovecsInFlight_.empty()) iovecsInFlight_.erase(token);
+    }
+    io_uring_cq_advance(&ring_, ready);
+    inFlight_ = inFlight_ > ready ? inFlight_ - ready : 0;
+    if (inFlight_ == 0) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+    if (io_uring_sq_ready(&ring_) > 0) io_uring_submit(&ring_);  // leftovers of a backed-up Submit
+
+    onCompletions_.MakeCallback(Value(), {Napi::Number::New(env, ready)}, *asyncContext_);
+    if (env.IsExceptionPending()) {
+      // No JS frame is below us: hand the error to process 'uncaughtException' like any
+      // callback from the loop would.
+      napi_fatal_exception(env, env.GetAndClearPendingException().Value());
+      return;
+    }
+  }
+}
+
+}  // namespace ublkdm

@@ -1,0 +1,68 @@
+// One io_uring, owned by one JS object. Completions are reaped when the ring's eventfd becomes
+// readable on the libuv loop and handed to JS in batches through two shared typed arrays.
+#pragma once
+
+#include <liburing.h>
+#include <napi.h>
+#include <sys/uio.h>
+#include <uv.h>
+
+#include <cstdint>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+namespace ublkdm {
+
+class Ring : public Napi::ObjectWrap<Ring> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+
+  explicit Ring(const Napi::CallbackInfo& info);
+  ~Ring() override;
+
+ private:
+  Napi::Value PrepRead(const Napi::CallbackInfo& info);
+  Napi::Value PrepWrite(const Napi::CallbackInfo& info);
+  Napi::Value PrepReadv(const Napi::CallbackInfo& info);
+  Napi::Value PrepWritev(const Napi::CallbackInfo& info);
+  Napi::Value PrepFsync(const Napi::CallbackInfo& info);
+  Napi::Value PrepFallocate(const Napi::CallbackInfo& info);
+  Napi::Value PrepUringCmd(const Napi::CallbackInfo& info);
+  Napi::Value PrepUblkIoCmd(const Napi::CallbackInfo& info);
+  Napi::Value PrepCancel(const Napi::CallbackInfo& info);
+  Napi::Value Submit(const Napi::CallbackInfo& info);
+  Napi::Value Close(const Napi::CallbackInfo& info);
+
+  // Shared by readv/writev: builds the iovec array kept until the request completes.
+  Napi::Value PrepVectored(const Napi::CallbackInfo& info, bool isWrite);
+
+  // A free SQE, submitting what is queued when the SQ is full. Null (with a pending JS
+  // exception) if the ring is closed or stays full.
+  io_uring_sqe* NextSqe(Napi::Env env);
+  // Accounts one more request in flight; the loop is kept alive only while some are.
+  void Track(io_uring_sqe* sqe, uint64_t token);
+
+  static void OnEventFdReadable(uv_poll_t* handle, int status, int events);
+  void DrainEventFd();
+  void ReapCompletions();
+  void Teardown();
+
+  io_uring ring_{};
+  bool open_ = false;
+  bool sqe128_ = false;
+  int eventFd_ = -1;
+  uv_poll_t* poll_ = nullptr;  // freed by uv_close's callback, which may outlive this object
+  uint64_t inFlight_ = 0;
+
+  Napi::Reference<Napi::Float64Array> tokens_;
+  Napi::Reference<Napi::Int32Array> results_;
+  Napi::FunctionReference onCompletions_;
+  std::unique_ptr<Napi::AsyncContext> asyncContext_;
+  std::vector<io_uring_cqe*> cqes_;
+
+  // readv/writev argument arrays, read by the kernel until the request completes.
+  std::unordered_map<uint64_t, std::unique_ptr<iovec[]>> iovecsInFlight_;
+};
+
+}  // namespace ublkdm

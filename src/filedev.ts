@@ -1,0 +1,183 @@
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+
+import type { BlockDevice } from './blockdev';
+import { EINVAL, ENOENT, ErrnoError, type IoResult } from './errno';
+import { native } from './native';
+import { RWF_DSYNC, sharedIoRing, type IoRing } from './ring';
+import { SECTOR_BYTES, SECTOR_SHIFT } from './units';
+
+/**
+ * FileDevice: a regular file or a block device used as a BlockDevice, with all I/O going
+ * through the process-wide io_uring.
+ */
+
+const FALLOC_FL_KEEP_SIZE = 0x01;
+const FALLOC_FL_PUNCH_HOLE = 0x02;
+const FALLOC_FL_ZERO_RANGE = 0x10;
+
+export interface OpenFileDeviceOptions {
+  readOnly?: boolean;
+}
+
+interface Devno {
+  major: number;
+  minor: number;
+}
+
+export class FileDevice implements BlockDevice {
+  private closed = false;
+  private readonly ring: IoRing = sharedIoRing();
+
+  /** Use openFileDevice(). */
+  constructor(
+    private readonly handle: fsp.FileHandle,
+    readonly path: string,
+    readonly sizeSectors: number,
+    readonly logicalBlockBytes: number,
+    readonly devno: Devno | undefined,
+    readonly readOnly: boolean,
+  ) {}
+
+  get tableName(): string {
+    return this.devno === undefined ? this.path : `${this.devno.major}:${this.devno.minor}`;
+  }
+
+  /** The open file descriptor (valid until close()). */
+  get fd(): number {
+    return this.handle.fd;
+  }
+
+  read(buf: Uint8Array, sector: number): Promise<IoResult> {
+    const misuse = this.misuse(buf.byteLength);
+    if (misuse) return Promise.reject(misuse);
+    return this.ring.read(this.handle.fd, buf, sector * SECTOR_BYTES);
+  }
+
+  write(buf: Uint8Array, sector: number, fua: boolean): Promise<IoResult> {
+    const misuse = this.misuse(buf.byteLength);
+    if (misuse) return Promise.reject(misuse);
+    return this.ring.write(this.handle.fd, buf, sector * SECTOR_BYTES, fua ? RWF_DSYNC : 0);
+  }
+
+  readv(bufs: Uint8Array[], sector: number): Promise<IoResult> {
+    const misuse = this.misuse(totalBytes(bufs));
+    if (misuse) return Promise.reject(misuse);
+    return this.ring.readv(this.handle.fd, bufs, sector * SECTOR_BYTES);
+  }
+
+  writev(bufs: Uint8Array[], sector: number, fua: boolean): Promise<IoResult> {
+    const misuse = this.misuse(totalBytes(bufs));
+    if (misuse) return Promise.reject(misuse);
+    return this.ring.writev(this.handle.fd, bufs, sector * SECTOR_BYTES, fua ? RWF_DSYNC : 0);
+  }
+
+  flush(): Promise<IoResult> {
+    const misuse = this.misuse(0);
+    if (misuse) return Promise.reject(misuse);
+    return this.ring.fsync(this.handle.fd, true);
+  }
+
+  discard(sector: number, sectorCount: number): Promise<IoResult> {
+    return this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sector, sectorCount);
+  }
+
+  writeZeroes(sector: number, sectorCount: number, noUnmap: boolean): Promise<IoResult> {
+    const mode = noUnmap ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE;
+    return this.fallocate(mode | FALLOC_FL_KEEP_SIZE, sector, sectorCount);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.handle.close();
+  }
+
+  private fallocate(mode: number, sector: number, sectorCount: number): Promise<IoResult> {
+    const misuse = this.misuse(0);
+    if (misuse) return Promise.reject(misuse);
+    return this.ring.fallocate(this.handle.fd, mode, sector * SECTOR_BYTES, sectorCount * SECTOR_BYTES);
+  }
+
+  /** The programming error in a call, if any (I/O errors come back as results instead). */
+  private misuse(byteLength: number): Error | undefined {
+    if (this.closed) return new Error(`${this.path}: device is closed`);
+    if (byteLength % SECTOR_BYTES !== 0) {
+      return new RangeError(`${this.path}: ${byteLength} bytes is not a whole number of sectors`);
+    }
+    return undefined;
+  }
+}
+
+/**
+ * Open a backing device named by a path (regular file or block device) or "major:minor".
+ * Throws an ErrnoError naming the path when it does not exist or is neither kind of file.
+ */
+export async function openFileDevice(spec: string, options: OpenFileDeviceOptions = {}): Promise<FileDevice> {
+  const devicePath = path.resolve(await resolveSpec(spec));
+  const stats = await statOrExplain(devicePath);
+  const isBlockDevice = stats.isBlockDevice();
+  if (!isBlockDevice && !stats.isFile()) {
+    throw new ErrnoError(`${devicePath} is neither a regular file nor a block device`, EINVAL);
+  }
+  const readOnly = options.readOnly ?? false;
+  const handle = await fsp.open(devicePath, readOnly ? 'r' : 'r+');
+  try {
+    if (isBlockDevice) {
+      const addon = native();
+      return new FileDevice(
+        handle,
+        devicePath,
+        Math.floor(addon.blockDeviceBytes(handle.fd) / SECTOR_BYTES),
+        addon.logicalBlockBytes(handle.fd),
+        splitDevno(stats.rdev),
+        readOnly,
+      );
+    }
+    const sizeSectors = Number(stats.size >> BigInt(SECTOR_SHIFT));
+    return new FileDevice(handle, devicePath, sizeSectors, SECTOR_BYTES, undefined, readOnly);
+  } catch (error) {
+    await handle.close();
+    throw error;
+  }
+}
+
+const DEVNO_SPEC = /^(\d+):(\d+)$/;
+
+/** A path as given, or the /dev node of a "major:minor" (as named by sysfs). */
+async function resolveSpec(spec: string): Promise<string> {
+  const devno = DEVNO_SPEC.exec(spec);
+  if (devno === null) return spec;
+  const ueventPath = `/sys/dev/block/${devno[1]}:${devno[2]}/uevent`;
+  let uevent: string;
+  try {
+    uevent = await fsp.readFile(ueventPath, 'utf8');
+  } catch {
+    throw new ErrnoError(`no block device ${spec}`, ENOENT);
+  }
+  const devName = /^DEVNAME=(.+)$/m.exec(uevent);
+  if (devName === null) throw new ErrnoError(`no device name for block device ${spec} in ${ueventPath}`, ENOENT);
+  return `/dev/${devName[1]}`;
+}
+
+async function statOrExplain(devicePath: string) {
+  try {
+    return await fsp.stat(devicePath, { bigint: true });
+  } catch (error) {
+    const errnoValue = (error as NodeJS.ErrnoException).errno;
+    throw new ErrnoError(`cannot open ${devicePath}`, errnoValue === undefined ? ENOENT : -errnoValue);
+  }
+}
+
+/** glibc's gnu_dev_major/gnu_dev_minor. */
+function splitDevno(rdev: bigint): Devno {
+  const major = Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
+  const minor = Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
+  return { major, minor };
+}
+
+function totalBytes(bufs: Uint8Array[]): number {
+  let byteLength = 0;
+  for (const buf of bufs) byteLength += buf.byteLength;
+  return byteLength;
+}

@@ -1,0 +1,133 @@
+import { strict as assert } from 'node:assert';
+import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+import { ErrnoError } from '../../src/errno';
+import { FileDevice, openFileDevice } from '../../src/filedev';
+
+describe('FileDevice over a regular file', () => {
+  let dir: string;
+  let file: string;
+  let device: FileDevice;
+
+  beforeEach(async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ublkdm-filedev-'));
+    file = path.join(dir, 'backing');
+    await fsp.writeFile(file, Buffer.alloc(64 * 1024 + 100));
+    device = await openFileDevice(file);
+  });
+
+  afterEach(async () => {
+    await device.close();
+    await fsp.rm(dir, { recursive: true, force: true });
+  });
+
+  it('reports the size rounded down to sectors, 512-byte blocks and the path as table name', () => {
+    assert.equal(device.sizeSectors, 128);
+    assert.equal(device.logicalBlockBytes, 512);
+    assert.equal(device.tableName, file);
+    assert.equal(device.devno, undefined);
+  });
+
+  it('reads back what it wrote, at sector offsets, with and without FUA', async () => {
+    assert.equal(await device.write(Buffer.alloc(1024, 0x11), 4, false), 1024);
+    assert.equal(await device.write(Buffer.alloc(512, 0x22), 6, true), 512);
+    const readBack = Buffer.alloc(1536);
+    assert.equal(await device.read(readBack, 4), 1536);
+    assert.ok(readBack.subarray(0, 1024).every((b) => b === 0x11));
+    assert.ok(readBack.subarray(1024).every((b) => b === 0x22));
+    const onDisk = await fsp.readFile(file);
+    assert.equal(onDisk[4 * 512], 0x11);
+    assert.equal(onDisk[6 * 512], 0x22);
+  });
+
+  it('writev and readv move buffers in order', async () => {
+    assert.equal(await device.writev([Buffer.alloc(512, 1), Buffer.alloc(512, 2)], 10, false), 1024);
+    const parts = [Buffer.alloc(512), Buffer.alloc(512)];
+    assert.equal(await device.readv(parts, 10), 1024);
+    assert.equal(parts[0][0], 1);
+    assert.equal(parts[1][511], 2);
+  });
+
+  it('flush, discard and both kinds of writeZeroes zero the range', async () => {
+    await device.write(Buffer.alloc(16 * 512, 0xee), 0, false);
+    assert.equal(await device.flush(), 0);
+    assert.equal(await device.discard(0, 8), 0);
+    assert.equal(await device.writeZeroes(8, 4, true), 0);
+    assert.equal(await device.writeZeroes(12, 2, false), 0);
+    const readBack = Buffer.alloc(16 * 512);
+    await device.read(readBack, 0);
+    assert.ok(readBack.subarray(0, 14 * 512).every((b) => b === 0));
+    assert.ok(readBack.subarray(14 * 512).every((b) => b === 0xee));
+    assert.equal((await fsp.stat(file)).size, 64 * 1024 + 100);
+  });
+
+  it('returns a short count for a read that crosses the end of the file', async () => {
+    assert.equal(await device.read(Buffer.alloc(1024), 128), 100);
+  });
+
+  it('rejects buffers that are not whole sectors, and any I/O after close', async () => {
+    await assert.rejects(device.read(Buffer.alloc(100), 0), RangeError);
+    await device.close();
+    await assert.rejects(device.write(Buffer.alloc(512), 0, false), /closed/);
+  });
+
+  it('a read-only device returns -EBADF for writes', async () => {
+    const readOnly = await openFileDevice(file, { readOnly: true });
+    try {
+      assert.equal(await readOnly.write(Buffer.alloc(512), 0, false), -os.constants.errno.EBADF);
+      assert.equal(await readOnly.read(Buffer.alloc(512), 0), 512);
+    } finally {
+      await readOnly.close();
+    }
+  });
+});
+
+describe('openFileDevice errors and specs', () => {
+  it('names the missing path in an ENOENT ErrnoError', async () => {
+    const missing = path.join(os.tmpdir(), 'ublkdm-definitely-missing', 'nothing');
+    await assert.rejects(openFileDevice(missing), (error: unknown) => {
+      assert.ok(error instanceof ErrnoError);
+      assert.equal(error.code, 'ENOENT');
+      assert.match(error.message, new RegExp(missing));
+      return true;
+    });
+  });
+
+  it('refuses a directory', async () => {
+    await assert.rejects(openFileDevice(os.tmpdir()), /neither a regular file nor a block device/);
+  });
+
+  it('refuses an unknown major:minor', async () => {
+    await assert.rejects(openFileDevice('4095:1048575'), /no block device 4095:1048575/);
+  });
+
+  it('opens a block device named by major:minor, with its devno as table name', async function () {
+    const loop0 = '/sys/dev/block/7:0';
+    if (!(await fsp.stat(loop0).catch(() => undefined))) this.skip();
+    const device = await openFileDevice('7:0', { readOnly: true });
+    try {
+      assert.equal(device.path, '/dev/loop0');
+      assert.equal(device.tableName, '7:0');
+      assert.deepEqual(device.devno, { major: 7, minor: 0 });
+      assert.equal(device.logicalBlockBytes, 512);
+      assert.equal(typeof device.sizeSectors, 'number');
+    } finally {
+      await device.close();
+    }
+  });
+
+  it('resolves a relative path to an absolute one', async () => {
+    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ublkdm-rel-'));
+    const file = path.join(dir, 'f');
+    await fsp.writeFile(file, Buffer.alloc(4096));
+    const device = await openFileDevice(path.relative(process.cwd(), file));
+    try {
+      assert.equal(device.path, file);
+    } finally {
+      await device.close();
+      await fsp.rm(dir, { recursive: true, force: true });
+    }
+  });
+});
