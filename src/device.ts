@@ -1,6 +1,8 @@
 import type { IoResult } from './errno';
 import type { DeviceOptions, TargetLine } from './protocol';
-import type { IoOp, StatusKind, Target } from './target';
+import type { BlockRequest } from './dispatch';
+import type { StatusKind, Target } from './target';
+import type { UblkRequest } from './ublk/device';
 import { SECTOR_BYTES, sectorsToBytes } from './units';
 
 /*
@@ -17,14 +19,7 @@ export interface DeviceTable {
 }
 
 /** One request as the dispatcher takes it. */
-export interface DispatchRequest {
-  readonly op: IoOp;
-  readonly sector: number;
-  readonly sectorCount: number;
-  readonly data: Uint8Array;
-  readonly fua: boolean;
-  readonly noUnmap: boolean;
-}
+export type DispatchRequest = BlockRequest;
 
 /** src/dispatch.ts `Dispatcher`: runs requests against the live table, owns suspend. */
 export interface DeviceDispatcher {
@@ -38,15 +33,8 @@ export interface DeviceDispatcher {
   swapTable(next: DeviceTable): DeviceTable;
 }
 
-/** One request from the kernel (src/ublk/device.ts `UblkRequest`, the fields used here). */
-export interface UblkRequestView {
-  readonly op: IoOp;
-  readonly fua: boolean;
-  readonly noUnmap: boolean;
-  readonly sector: number;
-  readonly sectorCount: number;
-  readonly buffer: Uint8Array;
-}
+/** One request from the kernel: the fields of src/ublk/device.ts `UblkRequest` used here. */
+export type UblkRequestView = Pick<UblkRequest, 'op' | 'fua' | 'noUnmap' | 'sector' | 'sectorCount' | 'buffer'>;
 
 export interface UblkCreateOptions {
   readonly sizeSectors: number;
@@ -61,6 +49,9 @@ export interface UblkHandle {
   readonly id: number;
   readonly blockPath: string;
   readonly devno: { readonly major: number; readonly minor: number };
+  /** Hardware queues and tags per queue the kernel granted. */
+  readonly queues: number;
+  readonly depth: number;
   /** STOP_DEV + DEL_DEV; the handler must keep answering until this settles. */
   stop(): Promise<void>;
 }
@@ -155,6 +146,14 @@ export class MappedDevice {
 
   get devno(): { readonly major: number; readonly minor: number } {
     return this.ublk.devno;
+  }
+
+  get queues(): number {
+    return this.ublk.queues;
+  }
+
+  get depth(): number {
+    return this.ublk.depth;
   }
 
   get suspended(): boolean {

@@ -45,6 +45,7 @@ export interface DeviceListEntry {
   readonly name: string;
   readonly major: number;
   readonly minor: number;
+  readonly blockPath: string;
 }
 
 /** One table line as dmsetup prints it: `<start> <len> <type> <text>`. */
@@ -77,6 +78,8 @@ export interface DeviceInfo {
   readonly targetCount: number;
   readonly sizeSectors: number;
   readonly blockPath: string;
+  readonly queues: number;
+  readonly depth: number;
 }
 
 export interface VersionInfo {

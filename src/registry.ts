@@ -140,7 +140,7 @@ export class DeviceRegistry {
   list(targetType?: string): DeviceListEntry[] {
     return this.sorted()
       .filter((device) => targetType === undefined || device.hasTargetType(targetType))
-      .map((device) => ({ name: device.name, major: device.devno.major, minor: device.devno.minor }));
+      .map((device) => ({ name: device.name, major: device.devno.major, minor: device.devno.minor, blockPath: device.blockPath }));
   }
 
   /** `table` (kind 'table') or `status` (kind 'info'), for one device or all. */
@@ -210,6 +210,8 @@ export class DeviceRegistry {
       targetCount: device.liveTargetCount,
       sizeSectors: device.sizeSectors,
       blockPath: device.blockPath,
+      queues: device.queues,
+      depth: device.depth,
     };
   }
 

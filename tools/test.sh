@@ -24,8 +24,10 @@ else
 fi
 integ_rc=${PIPESTATUS[0]}
 
-passed=$(grep -oE '^ *[0-9]+ passing' "$log" | awk '{s+=$1} END {print s+0}')
-failed=$(grep -oE '^ *[0-9]+ failing' "$log" | awk '{s+=$1} END {print s+0}')
+# mocha colours its summary lines when the guest console is a terminal: strip that first.
+plain=$(sed 's/\x1b\[[0-9;]*m//g' "$log")
+passed=$(grep -oE '^ *[0-9]+ passing' <<<"$plain" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -oE '^ *[0-9]+ failing' <<<"$plain" | awk '{s+=$1} END {print s+0}')
 if [[ $unit_rc -ne 0 || $integ_rc -ne 0 ]] && [[ $failed -eq 0 ]]; then
   failed=1  # a runner that died before reporting still fails the run
 fi

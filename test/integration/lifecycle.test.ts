@@ -40,7 +40,7 @@ describe('integration: device lifecycle', function () {
     assert.match(info, /^Number of targets: 1$/m);
     const json = JSON.parse(await box.ok(['info', 'show', '--json']));
     assert.equal(json.name, 'show');
-    assert.equal(json.blockDevice, dev);
+    assert.equal(json.blockPath, dev);
     await box.ok(['remove', 'show']);
     assert.ok(!existsSync(dev), 'the block device is gone after remove');
     assert.ok(!existsSync(join(box.linkDir, 'show')), 'the link is gone after remove');
@@ -120,10 +120,10 @@ describe('integration: device lifecycle', function () {
     assert.ok(!existsSync(dev), 'SIGTERM removed the kernel device');
     assert.ok((await readdir(box.stateDir)).length > 0, 'the saved table is kept');
     await box.startDaemon();
-    const ls = JSON.parse(await box.ok(['ls', '--json'])) as Array<{ name: string; blockDevice: string }>;
+    const ls = JSON.parse(await box.ok(['ls', '--json'])) as Array<{ name: string; blockPath: string }>;
     const back = ls.find((d) => d.name === 'restart');
     assert.ok(back, 'the device is back after restart');
-    assert.equal(await sha256OfFile(back.blockDevice), sum, 'and serves the same bytes');
+    assert.equal(await sha256OfFile(back.blockPath), sum, 'and serves the same bytes');
     assert.equal(JSON.parse(await box.ok(['info', 'restart', '--json'])).queues, 2, 'with its options');
     await box.ok(['remove', 'restart']);
     assert.equal((await readdir(box.stateDir)).filter((f) => f.includes('restart')).length, 0, 'remove deletes the saved table');

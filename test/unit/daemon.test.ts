@@ -60,7 +60,7 @@ describe('DaemonServer over a unix socket', () => {
     assert.equal(formatTableReports(tables, false), '0 8 zero \n');
     const infos = await sendRequest(paths.socketPath, { verb: 'info', name: 'vol0' });
     assert.match(formatInfo(infos, false), /^Name: {14}vol0\nState: {13}ACTIVE\n/);
-    assert.deepEqual(await sendRequest(paths.socketPath, { verb: 'ls' }), [{ name: 'vol0', major: 259, minor: 0 }]);
+    assert.deepEqual(await sendRequest(paths.socketPath, { verb: 'ls' }), [{ name: 'vol0', major: 259, minor: 0, blockPath: '/dev/ublkb0' }]);
     await sendRequest(paths.socketPath, { verb: 'remove', name: 'vol0' });
     assert.deepEqual(await sendRequest(paths.socketPath, { verb: 'ls' }), []);
   });

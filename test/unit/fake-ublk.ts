@@ -29,6 +29,14 @@ export class FakeUblkDevice implements UblkHandle {
     this.devno = { major: 259, minor: id };
   }
 
+  get queues(): number {
+    return this.options.queues ?? 1;
+  }
+
+  get depth(): number {
+    return this.options.depth ?? 128;
+  }
+
   submit(request: Omit<UblkRequestView, 'fua' | 'noUnmap'> & { fua?: boolean }): Promise<IoResult> {
     if (this.stopped) throw new Error('I/O submitted to a stopped device');
     return this.handler({ fua: false, noUnmap: false, ...request });

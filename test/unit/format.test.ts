@@ -16,6 +16,8 @@ const info: DeviceInfo = {
   targetCount: 1,
   sizeSectors: 2048,
   blockPath: '/dev/ublkb0',
+  queues: 1,
+  depth: 128,
 };
 
 describe('format (dmsetup output)', () => {
@@ -60,8 +62,8 @@ describe('format (dmsetup output)', () => {
   it('lists devices as "<name>\\t(<major>:<minor>)"', () => {
     assert.equal(
       formatDeviceList([
-        { name: 'a', major: 259, minor: 0 },
-        { name: 'bb', major: 259, minor: 12 },
+        { name: 'a', major: 259, minor: 0, blockPath: '/dev/ublkb0' },
+        { name: 'bb', major: 259, minor: 12, blockPath: '/dev/ublkb12' },
       ]),
       'a\t(259:0)\nbb\t(259:12)\n',
     );

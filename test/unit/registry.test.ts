@@ -36,7 +36,7 @@ describe('DeviceRegistry', () => {
       assert.deepEqual((await bed.store.loadAll()).devices, [
         { name: 'vol0', table: '0 8 zero\n8 8 error\n', options: { readOnly: true, queues: 2 } },
       ]);
-      assert.deepEqual(registry.list(), [{ name: 'vol0', major: 259, minor: 0 }]);
+      assert.deepEqual(registry.list(), [{ name: 'vol0', major: 259, minor: 0, blockPath: '/dev/ublkb0' }]);
     });
 
     it('serves I/O through the dispatcher to the table', async () => {
@@ -225,7 +225,7 @@ describe('DeviceRegistry', () => {
       assert.deepEqual(await registry.info('vol0'), [
         {
           name: 'vol0', suspended: false, readOnly: false, readAheadSectors: 256, liveTable: true, inactiveTable: false,
-          openCount: 0, eventNumber: 0, major: 259, minor: 0, targetCount: 2, sizeSectors: 16, blockPath: '/dev/ublkb0',
+          openCount: 0, eventNumber: 0, major: 259, minor: 0, targetCount: 2, sizeSectors: 16, blockPath: '/dev/ublkb0', queues: 1, depth: 128,
         },
       ]);
     });

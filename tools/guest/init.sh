@@ -18,12 +18,12 @@ kmods=$(arg ublkdm.kmods)
 
 die() { echo "guest init: $*" >&2; poweroff -f; }
 mkdir -p /host /rw /newroot
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,ro hostroot /host || die "cannot mount host root"
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,cache=loose,ro hostroot /host || die "cannot mount host root"
 mount -t tmpfs -o size=80% tmpfs /rw || die "cannot mount tmpfs"
 mkdir -p /rw/upper /rw/work
 mount -t overlay overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work /newroot || die "cannot mount overlay"
 mkdir -p /newroot$project
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 project /newroot$project || die "cannot mount project"
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,cache=loose project /newroot$project || die "cannot mount project"
 mkdir -p /newroot/usr/lib/modules/$kver
 mount --bind /newroot$kmods /newroot/usr/lib/modules/$kver || die "cannot bind modules"
 mount -t proc proc /newroot/proc
