@@ -1,20 +1,30 @@
-import { promises as fsp } from 'node:fs';
+import { constants as fsConstants, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 
 import type { BlockDevice } from './blockdev';
 import { EINVAL, ENOENT, ErrnoError, type IoResult } from './errno';
-import { native } from './native';
+import { isDirectIoAligned, native } from './native';
 import { RWF_DSYNC, sharedIoRing, type IoRing } from './ring';
 import { SECTOR_BYTES, SECTOR_SHIFT } from './units';
 
 /**
  * FileDevice: a regular file or a block device used as a BlockDevice, with all I/O going
  * through the process-wide io_uring.
+ *
+ * Data moves through an O_DIRECT descriptor when the buffer, offset and length allow it, as
+ * ublksrv's loop target and `losetup --direct-io` do: it skips a copy through the page cache,
+ * and on filesystems that cannot take non-blocking buffered I/O (tmpfs in 6.12 refuses
+ * RWF_NOWAIT, so io_uring hands every buffered request to a worker thread) it is much cheaper
+ * per request. Unaligned I/O, and filesystems that refuse O_DIRECT, use the buffered
+ * descriptor; Linux keeps the two coherent (direct I/O writes back and invalidates the page
+ * cache range it touches).
  */
 
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
 const FALLOC_FL_ZERO_RANGE = 0x10;
+/** Offsets, lengths and buffers aligned to this go through the O_DIRECT descriptor. */
+const DIRECT_IO_ALIGNMENT_BYTES = 4096;
 
 export interface OpenFileDeviceOptions {
   readOnly?: boolean;
@@ -32,6 +42,8 @@ export class FileDevice implements BlockDevice {
   /** Use openFileDevice(). */
   constructor(
     private readonly handle: fsp.FileHandle,
+    /** The same file opened with O_DIRECT; undefined when the filesystem refuses it. */
+    private directHandle: fsp.FileHandle | undefined,
     readonly path: string,
     readonly sizeSectors: number,
     readonly logicalBlockBytes: number,
@@ -43,6 +55,11 @@ export class FileDevice implements BlockDevice {
     return this.devno === undefined ? this.path : `${this.devno.major}:${this.devno.minor}`;
   }
 
+  /** Whether aligned I/O currently goes through the O_DIRECT descriptor. */
+  get usesDirectIo(): boolean {
+    return this.directHandle !== undefined;
+  }
+
   /** The open file descriptor (valid until close()). */
   get fd(): number {
     return this.handle.fd;
@@ -51,25 +68,39 @@ export class FileDevice implements BlockDevice {
   read(buf: Uint8Array, sector: number): Promise<IoResult> {
     const misuse = this.misuse(buf.byteLength);
     if (misuse) return Promise.reject(misuse);
-    return this.ring.read(this.handle.fd, buf, sector * SECTOR_BYTES);
+    const byteOffset = sector * SECTOR_BYTES;
+    if (this.canGoDirect(buf, byteOffset)) return this.directOr(this.ring.read(this.directHandle!.fd, buf, byteOffset), () => this.read(buf, sector));
+    return this.ring.read(this.handle.fd, buf, byteOffset);
   }
 
   write(buf: Uint8Array, sector: number, fua: boolean): Promise<IoResult> {
     const misuse = this.misuse(buf.byteLength);
     if (misuse) return Promise.reject(misuse);
-    return this.ring.write(this.handle.fd, buf, sector * SECTOR_BYTES, fua ? RWF_DSYNC : 0);
+    const byteOffset = sector * SECTOR_BYTES;
+    const rwFlags = fua ? RWF_DSYNC : 0;
+    if (this.canGoDirect(buf, byteOffset)) {
+      return this.directOr(this.ring.write(this.directHandle!.fd, buf, byteOffset, rwFlags), () => this.write(buf, sector, fua));
+    }
+    return this.ring.write(this.handle.fd, buf, byteOffset, rwFlags);
   }
 
   readv(bufs: Uint8Array[], sector: number): Promise<IoResult> {
     const misuse = this.misuse(totalBytes(bufs));
     if (misuse) return Promise.reject(misuse);
-    return this.ring.readv(this.handle.fd, bufs, sector * SECTOR_BYTES);
+    const byteOffset = sector * SECTOR_BYTES;
+    if (this.canGoDirectV(bufs, byteOffset)) return this.directOr(this.ring.readv(this.directHandle!.fd, bufs, byteOffset), () => this.readv(bufs, sector));
+    return this.ring.readv(this.handle.fd, bufs, byteOffset);
   }
 
   writev(bufs: Uint8Array[], sector: number, fua: boolean): Promise<IoResult> {
     const misuse = this.misuse(totalBytes(bufs));
     if (misuse) return Promise.reject(misuse);
-    return this.ring.writev(this.handle.fd, bufs, sector * SECTOR_BYTES, fua ? RWF_DSYNC : 0);
+    const byteOffset = sector * SECTOR_BYTES;
+    const rwFlags = fua ? RWF_DSYNC : 0;
+    if (this.canGoDirectV(bufs, byteOffset)) {
+      return this.directOr(this.ring.writev(this.directHandle!.fd, bufs, byteOffset, rwFlags), () => this.writev(bufs, sector, fua));
+    }
+    return this.ring.writev(this.handle.fd, bufs, byteOffset, rwFlags);
   }
 
   flush(): Promise<IoResult> {
@@ -90,7 +121,30 @@ export class FileDevice implements BlockDevice {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.directHandle?.close();
     await this.handle.close();
+  }
+
+  private canGoDirect(buf: Uint8Array, byteOffset: number): boolean {
+    return this.directHandle !== undefined && byteOffset % DIRECT_IO_ALIGNMENT_BYTES === 0 && isDirectIoAligned(buf, DIRECT_IO_ALIGNMENT_BYTES);
+  }
+
+  private canGoDirectV(bufs: Uint8Array[], byteOffset: number): boolean {
+    if (this.directHandle === undefined || byteOffset % DIRECT_IO_ALIGNMENT_BYTES !== 0) return false;
+    for (const buf of bufs) if (!isDirectIoAligned(buf, DIRECT_IO_ALIGNMENT_BYTES)) return false;
+    return true;
+  }
+
+  /**
+   * A direct request's result, unless the filesystem refused it for alignment (EINVAL: its
+   * direct I/O granule is larger than ours): then direct I/O is given up for this device and
+   * the request goes again through the buffered descriptor.
+   */
+  private async directOr(direct: Promise<IoResult>, buffered: () => Promise<IoResult>): Promise<IoResult> {
+    const result = await direct;
+    if (result !== -EINVAL) return result;
+    this.directHandle = undefined;
+    return buffered();
   }
 
   private fallocate(mode: number, sector: number, sectorCount: number): Promise<IoResult> {
@@ -121,12 +175,15 @@ export async function openFileDevice(spec: string, options: OpenFileDeviceOption
     throw new ErrnoError(`${devicePath} is neither a regular file nor a block device`, EINVAL);
   }
   const readOnly = options.readOnly ?? false;
-  const handle = await fsp.open(devicePath, readOnly ? 'r' : 'r+');
+  const accessFlags = readOnly ? fsConstants.O_RDONLY : fsConstants.O_RDWR;
+  const handle = await fsp.open(devicePath, accessFlags);
+  const directHandle = await fsp.open(devicePath, accessFlags | fsConstants.O_DIRECT).catch(() => undefined);
   try {
     if (isBlockDevice) {
       const addon = native();
       return new FileDevice(
         handle,
+        directHandle,
         devicePath,
         Math.floor(addon.blockDeviceBytes(handle.fd) / SECTOR_BYTES),
         addon.logicalBlockBytes(handle.fd),
@@ -135,8 +192,9 @@ export async function openFileDevice(spec: string, options: OpenFileDeviceOption
       );
     }
     const sizeSectors = Number(stats.size >> BigInt(SECTOR_SHIFT));
-    return new FileDevice(handle, devicePath, sizeSectors, SECTOR_BYTES, undefined, readOnly);
+    return new FileDevice(handle, directHandle, devicePath, sizeSectors, SECTOR_BYTES, undefined, readOnly);
   } catch (error) {
+    await directHandle?.close();
     await handle.close();
     throw error;
   }

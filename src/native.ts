@@ -72,3 +72,21 @@ export function native(): NativeAddon {
   }
   return cached;
 }
+
+/** ArrayBuffers known to start on a page boundary (made by allocPageAligned). */
+const pageAlignedBuffers = new WeakSet<ArrayBufferLike>();
+
+/** Page-aligned, zero-filled memory outside the V8 heap, usable for O_DIRECT I/O. */
+export function allocPageAligned(byteLength: number): ArrayBuffer {
+  const buffer = native().allocAligned(byteLength, 4096);
+  pageAlignedBuffers.add(buffer);
+  return buffer;
+}
+
+/**
+ * True when `view` starts and ends on `alignmentBytes` boundaries of page-aligned memory: the
+ * condition for handing it to an O_DIRECT file descriptor.
+ */
+export function isDirectIoAligned(view: ArrayBufferView, alignmentBytes: number): boolean {
+  return view.byteOffset % alignmentBytes === 0 && view.byteLength % alignmentBytes === 0 && pageAlignedBuffers.has(view.buffer);
+}

@@ -1,4 +1,4 @@
-import { native } from '../native';
+import { allocPageAligned, native } from '../native';
 import { PAGE_BYTES } from '../units';
 
 /**
@@ -22,6 +22,6 @@ function allocateSlab(byteLength: number): ArrayBuffer {
   } catch {
     addon = undefined;
   }
-  if (addon && typeof addon.allocAligned === 'function') return addon.allocAligned(byteLength, PAGE_BYTES);
+  if (addon && typeof addon.allocAligned === 'function') return allocPageAligned(byteLength);
   return new ArrayBuffer(byteLength);
 }

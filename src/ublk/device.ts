@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 
 import { EINVAL, EIO, ENODEV, ENOENT, EOPNOTSUPP, ETIMEDOUT, ErrnoError, type IoResult } from '../errno';
-import { native } from '../native';
+import { allocPageAligned, native } from '../native';
 import { sharedIoRing, type IoRing } from '../ring';
 import { IoOp } from '../target';
 import { PAGE_BYTES, SECTOR_BYTES } from '../units';
@@ -166,7 +166,7 @@ export class UblkDevice {
         );
         this.descriptorMappings.push(mapping);
         this.descriptorWords.push(new Uint32Array(mapping));
-        const queueBuffer = new Uint8Array(addon.allocAligned(config.depth * config.maxIoBytes, PAGE_BYTES));
+        const queueBuffer = new Uint8Array(allocPageAligned(config.depth * config.maxIoBytes));
         this.tagBuffers.push(queueBuffer);
         const queueAddress = addon.addressOf(queueBuffer);
         for (let tag = 0; tag < config.depth; tag++) {

@@ -5,6 +5,7 @@ import * as path from 'node:path';
 
 import { ErrnoError } from '../../src/errno';
 import { FileDevice, openFileDevice } from '../../src/filedev';
+import { allocPageAligned } from '../../src/native';
 
 describe('FileDevice over a regular file', () => {
   let dir: string;
@@ -40,6 +41,26 @@ describe('FileDevice over a regular file', () => {
     const onDisk = await fsp.readFile(file);
     assert.equal(onDisk[4 * 512], 0x11);
     assert.equal(onDisk[6 * 512], 0x22);
+  });
+
+  it('aligned I/O from page-aligned memory goes through O_DIRECT and stays coherent with buffered I/O', async () => {
+    assert.equal(device.usesDirectIo, true, 'the host tmpdir takes O_DIRECT');
+    const page = new Uint8Array(allocPageAligned(8192));
+    page.fill(0x5a);
+    assert.equal(await device.write(page, 8, false), 8192); // sector 8 = 4 KiB: direct
+    const unaligned = Buffer.alloc(1024);
+    assert.equal(await device.read(unaligned, 9), 1024); // buffered, inside what was written directly
+    assert.ok(unaligned.every((b) => b === 0x5a));
+    assert.equal(await device.write(Buffer.alloc(512, 0x33), 10, false), 512); // buffered write
+    const back = new Uint8Array(allocPageAligned(8192));
+    assert.equal(await device.read(back, 8), 8192); // direct read sees the buffered write
+    assert.equal(back[2 * 512], 0x33);
+    assert.equal(back[2 * 512 - 1], 0x5a);
+    assert.equal(back[3 * 512], 0x5a);
+    const onDisk = await fsp.readFile(file);
+    assert.equal(onDisk[10 * 512], 0x33);
+    assert.equal(onDisk[12 * 512], 0x5a);
+    assert.equal(device.usesDirectIo, true);
   });
 
   it('writev and readv move buffers in order', async () => {
