@@ -22,8 +22,6 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,cache=loose,ro hostroo
 mount -t tmpfs -o size=80% tmpfs /rw || die "cannot mount tmpfs"
 mkdir -p /rw/upper /rw/work
 mount -t overlay overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work /newroot || die "cannot mount overlay"
-mkdir -p /newroot$project
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,cache=loose project /newroot$project || die "cannot mount project"
 mkdir -p /newroot/usr/lib/modules/$kver
 mount --bind /newroot$kmods /newroot/usr/lib/modules/$kver || die "cannot bind modules"
 mount -t proc proc /newroot/proc
@@ -34,6 +32,9 @@ mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs tmpfs /newroot/dev/shm
 mount -t tmpfs -o size=75% tmpfs /newroot/tmp
 mount -t tmpfs -o mode=755 tmpfs /newroot/run
+# The project goes last: it may live under a directory just covered (a clone in /tmp).
+mkdir -p /newroot$project
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,cache=loose project /newroot$project || die "cannot mount project"
 ln -sf /proc/self/fd /newroot/dev/fd
 ln -sf /proc/self/fd/0 /newroot/dev/stdin
 ln -sf /proc/self/fd/1 /newroot/dev/stdout
