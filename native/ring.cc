@@ -56,6 +56,8 @@ Napi::Function Ring::Define(Napi::Env env) {
                          InstanceMethod("prepUblkIoCmd", &Ring::PrepUblkIoCmd),
                          InstanceMethod("prepCancel", &Ring::PrepCancel),
                          InstanceMethod("submit", &Ring::Submit),
+                         InstanceMethod("reap", &Ring::Reap),
+                         InstanceMethod("holdWakeups", &Ring::HoldWakeups),
                          InstanceMethod("close", &Ring::Close),
                      });
 }
@@ -365,24 +367,50 @@ void Ring::DrainEventFd() {
   }
 }
 
+unsigned Ring::CollectBatch() {
+  unsigned ready = io_uring_peek_batch_cqe(&ring_, cqes_.data(), static_cast<unsigned>(cqes_.size()));
+  if (ready == 0) return 0;
+  // Fetched per batch: small typed arrays live on the V8 heap and may move between batches.
+  double* tokens = tokens_.Value().Data();
+  int32_t* results = results_.Value().Data();
+  for (unsigned i = 0; i < ready; i++) {
+    uint64_t token = cqes_[i]->user_data;
+    tokens[i] = static_cast<double>(token);
+    results[i] = cqes_[i]->res;
+    if (!iovecsInFlight_.empty()) iovecsInFlight_.erase(token);
+  }
+  io_uring_cq_advance(&ring_, ready);
+  inFlight_ = inFlight_ > ready ? inFlight_ - ready : 0;
+  if (inFlight_ == 0) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+  return ready;
+}
+
+Napi::Value Ring::Reap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!open_) return Napi::Number::New(env, 0);
+  return Napi::Number::New(env, CollectBatch());
+}
+
+Napi::Value Ring::HoldWakeups(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsBoolean()) {
+    ThrowType(env, "holdWakeups(hold: boolean)");
+    return env.Undefined();
+  }
+  if (!open_) return env.Undefined();
+  bool hold = info[0].As<Napi::Boolean>().Value();
+  io_uring_cq_eventfd_toggle(&ring_, !hold);
+  // A CQE posted while held signalled nobody: wake the poll for it ourselves.
+  if (!hold && io_uring_cq_ready(&ring_) > 0) eventfd_write(eventFd_, 1);
+  return env.Undefined();
+}
+
 void Ring::ReapCompletions() {
   Napi::Env env = Env();
   Napi::HandleScope scope(env);
   while (open_) {
-    unsigned ready = io_uring_peek_batch_cqe(&ring_, cqes_.data(), static_cast<unsigned>(cqes_.size()));
+    unsigned ready = CollectBatch();
     if (ready == 0) break;
-    // Fetched per batch: small typed arrays live on the V8 heap and may move between batches.
-    double* tokens = tokens_.Value().Data();
-    int32_t* results = results_.Value().Data();
-    for (unsigned i = 0; i < ready; i++) {
-      uint64_t token = cqes_[i]->user_data;
-      tokens[i] = static_cast<double>(token);
-      results[i] = cqes_[i]->res;
-      if (!iovecsInFlight_.empty()) iovecsInFlight_.erase(token);
-    }
-    io_uring_cq_advance(&ring_, ready);
-    inFlight_ = inFlight_ > ready ? inFlight_ - ready : 0;
-    if (inFlight_ == 0) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
     if (io_uring_sq_ready(&ring_) > 0) io_uring_submit(&ring_);  // leftovers of a backed-up Submit
 
     onCompletions_.MakeCallback(Value(), {Napi::Number::New(env, ready)}, *asyncContext_);

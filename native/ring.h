@@ -32,6 +32,8 @@ class Ring : public Napi::ObjectWrap<Ring> {
   Napi::Value PrepUblkIoCmd(const Napi::CallbackInfo& info);
   Napi::Value PrepCancel(const Napi::CallbackInfo& info);
   Napi::Value Submit(const Napi::CallbackInfo& info);
+  Napi::Value Reap(const Napi::CallbackInfo& info);
+  Napi::Value HoldWakeups(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   // Shared by readv/writev: builds the iovec array kept until the request completes.
@@ -46,6 +48,8 @@ class Ring : public Napi::ObjectWrap<Ring> {
   static void OnEventFdReadable(uv_poll_t* handle, int status, int events);
   void DrainEventFd();
   void ReapCompletions();
+  // Copies up to one batch of ready CQEs into the shared arrays and consumes them; returns how many.
+  unsigned CollectBatch();
   void Teardown();
 
   io_uring ring_{};
