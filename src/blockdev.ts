@@ -24,6 +24,10 @@ export interface BlockDevice {
   read(buf: Uint8Array, sector: number): Promise<IoResult>;
   /** Write buf at `sector`; with `fua` the data is on stable storage before the promise settles. */
   write(buf: Uint8Array, sector: number, fua: boolean): Promise<IoResult>;
+  /** Optional promise-free read(): `done` gets the result; misuse throws synchronously. */
+  readCb?(buf: Uint8Array, sector: number, done: (result: IoResult) => void): void;
+  /** Optional promise-free write(): `done` gets the result; misuse throws synchronously. */
+  writeCb?(buf: Uint8Array, sector: number, fua: boolean, done: (result: IoResult) => void): void;
   /** Scatter read: fills the buffers in order starting at `sector` (one readv). */
   readv(bufs: Uint8Array[], sector: number): Promise<IoResult>;
   /** Gather write: writes the buffers in order starting at `sector` (one writev). */

@@ -181,7 +181,7 @@ async function kernelDeps(paths: DaemonPaths, log: Logger): Promise<RegistryDeps
     buildTable: (text) => tableModule.loadTable(text),
     // Every table in the daemon comes from buildTable above, so the cast only restores its real type.
     createDispatcher: (table) => new dispatchModule.Dispatcher(table as Table),
-    createUblk: (options, handler) => ublkModule.UblkDevice.create(options, handler),
+    createUblk: (options, handler, callbackHandler) => ublkModule.UblkDevice.create(options, handler, callbackHandler),
     store: new DeviceStore(paths.stateDir),
     links: new DeviceLinks(paths.linkDir),
     probeUsage: procUsageProbe(),

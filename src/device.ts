@@ -25,6 +25,8 @@ export type DispatchRequest = BlockRequest;
 export interface DeviceDispatcher {
   readonly suspended: boolean;
   handle(request: DispatchRequest): Promise<IoResult>;
+  /** Optional promise-free handle(): `done` gets the result (-EIO where handle() would reject). */
+  handleCb?(request: DispatchRequest, done: (result: IoResult) => void): void;
   /** Presuspend hooks, new I/O waits, in-flight I/O drains, postsuspend hooks. */
   suspend(): Promise<void>;
   /** Preresume/resume hooks, then the waiting I/O goes. */
@@ -59,6 +61,8 @@ export interface UblkHandle {
 export type UblkFactory = (
   options: UblkCreateOptions,
   handler: (request: UblkRequestView) => Promise<IoResult>,
+  /** handler's promise-free form; when given, the device may use it instead. */
+  callbackHandler?: (request: UblkRequestView, done: (result: IoResult) => void) => void,
 ) => Promise<UblkHandle>;
 
 export type DispatcherFactory = (table: DeviceTable) => DeviceDispatcher;
@@ -123,15 +127,10 @@ export class MappedDevice {
           ...(options.queues !== undefined ? { queues: options.queues } : {}),
           ...(options.depth !== undefined ? { depth: options.depth } : {}),
         },
-        (request) =>
-          dispatcher.handle({
-            op: request.op,
-            sector: request.sector,
-            sectorCount: request.sectorCount,
-            data: requestData(request),
-            fua: request.fua,
-            noUnmap: request.noUnmap,
-          }),
+        (request) => dispatcher.handle(dispatchRequest(request)),
+        dispatcher.handleCb === undefined
+          ? undefined
+          : (request, done) => dispatcher.handleCb!(dispatchRequest(request), done),
       );
       return new MappedDevice(name, options, table.sizeSectors, dispatcher, ublk, { table, text: tableText });
     } catch (err) {
@@ -279,6 +278,17 @@ function largestLogicalBlock(table: DeviceTable): number {
 }
 
 /** The request's data, exactly sectorCount sectors long (a view, never a copy) if the buffer is larger. */
+function dispatchRequest(request: UblkRequestView): DispatchRequest {
+  return {
+    op: request.op,
+    sector: request.sector,
+    sectorCount: request.sectorCount,
+    data: requestData(request),
+    fua: request.fua,
+    noUnmap: request.noUnmap,
+  };
+}
+
 function requestData(request: UblkRequestView): Uint8Array {
   const byteLength = sectorsToBytes(request.sectorCount);
   return request.buffer.byteLength > byteLength ? request.buffer.subarray(0, byteLength) : request.buffer;

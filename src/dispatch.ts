@@ -1,6 +1,6 @@
 import { EBUSY, EINVAL, EIO, ErrnoError, type IoResult } from './errno';
 import { IoOp, type Target, type TargetIo } from './target';
-import { findSegmentIndex, type Table } from './table';
+import { findSegmentIndex, type Segment, type Table } from './table';
 import { sectorsToBytes } from './units';
 
 /**
@@ -144,6 +144,55 @@ export class Dispatcher {
   }
 
   /**
+   * handle() without a promise on the common path: a Read or Write inside one segment whose
+   * target has mapCb goes straight to it; everything else takes handle() and its promise.
+   * `done` is called exactly once; where handle() would reject (a target bug), `done` gets -EIO.
+   */
+  handleCb(request: BlockRequest, done: (result: IoResult) => void): void {
+    const segment = this.ioBlocked() ? undefined : this.fastPathSegment(request);
+    if (segment === undefined) {
+      this.handle(request).then(done, () => done(-EIO));
+      return;
+    }
+    this.mappedCount++;
+    let completed = false;
+    const finish = (result: IoResult): void => {
+      if (completed) return;
+      completed = true;
+      this.unmapOne();
+      done(result);
+    };
+    try {
+      segment.target.mapCb!(
+        {
+          op: request.op,
+          sector: request.sector - segment.startSector,
+          sectorCount: request.sectorCount,
+          data: request.data,
+          fua: request.fua,
+          noUnmap: request.noUnmap,
+        },
+        finish,
+      );
+    } catch {
+      finish(-EIO);
+    }
+  }
+
+  /** The segment of a data request that fits one piece of it, if its target has mapCb. */
+  private fastPathSegment(request: BlockRequest): Segment | undefined {
+    const { op, sector, sectorCount } = request;
+    if (op !== IoOp.Read && op !== IoOp.Write) return undefined;
+    const segments = this.liveTable.segments;
+    if (!(sector >= 0 && sectorCount > 0 && sector + sectorCount <= this.liveTable.sizeSectors)) return undefined;
+    if (request.data.byteLength !== sectorsToBytes(sectorCount)) return undefined;
+    const segment = segments[findSegmentIndex(segments, sector)]!;
+    if (segment.target.mapCb === undefined) return undefined;
+    const fits = pieceSectorCount(segment, sector - segment.startSector, sectorCount) === sectorCount;
+    return fits ? segment : undefined;
+  }
+
+  /**
    * dm_suspend without the freeze: presuspend hooks; then new requests are deferred and the
    * ones already mapped drain; then postsuspend hooks. If a presuspend hook throws, the targets
    * already presuspended get their resume hook back and the dispatcher stays active.
@@ -226,11 +275,15 @@ export class Dispatcher {
     try {
       return await this.route(request);
     } finally {
-      if (--this.mappedCount === 0 && this.notifyDrained !== undefined) {
-        const notify = this.notifyDrained;
-        this.notifyDrained = undefined;
-        notify();
-      }
+      this.unmapOne();
+    }
+  }
+
+  private unmapOne(): void {
+    if (--this.mappedCount === 0 && this.notifyDrained !== undefined) {
+      const notify = this.notifyDrained;
+      this.notifyDrained = undefined;
+      notify();
     }
   }
 

@@ -2,9 +2,9 @@ import { constants as fsConstants, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 
 import type { BlockDevice } from './blockdev';
-import { EINVAL, ENOENT, ErrnoError, type IoResult } from './errno';
+import { EINVAL, EIO, ENOENT, ErrnoError, type IoResult } from './errno';
 import { isDirectIoAligned, native } from './native';
-import { RWF_DSYNC, sharedIoRing, type IoRing } from './ring';
+import { RWF_DSYNC, sharedIoRing, type IoCallback, type IoRing } from './ring';
 import { SECTOR_BYTES, SECTOR_SHIFT } from './units';
 
 /**
@@ -68,20 +68,66 @@ export class FileDevice implements BlockDevice {
   read(buf: Uint8Array, sector: number): Promise<IoResult> {
     const misuse = this.misuse(buf.byteLength);
     if (misuse) return Promise.reject(misuse);
-    const byteOffset = sector * SECTOR_BYTES;
-    if (this.canGoDirect(buf, byteOffset)) return this.directOr(this.ring.read(this.directHandle!.fd, buf, byteOffset), () => this.read(buf, sector));
-    return this.ring.read(this.handle.fd, buf, byteOffset);
+    return new Promise((resolve) => this.startRead(buf, sector, resolve));
   }
 
   write(buf: Uint8Array, sector: number, fua: boolean): Promise<IoResult> {
     const misuse = this.misuse(buf.byteLength);
     if (misuse) return Promise.reject(misuse);
+    return new Promise((resolve) => this.startWrite(buf, sector, fua, resolve));
+  }
+
+  /** read() without a promise: `done` gets the result. Throws (synchronously) on misuse. */
+  readCb(buf: Uint8Array, sector: number, done: IoCallback): void {
+    const misuse = this.misuse(buf.byteLength);
+    if (misuse) throw misuse;
+    this.startRead(buf, sector, done);
+  }
+
+  /** write() without a promise: `done` gets the result. Throws (synchronously) on misuse. */
+  writeCb(buf: Uint8Array, sector: number, fua: boolean, done: IoCallback): void {
+    const misuse = this.misuse(buf.byteLength);
+    if (misuse) throw misuse;
+    this.startWrite(buf, sector, fua, done);
+  }
+
+  private startRead(buf: Uint8Array, sector: number, done: IoCallback): void {
+    const byteOffset = sector * SECTOR_BYTES;
+    if (!this.canGoDirect(buf, byteOffset)) {
+      this.ring.readCb(this.handle.fd, buf, byteOffset, done);
+      return;
+    }
+    this.ring.readCb(this.directHandle!.fd, buf, byteOffset, (result) => {
+      if (result !== -EINVAL) done(result);
+      else this.giveUpDirectIo(() => this.startRead(buf, sector, done), done);
+    });
+  }
+
+  private startWrite(buf: Uint8Array, sector: number, fua: boolean, done: IoCallback): void {
     const byteOffset = sector * SECTOR_BYTES;
     const rwFlags = fua ? RWF_DSYNC : 0;
-    if (this.canGoDirect(buf, byteOffset)) {
-      return this.directOr(this.ring.write(this.directHandle!.fd, buf, byteOffset, rwFlags), () => this.write(buf, sector, fua));
+    if (!this.canGoDirect(buf, byteOffset)) {
+      this.ring.writeCb(this.handle.fd, buf, byteOffset, rwFlags, done);
+      return;
     }
-    return this.ring.write(this.handle.fd, buf, byteOffset, rwFlags);
+    this.ring.writeCb(this.directHandle!.fd, buf, byteOffset, rwFlags, (result) => {
+      if (result !== -EINVAL) done(result);
+      else this.giveUpDirectIo(() => this.startWrite(buf, sector, fua, done), done);
+    });
+  }
+
+  /**
+   * The filesystem refused a direct request for alignment (EINVAL: its direct I/O granule is
+   * larger than ours): direct I/O is given up for this device and the request goes again
+   * through the buffered descriptor.
+   */
+  private giveUpDirectIo(retry: () => void, done: IoCallback): void {
+    this.directHandle = undefined;
+    try {
+      retry();
+    } catch {
+      done(-EIO); // the ring is gone: we are inside a completion, there is nobody to throw to
+    }
   }
 
   readv(bufs: Uint8Array[], sector: number): Promise<IoResult> {
@@ -135,11 +181,7 @@ export class FileDevice implements BlockDevice {
     return true;
   }
 
-  /**
-   * A direct request's result, unless the filesystem refused it for alignment (EINVAL: its
-   * direct I/O granule is larger than ours): then direct I/O is given up for this device and
-   * the request goes again through the buffered descriptor.
-   */
+  /** giveUpDirectIo() for the promise-returning vectored calls. */
   private async directOr(direct: Promise<IoResult>, buffered: () => Promise<IoResult>): Promise<IoResult> {
     const result = await direct;
     if (result !== -EINVAL) return result;

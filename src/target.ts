@@ -55,6 +55,13 @@ export interface Target {
    */
   map(io: TargetIo): Promise<IoResult>;
 
+  /**
+   * Optional fast form of map for the per-request hot path: the same I/O, with the result
+   * passed to `done` (exactly once) instead of a promise. A throw means what a rejection of
+   * map means (a bug), and `done` is then never called.
+   */
+  mapCb?(io: TargetIo, done: (result: IoResult) => void): void;
+
   /** INFO (`dmsetup status`) or TABLE (`dmsetup table`) text, without the `start len type` prefix. */
   status(kind: StatusKind): string;
 

@@ -1,5 +1,5 @@
 import type { BlockDevice } from '../blockdev';
-import { EOPNOTSUPP, type IoResult } from '../errno';
+import { EIO, EOPNOTSUPP, type IoResult } from '../errno';
 import { IoOp, type StatusKind, type Target, type TargetContext, type TargetIo, type TargetType } from '../target';
 import { expectArgCount, openDeviceArea } from './args';
 
@@ -30,6 +30,18 @@ export class LinearTarget implements Target {
         return this.device.writeZeroes(deviceSector, io.sectorCount, io.noUnmap);
       default:
         return Promise.resolve(-EOPNOTSUPP);
+    }
+  }
+
+  /** Reads and writes skip the promise when the device offers callbacks (FileDevice does). */
+  mapCb(io: TargetIo, done: (result: IoResult) => void): void {
+    const deviceSector = this.deviceStartSector + io.sector;
+    if (io.op === IoOp.Read && this.device.readCb !== undefined) {
+      this.device.readCb(io.data, deviceSector, done);
+    } else if (io.op === IoOp.Write && this.device.writeCb !== undefined) {
+      this.device.writeCb(io.data, deviceSector, io.fua, done);
+    } else {
+      this.map(io).then(done, () => done(-EIO));
     }
   }
 

@@ -14,6 +14,10 @@ export class NullTarget implements Target {
     return io.op === IoOp.Read || io.op === IoOp.Write ? io.data.byteLength : 0;
   }
 
+  mapCb(io: TargetIo, done: (result: IoResult) => void): void {
+    done(io.op === IoOp.Read || io.op === IoOp.Write ? io.data.byteLength : 0);
+  }
+
   status(): string {
     return '';
   }

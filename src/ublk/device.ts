@@ -44,6 +44,12 @@ export interface UblkRequest {
 /** Bytes moved (Read/Write) or 0 on success, or -errno. A rejection completes the request with -EIO. */
 export type UblkHandler = (req: UblkRequest) => Promise<IoResult>;
 
+/**
+ * The handler's promise-free form (the per-request hot path): `done` takes what the promise
+ * would resolve to; calls after the first are ignored. A throw completes the request with -EIO.
+ */
+export type UblkCallbackHandler = (req: UblkRequest, done: (result: IoResult) => void) => void;
+
 export interface UblkDeviceOptions {
   sizeSectors: number;
   /** Default 1. */
@@ -96,7 +102,8 @@ export class UblkDevice {
   private stopping: Promise<void> | undefined;
 
   /** Create, configure and start a device; on any failure nothing is left in the kernel. */
-  static async create(options: UblkDeviceOptions, handler: UblkHandler): Promise<UblkDevice> {
+  /** With `callbackHandler`, requests go to it and `handler` is not used. */
+  static async create(options: UblkDeviceOptions, handler: UblkHandler, callbackHandler?: UblkCallbackHandler): Promise<UblkDevice> {
     const config = validate(options);
     const control = await UblkControl.open();
     let devId: number | undefined;
@@ -124,7 +131,7 @@ export class UblkDevice {
       const charPath = `/dev/ublkc${devId}`;
       const charHandle = await openWhenCreated(charPath);
       try {
-        device = new UblkDevice(control, charHandle, devId, config, info.flags, handler);
+        device = new UblkDevice(control, charHandle, devId, config, info.flags, handler, callbackHandler);
       } catch (error) {
         await charHandle.close(); // DEL_DEV would wait for this reference forever
         throw error;
@@ -153,6 +160,7 @@ export class UblkDevice {
     /** Negotiated UBLK_F_* flags (ADD_DEV's answer). */
     readonly features: bigint,
     private readonly handler: UblkHandler,
+    private readonly callbackHandler: UblkCallbackHandler | undefined,
   ) {
     this.charPath = `/dev/ublkc${id}`;
     this.blockPath = `/dev/ublkb${id}`;
@@ -263,6 +271,14 @@ export class UblkDevice {
       sectorCount: desc.sectorCount,
       buffer: carriesData ? slot.buffer.subarray(0, byteLength) : NO_DATA,
     };
+    if (this.callbackHandler !== undefined) {
+      try {
+        this.callbackHandler(request, slot.onHandled);
+      } catch {
+        slot.onHandlerFailed();
+      }
+      return;
+    }
     let pending: Promise<IoResult>;
     try {
       pending = this.handler(request);
@@ -357,6 +373,7 @@ class TagSlot {
   };
 
   readonly onHandled = (result: IoResult): void => {
+    if (this.phase !== TagPhase.Serving) return; // answered already
     if (typeof result !== 'number' || !Number.isInteger(result)) {
       this.commit(-EIO);
     } else if (result < 0) {
@@ -369,6 +386,7 @@ class TagSlot {
   };
 
   readonly onHandlerFailed = (): void => {
+    if (this.phase !== TagPhase.Serving) return;
     this.commit(-EIO);
   };
 

@@ -504,3 +504,89 @@ describe('dispatch: suspend and resume', () => {
     assert.deepEqual(log, []);
   });
 });
+
+/** A target with mapCb that records which form was used; answers after `respond` is called. */
+class CallbackTarget extends RecordingTarget {
+  readonly callbackIos: TargetIo[] = [];
+  pendingDone: Array<(result: IoResult) => void> = [];
+  throwInMapCb = false;
+
+  mapCb(io: TargetIo, done: (result: IoResult) => void): void {
+    if (this.throwInMapCb) throw new Error('target bug');
+    this.callbackIos.push(io);
+    this.pendingDone.push(done);
+  }
+}
+
+function callbackTable(lengths: number[]): { table: Table; targets: CallbackTarget[] } {
+  const targets = lengths.map((_, i) => new CallbackTarget(`c${i}`, []));
+  let startSector = 0;
+  const segments = lengths.map((lengthSectors, i) => {
+    const segment = { startSector, lengthSectors, target: targets[i]! };
+    startSector += lengthSectors;
+    return segment;
+  });
+  return { table: new Table(segments, []), targets };
+}
+
+describe('dispatch: handleCb fast path', () => {
+  it('a read inside one segment goes to mapCb at the target sector, counted in flight until done', () => {
+    const { table, targets } = callbackTable([8, 8]);
+    const dispatcher = new Dispatcher(table);
+    const results: IoResult[] = [];
+    const req = request(IoOp.Read, 10, 2);
+    dispatcher.handleCb(req, (result) => results.push(result));
+    assert.equal(targets[1]!.callbackIos.length, 1);
+    assert.equal(targets[1]!.ios.length, 0, 'map() was not used');
+    assert.equal(targets[1]!.callbackIos[0]!.sector, 2);
+    assert.equal(targets[1]!.callbackIos[0]!.data, req.data);
+    assert.equal(dispatcher.inFlight, 1);
+    targets[1]!.pendingDone[0]!(1024);
+    targets[1]!.pendingDone[0]!(7); // a second call is ignored
+    assert.deepEqual(results, [1024]);
+    assert.equal(dispatcher.inFlight, 0);
+  });
+
+  it('requests spanning segments, flushes and requests while suspended take the promise path', async () => {
+    const { table, targets } = callbackTable([8, 8]);
+    const dispatcher = new Dispatcher(table);
+    const results: IoResult[] = [];
+    dispatcher.handleCb(request(IoOp.Write, 6, 4), (result) => results.push(result));
+    dispatcher.handleCb(request(IoOp.Flush, 0, 0), (result) => results.push(result));
+    await settle();
+    assert.deepEqual(results, [2048, 0]);
+    assert.equal(targets[0]!.callbackIos.length + targets[1]!.callbackIos.length, 0);
+
+    await dispatcher.suspend();
+    dispatcher.handleCb(request(IoOp.Read, 0, 1), (result) => results.push(result));
+    await settle();
+    assert.equal(dispatcher.deferredCount, 1);
+    assert.equal(results.length, 2, 'held while suspended');
+    await dispatcher.resume();
+    await settle();
+    assert.deepEqual(results, [2048, 0, 512]);
+  });
+
+  it('a mapCb that throws completes the request with EIO and leaves nothing in flight', () => {
+    const { table, targets } = callbackTable([8]);
+    targets[0]!.throwInMapCb = true;
+    const dispatcher = new Dispatcher(table);
+    const results: IoResult[] = [];
+    dispatcher.handleCb(request(IoOp.Read, 0, 1), (result) => results.push(result));
+    assert.deepEqual(results, [-EIO]);
+    assert.equal(dispatcher.inFlight, 0);
+  });
+
+  it('suspend waits for a request in flight on the fast path', async () => {
+    const { table, targets } = callbackTable([8]);
+    const dispatcher = new Dispatcher(table);
+    dispatcher.handleCb(request(IoOp.Read, 0, 1), () => {});
+    let suspended = false;
+    const suspending = dispatcher.suspend().then(() => (suspended = true));
+    await settle();
+    assert.equal(suspended, false);
+    targets[0]!.pendingDone[0]!(512);
+    await suspending;
+    assert.equal(dispatcher.inFlight, 0);
+  });
+});

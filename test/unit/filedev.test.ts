@@ -63,6 +63,18 @@ describe('FileDevice over a regular file', () => {
     assert.equal(device.usesDirectIo, true);
   });
 
+  it('readCb and writeCb move data without a promise, direct or buffered, and throw on misuse', async () => {
+    const page = new Uint8Array(allocPageAligned(4096));
+    page.fill(0x6b);
+    const written = await new Promise<number>((resolve) => device.writeCb(page, 16, true, resolve));
+    assert.equal(written, 4096);
+    const unaligned = Buffer.alloc(512);
+    const read = await new Promise<number>((resolve) => device.readCb(unaligned, 17, resolve));
+    assert.equal(read, 512);
+    assert.ok(unaligned.every((b) => b === 0x6b));
+    assert.throws(() => device.readCb(Buffer.alloc(100), 0, () => {}), /whole number of sectors/);
+  });
+
   it('writev and readv move buffers in order', async () => {
     assert.equal(await device.writev([Buffer.alloc(512, 1), Buffer.alloc(512, 2)], 10, false), 1024);
     const parts = [Buffer.alloc(512), Buffer.alloc(512)];
