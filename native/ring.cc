@@ -267,6 +267,18 @@ Napi::Value Ring::PrepFallocate(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// liburing 2.3 has no uring_cmd helper: fill the SQE by hand, clearing both halves of a
+// 128-byte SQE so no stale command bytes reach the driver.
+io_uring_sqe* Ring::NextUringCmdSqe(Napi::Env env, int fd, uint32_t cmdOp) {
+  io_uring_sqe* sqe = NextSqe(env);
+  if (sqe == nullptr) return nullptr;
+  std::memset(sqe, 0, sqe128_ ? 128 : 64);
+  sqe->opcode = IORING_OP_URING_CMD;
+  sqe->fd = fd;
+  sqe->cmd_op = cmdOp;
+  return sqe;
+}
+
 Napi::Value Ring::PrepUringCmd(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsTypedArray() || !info[3].IsNumber()) {
@@ -281,14 +293,8 @@ Napi::Value Ring::PrepUringCmd(const Napi::CallbackInfo& info) {
     Napi::RangeError::New(env, "prepUringCmd: payload larger than the SQE command area").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  io_uring_sqe* sqe = NextSqe(env);
+  io_uring_sqe* sqe = NextUringCmdSqe(env, info[0].As<Napi::Number>().Int32Value(), info[1].As<Napi::Number>().Uint32Value());
   if (sqe == nullptr) return env.Undefined();
-  // liburing 2.3 has no uring_cmd helper: fill the SQE by hand, clearing both halves of a
-  // 128-byte SQE so no stale command bytes reach the driver.
-  std::memset(sqe, 0, sqe128_ ? 128 : 64);
-  sqe->opcode = IORING_OP_URING_CMD;
-  sqe->fd = info[0].As<Napi::Number>().Int32Value();
-  sqe->cmd_op = info[1].As<Napi::Number>().Uint32Value();
   std::memcpy(sqe->cmd, payload, payloadBytes);
   Track(sqe, ToToken(info[3]));
   return env.Undefined();
@@ -300,12 +306,8 @@ Napi::Value Ring::PrepUblkIoCmd(const Napi::CallbackInfo& info) {
     ThrowType(env, "prepUblkIoCmd(fd, cmdOp, queueId, tag, result, bufAddress, token)");
     return env.Undefined();
   }
-  io_uring_sqe* sqe = NextSqe(env);
+  io_uring_sqe* sqe = NextUringCmdSqe(env, info[0].As<Napi::Number>().Int32Value(), info[1].As<Napi::Number>().Uint32Value());
   if (sqe == nullptr) return env.Undefined();
-  std::memset(sqe, 0, sqe128_ ? 128 : 64);
-  sqe->opcode = IORING_OP_URING_CMD;
-  sqe->fd = info[0].As<Napi::Number>().Int32Value();
-  sqe->cmd_op = info[1].As<Napi::Number>().Uint32Value();
   UblkIoCmd cmd{};
   cmd.queueId = static_cast<uint16_t>(info[2].As<Napi::Number>().Uint32Value());
   cmd.tag = static_cast<uint16_t>(info[3].As<Napi::Number>().Uint32Value());

@@ -42,6 +42,8 @@ class Ring : public Napi::ObjectWrap<Ring> {
   // A free SQE, submitting what is queued when the SQ is full. Null (with a pending JS
   // exception) if the ring is closed or stays full.
   io_uring_sqe* NextSqe(Napi::Env env);
+  // An SQE cleared and set up as IORING_OP_URING_CMD on fd; nullptr (JS error thrown) if none.
+  io_uring_sqe* NextUringCmdSqe(Napi::Env env, int fd, uint32_t cmdOp);
   // Accounts one more request in flight; the loop is kept alive only while some are.
   void Track(io_uring_sqe* sqe, uint64_t token);
 
