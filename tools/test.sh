@@ -11,11 +11,11 @@ trap 'rm -f "$log"' EXIT
 mocha_opts=(--forbid-pending --forbid-only --reporter spec)
 
 echo "== unit tests (host)"
-npx --no-install mocha "${mocha_opts[@]}" 'dist/test/unit/**/*.test.js' 2>&1 | tee -a "$log"
+node_modules/.bin/mocha "${mocha_opts[@]}" 'dist/test/unit/**/*.test.js' 2>&1 | tee -a "$log"
 unit_rc=${PIPESTATUS[0]}
 
 echo "== integration tests (real ublk devices)"
-integ=(npx --no-install mocha "${mocha_opts[@]}" --timeout 300000 'dist/test/integration/**/*.test.js')
+integ=(node_modules/.bin/mocha "${mocha_opts[@]}" --timeout 300000 'dist/test/integration/**/*.test.js')
 if [[ -e /dev/ublk-control && $EUID -eq 0 ]]; then
   "${integ[@]}" 2>&1 | tee -a "$log"
 else
