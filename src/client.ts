@@ -17,7 +17,9 @@ export class DaemonError extends Error {
 /** Nothing listens on the socket (no daemon, or a stale socket file). */
 export class DaemonAbsentError extends Error {}
 
-const DAEMON_START_TIMEOUT_MS = 10_000;
+// Generous: a daemon that dies is noticed at once (its exit ends the wait); this bounds only a
+// live daemon that is slow to load, as under emulation with cold caches.
+const DAEMON_START_TIMEOUT_MS = 60_000;
 const DAEMON_POLL_MS = 100;
 
 /** Send one request on a fresh connection and wait for its answer. */

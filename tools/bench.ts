@@ -56,6 +56,16 @@ async function fio(device: string, path: string, pattern: Pattern, iodepth: numb
   return { device, path, pattern, iodepth, iops: Math.round(side.iops), meanLatencyUs: Math.round(side.lat_ns.mean / 1000) };
 }
 
+interface DaemonMemory { rssMiB: number; peakMiB: number }
+
+/** The daemon's resident and peak resident memory (VmRSS, VmHWM). */
+async function readDaemonMemory(pidFile: string): Promise<DaemonMemory> {
+  const pid = (await sh(`cat ${pidFile}`)).trim();
+  const status = await sh(`cat /proc/${pid}/status`);
+  const kib = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
+  return { rssMiB: Math.round(kib('VmRSS') / 1024), peakMiB: Math.round(kib('VmHWM') / 1024) };
+}
+
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   if (!existsSync('/dev/ublk-control')) throw new Error('no /dev/ublk-control: run through `npm run bench` (it uses the guest runner)');
@@ -64,6 +74,7 @@ async function main(): Promise<void> {
   const ours = (...a: string[]) => run(process.execPath, [cli, ...a], env);
   const cleanups: Array<() => Promise<unknown>> = [];
   const results: FioResult[] = [];
+  let daemonMemory: DaemonMemory | undefined;
   try {
     const sizeSectors = (args.fileMiB * 1024 * 1024) / 512;
     await sh(`modprobe null_blk nr_devices=1 queue_mode=2 irqmode=0 gb=${Math.ceil(args.fileMiB / 1024)} bs=512 hw_queue_depth=128 submit_queues=1`);
@@ -92,6 +103,7 @@ async function main(): Promise<void> {
         }
       }
     }
+    daemonMemory = await readDaemonMemory(join(work, 'run', 'ublk-dm.pid'));
   } finally {
     for (const c of cleanups.reverse()) await c().catch((e) => process.stderr.write(`cleanup: ${e.message}\n`));
     await sh(`kill $(cat ${join(work, 'run', 'ublk-dm.pid')}) 2>/dev/null; true`);
@@ -111,6 +123,9 @@ async function main(): Promise<void> {
     }
   }
   console.log(lines.join('\n'));
+  if (daemonMemory) {
+    console.log(`\ndaemon memory after the fio runs (2 devices, 1 queue x 128 tags each): RSS ${daemonMemory.rssMiB} MiB, peak ${daemonMemory.peakMiB} MiB`);
+  }
 
   let kcopyd: unknown = null;
   if (!args.skipKcopyd) {
@@ -125,6 +140,7 @@ async function main(): Promise<void> {
     kernel: (await sh('uname -r')).trim(),
     inGuest: process.env.UBLK_DM_IN_GUEST === '1',
     fio: { runtimeSeconds: args.runtimeSeconds, backingMiB: args.fileMiB, results, ratios },
+    daemonMemory,
     kcopyd,
   };
   mkdirSync(dirname(args.out), { recursive: true });

@@ -96,7 +96,7 @@ export class Sandbox {
     child.stderr!.on('data', (d) => { stderr += d; });
     this.daemon = child;
     const sock = join(this.env.UBLK_DM_RUN_DIR!, 'ublk-dm.sock');
-    for (let i = 0; i < 200; i++) {
+    for (let i = 0; i < 1200; i++) {
       if (existsSync(sock)) return child;
       if (child.exitCode !== null) break;
       await sleep(50);
