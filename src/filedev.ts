@@ -2,7 +2,7 @@ import { constants as fsConstants, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 
 import type { BlockDevice } from './blockdev';
-import { EINVAL, EIO, ENOENT, ErrnoError, type IoResult } from './errno';
+import { EINVAL, EIO, ENOENT, EOPNOTSUPP, ErrnoError, type IoResult } from './errno';
 import { isDirectIoAligned, native } from './native';
 import { RWF_DSYNC, sharedIoRing, type IoCallback, type IoRing } from './ring';
 import { SECTOR_BYTES, SECTOR_SHIFT } from './units';
@@ -160,8 +160,20 @@ export class FileDevice implements BlockDevice {
   }
 
   writeZeroes(sector: number, sectorCount: number, noUnmap: boolean): Promise<IoResult> {
-    const mode = noUnmap ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE;
-    return this.fallocate(mode | FALLOC_FL_KEEP_SIZE, sector, sectorCount);
+    if (!noUnmap) return this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sector, sectorCount);
+    return this.zeroKeepingAllocation(sector, sectorCount);
+  }
+
+  /**
+   * REQ_NOUNMAP: the range must read as zeroes and stay provisioned. ZERO_RANGE does both; where
+   * the filesystem lacks it (tmpfs), punching the hole and allocating the range again does too.
+   */
+  private async zeroKeepingAllocation(sector: number, sectorCount: number): Promise<IoResult> {
+    const zeroed = await this.fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, sector, sectorCount);
+    if (zeroed !== -EOPNOTSUPP) return zeroed;
+    const punched = await this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sector, sectorCount);
+    if (punched < 0) return punched;
+    return this.fallocate(FALLOC_FL_KEEP_SIZE, sector, sectorCount);
   }
 
   async close(): Promise<void> {

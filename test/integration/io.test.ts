@@ -133,4 +133,18 @@ describe('integration: I/O on real ublk devices', function () {
     assert.equal(head.split(' ')[0], await sha256OfFile(backing, 4 * MiB), 'data outside the range is untouched');
     await box.ok(['remove', 'discard']);
   });
+
+  it('write-zeroes (BLKZEROOUT) zeroes a range of the backing file', async function () {
+    const backing = await makeBackingFile(box.dir, 'zeroout.img', 8 * MiB);
+    const dev = await box.create('zeroout', `0 ${(8 * MiB) / 512} linear ${backing} 0`);
+    const tailBefore = await mustSh(`tail -c ${6 * MiB} ${backing} | sha256sum`);
+    const blocksBefore = await fileBlocks(backing);
+    // BLKZEROOUT asks for zeroes without deallocation (NOUNMAP); tmpfs has no ZERO_RANGE.
+    await mustSh(`blkdiscard -z -o ${1 * MiB} -l ${1 * MiB} ${dev}`);
+    assert.equal(await fileBlocks(backing), blocksBefore, 'the zeroed range stays allocated');
+    const zeroes = await mustSh(`dd if=${backing} bs=1M skip=1 count=1 status=none | tr -d '\\0' | wc -c`);
+    assert.equal(zeroes.trim(), '0', 'the range is zero in the backing file');
+    assert.equal(await mustSh(`tail -c ${6 * MiB} ${backing} | sha256sum`), tailBefore, 'the rest is untouched');
+    await box.ok(['remove', 'zeroout']);
+  });
 });

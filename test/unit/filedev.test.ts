@@ -96,6 +96,24 @@ describe('FileDevice over a regular file', () => {
     assert.equal((await fsp.stat(file)).size, 64 * 1024 + 100);
   });
 
+  it('writeZeroes with noUnmap keeps the range allocated where the filesystem has no ZERO_RANGE (tmpfs)', async function () {
+    const shm = '/dev/shm';
+    const shmFile = path.join(shm, `ublkdm-zero-${process.pid}`);
+    await fsp.writeFile(shmFile, Buffer.alloc(64 * 1024, 0xee));
+    const onTmpfs = await openFileDevice(shmFile);
+    try {
+      const blocksBefore = (await fsp.stat(shmFile)).blocks;
+      assert.equal(await onTmpfs.writeZeroes(16, 32, true), 0);
+      const back = await fsp.readFile(shmFile);
+      assert.ok(back.subarray(16 * 512, 48 * 512).every((b) => b === 0), 'the range reads as zeroes');
+      assert.ok(back.subarray(0, 16 * 512).every((b) => b === 0xee) && back.subarray(48 * 512).every((b) => b === 0xee));
+      assert.equal((await fsp.stat(shmFile)).blocks, blocksBefore, 'and stays allocated');
+    } finally {
+      await onTmpfs.close();
+      await fsp.rm(shmFile, { force: true });
+    }
+  });
+
   it('returns a short count for a read that crosses the end of the file', async () => {
     assert.equal(await device.read(Buffer.alloc(1024), 128), 100);
   });
