@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 
@@ -402,8 +403,12 @@ Napi::Value Ring::HoldWakeups(const Napi::CallbackInfo& info) {
   if (!open_) return env.Undefined();
   bool hold = info[0].As<Napi::Boolean>().Value();
   io_uring_cq_eventfd_toggle(&ring_, !hold);
-  // A CQE posted while held signalled nobody: wake the poll for it ourselves.
-  if (!hold && io_uring_cq_ready(&ring_) > 0) eventfd_write(eventFd_, 1);
+  if (hold) return env.Undefined();
+  // A CQE posted while held signalled nobody: wake the poll for it ourselves. The fence keeps
+  // the load of the CQ tail after the store that re-enabled the eventfd (x86 may reorder a
+  // store before a later load), so a CQE is either seen here or signals the eventfd.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (io_uring_cq_ready(&ring_) > 0) eventfd_write(eventFd_, 1);
   return env.Undefined();
 }
 

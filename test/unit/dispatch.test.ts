@@ -63,16 +63,21 @@ class RecordingTarget implements Target {
   }
 }
 
-/** A table of recording targets with the given lengths. */
-function recordingTable(lengths: number[], log: string[] = [], maxIoSectors?: number): { table: Table; targets: RecordingTarget[] } {
-  const targets = lengths.map((_, i) => new RecordingTarget(`t${i}`, log, maxIoSectors));
+/** A table laying the targets end to end, with the given lengths. */
+function contiguousTable(targets: Target[], lengths: number[]): Table {
   let startSector = 0;
   const segments = lengths.map((lengthSectors, i) => {
     const segment = { startSector, lengthSectors, target: targets[i]! };
     startSector += lengthSectors;
     return segment;
   });
-  return { table: new Table(segments, []), targets };
+  return new Table(segments, []);
+}
+
+/** A table of recording targets with the given lengths. */
+function recordingTable(lengths: number[], log: string[] = [], maxIoSectors?: number): { table: Table; targets: RecordingTarget[] } {
+  const targets = lengths.map((_, i) => new RecordingTarget(`t${i}`, log, maxIoSectors));
+  return { table: contiguousTable(targets, lengths), targets };
 }
 
 /** Resolves after pending promise callbacks and immediates have run. */
@@ -520,13 +525,7 @@ class CallbackTarget extends RecordingTarget {
 
 function callbackTable(lengths: number[]): { table: Table; targets: CallbackTarget[] } {
   const targets = lengths.map((_, i) => new CallbackTarget(`c${i}`, []));
-  let startSector = 0;
-  const segments = lengths.map((lengthSectors, i) => {
-    const segment = { startSector, lengthSectors, target: targets[i]! };
-    startSector += lengthSectors;
-    return segment;
-  });
-  return { table: new Table(segments, []), targets };
+  return { table: contiguousTable(targets, lengths), targets };
 }
 
 describe('dispatch: handleCb fast path', () => {
