@@ -15,10 +15,10 @@ import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeSync, wri
 import { randomFillSync } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { openFileDevice } from '../src/filedev';
+import { openFileDevice } from '../src/io/file-device';
 import { KcopydClient, DEFAULT_SUB_JOB_SECTORS } from '../src/kcopyd';
 import type { IoRegion } from '../src/dmio';
-import { SECTOR_BYTES } from '../src/units';
+import { SECTOR_BYTES } from '../src/base/units';
 
 const MiB = 1024 * 1024;
 

@@ -32,6 +32,8 @@ if [[ ! -f $addon || -n $(find native binding.gyp -newer "$addon" 2>/dev/null | 
 fi
 if [[ ! -f dist/.built || -n $(find src test tools tsconfig.json -name '*.ts' -newer dist/.built -o -name tsconfig.json -newer dist/.built 2>/dev/null | head -1) ]]; then
   echo "setup: compiling TypeScript" >&2
+  # From scratch: a file moved or deleted in src/ must not leave its old .js to be loaded or tested.
+  rm -rf dist
   npx --no-install tsc -p tsconfig.json
   touch dist/.built
 fi

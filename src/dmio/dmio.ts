@@ -1,5 +1,5 @@
-import type { IoResult } from '../errno';
-import { SECTOR_BYTES } from '../units';
+import type { IoResult } from '../base/errno';
+import { SECTOR_BYTES } from '../base/units';
 import { cutIntoPieces, memoryByteLength, type IoMemory, type IoPiece } from './memory';
 import { assertValidRegions, regionBit, type ErrorBits, type IoRegion } from './region';
 

@@ -1,4 +1,4 @@
-import { PAGE_BYTES, SECTOR_BYTES } from '../units';
+import { PAGE_BYTES, SECTOR_BYTES } from '../base/units';
 
 /**
  * The caller's memory for one dm-io request, in the three kinds of the kernel documentation.

@@ -1,5 +1,5 @@
-import { allocPageAligned, native } from '../native';
-import { PAGE_BYTES } from '../units';
+import { allocPageAligned, native } from '../io/native';
+import { PAGE_BYTES } from '../base/units';
 
 /**
  * `pageCount` PAGE_BYTES pages cut from one page-aligned slab. Pages of one slab that end up

@@ -1,4 +1,4 @@
-import type { BlockDevice } from '../blockdev';
+import type { BlockDevice } from '../io/block-device';
 
 /**
  * Where an I/O goes: the kernel's `struct dm_io_region`. All three fields are in 512-byte

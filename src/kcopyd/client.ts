@@ -1,6 +1,6 @@
 import { dmIoNotify, type DmIoRequest } from '../dmio/dmio';
 import type { ErrorBits, IoRegion } from '../dmio/region';
-import { PAGE_BYTES, SECTOR_BYTES } from '../units';
+import { PAGE_BYTES, SECTOR_BYTES } from '../base/units';
 import {
   DEFAULT_SUB_JOB_SECTORS, KCOPYD_IGNORE_ERROR, KCOPYD_MAX_REGIONS, KCOPYD_WRITE_SEQ, MAX_SUB_JOB_SECTORS,
   SECTORS_PER_PAGE, SPLIT_COUNT,

@@ -1,4 +1,4 @@
-import { PAGE_BYTES, SECTOR_BYTES } from '../units';
+import { PAGE_BYTES, SECTOR_BYTES } from '../base/units';
 
 /** Destinations per job (DM_KCOPYD_MAX_REGIONS). */
 export const KCOPYD_MAX_REGIONS = 8;

@@ -1,7 +1,7 @@
-import type { BlockDevice } from '../blockdev';
-import { EIO, type IoResult } from '../errno';
-import { IoOp, type Target, type TargetIo, type TargetType } from '../target';
-import { openDeviceArea } from './args';
+import type { BlockDevice } from '../io/block-device';
+import { EIO, type IoResult } from '../base/errno';
+import { IoOp, type Target, type TargetIo, type TargetType } from '../dm/target';
+import { openDeviceArea } from '../dm/table-args';
 
 /**
  * error: every data operation fails with EIO, discards included (the kernel enables discards on

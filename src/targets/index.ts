@@ -1,4 +1,4 @@
-import type { TargetType } from '../target';
+import type { TargetType } from '../dm/target';
 import { errorTargetType } from './error';
 import { linearTargetType } from './linear';
 import { nullTargetType } from './null';

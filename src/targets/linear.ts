@@ -1,7 +1,7 @@
-import type { BlockDevice } from '../blockdev';
-import { EIO, EOPNOTSUPP, type IoResult } from '../errno';
-import { IoOp, type StatusKind, type Target, type TargetContext, type TargetIo, type TargetType } from '../target';
-import { expectArgCount, openDeviceArea } from './args';
+import type { BlockDevice } from '../io/block-device';
+import { EIO, EOPNOTSUPP, type IoResult } from '../base/errno';
+import { IoOp, type StatusKind, type Target, type TargetContext, type TargetIo, type TargetType } from '../dm/target';
+import { expectArgCount, openDeviceArea } from '../dm/table-args';
 
 /**
  * linear <dev> <offset>: the target's sectors map one to one onto <dev> starting at <offset>.

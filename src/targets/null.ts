@@ -1,6 +1,6 @@
-import type { BlockDevice } from '../blockdev';
-import type { IoResult } from '../errno';
-import { IoOp, TargetError, type Target, type TargetIo, type TargetType } from '../target';
+import type { BlockDevice } from '../io/block-device';
+import type { IoResult } from '../base/errno';
+import { IoOp, TargetError, type Target, type TargetIo, type TargetType } from '../dm/target';
 
 /**
  * null: NOT a kernel dm target; ours, for measuring the cost of the dispatch path. Every

@@ -1,6 +1,6 @@
-import type { BlockDevice } from '../blockdev';
-import { EOPNOTSUPP, type IoResult } from '../errno';
-import { IoOp, TargetError, type Target, type TargetIo, type TargetType } from '../target';
+import type { BlockDevice } from '../io/block-device';
+import { EOPNOTSUPP, type IoResult } from '../base/errno';
+import { IoOp, TargetError, type Target, type TargetIo, type TargetType } from '../dm/target';
 
 /**
  * zero: reads return zeroes, writes and discards are accepted and dropped. Write-zeroes fails

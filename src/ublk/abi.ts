@@ -3,7 +3,7 @@
  * numbers, flags, and pure encoders/decoders for every structure we exchange. All structures
  * are little-endian native C structs; offsets are the spec's.
  */
-import { PAGE_BYTES } from '../units';
+import { PAGE_BYTES } from '../base/units';
 
 // ---- ioctl-style command encoding (§3) -------------------------------------------------------
 

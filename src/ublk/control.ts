@@ -1,8 +1,8 @@
 import { promises as fsp } from 'node:fs';
 
-import { ETIMEDOUT, ErrnoError, type IoResult } from '../errno';
-import { native } from '../native';
-import { IoRing } from '../ring';
+import { ETIMEDOUT, ErrnoError, type IoResult } from '../base/errno';
+import { native } from '../io/native';
+import { IoRing } from '../io/ring';
 import {
   ANY_DEV_ID,
   DEV_INFO_BYTES,

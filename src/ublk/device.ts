@@ -1,10 +1,10 @@
 import { promises as fsp } from 'node:fs';
 
-import { EINVAL, EIO, ENODEV, ENOENT, EOPNOTSUPP, ETIMEDOUT, ErrnoError, type IoResult } from '../errno';
-import { allocPageAligned, native } from '../native';
-import { sharedIoRing, type IoRing } from '../ring';
-import { IoOp } from '../target';
-import { PAGE_BYTES, SECTOR_BYTES } from '../units';
+import { EINVAL, EIO, ENODEV, ENOENT, EOPNOTSUPP, ETIMEDOUT, ErrnoError, type IoResult } from '../base/errno';
+import { allocPageAligned, native } from '../io/native';
+import { sharedIoRing, type IoRing } from '../io/ring';
+import { IoOp } from '../dm/target';
+import { PAGE_BYTES, SECTOR_BYTES } from '../base/units';
 import {
   ANY_DEV_ID,
   UBLK_ATTR_FUA,

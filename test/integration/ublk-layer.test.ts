@@ -8,10 +8,10 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { EIO, EOPNOTSUPP, type IoResult } from '../../src/errno';
-import { IoOp } from '../../src/target';
+import { EIO, EOPNOTSUPP, type IoResult } from '../../src/base/errno';
+import { IoOp } from '../../src/dm/target';
 import { UblkDevice, type UblkRequest } from '../../src/ublk/device';
-import { SECTOR_BYTES } from '../../src/units';
+import { SECTOR_BYTES } from '../../src/base/units';
 import { Sandbox, mustSh, requireRealUblk, sh } from './harness';
 
 const SIZE_SECTORS = 8192; // 4 MiB

@@ -1,0 +1,288 @@
+import { promises as fsp } from 'node:fs';
+import yargs, { type Argv } from 'yargs';
+import { DaemonAbsentError, DaemonError, sendRequest, sendRequestStartingDaemon } from './client';
+import { formatDeviceList, formatInfo, formatTableReports } from './format';
+import { daemonPaths } from '../daemon/paths';
+import type { DeviceOptions, Request } from '../wire/protocol';
+import { PROTOCOL_VERSION } from '../wire/protocol';
+import { packageVersion } from '../base/version';
+
+/**
+ * `ublk-dm`: dmsetup's verbs against the daemon. The CLI holds no device state: it parses,
+ * reads the table text, sends one request and prints the answer in dmsetup's format (or JSON).
+ */
+
+/** Bad command line: exit code 2, as for yargs' own usage errors. */
+export class UsageError extends Error {}
+
+export type TableSource = { readonly from: 'inline'; readonly text: string } | { readonly from: 'file'; readonly path: string } | { readonly from: 'stdin' };
+
+export type CliCommand =
+  | { readonly verb: 'create'; readonly name: string; readonly source: TableSource; readonly options: DeviceOptions }
+  | { readonly verb: 'reload'; readonly name: string; readonly source: TableSource }
+  | { readonly verb: 'remove'; readonly name: string; readonly retry: boolean }
+  | { readonly verb: 'suspend' | 'resume'; readonly name: string }
+  | { readonly verb: 'ls'; readonly target?: string; readonly json: boolean }
+  | { readonly verb: 'table'; readonly name?: string; readonly inactive: boolean; readonly json: boolean }
+  | { readonly verb: 'status' | 'info'; readonly name?: string; readonly json: boolean }
+  | { readonly verb: 'message'; readonly name: string; readonly sector: number; readonly words: string[] }
+  | { readonly verb: 'daemon' }
+  | { readonly verb: 'version' }
+  | { readonly verb: 'help' };
+
+const jsonOption = { json: { type: 'boolean', default: false, describe: 'print structured JSON' } } as const;
+const tableOptions = {
+  table: { type: 'string', describe: 'the table text (instead of TABLE_FILE or stdin)' },
+} as const;
+
+/** The yargs parser, without handlers: parsing never executes anything (tests rely on it). */
+export function buildParser(): Argv {
+  return yargs()
+    .scriptName('ublk-dm')
+    .usage('$0 <verb> [args]\n\nA userspace device-mapper serving /dev/ublkbN devices; verbs and output as dmsetup.')
+    .command('create <name> [file]', 'create a device from a table (--table, TABLE_FILE, or stdin); prints /dev/ublkbN', (y) =>
+      y
+        .positional('name', { type: 'string', describe: 'device name; /dev/ublk-dm/NAME links to it' })
+        .positional('file', { type: 'string', describe: 'table file ("-" for stdin)' })
+        .options(tableOptions)
+        .options({
+          queues: { type: 'number', describe: 'ublk hardware queues' },
+          depth: { type: 'number', describe: 'requests per queue' },
+          readonly: { type: 'boolean', default: false, describe: 'create the device read-only' },
+        }),
+    )
+    .command('reload <name> [file]', 'load a table into the inactive slot (live on resume)', (y) =>
+      y.positional('name', { type: 'string' }).positional('file', { type: 'string' }).options(tableOptions),
+    )
+    .command('remove <name>', 'remove a device (refused while it is open or mounted)', (y) =>
+      y.positional('name', { type: 'string' }).option('retry', {
+        type: 'boolean',
+        default: false,
+        describe: 'retry for a few seconds while the device is busy',
+      }),
+    )
+    .command('ls', 'list devices', (y) =>
+      y.option('target', { type: 'string', describe: 'only devices using this target type' }).options(jsonOption),
+    )
+    .command('table [name]', 'print the table', (y) =>
+      y
+        .positional('name', { type: 'string' })
+        .option('inactive', { type: 'boolean', default: false, describe: 'the inactive (reloaded) table' })
+        .options(jsonOption),
+    )
+    .command('status [name]', "print the targets' status", (y) => y.positional('name', { type: 'string' }).options(jsonOption))
+    .command('info [name]', 'print device information', (y) => y.positional('name', { type: 'string' }).options(jsonOption))
+    .command('suspend <name>', 'drain in-flight I/O and hold new I/O until resume', (y) => y.positional('name', { type: 'string' }))
+    .command('resume <name>', 'make a reloaded table live and release held I/O', (y) => y.positional('name', { type: 'string' }))
+    .command('message <name> <sector> <words..>', 'send a message to the target at SECTOR', (y) =>
+      y
+        .positional('name', { type: 'string' })
+        .positional('sector', { type: 'string' })
+        .positional('words', { type: 'string', array: true }),
+    )
+    .command('daemon', 'run the daemon in the foreground (for systemd)')
+    .command('version', 'print the CLI and daemon versions')
+    .demandCommand(1, 'a verb is needed; see --help')
+    .strict()
+    .version(false)
+    .help()
+    .exitProcess(false)
+    .fail((message, error) => {
+      throw new UsageError(message ?? error?.message ?? 'invalid command line');
+    });
+}
+
+/** Parse a command line into what to do; throws UsageError on a bad one. */
+export function parseCommand(args: readonly string[], parser: Argv = buildParser()): CliCommand {
+  const argv = parser.parseSync([...args]) as Record<string, unknown> & { _: (string | number)[] };
+  if (argv.help === true) return { verb: 'help' };
+  const verb = String(argv._[0]);
+  const name = argv.name as string | undefined;
+  const json = argv.json === true;
+  switch (verb) {
+    case 'create':
+      return {
+        verb,
+        name: name!,
+        source: tableSource(argv),
+        options: {
+          readOnly: argv.readonly === true,
+          ...positiveOption(argv, 'queues'),
+          ...positiveOption(argv, 'depth'),
+        },
+      };
+    case 'reload':
+      return { verb, name: name!, source: tableSource(argv) };
+    case 'remove':
+      return { verb, name: name!, retry: argv.retry === true };
+    case 'suspend':
+    case 'resume':
+      return { verb, name: name! };
+    case 'ls':
+      return argv.target === undefined ? { verb, json } : { verb, target: String(argv.target), json };
+    case 'table':
+      return { verb, ...(name !== undefined ? { name } : {}), inactive: argv.inactive === true, json };
+    case 'status':
+    case 'info':
+      return { verb, ...(name !== undefined ? { name } : {}), json };
+    case 'message': {
+      const sectorText = String(argv.sector);
+      if (!/^\d+$/.test(sectorText) || !Number.isSafeInteger(Number(sectorText))) {
+        throw new UsageError(`invalid sector ${JSON.stringify(sectorText)}`);
+      }
+      return { verb, name: name!, sector: Number(sectorText), words: (argv.words as unknown[]).map(String) };
+    }
+    case 'daemon':
+      return { verb };
+    case 'version':
+      return { verb };
+    default:
+      throw new UsageError(`unknown verb ${verb}`);
+  }
+}
+
+function tableSource(argv: Record<string, unknown>): TableSource {
+  const text = argv.table as string | undefined;
+  const file = argv.file as string | undefined;
+  if (text !== undefined && file !== undefined) throw new UsageError('give the table with --table or as TABLE_FILE, not both');
+  if (text !== undefined) return { from: 'inline', text };
+  // yargs hands a lone "-" positional over as "".
+  if (file !== undefined && file !== '-' && file !== '') return { from: 'file', path: file };
+  return { from: 'stdin' };
+}
+
+function positiveOption(argv: Record<string, unknown>, key: 'queues' | 'depth'): { queues?: number; depth?: number } {
+  const value = argv[key];
+  if (value === undefined) return {};
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) {
+    throw new UsageError(`--${key} must be a positive integer`);
+  }
+  return { [key]: value };
+}
+
+async function readTable(source: TableSource): Promise<string> {
+  switch (source.from) {
+    case 'inline':
+      return source.text;
+    case 'file':
+      try {
+        return await fsp.readFile(source.path, 'utf8');
+      } catch (err) {
+        throw new Error(`cannot read table file ${source.path}: ${(err as Error).message}`);
+      }
+    case 'stdin': {
+      const chunks: Buffer[] = [];
+      for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+      return Buffer.concat(chunks).toString('utf8');
+    }
+  }
+}
+
+const REMOVE_RETRIES = 25;
+const REMOVE_RETRY_MS = 200;
+
+/** Carry out a parsed command; returns the text for stdout. */
+async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>): Promise<string> {
+  const paths = daemonPaths();
+  const send = <R extends Request>(request: R) => sendRequestStartingDaemon(paths, __filename, request);
+  const asJson = (value: unknown): string => JSON.stringify(value, null, 2) + '\n';
+  switch (command.verb) {
+    case 'create': {
+      const table = await readTable(command.source);
+      const created = await send({ verb: 'create', name: command.name, table, options: command.options });
+      return `${created.blockPath}\n`;
+    }
+    case 'reload':
+      await send({ verb: 'reload', name: command.name, table: await readTable(command.source) });
+      return '';
+    case 'remove':
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await send({ verb: 'remove', name: command.name });
+          return '';
+        } catch (err) {
+          const busy = err instanceof DaemonError && err.code === 'EBUSY';
+          if (!busy || !command.retry || attempt >= REMOVE_RETRIES) throw err;
+          await new Promise((resolve) => setTimeout(resolve, REMOVE_RETRY_MS));
+        }
+      }
+    case 'suspend':
+    case 'resume':
+      await send({ verb: command.verb, name: command.name });
+      return '';
+    case 'message': {
+      const { reply } = await send({ verb: 'message', name: command.name, sector: command.sector, words: command.words });
+      return reply === '' ? '' : reply.endsWith('\n') ? reply : `${reply}\n`;
+    }
+    case 'ls': {
+      const devices = await send(command.target === undefined ? { verb: 'ls' } : { verb: 'ls', target: command.target });
+      return command.json ? asJson(devices) : formatDeviceList(devices);
+    }
+    case 'table':
+    case 'status': {
+      const request =
+        command.verb === 'table'
+          ? { verb: 'table' as const, ...(command.name !== undefined ? { name: command.name } : {}), inactive: command.inactive }
+          : { verb: 'status' as const, ...(command.name !== undefined ? { name: command.name } : {}) };
+      const reports = await send(request);
+      if (command.json) return asJson(command.name !== undefined ? reports[0] : reports);
+      return formatTableReports(reports, command.name === undefined);
+    }
+    case 'info': {
+      const infos = await send(command.name !== undefined ? { verb: 'info', name: command.name } : { verb: 'info' });
+      if (command.json) return asJson(command.name !== undefined ? infos[0] : infos);
+      return formatInfo(infos, command.name === undefined);
+    }
+    case 'version': {
+      let daemon: string;
+      try {
+        const remote = await sendRequest(paths.socketPath, { verb: 'version' });
+        daemon = `${remote.version} (protocol ${remote.protocol})`;
+      } catch (err) {
+        if (!(err instanceof DaemonAbsentError)) throw err;
+        daemon = 'not running';
+      }
+      return `CLI version:       ${packageVersion()} (protocol ${PROTOCOL_VERSION})\nDaemon version:    ${daemon}\n`;
+    }
+  }
+}
+
+/** Run the CLI on `args`; resolves to the exit code (the daemon verb resolves only once serving ends). */
+export async function main(args: readonly string[]): Promise<number> {
+  let command: CliCommand;
+  try {
+    command = parseCommand(args);
+  } catch (err) {
+    process.stderr.write(`ublk-dm: ${(err as Error).message}\n`);
+    return 2;
+  }
+  if (command.verb === 'help') return 0;
+  try {
+    if (command.verb === 'daemon') {
+      const { runDaemon } = await import('../daemon/server');
+      await runDaemon();
+      return 0;
+    }
+    process.stdout.write(await execute(command));
+    return 0;
+  } catch (err) {
+    process.stderr.write(`ublk-dm: ${(err as Error).message}\n`);
+    return 1;
+  }
+}
+
+/** Entry point for bin/ublk-dm and for `node cli.js daemon` (how the CLI starts the daemon). */
+export function run(): void {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      // Only the exit code is set: the daemon's listening socket keeps its process alive.
+      process.exitCode = code;
+    },
+    (err) => {
+      process.stderr.write(`ublk-dm: ${(err as Error).stack ?? String(err)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}
+
+if (require.main === module) run();

@@ -1,0 +1,119 @@
+import { spawn } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import * as net from 'node:net';
+import type { DaemonPaths } from '../daemon/paths';
+import { LineSplitter, decodeResponse, encodeRequest, type Request, type Results } from '../wire/protocol';
+
+/** The daemon answered with an error: its message and errno name. */
+export class DaemonError extends Error {
+  constructor(
+    message: string,
+    readonly code: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Nothing listens on the socket (no daemon, or a stale socket file). */
+export class DaemonAbsentError extends Error {}
+
+// Generous: a daemon that dies is noticed at once (its exit ends the wait); this bounds only a
+// live daemon that is slow to load, as under emulation with cold caches.
+const DAEMON_START_TIMEOUT_MS = 60_000;
+const DAEMON_POLL_MS = 100;
+
+/** Send one request on a fresh connection and wait for its answer. */
+export function sendRequest<R extends Request>(socketPath: string, request: R): Promise<Results[R['verb']]> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(socketPath);
+    const splitter = new LineSplitter();
+    let settled = false;
+    const finish = (action: () => void): void => {
+      if (settled) return;
+      settled = true;
+      socket.destroy();
+      action();
+    };
+    socket.setEncoding('utf8');
+    socket.once('connect', () => socket.write(encodeRequest(request)));
+    socket.on('data', (chunk: string) => {
+      try {
+        const [line] = splitter.push(chunk);
+        if (line === undefined) return;
+        const response = decodeResponse(line);
+        if (response.ok) finish(() => resolve(response.result as Results[R['verb']]));
+        else finish(() => reject(new DaemonError(response.error.message, response.error.code)));
+      } catch (err) {
+        finish(() => reject(err));
+      }
+    });
+    socket.once('error', (err: NodeJS.ErrnoException) => {
+      const absent = err.code === 'ENOENT' || err.code === 'ECONNREFUSED';
+      finish(() => reject(absent ? new DaemonAbsentError(`no ublk-dm daemon on ${socketPath}`) : err));
+    });
+    socket.once('close', () => finish(() => reject(new Error('the daemon closed the connection without answering'))));
+  });
+}
+
+/**
+ * Send a request, starting the daemon first if none is running: `node <cliScript> daemon`,
+ * detached, its output in <run>/daemon.log.
+ */
+export async function sendRequestStartingDaemon<R extends Request>(
+  paths: DaemonPaths,
+  cliScript: string,
+  request: R,
+): Promise<Results[R['verb']]> {
+  try {
+    return await sendRequest(paths.socketPath, request);
+  } catch (err) {
+    if (!(err instanceof DaemonAbsentError)) throw err;
+  }
+  await startDaemon(paths, cliScript);
+  return sendRequest(paths.socketPath, request);
+}
+
+async function startDaemon(paths: DaemonPaths, cliScript: string): Promise<void> {
+  try {
+    await fsp.mkdir(paths.runDir, { recursive: true, mode: 0o700 });
+  } catch (err) {
+    throw new Error(`cannot create ${paths.runDir} to start the daemon (are you root?): ${(err as Error).message}`);
+  }
+  const log = await fsp.open(paths.daemonLogPath, 'a', 0o600);
+  let exited: string | undefined;
+  try {
+    const child = spawn(process.execPath, [cliScript, 'daemon'], {
+      detached: true,
+      stdio: ['ignore', log.fd, log.fd],
+    });
+    child.once('exit', (code, signal) => {
+      exited = signal ? `signal ${signal}` : `exit code ${code}`;
+    });
+    child.once('error', (err) => {
+      exited = err.message;
+    });
+    child.unref();
+  } finally {
+    await log.close();
+  }
+  const deadline = Date.now() + DAEMON_START_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    if (await socketAccepts(paths.socketPath)) return;
+    if (exited !== undefined) break;
+    await new Promise((resolve) => setTimeout(resolve, DAEMON_POLL_MS));
+  }
+  const why = exited !== undefined ? `it exited (${exited})` : `no socket after ${DAEMON_START_TIMEOUT_MS / 1000} s`;
+  throw new Error(`could not start the daemon: ${why}; see ${paths.daemonLogPath}`);
+}
+
+/** True if something accepts connections on the socket. */
+export function socketAccepts(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.connect(socketPath);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+}

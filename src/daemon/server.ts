@@ -1,0 +1,229 @@
+import { promises as fsp } from 'node:fs';
+import * as net from 'node:net';
+import { socketAccepts } from '../cli/client';
+import { DeviceLinks } from './links';
+import { createLogger, type Logger } from '../base/log';
+import { daemonPaths, type DaemonPaths } from './paths';
+import {
+  LineSplitter,
+  PROTOCOL_VERSION,
+  decodeRequest,
+  encodeResponse,
+  type Request,
+  type Response,
+  type Results,
+  type WireError,
+} from '../wire/protocol';
+import { DeviceRegistry, type RegistryDeps } from './registry';
+import { DeviceStore } from './store';
+import { procUsageProbe, readAheadSectors } from './usage';
+import { packageVersion } from '../base/version';
+
+/** Carry out one request; the answer's shape is fixed per verb by `Results`. */
+export async function serveRequest(registry: DeviceRegistry, request: Request): Promise<Results[Request['verb']]> {
+  switch (request.verb) {
+    case 'create':
+      return registry.create(request.name, request.table, request.options);
+    case 'reload':
+      await registry.reload(request.name, request.table);
+      return { name: request.name };
+    case 'remove':
+      await registry.remove(request.name);
+      return { name: request.name };
+    case 'suspend':
+      await registry.suspend(request.name);
+      return { name: request.name };
+    case 'resume':
+      await registry.resume(request.name);
+      return { name: request.name };
+    case 'message':
+      return { name: request.name, reply: await registry.message(request.name, request.sector, request.words) };
+    case 'ls':
+      return registry.list(request.target);
+    case 'table':
+      return registry.tables(request.name, 'table', request.inactive);
+    case 'status':
+      return registry.tables(request.name, 'info');
+    case 'info':
+      return registry.info(request.name);
+    case 'version':
+      return { version: packageVersion(), protocol: PROTOCOL_VERSION };
+  }
+}
+
+/** Errors cross the socket as {message, code}; anything without an errno name is EINVAL (bad table, bad args). */
+export function toWireError(err: unknown): WireError {
+  if (err instanceof Error) {
+    const code = (err as { code?: unknown }).code;
+    return { message: err.message, code: typeof code === 'string' && /^E[A-Z0-9]+$/.test(code) ? code : 'EINVAL' };
+  }
+  return { message: String(err), code: 'EINVAL' };
+}
+
+/**
+ * The unix-socket server. It binds the socket before the devices are restored (binding is what
+ * makes a second daemon back off) and holds requests until `ready` settles.
+ */
+export class DaemonServer {
+  private readonly server: net.Server;
+  private readonly connections = new Map<net.Socket, Promise<void>>();
+  private ready: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly registry: DeviceRegistry,
+    private readonly paths: DaemonPaths,
+    private readonly log: Logger,
+  ) {
+    this.server = net.createServer((socket) => this.accept(socket));
+  }
+
+  /** Take the socket: refuse if a live daemon answers on it, replace it if stale. */
+  async listen(): Promise<void> {
+    await fsp.mkdir(this.paths.runDir, { recursive: true, mode: 0o700 });
+    await fsp.chmod(this.paths.runDir, 0o700);
+    try {
+      await this.bind();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err;
+      if (await socketAccepts(this.paths.socketPath)) {
+        const pid = await fsp.readFile(this.paths.pidFilePath, 'utf8').then((t) => t.trim(), () => 'unknown');
+        throw new Error(`another ublk-dm daemon (pid ${pid}) is serving ${this.paths.socketPath}`);
+      }
+      this.log.warn(`removing stale socket ${this.paths.socketPath}`);
+      await fsp.rm(this.paths.socketPath, { force: true });
+      await this.bind();
+    }
+    await fsp.chmod(this.paths.socketPath, 0o600);
+    await fsp.writeFile(this.paths.pidFilePath, `${process.pid}\n`, { mode: 0o644 });
+  }
+
+  /** Requests that arrive before `until` settles wait for it (used while saved devices come back). */
+  holdRequestsUntil(until: Promise<unknown>): void {
+    this.ready = until.then(
+      () => undefined,
+      () => undefined,
+    );
+  }
+
+  /** Stop accepting, let running requests answer, drop the connections, remove socket and pid file. */
+  async close(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await Promise.allSettled([...this.connections.values()]);
+    for (const socket of this.connections.keys()) socket.destroy();
+    await closed;
+    await fsp.rm(this.paths.socketPath, { force: true });
+    await fsp.rm(this.paths.pidFilePath, { force: true });
+  }
+
+  private bind(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error): void => reject(err);
+      this.server.once('error', onError);
+      // Owner-only from the first instant; the directory is 0700 as well.
+      const previousUmask = process.umask(0o177);
+      this.server.listen(this.paths.socketPath, () => {
+        this.server.off('error', onError);
+        resolve();
+      });
+      process.umask(previousUmask);
+    });
+  }
+
+  private accept(socket: net.Socket): void {
+    socket.setEncoding('utf8');
+    const splitter = new LineSplitter();
+    let chain: Promise<void> = Promise.resolve();
+    this.connections.set(socket, chain);
+    socket.on('data', (chunk: string) => {
+      let lines: string[];
+      try {
+        lines = splitter.push(chunk);
+      } catch (err) {
+        socket.end(encodeResponse({ ok: false, error: toWireError(err) }));
+        return;
+      }
+      for (const line of lines) {
+        chain = chain.then(() => this.answer(socket, line));
+        this.connections.set(socket, chain);
+      }
+    });
+    socket.on('error', (err) => this.log.debug(`client connection: ${err.message}`));
+    socket.on('close', () => this.connections.delete(socket));
+  }
+
+  private async answer(socket: net.Socket, line: string): Promise<void> {
+    let response: Response;
+    try {
+      const request = decodeRequest(line);
+      await this.ready;
+      this.log.debug(`request ${request.verb}`);
+      response = { ok: true, result: await serveRequest(this.registry, request) };
+    } catch (err) {
+      response = { ok: false, error: toWireError(err) };
+      this.log.info(`request failed: ${response.error.message}`);
+    }
+    if (!socket.destroyed) socket.write(encodeResponse(response));
+  }
+}
+
+/**
+ * The kernel-facing collaborators, loaded only here so that the CLI and the tests never load the
+ * native addon.
+ */
+async function kernelDeps(paths: DaemonPaths, log: Logger): Promise<RegistryDeps> {
+  const [tableModule, dispatchModule, ublkModule] = await Promise.all([
+    import('../dm/table'),
+    import('../dm/dispatcher'),
+    import('../ublk/device'),
+  ]);
+  type Table = import('../dm/table').Table;
+  return {
+    buildTable: (text) => tableModule.loadTable(text),
+    // Every table in the daemon comes from buildTable above, so the cast only restores its real type.
+    createDispatcher: (table) => new dispatchModule.Dispatcher(table as Table),
+    createUblk: (options, handler, callbackHandler) => ublkModule.UblkDevice.create(options, handler, callbackHandler),
+    store: new DeviceStore(paths.stateDir),
+    links: new DeviceLinks(paths.linkDir),
+    probeUsage: procUsageProbe(),
+    readAheadSectors: (blockPath) => readAheadSectors(blockPath),
+    log,
+  };
+}
+
+/**
+ * `ublk-dm daemon`: serve until SIGTERM/SIGINT, then remove every kernel device (their saved
+ * tables stay, so the next start brings them back) and exit 0.
+ */
+export async function runDaemon(paths: DaemonPaths = daemonPaths(), log: Logger = createLogger()): Promise<void> {
+  const registry = new DeviceRegistry(await kernelDeps(paths, log));
+  const server = new DaemonServer(registry, paths, log);
+  await server.listen();
+  log.info(`ublk-dm ${packageVersion()} listening on ${paths.socketPath} (pid ${process.pid})`);
+
+  const restored = registry.restoreSaved().then(
+    ({ restored: names, failed }) => {
+      log.info(`restored ${names.length} device(s)${failed.length ? `, ${failed.length} failed` : ''}`);
+    },
+    // Keep serving: the devices that are not back can be created again by hand.
+    (err: Error) => log.error(`cannot restore saved devices from ${paths.stateDir}: ${err.message}`),
+  );
+  server.holdRequestsUntil(restored);
+
+  let stopping = false;
+  const stop = async (signal: string): Promise<void> => {
+    if (stopping) {
+      log.warn(`${signal} while stopping; still draining`);
+      return;
+    }
+    stopping = true;
+    log.info(`${signal}: stopping; saved tables are kept`);
+    await restored;
+    await server.close();
+    await registry.shutdown();
+    log.info('stopped');
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+  await restored;
+}

@@ -1,0 +1,115 @@
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import type { DeviceOptions } from '../wire/protocol';
+
+/** What it takes to bring a device back after a daemon restart. */
+export interface SavedDevice {
+  readonly name: string;
+  /** The live table as the user gave it (paths stay paths: major:minor can change across boots). */
+  readonly table: string;
+  readonly options: DeviceOptions;
+}
+
+export interface StoreLoadResult {
+  readonly devices: SavedDevice[];
+  /** Files that could not be read back; they are left in place for a human to look at. */
+  readonly failures: { readonly file: string; readonly error: Error }[];
+}
+
+const FILE_FORMAT = 1;
+const SUFFIX = '.json';
+
+/**
+ * Saved device tables, one JSON file per device. Every write is atomic (temp file, fsync,
+ * rename, fsync of the directory) so a crash leaves either the old or the new table, never half.
+ */
+export class DeviceStore {
+  constructor(readonly dir: string) {}
+
+  async save(device: SavedDevice): Promise<void> {
+    await fsp.mkdir(this.dir, { recursive: true, mode: 0o700 });
+    const finalPath = this.fileFor(device.name);
+    const tempPath = path.join(this.dir, `.${device.name}${SUFFIX}.${process.pid}.tmp`);
+    const body = JSON.stringify({ format: FILE_FORMAT, ...device }, null, 2) + '\n';
+    const file = await fsp.open(tempPath, 'w', 0o600);
+    try {
+      await file.writeFile(body);
+      await file.sync();
+    } finally {
+      await file.close();
+    }
+    try {
+      await fsp.rename(tempPath, finalPath);
+    } catch (err) {
+      await fsp.rm(tempPath, { force: true });
+      throw err;
+    }
+    await this.syncDir();
+  }
+
+  /** Forget a device; forgetting one that was never saved is not an error. */
+  async delete(name: string): Promise<void> {
+    await fsp.rm(this.fileFor(name), { force: true });
+    await this.syncDir();
+  }
+
+  async loadAll(): Promise<StoreLoadResult> {
+    let entries: string[];
+    try {
+      entries = await fsp.readdir(this.dir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { devices: [], failures: [] };
+      throw err;
+    }
+    const devices: SavedDevice[] = [];
+    const failures: { file: string; error: Error }[] = [];
+    for (const entry of entries.sort()) {
+      if (entry.startsWith('.') || !entry.endsWith(SUFFIX)) continue;
+      const file = path.join(this.dir, entry);
+      try {
+        devices.push(parseSaved(await fsp.readFile(file, 'utf8'), entry.slice(0, -SUFFIX.length)));
+      } catch (err) {
+        failures.push({ file, error: err as Error });
+      }
+    }
+    return { devices, failures };
+  }
+
+  private fileFor(name: string): string {
+    return path.join(this.dir, name + SUFFIX);
+  }
+
+  /** Make the rename/unlink itself durable. */
+  private async syncDir(): Promise<void> {
+    let dir: fsp.FileHandle | undefined;
+    try {
+      dir = await fsp.open(this.dir, 'r');
+      await dir.sync();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    } finally {
+      await dir?.close();
+    }
+  }
+}
+
+function parseSaved(text: string, expectedName: string): SavedDevice {
+  const raw = JSON.parse(text) as Record<string, unknown>;
+  if (raw.format !== FILE_FORMAT) throw new Error(`unknown saved-device format ${JSON.stringify(raw.format)}`);
+  if (raw.name !== expectedName) throw new Error(`file holds device ${JSON.stringify(raw.name)}, not ${expectedName}`);
+  if (typeof raw.table !== 'string') throw new Error('saved device has no table');
+  const options = (raw.options ?? {}) as Record<string, unknown>;
+  const positive = (v: unknown): number | undefined =>
+    typeof v === 'number' && Number.isSafeInteger(v) && v > 0 ? v : undefined;
+  const queues = positive(options.queues);
+  const depth = positive(options.depth);
+  return {
+    name: expectedName,
+    table: raw.table,
+    options: {
+      readOnly: options.readOnly === true,
+      ...(queues !== undefined ? { queues } : {}),
+      ...(depth !== undefined ? { depth } : {}),
+    },
+  };
+}

@@ -1,0 +1,43 @@
+import type { IoResult } from '../base/errno';
+
+/**
+ * Anything that can do block I/O: a regular file, a block device, or one of our own in-process
+ * devices. Targets, dm-io and kcopyd all talk to this interface and nothing below it.
+ *
+ * Every method returns a promise of an IoResult: bytes moved (data ops) or 0, or -errno. I/O
+ * methods never reject on an I/O error; they reject only on programming errors (closed device,
+ * misaligned buffer length).
+ */
+export interface BlockDevice {
+  /** Absolute path as opened (for files) or the device node. */
+  readonly path: string;
+  /** How dm prints the device in `table` output: "major:minor" for block devices, the path for files. */
+  readonly tableName: string;
+  /** Size in 512-byte sectors (a file's size rounded down to whole sectors). */
+  readonly sizeSectors: number;
+  /** The device's logical block size in bytes (512 for regular files). */
+  readonly logicalBlockBytes: number;
+  /** major/minor for block devices, undefined for regular files and in-process devices. */
+  readonly devno?: { major: number; minor: number };
+
+  /** Read buf.byteLength bytes starting at `sector` into buf. */
+  read(buf: Uint8Array, sector: number): Promise<IoResult>;
+  /** Write buf at `sector`; with `fua` the data is on stable storage before the promise settles. */
+  write(buf: Uint8Array, sector: number, fua: boolean): Promise<IoResult>;
+  /** Optional promise-free read(): `done` gets the result; misuse throws synchronously. */
+  readCb?(buf: Uint8Array, sector: number, done: (result: IoResult) => void): void;
+  /** Optional promise-free write(): `done` gets the result; misuse throws synchronously. */
+  writeCb?(buf: Uint8Array, sector: number, fua: boolean, done: (result: IoResult) => void): void;
+  /** Scatter read: fills the buffers in order starting at `sector` (one readv). */
+  readv(bufs: Uint8Array[], sector: number): Promise<IoResult>;
+  /** Gather write: writes the buffers in order starting at `sector` (one writev). */
+  writev(bufs: Uint8Array[], sector: number, fua: boolean): Promise<IoResult>;
+  /** Everything written before is on stable storage when this settles with 0. */
+  flush(): Promise<IoResult>;
+  /** Deallocate a range; reads of it return zeroes afterwards (files: punch hole). */
+  discard(sector: number, sectorCount: number): Promise<IoResult>;
+  /** Make a range read as zeroes; with `noUnmap` the space stays allocated. */
+  writeZeroes(sector: number, sectorCount: number, noUnmap: boolean): Promise<IoResult>;
+  /** Release the device (closes the fd for file-backed devices). Idempotent. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,295 @@
+import { constants as fsConstants, promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+
+import type { BlockDevice } from './block-device';
+import { EINVAL, EIO, ENOENT, EOPNOTSUPP, ErrnoError, type IoResult } from '../base/errno';
+import { isDirectIoAligned, native } from './native';
+import { RWF_DSYNC, sharedIoRing, type IoCallback, type IoRing } from './ring';
+import { SECTOR_BYTES, SECTOR_SHIFT } from '../base/units';
+
+/**
+ * FileDevice: a regular file or a block device used as a BlockDevice, with all I/O going
+ * through the process-wide io_uring.
+ *
+ * Data moves through an O_DIRECT descriptor when the buffer, offset and length allow it, as
+ * ublksrv's loop target and `losetup --direct-io` do: it skips a copy through the page cache,
+ * and on filesystems that cannot take non-blocking buffered I/O (tmpfs in 6.12 refuses
+ * RWF_NOWAIT, so io_uring hands every buffered request to a worker thread) it is much cheaper
+ * per request. Unaligned I/O, and filesystems that refuse O_DIRECT, use the buffered
+ * descriptor; Linux keeps the two coherent (direct I/O writes back and invalidates the page
+ * cache range it touches).
+ */
+
+const FALLOC_FL_KEEP_SIZE = 0x01;
+const FALLOC_FL_PUNCH_HOLE = 0x02;
+const FALLOC_FL_ZERO_RANGE = 0x10;
+/** Offsets, lengths and buffers aligned to this go through the O_DIRECT descriptor. */
+const DIRECT_IO_ALIGNMENT_BYTES = 4096;
+
+export interface OpenFileDeviceOptions {
+  readOnly?: boolean;
+}
+
+interface Devno {
+  major: number;
+  minor: number;
+}
+
+export class FileDevice implements BlockDevice {
+  private closed = false;
+  private readonly ring: IoRing = sharedIoRing();
+
+  /** Use openFileDevice(). */
+  constructor(
+    private readonly handle: fsp.FileHandle,
+    /** The same file opened with O_DIRECT; undefined when the filesystem refuses it. */
+    private directHandle: fsp.FileHandle | undefined,
+    readonly path: string,
+    readonly sizeSectors: number,
+    readonly logicalBlockBytes: number,
+    readonly devno: Devno | undefined,
+    readonly readOnly: boolean,
+  ) {}
+
+  get tableName(): string {
+    return this.devno === undefined ? this.path : `${this.devno.major}:${this.devno.minor}`;
+  }
+
+  /** Whether aligned I/O currently goes through the O_DIRECT descriptor. */
+  get usesDirectIo(): boolean {
+    return this.directHandle !== undefined;
+  }
+
+  /** The open file descriptor (valid until close()). */
+  get fd(): number {
+    return this.handle.fd;
+  }
+
+  read(buf: Uint8Array, sector: number): Promise<IoResult> {
+    const misuse = this.misuse(buf.byteLength);
+    if (misuse) return Promise.reject(misuse);
+    return new Promise((resolve) => this.startRead(buf, sector, resolve));
+  }
+
+  write(buf: Uint8Array, sector: number, fua: boolean): Promise<IoResult> {
+    const misuse = this.misuse(buf.byteLength);
+    if (misuse) return Promise.reject(misuse);
+    return new Promise((resolve) => this.startWrite(buf, sector, fua, resolve));
+  }
+
+  /** read() without a promise: `done` gets the result. Throws (synchronously) on misuse. */
+  readCb(buf: Uint8Array, sector: number, done: IoCallback): void {
+    const misuse = this.misuse(buf.byteLength);
+    if (misuse) throw misuse;
+    this.startRead(buf, sector, done);
+  }
+
+  /** write() without a promise: `done` gets the result. Throws (synchronously) on misuse. */
+  writeCb(buf: Uint8Array, sector: number, fua: boolean, done: IoCallback): void {
+    const misuse = this.misuse(buf.byteLength);
+    if (misuse) throw misuse;
+    this.startWrite(buf, sector, fua, done);
+  }
+
+  private startRead(buf: Uint8Array, sector: number, done: IoCallback): void {
+    const byteOffset = sector * SECTOR_BYTES;
+    if (!this.canGoDirect(buf, byteOffset)) {
+      this.ring.readCb(this.handle.fd, buf, byteOffset, done);
+      return;
+    }
+    this.ring.readCb(this.directHandle!.fd, buf, byteOffset, (result) => {
+      if (result !== -EINVAL) done(result);
+      else this.giveUpDirectIo(() => this.startRead(buf, sector, done), done);
+    });
+  }
+
+  private startWrite(buf: Uint8Array, sector: number, fua: boolean, done: IoCallback): void {
+    const byteOffset = sector * SECTOR_BYTES;
+    const rwFlags = fua ? RWF_DSYNC : 0;
+    if (!this.canGoDirect(buf, byteOffset)) {
+      this.ring.writeCb(this.handle.fd, buf, byteOffset, rwFlags, done);
+      return;
+    }
+    this.ring.writeCb(this.directHandle!.fd, buf, byteOffset, rwFlags, (result) => {
+      if (result !== -EINVAL) done(result);
+      else this.giveUpDirectIo(() => this.startWrite(buf, sector, fua, done), done);
+    });
+  }
+
+  /**
+   * The filesystem refused a direct request for alignment (EINVAL: its direct I/O granule is
+   * larger than ours): direct I/O is given up for this device and the request goes again
+   * through the buffered descriptor.
+   */
+  private giveUpDirectIo(retry: () => void, done: IoCallback): void {
+    this.directHandle = undefined;
+    try {
+      retry();
+    } catch {
+      done(-EIO); // the ring is gone: we are inside a completion, there is nobody to throw to
+    }
+  }
+
+  readv(bufs: Uint8Array[], sector: number): Promise<IoResult> {
+    const misuse = this.misuse(totalBytes(bufs));
+    if (misuse) return Promise.reject(misuse);
+    const byteOffset = sector * SECTOR_BYTES;
+    if (this.canGoDirectV(bufs, byteOffset)) return this.directOr(this.ring.readv(this.directHandle!.fd, bufs, byteOffset), () => this.readv(bufs, sector));
+    return this.ring.readv(this.handle.fd, bufs, byteOffset);
+  }
+
+  writev(bufs: Uint8Array[], sector: number, fua: boolean): Promise<IoResult> {
+    const misuse = this.misuse(totalBytes(bufs));
+    if (misuse) return Promise.reject(misuse);
+    const byteOffset = sector * SECTOR_BYTES;
+    const rwFlags = fua ? RWF_DSYNC : 0;
+    if (this.canGoDirectV(bufs, byteOffset)) {
+      return this.directOr(this.ring.writev(this.directHandle!.fd, bufs, byteOffset, rwFlags), () => this.writev(bufs, sector, fua));
+    }
+    return this.ring.writev(this.handle.fd, bufs, byteOffset, rwFlags);
+  }
+
+  flush(): Promise<IoResult> {
+    const misuse = this.misuse(0);
+    if (misuse) return Promise.reject(misuse);
+    return this.ring.fsync(this.handle.fd, true);
+  }
+
+  discard(sector: number, sectorCount: number): Promise<IoResult> {
+    return this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sector, sectorCount);
+  }
+
+  writeZeroes(sector: number, sectorCount: number, noUnmap: boolean): Promise<IoResult> {
+    if (!noUnmap) return this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sector, sectorCount);
+    return this.zeroKeepingAllocation(sector, sectorCount);
+  }
+
+  /**
+   * REQ_NOUNMAP: the range must read as zeroes and stay provisioned. ZERO_RANGE does both; where
+   * the filesystem lacks it (tmpfs), punching the hole and allocating the range again does too.
+   */
+  private async zeroKeepingAllocation(sector: number, sectorCount: number): Promise<IoResult> {
+    const zeroed = await this.fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, sector, sectorCount);
+    if (zeroed !== -EOPNOTSUPP) return zeroed;
+    const punched = await this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sector, sectorCount);
+    if (punched < 0) return punched;
+    return this.fallocate(FALLOC_FL_KEEP_SIZE, sector, sectorCount);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.directHandle?.close();
+    await this.handle.close();
+  }
+
+  private canGoDirect(buf: Uint8Array, byteOffset: number): boolean {
+    return this.directHandle !== undefined && byteOffset % DIRECT_IO_ALIGNMENT_BYTES === 0 && isDirectIoAligned(buf, DIRECT_IO_ALIGNMENT_BYTES);
+  }
+
+  private canGoDirectV(bufs: Uint8Array[], byteOffset: number): boolean {
+    if (this.directHandle === undefined || byteOffset % DIRECT_IO_ALIGNMENT_BYTES !== 0) return false;
+    for (const buf of bufs) if (!isDirectIoAligned(buf, DIRECT_IO_ALIGNMENT_BYTES)) return false;
+    return true;
+  }
+
+  /** giveUpDirectIo() for the promise-returning vectored calls. */
+  private async directOr(direct: Promise<IoResult>, buffered: () => Promise<IoResult>): Promise<IoResult> {
+    const result = await direct;
+    if (result !== -EINVAL) return result;
+    this.directHandle = undefined;
+    return buffered();
+  }
+
+  private fallocate(mode: number, sector: number, sectorCount: number): Promise<IoResult> {
+    const misuse = this.misuse(0);
+    if (misuse) return Promise.reject(misuse);
+    return this.ring.fallocate(this.handle.fd, mode, sector * SECTOR_BYTES, sectorCount * SECTOR_BYTES);
+  }
+
+  /** The programming error in a call, if any (I/O errors come back as results instead). */
+  private misuse(byteLength: number): Error | undefined {
+    if (this.closed) return new Error(`${this.path}: device is closed`);
+    if (byteLength % SECTOR_BYTES !== 0) {
+      return new RangeError(`${this.path}: ${byteLength} bytes is not a whole number of sectors`);
+    }
+    return undefined;
+  }
+}
+
+/**
+ * Open a backing device named by a path (regular file or block device) or "major:minor".
+ * Throws an ErrnoError naming the path when it does not exist or is neither kind of file.
+ */
+export async function openFileDevice(spec: string, options: OpenFileDeviceOptions = {}): Promise<FileDevice> {
+  const devicePath = path.resolve(await resolveSpec(spec));
+  const stats = await statOrExplain(devicePath);
+  const isBlockDevice = stats.isBlockDevice();
+  if (!isBlockDevice && !stats.isFile()) {
+    throw new ErrnoError(`${devicePath} is neither a regular file nor a block device`, EINVAL);
+  }
+  const readOnly = options.readOnly ?? false;
+  const accessFlags = readOnly ? fsConstants.O_RDONLY : fsConstants.O_RDWR;
+  const handle = await fsp.open(devicePath, accessFlags);
+  const directHandle = await fsp.open(devicePath, accessFlags | fsConstants.O_DIRECT).catch(() => undefined);
+  try {
+    if (isBlockDevice) {
+      const addon = native();
+      return new FileDevice(
+        handle,
+        directHandle,
+        devicePath,
+        Math.floor(addon.blockDeviceBytes(handle.fd) / SECTOR_BYTES),
+        addon.logicalBlockBytes(handle.fd),
+        splitDevno(stats.rdev),
+        readOnly,
+      );
+    }
+    const sizeSectors = Number(stats.size >> BigInt(SECTOR_SHIFT));
+    return new FileDevice(handle, directHandle, devicePath, sizeSectors, SECTOR_BYTES, undefined, readOnly);
+  } catch (error) {
+    await directHandle?.close();
+    await handle.close();
+    throw error;
+  }
+}
+
+const DEVNO_SPEC = /^(\d+):(\d+)$/;
+
+/** A path as given, or the /dev node of a "major:minor" (as named by sysfs). */
+async function resolveSpec(spec: string): Promise<string> {
+  const devno = DEVNO_SPEC.exec(spec);
+  if (devno === null) return spec;
+  const ueventPath = `/sys/dev/block/${devno[1]}:${devno[2]}/uevent`;
+  let uevent: string;
+  try {
+    uevent = await fsp.readFile(ueventPath, 'utf8');
+  } catch {
+    throw new ErrnoError(`no block device ${spec}`, ENOENT);
+  }
+  const devName = /^DEVNAME=(.+)$/m.exec(uevent);
+  if (devName === null) throw new ErrnoError(`no device name for block device ${spec} in ${ueventPath}`, ENOENT);
+  return `/dev/${devName[1]}`;
+}
+
+async function statOrExplain(devicePath: string) {
+  try {
+    return await fsp.stat(devicePath, { bigint: true });
+  } catch (error) {
+    const errnoValue = (error as NodeJS.ErrnoException).errno;
+    throw new ErrnoError(`cannot open ${devicePath}`, errnoValue === undefined ? ENOENT : -errnoValue);
+  }
+}
+
+/** glibc's gnu_dev_major/gnu_dev_minor. */
+function splitDevno(rdev: bigint): Devno {
+  const major = Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
+  const minor = Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
+  return { major, minor };
+}
+
+function totalBytes(bufs: Uint8Array[]): number {
+  let byteLength = 0;
+  for (const buf of bufs) byteLength += buf.byteLength;
+  return byteLength;
+}

@@ -1,0 +1,102 @@
+/**
+ * The native addon's surface (native/*.cc), typed. The addon is transport only: io_uring rings,
+ * ublk command submission, aligned buffers, the descriptor mmap and a few ioctls. It knows
+ * nothing of targets or tables.
+ *
+ * Completions are delivered in batches: the addon writes up to `tokens.length` (token, result)
+ * pairs into the two typed arrays given to the Ring constructor and calls `onCompletions(count)`
+ * once per batch, from the libuv loop (the ring's eventfd is watched with uv_poll; nothing
+ * blocks or spins on the JS thread).
+ */
+export interface NativeRing {
+  /** Queue a read of buf.byteLength bytes at fileByteOffset. */
+  prepRead(fd: number, buf: ArrayBufferView, fileByteOffset: number, token: number): void;
+  /** Queue a write; rwFlags are RWF_* (RWF_DSYNC = 2 for FUA). */
+  prepWrite(fd: number, buf: ArrayBufferView, fileByteOffset: number, rwFlags: number, token: number): void;
+  /** Queue a readv into the buffers in order. */
+  prepReadv(fd: number, bufs: ArrayBufferView[], fileByteOffset: number, token: number): void;
+  /** Queue a writev from the buffers in order. */
+  prepWritev(fd: number, bufs: ArrayBufferView[], fileByteOffset: number, rwFlags: number, token: number): void;
+  /** Queue fsync (datasync = fdatasync). */
+  prepFsync(fd: number, datasync: boolean, token: number): void;
+  /** Queue fallocate(fd, mode, byteOffset, byteLength). */
+  prepFallocate(fd: number, mode: number, byteOffset: number, byteLength: number, token: number): void;
+  /**
+   * Queue an IORING_OP_URING_CMD with `payload` copied into the SQE's command area (at most 16
+   * bytes on a normal ring, 80 on an sqe128 ring).
+   */
+  prepUringCmd(fd: number, cmdOp: number, payload: Uint8Array, token: number): void;
+  /** Queue a ublk I/O command (FETCH_REQ / COMMIT_AND_FETCH_REQ) without building a payload in JS. */
+  prepUblkIoCmd(fd: number, cmdOp: number, queueId: number, tag: number, result: number, bufAddress: number, token: number): void;
+  /** Queue an async cancel of the request whose token is `targetToken`. */
+  prepCancel(targetToken: number, token: number): void;
+  /** Submit everything queued; returns the number submitted. Never waits for completions. */
+  submit(): number;
+  /**
+   * Move up to one batch of completions that are already in the CQ into the arrays given to the
+   * constructor and return how many (0: none ready). Never waits; onCompletions is not called.
+   */
+  reap(): number;
+  /**
+   * While held, completions do not signal the eventfd (the caller reaps them itself, e.g. the
+   * ones a submit completed inline). Releasing re-signals if completions are waiting.
+   */
+  holdWakeups(hold: boolean): void;
+  /** Stop watching the ring and tear it down. Pending requests are abandoned. */
+  close(): void;
+}
+
+export interface NativeRingConstructor {
+  new (
+    entries: number,
+    sqe128: boolean,
+    tokens: Float64Array,
+    results: Int32Array,
+    onCompletions: (count: number) => void,
+  ): NativeRing;
+}
+
+export interface NativeAddon {
+  Ring: NativeRingConstructor;
+  /** A page-aligned, zero-filled buffer of `byteLength` bytes, outside the V8 heap; freed on GC. */
+  allocAligned(byteLength: number, alignment: number): ArrayBuffer;
+  /** The address of a view's first byte (for ublk command `addr` fields). */
+  addressOf(view: ArrayBufferView): number;
+  /** mmap(PROT_READ, MAP_SHARED) of `byteLength` bytes of `fd` at `fileByteOffset`; munmap on GC or unmap(). */
+  mmapReadOnly(fd: number, fileByteOffset: number, byteLength: number): ArrayBuffer;
+  /** munmap now; the ArrayBuffer must not be used afterwards (it is detached). */
+  unmap(buffer: ArrayBuffer): void;
+  /** ioctl(BLKGETSIZE64) on a block device fd. */
+  blockDeviceBytes(fd: number): number;
+  /** ioctl(BLKSSZGET) on a block device fd. */
+  logicalBlockBytes(fd: number): number;
+}
+
+let cached: NativeAddon | undefined;
+
+/** Loads build/Release/ublkdm_native.node once. */
+export function native(): NativeAddon {
+  if (!cached) {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    cached = require('../../../build/Release/ublkdm_native.node') as NativeAddon;
+  }
+  return cached;
+}
+
+/** ArrayBuffers known to start on a page boundary (made by allocPageAligned). */
+const pageAlignedBuffers = new WeakSet<ArrayBufferLike>();
+
+/** Page-aligned, zero-filled memory outside the V8 heap, usable for O_DIRECT I/O. */
+export function allocPageAligned(byteLength: number): ArrayBuffer {
+  const buffer = native().allocAligned(byteLength, 4096);
+  pageAlignedBuffers.add(buffer);
+  return buffer;
+}
+
+/**
+ * True when `view` starts and ends on `alignmentBytes` boundaries of page-aligned memory: the
+ * condition for handing it to an O_DIRECT file descriptor.
+ */
+export function isDirectIoAligned(view: ArrayBufferView, alignmentBytes: number): boolean {
+  return view.byteOffset % alignmentBytes === 0 && view.byteLength % alignmentBytes === 0 && pageAlignedBuffers.has(view.buffer);
+}

@@ -1,0 +1,342 @@
+import { ECANCELED, type IoResult } from '../base/errno';
+import { native, type NativeRing } from './native';
+
+/**
+ * IoRing: the JS owner of one native io_uring. It hands out tokens, keeps every buffer of a
+ * request alive until its completion, routes completions to callbacks, and batches submission:
+ * every prep only queues an SQE and schedules one flush (setImmediate), so all the I/O issued
+ * while handling a batch of completions goes to the kernel in one io_uring_enter.
+ *
+ * Every operation comes in two forms: `fooCb(..., done)` (no promise allocated; returns the
+ * request's token, for cancel) and `foo(...)`, a promise of the same raw result. Results are
+ * IoResults: I/O errors arrive as negative numbers, never as rejections.
+ */
+
+export type IoCallback = (result: IoResult) => void;
+
+/** Names one request in flight, for cancel(). */
+export type IoToken = number;
+
+export interface IoRingOptions {
+  /** Submission queue size (the completion queue is 4x). Default 256. */
+  entries?: number;
+  /** 128-byte SQEs (ublk control commands need them). */
+  sqe128?: boolean;
+}
+
+/** pwritev2 flag: this write is durable before it completes (FUA). */
+export const RWF_DSYNC = 2;
+
+const DEFAULT_ENTRIES = 256;
+const COMPLETIONS_PER_BATCH = 256;
+/** Submit-and-reap rounds per flush before yielding to the event loop (no starving timers and I/O). */
+const INLINE_ROUNDS = 4;
+
+// A token is generation * SLOT_LIMIT + slot: slots are reused, and the generation keeps a late
+// cancel() from hitting whichever request took the slot next. Both fit a double exactly.
+const SLOT_LIMIT = 2 ** 21;
+const GENERATION_LIMIT = 2 ** 31;
+
+export class IoRing {
+  private readonly ring: NativeRing;
+  private readonly completedTokens: Float64Array;
+  private readonly completedResults: Int32Array;
+
+  private readonly callbacks: Array<IoCallback | undefined> = [];
+  /** Whatever the kernel reads or writes for the request in each slot. */
+  private readonly inFlightBuffers: unknown[] = [];
+  private readonly generations: number[] = [];
+  private readonly freeSlots: number[] = [];
+  private inFlightCount = 0;
+  private flushScheduled = false;
+  /** SQEs prepared since the last submit. */
+  private unsubmittedCount = 0;
+  private closed = false;
+
+  static create(options: IoRingOptions = {}): IoRing {
+    return new IoRing(options.entries ?? DEFAULT_ENTRIES, options.sqe128 ?? false);
+  }
+
+  private constructor(entries: number, sqe128: boolean) {
+    this.completedTokens = new Float64Array(COMPLETIONS_PER_BATCH);
+    this.completedResults = new Int32Array(COMPLETIONS_PER_BATCH);
+    const Ring = native().Ring;
+    this.ring = new Ring(entries, sqe128, this.completedTokens, this.completedResults, (count) =>
+      this.onCompletions(count),
+    );
+  }
+
+  /** Requests submitted or queued and not yet completed. */
+  get inFlight(): number {
+    return this.inFlightCount;
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  readCb(fd: number, buf: Uint8Array, fileByteOffset: number, done: IoCallback): IoToken {
+    const token = this.claim(done, buf);
+    try {
+      this.ring.prepRead(fd, buf, fileByteOffset, token);
+    } catch (error) {
+      throw this.unclaim(token, error);
+    }
+    return this.queued(token);
+  }
+
+  read(fd: number, buf: Uint8Array, fileByteOffset: number): Promise<IoResult> {
+    return new Promise((resolve) => this.readCb(fd, buf, fileByteOffset, resolve));
+  }
+
+  writeCb(fd: number, buf: Uint8Array, fileByteOffset: number, rwFlags: number, done: IoCallback): IoToken {
+    const token = this.claim(done, buf);
+    try {
+      this.ring.prepWrite(fd, buf, fileByteOffset, rwFlags, token);
+    } catch (error) {
+      throw this.unclaim(token, error);
+    }
+    return this.queued(token);
+  }
+
+  write(fd: number, buf: Uint8Array, fileByteOffset: number, rwFlags = 0): Promise<IoResult> {
+    return new Promise((resolve) => this.writeCb(fd, buf, fileByteOffset, rwFlags, resolve));
+  }
+
+  readvCb(fd: number, bufs: Uint8Array[], fileByteOffset: number, done: IoCallback): IoToken {
+    const token = this.claim(done, bufs);
+    try {
+      this.ring.prepReadv(fd, bufs, fileByteOffset, token);
+    } catch (error) {
+      throw this.unclaim(token, error);
+    }
+    return this.queued(token);
+  }
+
+  readv(fd: number, bufs: Uint8Array[], fileByteOffset: number): Promise<IoResult> {
+    return new Promise((resolve) => this.readvCb(fd, bufs, fileByteOffset, resolve));
+  }
+
+  writevCb(fd: number, bufs: Uint8Array[], fileByteOffset: number, rwFlags: number, done: IoCallback): IoToken {
+    const token = this.claim(done, bufs);
+    try {
+      this.ring.prepWritev(fd, bufs, fileByteOffset, rwFlags, token);
+    } catch (error) {
+      throw this.unclaim(token, error);
+    }
+    return this.queued(token);
+  }
+
+  writev(fd: number, bufs: Uint8Array[], fileByteOffset: number, rwFlags = 0): Promise<IoResult> {
+    return new Promise((resolve) => this.writevCb(fd, bufs, fileByteOffset, rwFlags, resolve));
+  }
+
+  /** fsync, or fdatasync when `datasync`. */
+  fsyncCb(fd: number, datasync: boolean, done: IoCallback): IoToken {
+    const token = this.claim(done, undefined);
+    try {
+      this.ring.prepFsync(fd, datasync, token);
+    } catch (error) {
+      throw this.unclaim(token, error);
+    }
+    return this.queued(token);
+  }
+
+  fsync(fd: number, datasync: boolean): Promise<IoResult> {
+    return new Promise((resolve) => this.fsyncCb(fd, datasync, resolve));
+  }
+
+  /** fallocate(2); `mode` takes FALLOC_FL_* bits. */
+  fallocateCb(fd: number, mode: number, byteOffset: number, byteLength: number, done: IoCallback): IoToken {
+    const token = this.claim(done, undefined);
+    try {
+      this.ring.prepFallocate(fd, mode, byteOffset, byteLength, token);
+    } catch (error) {
+      throw this.unclaim(token, error);
+    }
+    return this.queued(token);
+  }
+
+  fallocate(fd: number, mode: number, byteOffset: number, byteLength: number): Promise<IoResult> {
+    return new Promise((resolve) => this.fallocateCb(fd, mode, byteOffset, byteLength, resolve));
+  }
+
+  /**
+   * IORING_OP_URING_CMD. `payload` is copied into the SQE at once; `keepAlive` is held until
+   * completion (the buffer a payload's address field points at).
+   */
+  uringCmdCb(fd: number, cmdOp: number, payload: Uint8Array, keepAlive: unknown, done: IoCallback): IoToken {
+    const token = this.claim(done, keepAlive);
+    try {
+      this.ring.prepUringCmd(fd, cmdOp, payload, token);
+    } catch (error) {
+      throw this.unclaim(token, error);
+    }
+    return this.queued(token);
+  }
+
+  uringCmd(fd: number, cmdOp: number, payload: Uint8Array, keepAlive?: unknown): Promise<IoResult> {
+    return new Promise((resolve) => this.uringCmdCb(fd, cmdOp, payload, keepAlive, resolve));
+  }
+
+  /**
+   * A ublk I/O command (FETCH_REQ, COMMIT_AND_FETCH_REQ). The buffer at `bufAddress` is the
+   * caller's to keep alive: it outlives any one command.
+   */
+  ublkIoCmdCb(
+    fd: number,
+    cmdOp: number,
+    queueId: number,
+    tag: number,
+    result: IoResult,
+    bufAddress: number,
+    done: IoCallback,
+  ): IoToken {
+    const token = this.claim(done, undefined);
+    try {
+      this.ring.prepUblkIoCmd(fd, cmdOp, queueId, tag, result, bufAddress, token);
+    } catch (error) {
+      throw this.unclaim(token, error);
+    }
+    return this.queued(token);
+  }
+
+  ublkIoCmd(fd: number, cmdOp: number, queueId: number, tag: number, result: IoResult, bufAddress: number): Promise<IoResult> {
+    return new Promise((resolve) => this.ublkIoCmdCb(fd, cmdOp, queueId, tag, result, bufAddress, resolve));
+  }
+
+  /**
+   * Ask the kernel to cancel request `target`. The result is the cancel's own: 0 (cancelled;
+   * the target completes with -ECANCELED), -ENOENT (not found or already done), -EALREADY
+   * (running; it may still complete normally).
+   */
+  cancelCb(target: IoToken, done: IoCallback): IoToken {
+    const token = this.claim(done, undefined);
+    try {
+      this.ring.prepCancel(target, token);
+    } catch (error) {
+      throw this.unclaim(token, error);
+    }
+    return this.queued(token);
+  }
+
+  cancel(target: IoToken): Promise<IoResult> {
+    return new Promise((resolve) => this.cancelCb(target, resolve));
+  }
+
+  /** Tear the ring down; every request still pending completes with -ECANCELED. Idempotent. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.ring.close();
+    const errors: unknown[] = [];
+    for (let slot = 0; slot < this.callbacks.length; slot++) {
+      const done = this.callbacks[slot];
+      if (done === undefined) continue;
+      this.release(slot);
+      try {
+        done(-ECANCELED);
+      } catch (error) {
+        errors.push(error);
+      }
+    }
+    if (errors.length > 0) throw errors[0];
+  }
+
+  private claim(done: IoCallback, buffers: unknown): IoToken {
+    if (this.closed) throw new Error('IoRing is closed');
+    let slot = this.freeSlots.pop();
+    if (slot === undefined) {
+      slot = this.callbacks.length;
+      if (slot >= SLOT_LIMIT) throw new RangeError(`IoRing: more than ${SLOT_LIMIT} requests in flight`);
+      this.callbacks.push(undefined);
+      this.inFlightBuffers.push(undefined);
+      this.generations.push(0);
+    }
+    this.callbacks[slot] = done;
+    this.inFlightBuffers[slot] = buffers;
+    this.inFlightCount++;
+    return this.generations[slot] * SLOT_LIMIT + slot;
+  }
+
+  /** Undo claim() for a prep that threw; returns the error to rethrow. */
+  private unclaim(token: IoToken, error: unknown): unknown {
+    this.release(token % SLOT_LIMIT);
+    return error;
+  }
+
+  private release(slot: number): void {
+    this.callbacks[slot] = undefined;
+    this.inFlightBuffers[slot] = undefined;
+    this.generations[slot] = (this.generations[slot] + 1) % GENERATION_LIMIT;
+    this.freeSlots.push(slot);
+    this.inFlightCount--;
+  }
+
+  private queued(token: IoToken): IoToken {
+    this.unsubmittedCount++;
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flush);
+    }
+    return token;
+  }
+
+  private readonly flush = (): void => {
+    this.flushScheduled = false;
+    if (this.closed) return;
+    // Much of what we submit completes inside io_uring_enter (page-cache and tmpfs I/O, ublk
+    // requests delivered as task work while we were in the kernel): reap it here rather than
+    // paying an eventfd wakeup and a loop turn for each batch. Callbacks that queue more I/O
+    // synchronously get it submitted in the next round; promise continuations run after this
+    // returns and schedule the next flush.
+    this.ring.holdWakeups(true);
+    try {
+      for (let round = 0; round < INLINE_ROUNDS && !this.closed; round++) {
+        if (this.unsubmittedCount > 0) {
+          this.unsubmittedCount = 0;
+          this.ring.submit();
+        }
+        const count = this.ring.reap();
+        if (count === 0) break;
+        this.onCompletions(count);
+      }
+    } finally {
+      if (!this.closed) this.ring.holdWakeups(false);
+    }
+  };
+
+  private onCompletions(count: number): void {
+    let firstError: unknown;
+    let failed = false;
+    for (let i = 0; i < count; i++) {
+      const token = this.completedTokens[i];
+      const slot = token % SLOT_LIMIT;
+      const done = this.callbacks[slot];
+      if (done === undefined || this.generations[slot] !== (token - slot) / SLOT_LIMIT) continue;
+      this.release(slot);
+      // One throwing callback must not strand the rest of the batch; the first error is
+      // rethrown afterwards and surfaces as an uncaught exception.
+      try {
+        done(this.completedResults[i]);
+      } catch (error) {
+        if (!failed) {
+          failed = true;
+          firstError = error;
+        }
+      }
+    }
+    if (failed) throw firstError;
+  }
+}
+
+let shared: IoRing | undefined;
+
+/**
+ * The process-wide ring for all backing-device I/O and all ublk queues. One JS thread issues
+ * everything through it, which is what ublk's same-task rule needs (the main thread is the task).
+ */
+export function sharedIoRing(): IoRing {
+  if (shared === undefined || shared.isClosed) shared = IoRing.create({ entries: DEFAULT_ENTRIES });
+  return shared;
+}

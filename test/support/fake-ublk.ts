@@ -1,0 +1,116 @@
+import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { UblkCreateOptions, UblkFactory, UblkHandle, UblkRequestView } from '../../src/dm/mapped-device';
+import { Dispatcher } from '../../src/dm/dispatcher';
+import type { IoResult } from '../../src/base/errno';
+import { DeviceLinks } from '../../src/daemon/links';
+import { silentLogger } from '../../src/base/log';
+import { MemoryDevice, memoryDeviceOpener } from '../../src/testing/memory-device';
+import type { RegistryDeps } from '../../src/daemon/registry';
+import { DeviceStore } from '../../src/daemon/store';
+import { Table, loadTable } from '../../src/dm/table';
+import { UNUSED, type DeviceUsage } from '../../src/daemon/usage';
+
+/** A ublk device that exists only in the test: requests are injected through `submit`. */
+export class FakeUblkDevice implements UblkHandle {
+  readonly blockPath: string;
+  readonly devno: { major: number; minor: number };
+  stopped = false;
+  /** Runs inside stop(), while the kernel would still be sending I/O. */
+  duringStop: (() => Promise<void>) | undefined;
+
+  constructor(
+    readonly id: number,
+    readonly options: UblkCreateOptions,
+    private readonly handler: (request: UblkRequestView) => Promise<IoResult>,
+  ) {
+    this.blockPath = `/dev/ublkb${id}`;
+    this.devno = { major: 259, minor: id };
+  }
+
+  get queues(): number {
+    return this.options.queues ?? 1;
+  }
+
+  get depth(): number {
+    return this.options.depth ?? 128;
+  }
+
+  submit(request: Omit<UblkRequestView, 'fua' | 'noUnmap'> & { fua?: boolean }): Promise<IoResult> {
+    if (this.stopped) throw new Error('I/O submitted to a stopped device');
+    return this.handler({ fua: false, noUnmap: false, ...request });
+  }
+
+  async stop(): Promise<void> {
+    await this.duringStop?.();
+    this.stopped = true;
+  }
+}
+
+/** Creates FakeUblkDevices with increasing ids; can be told to fail the next create. */
+export class FakeUblk {
+  readonly devices: FakeUblkDevice[] = [];
+  failNext: Error | undefined;
+  private nextId = 0;
+
+  readonly factory: UblkFactory = async (options, handler) => {
+    if (this.failNext) {
+      const err = this.failNext;
+      this.failNext = undefined;
+      throw err;
+    }
+    const device = new FakeUblkDevice(this.nextId++, options, handler);
+    this.devices.push(device);
+    return device;
+  };
+
+  get live(): FakeUblkDevice[] {
+    return this.devices.filter((d) => !d.stopped);
+  }
+}
+
+/** Registry dependencies over a scratch directory, real tables and dispatchers, and a fake ublk. */
+export class TestBed {
+  readonly ublk = new FakeUblk();
+  readonly memory: Record<string, MemoryDevice> = { mem: new MemoryDevice(64) };
+  /** Usage reported for a block path; everything is unused unless a test says otherwise. */
+  readonly usage = new Map<string, DeviceUsage>();
+  readonly builtTables: Table[] = [];
+  readonly store: DeviceStore;
+  readonly links: DeviceLinks;
+
+  private constructor(readonly dir: string) {
+    this.store = new DeviceStore(path.join(dir, 'state'));
+    this.links = new DeviceLinks(path.join(dir, 'links'));
+  }
+
+  static async create(): Promise<TestBed> {
+    return new TestBed(await fsp.mkdtemp(path.join(os.tmpdir(), 'ublk-dm-registry-')));
+  }
+
+  deps(): RegistryDeps {
+    return {
+      buildTable: async (text) => {
+        const table = await loadTable(text, memoryDeviceOpener(this.memory));
+        this.builtTables.push(table);
+        return table;
+      },
+      createDispatcher: (table) => new Dispatcher(table as Table),
+      createUblk: this.ublk.factory,
+      store: this.store,
+      links: this.links,
+      probeUsage: async (blockPath) => this.usage.get(blockPath) ?? UNUSED,
+      readAheadSectors: async () => 256,
+      log: silentLogger(),
+    };
+  }
+
+  async linkTarget(name: string): Promise<string | undefined> {
+    return fsp.readlink(this.links.pathFor(name)).catch(() => undefined);
+  }
+
+  cleanup(): Promise<void> {
+    return fsp.rm(this.dir, { recursive: true, force: true });
+  }
+}

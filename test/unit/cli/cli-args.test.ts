@@ -1,0 +1,78 @@
+import assert from 'node:assert/strict';
+import { UsageError, parseCommand } from '../../../src/cli/cli';
+
+function usageError(args: string[], pattern: RegExp): void {
+  assert.throws(() => parseCommand(args), (err: unknown) => err instanceof UsageError && pattern.test(err.message));
+}
+
+describe('CLI arguments', () => {
+  it('create takes the table from --table', () => {
+    assert.deepEqual(parseCommand(['create', 'vol0', '--table', '0 8 zero']), {
+      verb: 'create',
+      name: 'vol0',
+      source: { from: 'inline', text: '0 8 zero' },
+      options: { readOnly: false },
+    });
+  });
+
+  it('create takes a table file and the ublk options', () => {
+    assert.deepEqual(parseCommand(['create', 'vol0', 'vol0.table', '--queues', '4', '--depth', '64', '--readonly']), {
+      verb: 'create',
+      name: 'vol0',
+      source: { from: 'file', path: 'vol0.table' },
+      options: { readOnly: true, queues: 4, depth: 64 },
+    });
+  });
+
+  it('create and reload read stdin with neither --table nor a file, or with "-"', () => {
+    assert.deepEqual(parseCommand(['create', 'vol0']), {
+      verb: 'create', name: 'vol0', source: { from: 'stdin' }, options: { readOnly: false },
+    });
+    assert.deepEqual(parseCommand(['reload', 'vol0', '-']), { verb: 'reload', name: 'vol0', source: { from: 'stdin' } });
+  });
+
+  it('refuses both --table and a table file', () => {
+    usageError(['create', 'vol0', 'f', '--table', '0 8 zero'], /not both/);
+  });
+
+  it('refuses non-positive or fractional --queues/--depth', () => {
+    usageError(['create', 'vol0', '--queues', '0'], /--queues/);
+    usageError(['create', 'vol0', '--depth', '1.5'], /--depth/);
+  });
+
+  it('parses remove with --retry, suspend and resume', () => {
+    assert.deepEqual(parseCommand(['remove', 'vol0']), { verb: 'remove', name: 'vol0', retry: false });
+    assert.deepEqual(parseCommand(['remove', '--retry', 'vol0']), { verb: 'remove', name: 'vol0', retry: true });
+    assert.deepEqual(parseCommand(['suspend', 'vol0']), { verb: 'suspend', name: 'vol0' });
+    assert.deepEqual(parseCommand(['resume', 'vol0']), { verb: 'resume', name: 'vol0' });
+  });
+
+  it('parses the read verbs with --json, an optional name, ls --target and table --inactive', () => {
+    assert.deepEqual(parseCommand(['ls']), { verb: 'ls', json: false });
+    assert.deepEqual(parseCommand(['ls', '--target', 'linear', '--json']), { verb: 'ls', target: 'linear', json: true });
+    assert.deepEqual(parseCommand(['table', 'vol0', '--inactive']), { verb: 'table', name: 'vol0', inactive: true, json: false });
+    assert.deepEqual(parseCommand(['table']), { verb: 'table', inactive: false, json: false });
+    assert.deepEqual(parseCommand(['status', 'vol0', '--json']), { verb: 'status', name: 'vol0', json: true });
+    assert.deepEqual(parseCommand(['info']), { verb: 'info', json: false });
+  });
+
+  it('parses message NAME SECTOR WORDS...', () => {
+    assert.deepEqual(parseCommand(['message', 'vol0', '0', 'set', 'drop_writes']), {
+      verb: 'message', name: 'vol0', sector: 0, words: ['set', 'drop_writes'],
+    });
+    usageError(['message', 'vol0', 'x', 'hello'], /invalid sector/);
+    usageError(['message', 'vol0', '0'], /Not enough/);
+  });
+
+  it('parses daemon and version', () => {
+    assert.deepEqual(parseCommand(['daemon']), { verb: 'daemon' });
+    assert.deepEqual(parseCommand(['version']), { verb: 'version' });
+  });
+
+  it('rejects unknown verbs, unknown options and missing names as usage errors', () => {
+    usageError([], /verb is needed/);
+    usageError(['frobnicate'], /Unknown argument/);
+    usageError(['ls', '--bogus'], /Unknown argument/);
+    usageError(['remove'], /Not enough/);
+  });
+});

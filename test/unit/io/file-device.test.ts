@@ -1,0 +1,184 @@
+import { strict as assert } from 'node:assert';
+import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+import { ErrnoError } from '../../../src/base/errno';
+import { FileDevice, openFileDevice } from '../../../src/io/file-device';
+import { allocPageAligned } from '../../../src/io/native';
+
+describe('FileDevice over a regular file', () => {
+  let dir: string;
+  let file: string;
+  let device: FileDevice;
+
+  beforeEach(async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ublkdm-filedev-'));
+    file = path.join(dir, 'backing');
+    await fsp.writeFile(file, Buffer.alloc(64 * 1024 + 100));
+    device = await openFileDevice(file);
+  });
+
+  afterEach(async () => {
+    await device.close();
+    await fsp.rm(dir, { recursive: true, force: true });
+  });
+
+  it('reports the size rounded down to sectors, 512-byte blocks and the path as table name', () => {
+    assert.equal(device.sizeSectors, 128);
+    assert.equal(device.logicalBlockBytes, 512);
+    assert.equal(device.tableName, file);
+    assert.equal(device.devno, undefined);
+  });
+
+  it('reads back what it wrote, at sector offsets, with and without FUA', async () => {
+    assert.equal(await device.write(Buffer.alloc(1024, 0x11), 4, false), 1024);
+    assert.equal(await device.write(Buffer.alloc(512, 0x22), 6, true), 512);
+    const readBack = Buffer.alloc(1536);
+    assert.equal(await device.read(readBack, 4), 1536);
+    assert.ok(readBack.subarray(0, 1024).every((b) => b === 0x11));
+    assert.ok(readBack.subarray(1024).every((b) => b === 0x22));
+    const onDisk = await fsp.readFile(file);
+    assert.equal(onDisk[4 * 512], 0x11);
+    assert.equal(onDisk[6 * 512], 0x22);
+  });
+
+  it('aligned I/O from page-aligned memory goes through O_DIRECT and stays coherent with buffered I/O', async () => {
+    assert.equal(device.usesDirectIo, true, 'the host tmpdir takes O_DIRECT');
+    const page = new Uint8Array(allocPageAligned(8192));
+    page.fill(0x5a);
+    assert.equal(await device.write(page, 8, false), 8192); // sector 8 = 4 KiB: direct
+    const unaligned = Buffer.alloc(1024);
+    assert.equal(await device.read(unaligned, 9), 1024); // buffered, inside what was written directly
+    assert.ok(unaligned.every((b) => b === 0x5a));
+    assert.equal(await device.write(Buffer.alloc(512, 0x33), 10, false), 512); // buffered write
+    const back = new Uint8Array(allocPageAligned(8192));
+    assert.equal(await device.read(back, 8), 8192); // direct read sees the buffered write
+    assert.equal(back[2 * 512], 0x33);
+    assert.equal(back[2 * 512 - 1], 0x5a);
+    assert.equal(back[3 * 512], 0x5a);
+    const onDisk = await fsp.readFile(file);
+    assert.equal(onDisk[10 * 512], 0x33);
+    assert.equal(onDisk[12 * 512], 0x5a);
+    assert.equal(device.usesDirectIo, true);
+  });
+
+  it('readCb and writeCb move data without a promise, direct or buffered, and throw on misuse', async () => {
+    const page = new Uint8Array(allocPageAligned(4096));
+    page.fill(0x6b);
+    const written = await new Promise<number>((resolve) => device.writeCb(page, 16, true, resolve));
+    assert.equal(written, 4096);
+    const unaligned = Buffer.alloc(512);
+    const read = await new Promise<number>((resolve) => device.readCb(unaligned, 17, resolve));
+    assert.equal(read, 512);
+    assert.ok(unaligned.every((b) => b === 0x6b));
+    assert.throws(() => device.readCb(Buffer.alloc(100), 0, () => {}), /whole number of sectors/);
+  });
+
+  it('writev and readv move buffers in order', async () => {
+    assert.equal(await device.writev([Buffer.alloc(512, 1), Buffer.alloc(512, 2)], 10, false), 1024);
+    const parts = [Buffer.alloc(512), Buffer.alloc(512)];
+    assert.equal(await device.readv(parts, 10), 1024);
+    assert.equal(parts[0][0], 1);
+    assert.equal(parts[1][511], 2);
+  });
+
+  it('flush, discard and both kinds of writeZeroes zero the range', async () => {
+    await device.write(Buffer.alloc(16 * 512, 0xee), 0, false);
+    assert.equal(await device.flush(), 0);
+    assert.equal(await device.discard(0, 8), 0);
+    assert.equal(await device.writeZeroes(8, 4, true), 0);
+    assert.equal(await device.writeZeroes(12, 2, false), 0);
+    const readBack = Buffer.alloc(16 * 512);
+    await device.read(readBack, 0);
+    assert.ok(readBack.subarray(0, 14 * 512).every((b) => b === 0));
+    assert.ok(readBack.subarray(14 * 512).every((b) => b === 0xee));
+    assert.equal((await fsp.stat(file)).size, 64 * 1024 + 100);
+  });
+
+  it('writeZeroes with noUnmap keeps the range allocated where the filesystem has no ZERO_RANGE (tmpfs)', async function () {
+    const shm = '/dev/shm';
+    const shmFile = path.join(shm, `ublkdm-zero-${process.pid}`);
+    await fsp.writeFile(shmFile, Buffer.alloc(64 * 1024, 0xee));
+    const onTmpfs = await openFileDevice(shmFile);
+    try {
+      const blocksBefore = (await fsp.stat(shmFile)).blocks;
+      assert.equal(await onTmpfs.writeZeroes(16, 32, true), 0);
+      const back = await fsp.readFile(shmFile);
+      assert.ok(back.subarray(16 * 512, 48 * 512).every((b) => b === 0), 'the range reads as zeroes');
+      assert.ok(back.subarray(0, 16 * 512).every((b) => b === 0xee) && back.subarray(48 * 512).every((b) => b === 0xee));
+      assert.equal((await fsp.stat(shmFile)).blocks, blocksBefore, 'and stays allocated');
+    } finally {
+      await onTmpfs.close();
+      await fsp.rm(shmFile, { force: true });
+    }
+  });
+
+  it('returns a short count for a read that crosses the end of the file', async () => {
+    assert.equal(await device.read(Buffer.alloc(1024), 128), 100);
+  });
+
+  it('rejects buffers that are not whole sectors, and any I/O after close', async () => {
+    await assert.rejects(device.read(Buffer.alloc(100), 0), RangeError);
+    await device.close();
+    await assert.rejects(device.write(Buffer.alloc(512), 0, false), /closed/);
+  });
+
+  it('a read-only device returns -EBADF for writes', async () => {
+    const readOnly = await openFileDevice(file, { readOnly: true });
+    try {
+      assert.equal(await readOnly.write(Buffer.alloc(512), 0, false), -os.constants.errno.EBADF);
+      assert.equal(await readOnly.read(Buffer.alloc(512), 0), 512);
+    } finally {
+      await readOnly.close();
+    }
+  });
+});
+
+describe('openFileDevice errors and specs', () => {
+  it('names the missing path in an ENOENT ErrnoError', async () => {
+    const missing = path.join(os.tmpdir(), 'ublkdm-definitely-missing', 'nothing');
+    await assert.rejects(openFileDevice(missing), (error: unknown) => {
+      assert.ok(error instanceof ErrnoError);
+      assert.equal(error.code, 'ENOENT');
+      assert.match(error.message, new RegExp(missing));
+      return true;
+    });
+  });
+
+  it('refuses a directory', async () => {
+    await assert.rejects(openFileDevice(os.tmpdir()), /neither a regular file nor a block device/);
+  });
+
+  it('refuses an unknown major:minor', async () => {
+    await assert.rejects(openFileDevice('4095:1048575'), /no block device 4095:1048575/);
+  });
+
+  it('opens a block device named by major:minor, with its devno as table name', async function () {
+    const loop0 = '/sys/dev/block/7:0';
+    if (!(await fsp.stat(loop0).catch(() => undefined))) this.skip();
+    const device = await openFileDevice('7:0', { readOnly: true });
+    try {
+      assert.equal(device.path, '/dev/loop0');
+      assert.equal(device.tableName, '7:0');
+      assert.deepEqual(device.devno, { major: 7, minor: 0 });
+      assert.equal(device.logicalBlockBytes, 512);
+      assert.equal(typeof device.sizeSectors, 'number');
+    } finally {
+      await device.close();
+    }
+  });
+
+  it('resolves a relative path to an absolute one', async () => {
+    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ublkdm-rel-'));
+    const file = path.join(dir, 'f');
+    await fsp.writeFile(file, Buffer.alloc(4096));
+    const device = await openFileDevice(path.relative(process.cwd(), file));
+    try {
+      assert.equal(device.path, file);
+    } finally {
+      await device.close();
+      await fsp.rm(dir, { recursive: true, force: true });
+    }
+  });
+});

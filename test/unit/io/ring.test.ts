@@ -1,0 +1,211 @@
+import { strict as assert } from 'node:assert';
+import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+import { execFile } from 'node:child_process';
+import { native } from '../../../src/io/native';
+import { ECANCELED, EOPNOTSUPP } from '../../../src/base/errno';
+import { IoRing, sharedIoRing } from '../../../src/io/ring';
+
+const EBADF_FOR_TEST = os.constants.errno.EBADF;
+
+const FALLOC_FL_KEEP_SIZE = 0x01;
+const FALLOC_FL_PUNCH_HOLE = 0x02;
+
+describe('IoRing (real io_uring)', () => {
+  let dir: string;
+  let handle: fsp.FileHandle;
+  let ring: IoRing;
+
+  beforeEach(async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ublkdm-ring-'));
+    handle = await fsp.open(path.join(dir, 'data'), 'w+');
+    ring = IoRing.create({ entries: 32 });
+  });
+
+  afterEach(async () => {
+    ring.close();
+    await handle.close();
+    await fsp.rm(dir, { recursive: true, force: true });
+  });
+
+  it('writes then reads back the same bytes', async () => {
+    const written = Buffer.alloc(8192, 0xa5);
+    assert.equal(await ring.write(handle.fd, written, 4096), 8192);
+    const readBack = Buffer.alloc(8192);
+    assert.equal(await ring.read(handle.fd, readBack, 4096), 8192);
+    assert.deepEqual(readBack, written);
+  });
+
+  it('writev gathers and readv scatters in order', async () => {
+    const parts = [Buffer.alloc(512, 1), Buffer.alloc(1024, 2), Buffer.alloc(512, 3)];
+    assert.equal(await ring.writev(handle.fd, parts, 0), 2048);
+    const whole = Buffer.alloc(2048);
+    assert.equal(await ring.read(handle.fd, whole, 0), 2048);
+    assert.deepEqual(whole, Buffer.concat(parts));
+    const scattered = [Buffer.alloc(1536), Buffer.alloc(512)];
+    assert.equal(await ring.readv(handle.fd, scattered, 0), 2048);
+    assert.deepEqual(Buffer.concat(scattered), whole);
+  });
+
+  it('fsync and fdatasync succeed on a file', async () => {
+    await ring.write(handle.fd, Buffer.alloc(512, 7), 0);
+    assert.equal(await ring.fsync(handle.fd, false), 0);
+    assert.equal(await ring.fsync(handle.fd, true), 0);
+  });
+
+  it('fallocate punch-hole makes a range read as zeroes and keeps the size', async () => {
+    await ring.write(handle.fd, Buffer.alloc(16384, 0xff), 0);
+    assert.equal(await ring.fallocate(handle.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 4096, 8192), 0);
+    const readBack = Buffer.alloc(16384);
+    await ring.read(handle.fd, readBack, 0);
+    assert.ok(readBack.subarray(0, 4096).every((b) => b === 0xff));
+    assert.ok(readBack.subarray(4096, 12288).every((b) => b === 0));
+    assert.ok(readBack.subarray(12288).every((b) => b === 0xff));
+    assert.equal((await handle.stat()).size, 16384);
+  });
+
+  it('returns I/O errors as negative results instead of rejecting', async () => {
+    assert.equal(await ring.read(-1, Buffer.alloc(512), 0), -EBADF_FOR_TEST);
+    const closedHandle = await fsp.open(path.join(dir, 'closed'), 'w+');
+    const closedFd = closedHandle.fd;
+    await closedHandle.close();
+    assert.equal(await ring.read(closedFd, Buffer.alloc(512), 0), -EBADF_FOR_TEST);
+    assert.equal(await ring.fallocate(handle.fd, 0x7fff0000, 0, 4096), -EOPNOTSUPP);
+  });
+
+  it('reads past end of file return a short count', async () => {
+    await ring.write(handle.fd, Buffer.alloc(1000, 1), 0);
+    assert.equal(await ring.read(handle.fd, Buffer.alloc(4096), 0), 1000);
+  });
+
+  it('completes many more concurrent requests than the ring has entries', async () => {
+    const count = 500;
+    const writes: Promise<number>[] = [];
+    for (let i = 0; i < count; i++) writes.push(ring.write(handle.fd, Buffer.alloc(512, i & 0xff), i * 512));
+    assert.ok((await Promise.all(writes)).every((r) => r === 512));
+    const buffers = Array.from({ length: count }, () => Buffer.alloc(512));
+    const results = await Promise.all(buffers.map((b, i) => ring.read(handle.fd, b, i * 512)));
+    assert.ok(results.every((r) => r === 512));
+    buffers.forEach((b, i) => assert.ok(b.every((x) => x === (i & 0xff)), `block ${i}`));
+    assert.equal(ring.inFlight, 0);
+  });
+
+  it('submits everything prepared in one turn with one submit call', async () => {
+    const nativeRing = (ring as unknown as { ring: { submit(): number } }).ring;
+    const submitted: number[] = [];
+    const realSubmit = nativeRing.submit.bind(nativeRing);
+    // The native method is read-only on the prototype; shadow it on the instance.
+    Object.defineProperty(nativeRing, 'submit', {
+      value: () => {
+        const n = realSubmit();
+        submitted.push(n);
+        return n;
+      },
+    });
+    await Promise.all([0, 1, 2, 3, 4, 5, 6, 7].map((i) => ring.write(handle.fd, Buffer.alloc(512), i * 512)));
+    assert.deepEqual(submitted, [8]);
+  });
+
+  it('delivers callback-form completions and returns distinct tokens', (done) => {
+    const seen: number[] = [];
+    const tokens = new Set<number>();
+    for (let i = 0; i < 4; i++) {
+      tokens.add(
+        ring.writeCb(handle.fd, Buffer.alloc(512), i * 512, 0, (result) => {
+          seen.push(result);
+          if (seen.length === 4) {
+            assert.deepEqual(seen, [512, 512, 512, 512]);
+            done();
+          }
+        }),
+      );
+    }
+    assert.equal(tokens.size, 4);
+  });
+
+  it('close() fails pending requests with -ECANCELED', async () => {
+    const pipe = await openPipeReadEnd(dir);
+    const pending = ring.read(pipe.fd, Buffer.alloc(16), 0);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    ring.close();
+    assert.equal(await pending, -ECANCELED);
+    await pipe.close();
+    assert.throws(() => ring.readCb(handle.fd, Buffer.alloc(512), 0, () => {}), /closed/);
+    await assert.rejects(ring.read(handle.fd, Buffer.alloc(512), 0), /closed/);
+  });
+
+  it('cancel() ends a request that would never complete', async () => {
+    const pipe = await openPipeReadEnd(dir);
+    let token = -1;
+    const pending = new Promise<number>((resolve) => {
+      token = ring.readCb(pipe.fd, Buffer.alloc(16), 0, resolve);
+    });
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.equal(await ring.cancel(token), 0);
+    assert.equal(await pending, -ECANCELED);
+    await pipe.close();
+  });
+
+  it('sharedIoRing() is one ring per process', () => {
+    assert.equal(sharedIoRing(), sharedIoRing());
+  });
+
+  it('an idle ring does not keep the process alive', async () => {
+    const ringModule = path.resolve(__dirname, '../../../src/io/ring.js');
+    const script = `const r = require(${JSON.stringify(ringModule)}).sharedIoRing();
+      r.fsync(0, true).then((res) => console.log('done', typeof res));`;
+    const output = await new Promise<string>((resolve, reject) => {
+      execFile(process.execPath, ['-e', script], { timeout: 5000 }, (error, stdout) =>
+        error ? reject(error) : resolve(stdout),
+      );
+    });
+    assert.equal(output.trim(), 'done number');
+  });
+});
+
+describe('native memory helpers', () => {
+  it('allocAligned gives zeroed memory at the requested alignment', () => {
+    const buffer = new Uint8Array(native().allocAligned(65536, 4096));
+    assert.equal(buffer.byteLength, 65536);
+    assert.equal(native().addressOf(buffer) % 4096, 0);
+    assert.ok(buffer.every((b) => b === 0));
+  });
+
+  it('addressOf accounts for a view offset', () => {
+    const buffer = new Uint8Array(native().allocAligned(8192, 4096));
+    assert.equal(native().addressOf(buffer.subarray(100)) - native().addressOf(buffer), 100);
+  });
+
+  it('mmapReadOnly maps file contents and unmap detaches the buffer', async () => {
+    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ublkdm-mmap-'));
+    const file = path.join(dir, 'm');
+    await fsp.writeFile(file, Buffer.alloc(8192, 0x3c));
+    const handle = await fsp.open(file, 'r');
+    try {
+      const mapping = native().mmapReadOnly(handle.fd, 4096, 4096);
+      assert.ok(new Uint8Array(mapping).every((b) => b === 0x3c));
+      native().unmap(mapping);
+      assert.equal(mapping.byteLength, 0);
+      assert.throws(() => native().unmap(mapping));
+    } finally {
+      await handle.close();
+      await fsp.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('ring setup errors carry errno text', () => {
+    const Ring = native().Ring;
+    assert.throws(() => new Ring(1 << 30, false, new Float64Array(4), new Int32Array(4), () => {}), /io_uring/);
+  });
+});
+
+/** The read end of a FIFO with a writer attached, so reads block until cancelled. */
+async function openPipeReadEnd(dir: string): Promise<fsp.FileHandle> {
+  const { execFileSync } = await import('node:child_process');
+  const fifo = path.join(dir, `fifo-${Math.random().toString(36).slice(2)}`);
+  execFileSync('mkfifo', [fifo]);
+  // O_RDWR on a FIFO opens without waiting for a peer and keeps reads blocking.
+  return fsp.open(fifo, 'r+');
+}
