@@ -1,5 +1,6 @@
 import { EBUSY, EINVAL, EIO, ErrnoError, type IoResult } from '../base/errno';
-import { IoOp, type Target, type TargetIo } from './target';
+import { IoOp } from '../io/bio';
+import { type Target, type TargetIo } from './target';
 import { findSegmentIndex, type Segment, type Table } from './table';
 import { sectorsToBytes } from '../base/units';
 

@@ -1,5 +1,6 @@
 import type { BlockDevice } from '../io/block-device';
 import type { IoResult } from '../base/errno';
+import type { IoOp } from '../io/bio';
 
 /**
  * The target contract, shaped like the kernel's `struct target_type`: a constructor that only
@@ -8,15 +9,6 @@ import type { IoResult } from '../base/errno';
  * and `maxIoSectors` boundaries, suspend, draining and accounting; a target never sees a piece
  * of I/O that crosses its own end.
  */
-
-/** Request operations, numbered as ublk numbers them (UBLK_IO_OP_*). */
-export enum IoOp {
-  Read = 0,
-  Write = 1,
-  Flush = 2,
-  Discard = 3,
-  WriteZeroes = 5,
-}
 
 /** One piece of a request, as seen by one target. */
 export interface TargetIo {

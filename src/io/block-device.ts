@@ -8,9 +8,32 @@ import type { IoResult } from '../base/errno';
  * methods never reject on an I/O error; they reject only on programming errors (closed device,
  * misaligned buffer length).
  */
+/**
+ * A device's identity, stable for as long as the device exists whatever path named it:
+ * `blk:MAJ:MIN` for block devices, `file:DEV:INO` for regular files, `mem:N` for in-process
+ * devices. Targets compare devices by key, never by object or path (a snapshot finds its origin
+ * this way, however each table spelled the origin).
+ */
+export type DeviceKey = `blk:${number}:${number}` | `file:${string}:${string}` | `mem:${string}`;
+
+/**
+ * What a device can do beyond read, write and flush, declared once when it is opened (as the
+ * kernel's queue limits are) rather than discovered by failing requests. The ublk device
+ * advertises discard and write-zeroes only when every device under its table can take them.
+ */
+export interface DeviceCapabilities {
+  /** A real discard reaches the device (punch-hole for files, BLKDISCARD for block devices). */
+  readonly discard: boolean;
+  /** Ranges can be zeroed without writing zero buffers (ZERO_RANGE/punch-hole, BLKZEROOUT). */
+  readonly writeZeroes: boolean;
+}
+
 export interface BlockDevice {
   /** Absolute path as opened (for files) or the device node. */
   readonly path: string;
+  /** Stable identity (see DeviceKey). */
+  readonly key: DeviceKey;
+  readonly capabilities: DeviceCapabilities;
   /** How dm prints the device in `table` output: "major:minor" for block devices, the path for files. */
   readonly tableName: string;
   /** Size in 512-byte sectors (a file's size rounded down to whole sectors). */

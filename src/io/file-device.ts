@@ -1,7 +1,7 @@
 import { constants as fsConstants, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 
-import type { BlockDevice } from './block-device';
+import type { BlockDevice, DeviceCapabilities, DeviceKey } from './block-device';
 import { EINVAL, EIO, ENOENT, EOPNOTSUPP, ErrnoError, type IoResult } from '../base/errno';
 import { isDirectIoAligned, native } from './native';
 import { RWF_DSYNC, sharedIoRing, type IoCallback, type IoRing } from './ring';
@@ -49,6 +49,8 @@ export class FileDevice implements BlockDevice {
     readonly logicalBlockBytes: number,
     readonly devno: Devno | undefined,
     readonly readOnly: boolean,
+    readonly key: DeviceKey,
+    readonly capabilities: DeviceCapabilities,
   ) {}
 
   get tableName(): string {
@@ -243,10 +245,15 @@ export async function openFileDevice(spec: string, options: OpenFileDeviceOption
         addon.logicalBlockBytes(handle.fd),
         splitDevno(stats.rdev),
         readOnly,
+        `blk:${splitDevno(stats.rdev).major}:${splitDevno(stats.rdev).minor}`,
+        { discard: true, writeZeroes: true },
       );
     }
     const sizeSectors = Number(stats.size >> BigInt(SECTOR_SHIFT));
-    return new FileDevice(handle, directHandle, devicePath, sizeSectors, SECTOR_BYTES, undefined, readOnly);
+    return new FileDevice(handle, directHandle, devicePath, sizeSectors, SECTOR_BYTES, undefined, readOnly, `file:${stats.dev}:${stats.ino}`, {
+      discard: true,
+      writeZeroes: true,
+    });
   } catch (error) {
     await directHandle?.close();
     await handle.close();

@@ -1,6 +1,7 @@
 import type { BlockDevice } from '../io/block-device';
 import { EIO, type IoResult } from '../base/errno';
-import { IoOp, type Target, type TargetIo, type TargetType } from '../dm/target';
+import { IoOp } from '../io/bio';
+import { type Target, type TargetIo, type TargetType } from '../dm/target';
 import { openDeviceArea } from '../dm/table-args';
 
 /**

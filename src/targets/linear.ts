@@ -1,6 +1,7 @@
 import type { BlockDevice } from '../io/block-device';
 import { EIO, EOPNOTSUPP, type IoResult } from '../base/errno';
-import { IoOp, type StatusKind, type Target, type TargetContext, type TargetIo, type TargetType } from '../dm/target';
+import { IoOp } from '../io/bio';
+import { type StatusKind, type Target, type TargetContext, type TargetIo, type TargetType } from '../dm/target';
 import { expectArgCount, openDeviceArea } from '../dm/table-args';
 
 /**

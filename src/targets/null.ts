@@ -1,6 +1,7 @@
 import type { BlockDevice } from '../io/block-device';
 import type { IoResult } from '../base/errno';
-import { IoOp, TargetError, type Target, type TargetIo, type TargetType } from '../dm/target';
+import { IoOp } from '../io/bio';
+import { TargetError, type Target, type TargetIo, type TargetType } from '../dm/target';
 
 /**
  * null: NOT a kernel dm target; ours, for measuring the cost of the dispatch path. Every

@@ -1,6 +1,7 @@
 import type { BlockDevice } from '../io/block-device';
 import { EOPNOTSUPP, type IoResult } from '../base/errno';
-import { IoOp, TargetError, type Target, type TargetIo, type TargetType } from '../dm/target';
+import { IoOp } from '../io/bio';
+import { TargetError, type Target, type TargetIo, type TargetType } from '../dm/target';
 
 /**
  * zero: reads return zeroes, writes and discards are accepted and dropped. Write-zeroes fails

@@ -1,4 +1,4 @@
-import type { BlockDevice } from '../io/block-device';
+import type { BlockDevice, DeviceCapabilities, DeviceKey } from '../io/block-device';
 import { EIO, type IoResult } from '../base/errno';
 import { SECTOR_BYTES } from '../base/units';
 
@@ -28,6 +28,8 @@ export class FaultDevice implements BlockDevice {
 
   get path(): string { return this.inner.path; }
   get tableName(): string { return this.inner.tableName; }
+  get key(): DeviceKey { return this.inner.key; }
+  get capabilities(): DeviceCapabilities { return this.inner.capabilities; }
   get sizeSectors(): number { return this.inner.sizeSectors; }
   get logicalBlockBytes(): number { return this.inner.logicalBlockBytes; }
 

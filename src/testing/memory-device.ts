@@ -1,4 +1,4 @@
-import type { BlockDevice } from '../io/block-device';
+import type { BlockDevice, DeviceCapabilities, DeviceKey } from '../io/block-device';
 import { EIO, ENOENT, ErrnoError, type IoResult } from '../base/errno';
 import { SECTOR_BYTES, sectorsToBytes } from '../base/units';
 
@@ -70,6 +70,8 @@ export class MemoryDevice implements BlockDevice {
   readonly sizeSectors: number;
   readonly logicalBlockBytes: number;
   readonly devno?: { major: number; minor: number };
+  readonly key: DeviceKey;
+  readonly capabilities: DeviceCapabilities = { discard: true, writeZeroes: true };
   /** The device's contents; tests may read and write it directly. */
   readonly contents: Buffer;
   /** Calls per operation, counted on entry (before any gate or injected failure). */
@@ -94,6 +96,8 @@ export class MemoryDevice implements BlockDevice {
     this.sizeSectors = sizeSectors;
     this.contents = Buffer.alloc(sectorsToBytes(sizeSectors));
     this.tableName = options.tableName ?? `mem${number}`;
+    // Two handles on one device share a key, as two opens of one file do.
+    this.key = options.devno ? `blk:${options.devno.major}:${options.devno.minor}` : `mem:${number}`;
     this.path = `memory:${this.tableName}`;
     this.logicalBlockBytes = options.logicalBlockBytes ?? SECTOR_BYTES;
     if (options.devno) this.devno = options.devno;
@@ -248,6 +252,12 @@ class MemoryDeviceHandle implements BlockDevice {
   }
   get devno(): { major: number; minor: number } | undefined {
     return this.device.devno;
+  }
+  get key(): DeviceKey {
+    return this.device.key;
+  }
+  get capabilities(): DeviceCapabilities {
+    return this.device.capabilities;
   }
 
   async read(buf: Uint8Array, sector: number): Promise<IoResult> {

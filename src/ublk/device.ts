@@ -3,7 +3,7 @@ import { promises as fsp } from 'node:fs';
 import { EINVAL, EIO, ENODEV, ENOENT, EOPNOTSUPP, ETIMEDOUT, ErrnoError, type IoResult } from '../base/errno';
 import { allocPageAligned, native } from '../io/native';
 import { sharedIoRing, type IoRing } from '../io/ring';
-import { IoOp } from '../dm/target';
+import { IoOp } from '../io/bio';
 import { PAGE_BYTES, SECTOR_BYTES } from '../base/units';
 import {
   ANY_DEV_ID,

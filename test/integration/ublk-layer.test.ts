@@ -9,7 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { EIO, EOPNOTSUPP, type IoResult } from '../../src/base/errno';
-import { IoOp } from '../../src/dm/target';
+import { IoOp } from '../../src/io/bio';
 import { UblkDevice, type UblkRequest } from '../../src/ublk/device';
 import { SECTOR_BYTES } from '../../src/base/units';
 import { Sandbox, mustSh, requireRealUblk, sh } from './harness';

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { DeviceError } from '../../../src/dm/mapped-device';
 import { DeviceRegistry } from '../../../src/daemon/registry';
-import { IoOp } from '../../../src/dm/target';
+import { IoOp } from '../../../src/io/bio';
 import { TestBed } from '../../support/fake-ublk';
 
 function rejectsWith(code: string, pattern: RegExp): (err: unknown) => boolean {

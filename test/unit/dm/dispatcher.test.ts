@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { Dispatcher, splitRequest, type BlockRequest, type SplittableSegment } from '../../../src/dm/dispatcher';
 import { EINVAL, EIO, EOPNOTSUPP, type IoResult } from '../../../src/base/errno';
 import { MemoryDevice, memoryDeviceOpener } from '../../../src/testing/memory-device';
-import { IoOp, type Target, type TargetIo } from '../../../src/dm/target';
+import { IoOp } from '../../../src/io/bio';
+import { type Target, type TargetIo } from '../../../src/dm/target';
 import { Table, loadTable } from '../../../src/dm/table';
 import { sectorsToBytes } from '../../../src/base/units';
 

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { EIO, EOPNOTSUPP } from '../../../src/base/errno';
 import { MemoryDevice, memoryDeviceOpener } from '../../../src/testing/memory-device';
-import { IoOp, TargetError, type Target, type TargetContext, type TargetIo, type TargetType } from '../../../src/dm/target';
+import { IoOp } from '../../../src/io/bio';
+import { TargetError, type Target, type TargetContext, type TargetIo, type TargetType } from '../../../src/dm/target';
 import { loadTable, TableError } from '../../../src/dm/table';
 import { registerTargetType, targetTypes } from '../../../src/targets';
 import { errorTargetType } from '../../../src/targets/error';
