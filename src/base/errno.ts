@@ -27,14 +27,27 @@ export function errnoName(code: number): string {
   return names.get(Math.abs(code)) ?? `errno ${Math.abs(code)}`;
 }
 
-/** An error that carries a (positive) errno and a code name, like Node's system errors. */
-export class ErrnoError extends Error {
+/**
+ * The one base of control-path errors (a bad table, an unknown device, a busy device, a failed
+ * system call): `message` is what the user sees, `code` the errno name the CLI reports and the
+ * wire carries. The data path never throws these; it returns -errno.
+ */
+export class DmError extends Error {
+  constructor(
+    message: string,
+    readonly code: string = 'EINVAL',
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** A DmError from a system call or an I/O result: carries the (positive) errno too. */
+export class ErrnoError extends DmError {
   readonly errno: number;
-  readonly code: string;
   constructor(message: string, errnoValue: number) {
-    super(`${message}: ${errnoName(errnoValue)}`);
+    super(`${message}: ${errnoName(errnoValue)}`, errnoName(errnoValue));
     this.errno = Math.abs(errnoValue);
-    this.code = errnoName(errnoValue);
   }
 }
 

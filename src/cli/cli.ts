@@ -21,7 +21,9 @@ export type CliCommand =
   | { readonly verb: 'create'; readonly name: string; readonly source: TableSource; readonly options: DeviceOptions }
   | { readonly verb: 'reload'; readonly name: string; readonly source: TableSource }
   | { readonly verb: 'remove'; readonly name: string; readonly retry: boolean }
-  | { readonly verb: 'suspend' | 'resume'; readonly name: string }
+  | { readonly verb: 'suspend'; readonly name: string; readonly noflush: boolean }
+  | { readonly verb: 'resume'; readonly name: string }
+  | { readonly verb: 'wait'; readonly name: string; readonly eventNr: number; readonly json: boolean }
   | { readonly verb: 'ls'; readonly target?: string; readonly json: boolean }
   | { readonly verb: 'table'; readonly name?: string; readonly inactive: boolean; readonly json: boolean }
   | { readonly verb: 'status' | 'info'; readonly name?: string; readonly json: boolean }
@@ -72,7 +74,16 @@ export function buildParser(): Argv {
     )
     .command('status [name]', "print the targets' status", (y) => y.positional('name', { type: 'string' }).options(jsonOption))
     .command('info [name]', 'print device information', (y) => y.positional('name', { type: 'string' }).options(jsonOption))
-    .command('suspend <name>', 'drain in-flight I/O and hold new I/O until resume', (y) => y.positional('name', { type: 'string' }))
+    .command('suspend <name>', 'drain in-flight I/O and hold new I/O until resume', (y) =>
+      y.positional('name', { type: 'string' }).option('noflush', {
+        type: 'boolean',
+        default: false,
+        describe: 'I/O the targets push back waits for resume instead of failing',
+      }),
+    )
+    .command('wait <name> [event_nr]', "sleep until the device's event number differs from EVENT_NR (default 0)", (y) =>
+      y.positional('name', { type: 'string' }).positional('event_nr', { type: 'string' }).options(jsonOption),
+    )
     .command('resume <name>', 'make a reloaded table live and release held I/O', (y) => y.positional('name', { type: 'string' }))
     .command('message <name> <sector> <words..>', 'send a message to the target at SECTOR', (y) =>
       y
@@ -116,8 +127,15 @@ export function parseCommand(args: readonly string[], parser: Argv = buildParser
     case 'remove':
       return { verb, name: name!, retry: argv.retry === true };
     case 'suspend':
+      return { verb, name: name!, noflush: argv.noflush === true };
     case 'resume':
       return { verb, name: name! };
+    case 'wait': {
+      const eventText = argv.event_nr === undefined ? '0' : String(argv.event_nr);
+      // dm's event number is a u32: a larger one could never be reached.
+      if (!/^\d+$/.test(eventText) || Number(eventText) > 0xffffffff) throw new UsageError(`invalid event number ${JSON.stringify(eventText)}`);
+      return { verb, name: name!, eventNr: Number(eventText), json };
+    }
     case 'ls':
       return argv.target === undefined ? { verb, json } : { verb, target: String(argv.target), json };
     case 'table':
@@ -207,9 +225,16 @@ async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>
         }
       }
     case 'suspend':
-    case 'resume':
-      await send({ verb: command.verb, name: command.name });
+      await send({ verb: 'suspend', name: command.name, noflush: command.noflush });
       return '';
+    case 'resume':
+      await send({ verb: 'resume', name: command.name });
+      return '';
+    case 'wait': {
+      // Like dmsetup, silent unless asked: the exit status says the event came.
+      const waited = await send({ verb: 'wait', name: command.name, eventNr: command.eventNr });
+      return command.json ? asJson(waited) : '';
+    }
     case 'message': {
       const { reply } = await send({ verb: 'message', name: command.name, sector: command.sector, words: command.words });
       return reply === '' ? '' : reply.endsWith('\n') ? reply : `${reply}\n`;

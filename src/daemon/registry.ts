@@ -1,10 +1,14 @@
 import {
   DeviceError,
+  DeviceEvents,
   MappedDevice,
   type DeviceTable,
   type DispatcherFactory,
   type UblkFactory,
 } from '../dm/mapped-device';
+import type { DaemonScope } from '../dm/scope';
+import type { DeviceKey } from '../io/block-device';
+import type { DeviceHandle, SuspendOptions } from '../dm/target';
 import type { DeviceLinks } from './links';
 import type { Logger } from '../base/log';
 import type { CreatedDevice, DeviceInfo, DeviceListEntry, DeviceOptions, TableReport } from '../wire/protocol';
@@ -14,8 +18,10 @@ import { busyReason, openCount, type UsageProbe } from './usage';
 
 /** Everything the registry needs from the outside world; tests pass fakes for the kernel parts. */
 export interface RegistryDeps {
-  /** Parse and construct a table (src/table.ts); throws with the offending line named. */
-  readonly buildTable: (text: string) => Promise<DeviceTable>;
+  /** Parse and construct a table for `device` (dm/table.ts); throws with the offending line named. */
+  readonly buildTable: (text: string, device: DeviceHandle) => Promise<DeviceTable>;
+  /** Where running devices are made findable by key, for targets that drive other devices. */
+  readonly scope: DaemonScope;
   readonly createDispatcher: DispatcherFactory;
   readonly createUblk: UblkFactory;
   readonly store: DeviceStore;
@@ -97,13 +103,21 @@ export class DeviceRegistry {
   reload(name: string, tableText: string): Promise<void> {
     return this.serialized(name, async () => {
       const device = this.get(name);
-      const table = await this.deps.buildTable(tableText);
+      const table = await this.deps.buildTable(tableText, device.events);
       await device.loadInactive(table, tableText);
     });
   }
 
-  suspend(name: string): Promise<void> {
-    return this.serialized(name, () => this.get(name).suspend());
+  suspend(name: string, options: SuspendOptions = { noflush: false }): Promise<void> {
+    return this.serialized(name, () => this.get(name).suspend(options));
+  }
+
+  /**
+   * dmsetup's `wait`: the device's event number once it differs from `eventNr`. Takes no lock:
+   * a waiter must not hold up the operations (a resume, a message) that raise the event.
+   */
+  waitEvent(name: string, eventNr: number): Promise<number> {
+    return this.get(name).events.wait(eventNr);
   }
 
   /** `resume`; when a reloaded table goes live, it becomes the saved one. */
@@ -173,8 +187,9 @@ export class DeviceRegistry {
 
   private async startDevice(name: string, tableText: string, options: DeviceOptions): Promise<void> {
     if (this.devices.has(name)) throw new DeviceError(`device ${name} already exists`, 'EEXIST');
-    const table = await this.deps.buildTable(tableText);
-    const device = await MappedDevice.start(name, table, tableText, options, this.deps.createUblk, this.deps.createDispatcher);
+    const events = new DeviceEvents(name);
+    const table = await this.deps.buildTable(tableText, events);
+    const device = await MappedDevice.start(events, table, tableText, options, this.deps.createUblk, this.deps.createDispatcher);
     try {
       await this.deps.links.create(name, device.blockPath);
     } catch (err) {
@@ -182,10 +197,12 @@ export class DeviceRegistry {
       throw err;
     }
     this.devices.set(name, device);
+    this.deps.scope.addDevice(blockKey(device), device);
   }
 
   /** Stop the kernel device, release the tables, drop the link; the saved table is not touched. */
   private async discard(device: MappedDevice): Promise<void> {
+    this.deps.scope.removeDevice(blockKey(device), device);
     await device.stop();
     this.devices.delete(device.name);
     await this.deps.links.remove(device.name);
@@ -237,4 +254,8 @@ export class DeviceRegistry {
     });
     return result;
   }
+}
+
+function blockKey(device: MappedDevice): DeviceKey {
+  return `blk:${device.devno.major}:${device.devno.minor}`;
 }

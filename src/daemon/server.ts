@@ -31,8 +31,10 @@ export async function serveRequest(registry: DeviceRegistry, request: Request): 
       await registry.remove(request.name);
       return { name: request.name };
     case 'suspend':
-      await registry.suspend(request.name);
+      await registry.suspend(request.name, { noflush: request.noflush });
       return { name: request.name };
+    case 'wait':
+      return { name: request.name, eventNr: await registry.waitEvent(request.name, request.eventNr) };
     case 'resume':
       await registry.resume(request.name);
       return { name: request.name };
@@ -168,20 +170,27 @@ export class DaemonServer {
 
 /**
  * The kernel-facing collaborators, loaded only here so that the CLI and the tests never load the
- * native addon.
+ * native addon. The scope is built here, once per daemon: this is the composition root.
  */
 async function kernelDeps(paths: DaemonPaths, log: Logger): Promise<RegistryDeps> {
-  const [tableModule, dispatchModule, ublkModule] = await Promise.all([
+  const [tableModule, dispatchModule, ublkModule, scopeModule, targetsModule] = await Promise.all([
     import('../dm/table'),
     import('../dm/dispatcher'),
     import('../ublk/device'),
+    import('../dm/scope'),
+    import('../targets'),
   ]);
-  type Table = import('../dm/table').Table;
+  const scope = new scopeModule.DaemonScope({ targetTypes: targetsModule.builtInTargetTypes });
   return {
-    buildTable: (text) => tableModule.loadTable(text),
-    // Every table in the daemon comes from buildTable above, so the cast only restores its real type.
-    createDispatcher: (table) => new dispatchModule.Dispatcher(table as Table),
-    createUblk: (options, handler, callbackHandler) => ublkModule.UblkDevice.create(options, handler, callbackHandler),
+    scope,
+    buildTable: (text, device) => tableModule.loadTable(text, { scope, device }),
+    createDispatcher: (table) => new dispatchModule.Dispatcher(table),
+    createUblk: (options, handler) =>
+      ublkModule.UblkDevice.create(
+        options,
+        (request) => new Promise((resolve) => handler({ ...request, data: request.buffer }, resolve)),
+        (request, done) => handler({ ...request, data: request.buffer }, done),
+      ),
     store: new DeviceStore(paths.stateDir),
     links: new DeviceLinks(paths.linkDir),
     probeUsage: procUsageProbe(),

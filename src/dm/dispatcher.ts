@@ -1,93 +1,26 @@
 import { EBUSY, EINVAL, EIO, ErrnoError, type IoResult } from '../base/errno';
-import { IoOp } from '../io/bio';
-import { type Target, type TargetIo } from './target';
-import { findSegmentIndex, type Segment, type Table } from './table';
 import { sectorsToBytes } from '../base/units';
+import { carriesData, IoOp, NO_DATA, type Bio, type IoDone } from '../io/bio';
+import { pieceSectorCount, splitRequest } from './split';
+import { REQUEUE, type MapOutcome, type SuspendOptions, type Target } from './target';
+import { findSegmentIndex, type Segment } from './table';
 
 /**
  * The core that serves one device's requests: it routes each request to the targets under it
  * (split at segment ends and at each target's maxIoSectors boundaries), completes it once, and
  * implements suspend and resume as dm does (targets.md §8.1, without the filesystem freeze,
  * which userspace cannot do: every suspend behaves as `--nolockfs`).
+ *
+ * A request's result is never more than what really moved: for a split Read or Write it is the
+ * contiguous prefix of pieces that completed in full (ublk then re-issues only the tail, which
+ * meets the failure again on its own), so a short or failed piece in the middle can neither hide
+ * a hole in written data nor expose stale bytes of the tag buffer to a reader.
  */
 
-/** One request from the block device, in device sectors. */
-export interface BlockRequest {
-  readonly op: IoOp;
-  readonly sector: number;
-  readonly sectorCount: number;
-  /** sectorCount * 512 bytes for Read and Write; may be empty for the other operations. */
-  readonly data: Uint8Array;
-  readonly fua: boolean;
-  readonly noUnmap: boolean;
-}
-
-/** The part of a segment the splitter needs (a Segment, or a test fixture). */
-export interface SplittableSegment {
-  readonly startSector: number;
-  readonly lengthSectors: number;
-  readonly target: { readonly maxIoSectors?: number };
-}
-
-/** One piece of a split request. */
-export interface RequestPiece {
-  readonly segmentIndex: number;
-  /** First sector of the piece, relative to its segment's start. */
-  readonly targetSector: number;
-  readonly sectorCount: number;
-  /** Where the piece's data starts in the request's buffer. */
-  readonly byteOffset: number;
-}
-
-/**
- * Sectors from `targetSector` that one piece may cover: up to the segment's end, the target's
- * next maxIoSectors boundary (counted from the target's start) and the request's end.
- */
-function pieceSectorCount(segment: SplittableSegment, targetSector: number, remainingSectors: number): number {
-  let limit = segment.lengthSectors - targetSector;
-  const maxIoSectors = segment.target.maxIoSectors;
-  if (maxIoSectors !== undefined) limit = Math.min(limit, maxIoSectors - (targetSector % maxIoSectors));
-  return Math.min(limit, remainingSectors);
-}
-
-/**
- * Split [sector, sector + sectorCount) into pieces that never cross a segment end or a
- * maxIoSectors boundary. The pieces tile the request in order. Throws RangeError when the
- * range is empty or does not lie inside the segments.
- */
-export function splitRequest(segments: readonly SplittableSegment[], sector: number, sectorCount: number): RequestPiece[] {
-  if (sectorCount <= 0) throw new RangeError(`cannot split an empty request (${sectorCount} sectors)`);
-  let segmentIndex = findSegmentIndex(segments, sector);
-  const last = segments[segments.length - 1];
-  if (segmentIndex < 0 || last === undefined || sector + sectorCount > last.startSector + last.lengthSectors) {
-    throw new RangeError(`sectors ${sector}+${sectorCount} lie outside the table`);
-  }
-  const pieces: RequestPiece[] = [];
-  let doneSectors = 0;
-  while (doneSectors < sectorCount) {
-    const segment = segments[segmentIndex]!;
-    const targetSector = sector + doneSectors - segment.startSector;
-    const count = pieceSectorCount(segment, targetSector, sectorCount - doneSectors);
-    pieces.push({ segmentIndex, targetSector, sectorCount: count, byteOffset: sectorsToBytes(doneSectors) });
-    doneSectors += count;
-    if (targetSector + count === segment.lengthSectors) segmentIndex++;
-  }
-  return pieces;
-}
-
-const NO_DATA = new Uint8Array(0);
-
-const FLUSH_IO: TargetIo = Object.freeze({
-  op: IoOp.Flush,
-  sector: 0,
-  sectorCount: 0,
-  data: NO_DATA,
-  fua: false,
-  noUnmap: false,
-});
-
-function carriesData(op: IoOp): boolean {
-  return op === IoOp.Read || op === IoOp.Write;
+/** The table the dispatcher maps against (a Table, or a test fixture). */
+export interface DispatchTable {
+  readonly segments: readonly Segment[];
+  readonly sizeSectors: number;
 }
 
 /**
@@ -97,26 +30,27 @@ function carriesData(op: IoOp): boolean {
  */
 type DispatcherState = 'active' | 'presuspending' | 'draining' | 'suspended' | 'resuming';
 
-interface DeferredRequest {
-  readonly request: BlockRequest;
-  readonly resolve: (result: IoResult) => void;
-  readonly reject: (error: unknown) => void;
+interface WaitingRequest {
+  readonly bio: Bio;
+  readonly done: IoDone;
 }
 
-type SuspendHook = 'presuspend' | 'postsuspend' | 'preresume' | 'resume';
+const FLUSH_BIO: Bio = Object.freeze({ op: IoOp.Flush, sector: 0, sectorCount: 0, data: NO_DATA, fua: false, noUnmap: false });
 
-export class Dispatcher {
-  private liveTable: Table;
+export class Dispatcher<T extends DispatchTable = DispatchTable> {
+  private liveTable: T;
   private state: DispatcherState = 'active';
-  private deferred: DeferredRequest[] = [];
+  /** Whether the suspend under way (or in force) is `--noflush`. */
+  private noflush = false;
+  private deferred: WaitingRequest[] = [];
   private mappedCount = 0;
   private notifyDrained: (() => void) | undefined;
 
-  constructor(table: Table) {
+  constructor(table: T) {
     this.liveTable = table;
   }
 
-  get table(): Table {
+  get table(): T {
     return this.liveTable;
   }
 
@@ -129,68 +63,24 @@ export class Dispatcher {
     return this.mappedCount;
   }
 
-  /** Requests waiting for resume. */
+  /** Requests waiting for resume (arrived while suspended, or requeued under `--noflush`). */
   get deferredCount(): number {
     return this.deferred.length;
   }
 
-  /**
-   * Serve one request: bytes moved for Read/Write, 0 for the others, or -errno. Rejects only
-   * when a target's map rejects (a bug in the target), after every piece of the request has
-   * settled, so the in-flight count never runs ahead of the targets.
-   */
-  handle(request: BlockRequest): Promise<IoResult> {
-    if (this.ioBlocked()) return this.defer(request);
-    return this.mapCounted(request);
-  }
-
-  /**
-   * handle() without a promise on the common path: a Read or Write inside one segment whose
-   * target has mapCb goes straight to it; everything else takes handle() and its promise.
-   * `done` is called exactly once; where handle() would reject (a target bug), `done` gets -EIO.
-   */
-  handleCb(request: BlockRequest, done: (result: IoResult) => void): void {
-    const segment = this.ioBlocked() ? undefined : this.fastPathSegment(request);
-    if (segment === undefined) {
-      this.handle(request).then(done, () => done(-EIO));
+  /** Serve one request; `done` gets bytes moved for Read/Write, 0 for the others, or -errno, once. */
+  submit(bio: Bio, done: IoDone): void {
+    if (this.ioBlocked()) {
+      this.deferred.push({ bio, done });
       return;
     }
     this.mappedCount++;
     let completed = false;
-    const finish = (result: IoResult): void => {
-      if (completed) return;
+    this.route(bio, (outcome) => {
+      if (completed) return; // a target that answers twice: the first answer stands
       completed = true;
-      this.unmapOne();
-      done(result);
-    };
-    try {
-      segment.target.mapCb!(
-        {
-          op: request.op,
-          sector: request.sector - segment.startSector,
-          sectorCount: request.sectorCount,
-          data: request.data,
-          fua: request.fua,
-          noUnmap: request.noUnmap,
-        },
-        finish,
-      );
-    } catch {
-      finish(-EIO);
-    }
-  }
-
-  /** The segment of a data request that fits one piece of it, if its target has mapCb. */
-  private fastPathSegment(request: BlockRequest): Segment | undefined {
-    const { op, sector, sectorCount } = request;
-    if (op !== IoOp.Read && op !== IoOp.Write) return undefined;
-    const segments = this.liveTable.segments;
-    if (!(sector >= 0 && sectorCount > 0 && sector + sectorCount <= this.liveTable.sizeSectors)) return undefined;
-    if (request.data.byteLength !== sectorsToBytes(sectorCount)) return undefined;
-    const segment = segments[findSegmentIndex(segments, sector)]!;
-    if (segment.target.mapCb === undefined) return undefined;
-    const fits = pieceSectorCount(segment, sector - segment.startSector, sectorCount) === sectorCount;
-    return fits ? segment : undefined;
+      this.settle(bio, done, outcome);
+    });
   }
 
   /**
@@ -198,20 +88,22 @@ export class Dispatcher {
    * ones already mapped drain; then postsuspend hooks. If a presuspend hook throws, the targets
    * already presuspended get their resume hook back and the dispatcher stays active.
    */
-  async suspend(): Promise<void> {
+  async suspend(options: SuspendOptions = { noflush: false }): Promise<void> {
     if (this.state === 'suspended') throw new ErrnoError('device is already suspended', EINVAL);
     if (this.state !== 'active') throw new ErrnoError(`device is busy (${this.state})`, EBUSY);
     const table = this.liveTable;
 
     this.state = 'presuspending';
+    this.noflush = options.noflush;
     const presuspended: Target[] = [];
     try {
       for (const segment of table.segments) {
-        await segment.target.presuspend?.();
+        await segment.target.presuspend?.(options);
         presuspended.push(segment.target);
       }
     } catch (error) {
       this.state = 'active';
+      this.noflush = false;
       await undoPresuspend(presuspended);
       throw error;
     }
@@ -220,13 +112,13 @@ export class Dispatcher {
     await this.drain();
     this.state = 'suspended';
     // A postsuspend failure leaves the device suspended: its I/O is already drained.
-    await runHooks(table, 'postsuspend');
+    for (const segment of table.segments) await segment.target.postsuspend?.();
   }
 
   /**
    * dm_resume: preresume hooks (a throw leaves the device suspended), resume hooks, then the
-   * deferred requests are mapped in arrival order. Resuming an active dispatcher does nothing,
-   * as in the kernel.
+   * waiting requests are mapped in order against the table live now. Resuming an active
+   * dispatcher does nothing, as in the kernel.
    */
   async resume(): Promise<void> {
     if (this.state === 'active') return;
@@ -235,21 +127,22 @@ export class Dispatcher {
 
     this.state = 'resuming';
     try {
-      await runHooks(table, 'preresume');
-      await runHooks(table, 'resume');
+      for (const segment of table.segments) await segment.target.preresume?.();
+      for (const segment of table.segments) await segment.target.resume?.();
     } catch (error) {
       this.state = 'suspended';
       throw error;
     }
 
     this.state = 'active';
-    const queued = this.deferred;
+    this.noflush = false;
+    const waiting = this.deferred;
     this.deferred = [];
-    for (const { request, resolve, reject } of queued) this.mapCounted(request).then(resolve, reject);
+    for (const { bio, done } of waiting) this.submit(bio, done);
   }
 
   /** Make `next` the live table; only while suspended. Returns the old table for the caller to destroy. */
-  swapTable(next: Table): Table {
+  swapTable(next: T): T {
     if (this.state !== 'suspended') throw new ErrnoError('the table can only be swapped while suspended', EINVAL);
     const previous = this.liveTable;
     this.liveTable = next;
@@ -260,10 +153,6 @@ export class Dispatcher {
     return this.state !== 'active' && this.state !== 'presuspending';
   }
 
-  private defer(request: BlockRequest): Promise<IoResult> {
-    return new Promise((resolve, reject) => this.deferred.push({ request, resolve, reject }));
-  }
-
   private drain(): Promise<void> {
     if (this.mappedCount === 0) return Promise.resolve();
     return new Promise((resolve) => {
@@ -271,16 +160,21 @@ export class Dispatcher {
     });
   }
 
-  private async mapCounted(request: BlockRequest): Promise<IoResult> {
-    this.mappedCount++;
-    try {
-      return await this.route(request);
-    } finally {
-      this.unmapOne();
+  /** A mapped request is answered, or pushed back (dm_handle_requeue). */
+  private settle(bio: Bio, done: IoDone, outcome: MapOutcome): void {
+    if (outcome === REQUEUE) {
+      if (this.state === 'active' || this.state === 'resuming') {
+        // Mapped again on a later turn, so a target that keeps refusing cannot starve the loop;
+        // if a suspend starts meanwhile, submit() defers it.
+        setImmediate(() => this.submit(bio, done));
+      } else if (this.noflush) {
+        this.deferred.push({ bio, done });
+      } else {
+        done(-EIO); // a flushing suspend must not leave I/O behind it
+      }
+    } else {
+      done(outcome);
     }
-  }
-
-  private unmapOne(): void {
     if (--this.mappedCount === 0 && this.notifyDrained !== undefined) {
       const notify = this.notifyDrained;
       this.notifyDrained = undefined;
@@ -288,78 +182,111 @@ export class Dispatcher {
     }
   }
 
-  /** A result right away for requests that need no target, else the targets' promise. */
-  private route(request: BlockRequest): IoResult | Promise<IoResult> {
+  private route(bio: Bio, finish: (outcome: MapOutcome) => void): void {
     const table = this.liveTable;
-    const { op, sector, sectorCount } = request;
-    if (op === IoOp.Flush) return flushAll(table);
-
-    // Checked at mapping time, not arrival: a deferred request meets the table live at resume.
-    if (!(sector >= 0 && sectorCount >= 0 && sector + sectorCount <= table.sizeSectors)) return -EIO;
-    if (carriesData(op) && request.data.byteLength !== sectorsToBytes(sectorCount)) {
-      throw new RangeError(`request data is ${request.data.byteLength} bytes for ${sectorCount} sectors`);
+    const { op, sector, sectorCount } = bio;
+    if (op === IoOp.Flush) {
+      flushAll(table, finish);
+      return;
     }
-    if (sectorCount === 0) return 0;
-
+    // Checked at mapping time, not arrival: a deferred request meets the table live at resume.
+    if (!(sector >= 0 && sectorCount >= 0 && sector + sectorCount <= table.sizeSectors)) {
+      finish(-EIO);
+      return;
+    }
+    if (carriesData(op) && bio.data.byteLength !== sectorsToBytes(sectorCount)) {
+      finish(-EIO); // the ublk layer sizes every data view exactly: this is a bug below us
+      return;
+    }
+    if (sectorCount === 0) {
+      finish(0);
+      return;
+    }
     const segment = table.segments[findSegmentIndex(table.segments, sector)]!;
     const targetSector = sector - segment.startSector;
     if (pieceSectorCount(segment, targetSector, sectorCount) === sectorCount) {
-      return segment.target.map({
-        op,
-        sector: targetSector,
-        sectorCount,
-        data: carriesData(op) ? request.data : NO_DATA,
-        fua: request.fua,
-        noUnmap: request.noUnmap,
-      });
+      mapSafely(segment.target, targetSector === sector ? bio : { ...bio, sector: targetSector }, finish);
+      return;
     }
-    return mapPieces(table, request);
+    mapPieces(table, bio, finish);
   }
 }
 
-/** A request that spans pieces: map them all concurrently, complete once. */
-async function mapPieces(table: Table, request: BlockRequest): Promise<IoResult> {
-  const withData = carriesData(request.op);
-  const pieces = splitRequest(table.segments, request.sector, request.sectorCount);
-  const outcomes = await Promise.allSettled(
-    pieces.map((piece) =>
-      table.segments[piece.segmentIndex]!.target.map({
-        op: request.op,
-        sector: piece.targetSector,
-        sectorCount: piece.sectorCount,
-        data: withData
-          ? request.data.subarray(piece.byteOffset, piece.byteOffset + sectorsToBytes(piece.sectorCount))
-          : NO_DATA,
-        fua: request.fua,
-        noUnmap: request.noUnmap,
-      }),
-    ),
-  );
-  const result = combineOutcomes(outcomes);
-  return withData || result < 0 ? result : 0;
+/** target.map, with a throw (a bug in the target) answered as -EIO. */
+function mapSafely(target: Target, bio: Bio, done: (outcome: MapOutcome) => void): void {
+  try {
+    target.map(bio, done);
+  } catch {
+    done(-EIO);
+  }
+}
+
+/** A request that spans pieces: map them all concurrently, answer once when all have answered. */
+function mapPieces(table: DispatchTable, bio: Bio, finish: (outcome: MapOutcome) => void): void {
+  const withData = carriesData(bio.op);
+  const pieces = splitRequest(table.segments, bio.sector, bio.sectorCount);
+  const outcomes: Array<MapOutcome | undefined> = new Array(pieces.length);
+  let outstanding = pieces.length;
+  pieces.forEach((piece, index) => {
+    const pieceBio: Bio = {
+      op: bio.op,
+      sector: piece.targetSector,
+      sectorCount: piece.sectorCount,
+      data: withData ? bio.data.subarray(piece.byteOffset, piece.byteOffset + sectorsToBytes(piece.sectorCount)) : NO_DATA,
+      fua: bio.fua,
+      noUnmap: bio.noUnmap,
+    };
+    mapSafely(table.segments[piece.segmentIndex]!.target, pieceBio, (outcome) => {
+      if (outcomes[index] !== undefined) return;
+      outcomes[index] = outcome;
+      if (--outstanding === 0) finish(withData ? movedPrefix(outcomes as MapOutcome[], pieces.map((p) => sectorsToBytes(p.sectorCount))) : firstError(outcomes as MapOutcome[]));
+    });
+  });
 }
 
 /** Every segment's target gets the flush once, concurrently; the first error (in table order) wins. */
-async function flushAll(table: Table): Promise<IoResult> {
+function flushAll(table: DispatchTable, finish: (outcome: MapOutcome) => void): void {
   const segments = table.segments;
-  if (segments.length === 1) return segments[0]!.target.map(FLUSH_IO);
-  const outcomes = await Promise.allSettled(segments.map((segment) => segment.target.map(FLUSH_IO)));
-  return combineOutcomes(outcomes);
+  if (segments.length === 1) {
+    mapSafely(segments[0]!.target, FLUSH_BIO, finish);
+    return;
+  }
+  const outcomes: Array<MapOutcome | undefined> = new Array(segments.length);
+  let outstanding = segments.length;
+  segments.forEach((segment, index) => {
+    mapSafely(segment.target, FLUSH_BIO, (outcome) => {
+      if (outcomes[index] !== undefined) return;
+      outcomes[index] = outcome;
+      if (--outstanding === 0) finish(firstError(outcomes as MapOutcome[]));
+    });
+  });
 }
 
 /**
- * The request's result from its pieces' outcomes, in request order: a rejection (target bug) is
- * rethrown; otherwise the first -errno; otherwise the sum of the pieces' results.
+ * A split Read or Write's result: REQUEUE if any piece asked for it (the whole request goes
+ * again, as dm requeues the original bio); else the bytes of the contiguous prefix that moved in
+ * full, plus the partial count of the first short piece. With nothing moved, the first piece's
+ * error, or -EIO for a piece that moved nothing without one (ublk would re-issue a zero-byte
+ * write for ever).
  */
-function combineOutcomes(outcomes: readonly PromiseSettledResult<IoResult>[]): IoResult {
-  let total = 0;
-  let firstError: IoResult | undefined;
-  for (const outcome of outcomes) {
-    if (outcome.status === 'rejected') throw outcome.reason;
-    if (outcome.value < 0) firstError ??= outcome.value;
-    else total += outcome.value;
+export function movedPrefix(outcomes: readonly MapOutcome[], pieceByteLengths: readonly number[]): MapOutcome {
+  if (outcomes.includes(REQUEUE)) return REQUEUE;
+  let movedBytes = 0;
+  for (let index = 0; index < outcomes.length; index++) {
+    const outcome = outcomes[index] as IoResult;
+    const expected = pieceByteLengths[index]!;
+    if (outcome < 0) return movedBytes > 0 ? movedBytes : outcome;
+    movedBytes += Math.min(outcome, expected);
+    if (outcome < expected) break;
   }
-  return firstError ?? total;
+  return movedBytes > 0 ? movedBytes : -EIO;
+}
+
+/** Flush, Discard and WriteZeroes pieces: REQUEUE if any asked for it, else the first error in order, else 0. */
+function firstError(outcomes: readonly MapOutcome[]): MapOutcome {
+  if (outcomes.includes(REQUEUE)) return REQUEUE;
+  for (const outcome of outcomes) if ((outcome as IoResult) < 0) return outcome;
+  return 0;
 }
 
 /** Give targets whose presuspend ran their resume hook back; the presuspend failure is what gets reported. */
@@ -371,9 +298,4 @@ async function undoPresuspend(targets: readonly Target[]): Promise<void> {
       // Reported through the presuspend failure.
     }
   }
-}
-
-/** Run one suspend hook on every target, in table order, one after another (as dm does). */
-async function runHooks(table: Table, hook: SuspendHook): Promise<void> {
-  for (const segment of table.segments) await segment.target[hook]?.();
 }

@@ -1,42 +1,35 @@
-import type { IoResult } from '../base/errno';
-import type { DeviceOptions, TargetLine } from '../wire/protocol';
-import type { BlockRequest } from './dispatcher';
-import type { StatusKind, Target } from './target';
-import type { UblkRequest } from '../ublk/device';
-import { SECTOR_BYTES, sectorsToBytes } from '../base/units';
+import { DmError, EIO, ErrnoError } from '../base/errno';
+import { SECTOR_BYTES } from '../base/units';
+import type { Bio, IoDone } from '../io/bio';
+import type { BlockDevice } from '../io/block-device';
+import type { DeviceHandle, StatusKind, SuspendOptions, Target, TargetCapabilities } from './target';
 
 /*
  * The collaborators a mapped device is built from, described by the few members it uses. The
- * real ones are src/table.ts (Table), src/dispatch.ts (Dispatcher) and src/ublk/device.ts
+ * real ones are dm/table.ts (Table), dm/dispatcher.ts (Dispatcher) and ublk/device.ts
  * (UblkDevice); tests hand in fakes, so device lifecycle logic runs without the kernel's ublk.
  */
 
-/** A built table (src/table.ts `Table`). */
+/** A built table (dm/table.ts `Table`). */
 export interface DeviceTable {
   readonly segments: readonly { readonly startSector: number; readonly lengthSectors: number; readonly target: Target }[];
   readonly sizeSectors: number;
+  readonly capabilities: TargetCapabilities;
+  devices(): readonly BlockDevice[];
   destroy(): Promise<void>;
 }
 
-/** One request as the dispatcher takes it. */
-export type DispatchRequest = BlockRequest;
-
-/** src/dispatch.ts `Dispatcher`: runs requests against the live table, owns suspend. */
+/** dm/dispatcher.ts `Dispatcher`: runs requests against the live table, owns suspend. */
 export interface DeviceDispatcher {
   readonly suspended: boolean;
-  handle(request: DispatchRequest): Promise<IoResult>;
-  /** Optional promise-free handle(): `done` gets the result (-EIO where handle() would reject). */
-  handleCb?(request: DispatchRequest, done: (result: IoResult) => void): void;
+  submit(bio: Bio, done: IoDone): void;
   /** Presuspend hooks, new I/O waits, in-flight I/O drains, postsuspend hooks. */
-  suspend(): Promise<void>;
+  suspend(options?: SuspendOptions): Promise<void>;
   /** Preresume/resume hooks, then the waiting I/O goes. */
   resume(): Promise<void>;
   /** Only while suspended; returns the table it replaced. */
-  swapTable(next: DeviceTable): DeviceTable;
+  swapTable(next: DeviceTable): unknown;
 }
-
-/** One request from the kernel: the fields of src/ublk/device.ts `UblkRequest` used here. */
-export type UblkRequestView = Pick<UblkRequest, 'op' | 'fua' | 'noUnmap' | 'sector' | 'sectorCount' | 'buffer'>;
 
 export interface UblkCreateOptions {
   readonly sizeSectors: number;
@@ -44,9 +37,12 @@ export interface UblkCreateOptions {
   readonly depth?: number;
   readonly logicalBlockBytes?: number;
   readonly readOnly?: boolean;
+  /** Advertise discard / write-zeroes: only when every target of the table takes them. */
+  readonly discard: boolean;
+  readonly writeZeroes: boolean;
 }
 
-/** A started ublk device (src/ublk/device.ts `UblkDevice`). */
+/** A started ublk device (ublk/device.ts `UblkDevice`). */
 export interface UblkHandle {
   readonly id: number;
   readonly blockPath: string;
@@ -58,23 +54,58 @@ export interface UblkHandle {
   stop(): Promise<void>;
 }
 
-export type UblkFactory = (
-  options: UblkCreateOptions,
-  handler: (request: UblkRequestView) => Promise<IoResult>,
-  /** handler's promise-free form; when given, the device may use it instead. */
-  callbackHandler?: (request: UblkRequestView, done: (result: IoResult) => void) => void,
-) => Promise<UblkHandle>;
+export type UblkFactory = (options: UblkCreateOptions, handler: (bio: Bio, done: IoDone) => void) => Promise<UblkHandle>;
 
 export type DispatcherFactory = (table: DeviceTable) => DeviceDispatcher;
 
 /** A user-facing failure of a device operation, with the errno name the CLI reports. */
-export class DeviceError extends Error {
-  constructor(
-    message: string,
-    readonly code: 'EINVAL' | 'ENOENT' | 'EEXIST' | 'EBUSY' | 'ENXIO',
-  ) {
-    super(message);
+export class DeviceError extends DmError {
+  constructor(message: string, code: 'EINVAL' | 'ENOENT' | 'EEXIST' | 'EBUSY' | 'ENXIO') {
+    super(message, code);
   }
+}
+
+/**
+ * A device's dm event counter (targets.md §8.2): 32 bits from 0, moved only by targets, with
+ * `wait`ers woken on every change. It exists before the device's first table is built, because
+ * the targets of that table keep it, and it lives as long as the device.
+ */
+export class DeviceEvents implements DeviceHandle {
+  private eventNr = 0;
+  private waiters: Array<{ readonly resolve: (eventNr: number) => void; readonly reject: (error: Error) => void }> = [];
+
+  constructor(readonly name: string) {}
+
+  get eventNumber(): number {
+    return this.eventNr;
+  }
+
+  raiseEvent(): void {
+    this.eventNr = (this.eventNr + 1) >>> 0;
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const waiter of waiters) waiter.resolve(this.eventNr);
+  }
+
+  /** dm's DEV_WAIT: the event number once it differs from `eventNr` (at once if it already does). */
+  wait(eventNr: number): Promise<number> {
+    if (this.eventNr !== eventNr) return Promise.resolve(this.eventNr);
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+
+  /** The device is going away: nobody is left to raise the event a waiter waits for. */
+  close(): void {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const waiter of waiters) waiter.reject(new DeviceError(`device ${this.name} was removed while waiting for an event`, 'ENXIO'));
+  }
+}
+
+/** How the device was asked for (kept with its saved table). */
+export interface MappedDeviceOptions {
+  readonly readOnly: boolean;
+  readonly queues?: number;
+  readonly depth?: number;
 }
 
 /** A table together with the text it was built from (the text is what gets saved). */
@@ -85,17 +116,16 @@ interface LoadedTable {
 
 /**
  * One device-mapper device: a ublk block device whose requests a dispatcher runs against the
- * live table, an inactive slot for `reload`, and the event counter targets bump. The device's
+ * live table, an inactive slot for `reload`, and the event counter targets move. The device's
  * size is fixed when it is created (changing it needs ublk UPDATE_SIZE).
  */
 export class MappedDevice {
   private live: LoadedTable;
   private inactive: LoadedTable | undefined;
-  private events = 0;
 
   private constructor(
-    readonly name: string,
-    readonly options: DeviceOptions,
+    readonly events: DeviceEvents,
+    readonly options: MappedDeviceOptions,
     readonly sizeSectors: number,
     private readonly dispatcher: DeviceDispatcher,
     private readonly ublk: UblkHandle,
@@ -109,10 +139,10 @@ export class MappedDevice {
    * if the ublk device cannot be created the table is destroyed.
    */
   static async start(
-    name: string,
+    events: DeviceEvents,
     table: DeviceTable,
     tableText: string,
-    options: DeviceOptions,
+    options: MappedDeviceOptions,
     createUblk: UblkFactory,
     createDispatcher: DispatcherFactory,
   ): Promise<MappedDevice> {
@@ -124,19 +154,22 @@ export class MappedDevice {
           sizeSectors: table.sizeSectors,
           logicalBlockBytes: largestLogicalBlock(table),
           readOnly: options.readOnly,
+          discard: table.capabilities.discard,
+          writeZeroes: table.capabilities.writeZeroes,
           ...(options.queues !== undefined ? { queues: options.queues } : {}),
           ...(options.depth !== undefined ? { depth: options.depth } : {}),
         },
-        (request) => dispatcher.handle(dispatchRequest(request)),
-        dispatcher.handleCb === undefined
-          ? undefined
-          : (request, done) => dispatcher.handleCb!(dispatchRequest(request), done),
+        (bio, done) => dispatcher.submit(bio, done),
       );
-      return new MappedDevice(name, options, table.sizeSectors, dispatcher, ublk, { table, text: tableText });
+      return new MappedDevice(events, options, table.sizeSectors, dispatcher, ublk, { table, text: tableText });
     } catch (err) {
       await table.destroy();
       throw err;
     }
+  }
+
+  get name(): string {
+    return this.events.name;
   }
 
   get blockPath(): string {
@@ -173,12 +206,7 @@ export class MappedDevice {
 
   /** The 32-bit event number `info` shows (§8.2: only target-raised events count). */
   get eventNumber(): number {
-    return this.events;
-  }
-
-  /** Called on behalf of a target (snapshot invalidated, mirror leg failed, ...). */
-  raiseEvent(): void {
-    this.events = (this.events + 1) >>> 0;
+    return this.events.eventNumber;
   }
 
   hasTargetType(type: string): boolean {
@@ -186,7 +214,7 @@ export class MappedDevice {
   }
 
   /** `table` (kind 'table') or `status` (kind 'info') lines of the live or the inactive table. */
-  targetLines(kind: StatusKind, inactive = false): TargetLine[] {
+  targetLines(kind: StatusKind, inactive = false): Array<{ startSector: number; lengthSectors: number; type: string; text: string }> {
     const loaded = inactive ? this.inactive : this.live;
     if (!loaded) return [];
     return loaded.table.segments.map((segment) => ({
@@ -204,14 +232,16 @@ export class MappedDevice {
     await previous?.table.destroy();
   }
 
-  async suspend(): Promise<void> {
+  async suspend(options: SuspendOptions = { noflush: false }): Promise<void> {
     if (this.dispatcher.suspended) throw new DeviceError(`device ${this.name} is already suspended`, 'EINVAL');
-    await this.dispatcher.suspend();
+    await this.dispatcher.suspend(options);
   }
 
   /**
-   * `resume`: with an inactive table, suspend if needed, swap it in, destroy the old live table,
-   * resume. A table of another size is refused and stays in the inactive slot.
+   * `resume`, in the kernel's order (do_resume): with an inactive table, suspend if needed and
+   * swap it in; then the new table's preresume and resume hooks run while the old table still
+   * exists (a snapshot taking over from the table it replaces needs it); only then is the old
+   * table retired. A table of another size is refused and stays in the inactive slot.
    */
   async resume(): Promise<void> {
     const next = this.inactive;
@@ -227,13 +257,14 @@ export class MappedDevice {
       );
     }
     if (!this.dispatcher.suspended) await this.dispatcher.suspend();
-    const old = this.dispatcher.swapTable(next.table);
+    const old = this.live.table;
+    this.dispatcher.swapTable(next.table);
     this.live = next;
     this.inactive = undefined;
     try {
-      await old.destroy();
-    } finally {
       await this.dispatcher.resume();
+    } finally {
+      await retireTable(old, next.table);
     }
   }
 
@@ -261,10 +292,25 @@ export class MappedDevice {
     await this.ublk.stop();
     // Nothing new can arrive now; this waits for stragglers and lets targets flush metadata.
     await this.dispatcher.suspend();
+    this.events.close();
     const inactive = this.inactive;
     this.inactive = undefined;
     await Promise.all([this.live.table.destroy(), inactive?.table.destroy()]);
   }
+}
+
+/**
+ * Destroy a table a swap replaced. First the devices only it used get a flush: writes
+ * acknowledged through it may still sit in their caches, and the FLUSH requests that follow go
+ * to the new table's devices only, so nothing else would ever make them durable.
+ */
+async function retireTable(old: DeviceTable, replacement: DeviceTable): Promise<void> {
+  const kept = new Set(replacement.devices().map((device) => device.key));
+  const dropped = old.devices().filter((device) => !kept.has(device.key));
+  const results = await Promise.all(dropped.map((device) => device.flush().catch(() => -EIO)));
+  await old.destroy();
+  const failed = results.findIndex((result) => result < 0);
+  if (failed >= 0) throw new ErrnoError(`flushing ${dropped[failed]!.tableName}, which the new table no longer uses`, -results[failed]!);
 }
 
 function largestLogicalBlock(table: DeviceTable): number {
@@ -275,21 +321,4 @@ function largestLogicalBlock(table: DeviceTable): number {
     }
   }
   return logicalBlockBytes;
-}
-
-/** The request's data, exactly sectorCount sectors long (a view, never a copy) if the buffer is larger. */
-function dispatchRequest(request: UblkRequestView): DispatchRequest {
-  return {
-    op: request.op,
-    sector: request.sector,
-    sectorCount: request.sectorCount,
-    data: requestData(request),
-    fua: request.fua,
-    noUnmap: request.noUnmap,
-  };
-}
-
-function requestData(request: UblkRequestView): Uint8Array {
-  const byteLength = sectorsToBytes(request.sectorCount);
-  return request.buffer.byteLength > byteLength ? request.buffer.subarray(0, byteLength) : request.buffer;
 }

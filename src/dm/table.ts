@@ -1,6 +1,8 @@
+import { DmError } from '../base/errno';
 import type { BlockDevice } from '../io/block-device';
-import { TargetError, type StatusKind, type Target, type TargetContext, type TargetType } from './target';
-import { targetTypes } from '../targets';
+import { openFileDevice } from '../io/file-device';
+import type { DaemonScope } from './scope';
+import { TargetError, type DeviceHandle, type StatusKind, type Target, type TargetCapabilities, type TargetContext } from './target';
 import { parseSectorNumber } from './table-args';
 
 /**
@@ -10,14 +12,14 @@ import { parseSectorNumber } from './table-args';
  */
 
 /** A load failure. The message names the line and gives the reason in the kernel's words. */
-export class TableError extends Error {
+export class TableError extends DmError {
   constructor(
     /** 1-based line in the table text; undefined for whole-table errors ("empty table"). */
     readonly lineNumber: number | undefined,
     readonly reason: string,
     options?: { cause?: unknown },
   ) {
-    super(lineNumber === undefined ? reason : `line ${lineNumber}: ${reason}`, options);
+    super(lineNumber === undefined ? reason : `line ${lineNumber}: ${reason}`, 'EINVAL', options);
   }
 }
 
@@ -101,6 +103,8 @@ export function findSegmentIndex(ranges: readonly SectorRange[], sector: number)
 /** A constructed table: its segments in order and the devices it opened for them. */
 export class Table {
   readonly sizeSectors: number;
+  /** What every segment can take: what the device may advertise. */
+  readonly capabilities: TargetCapabilities;
   private destroyed = false;
 
   constructor(
@@ -116,6 +120,12 @@ export class Table {
     }
     if (segments.length === 0) throw new RangeError('a table needs at least one segment');
     this.sizeSectors = expectedStartSector;
+    const targets = segments.map((segment) => segment.target);
+    this.capabilities = {
+      discard: targets.every((target) => target.capabilities.discard),
+      writeZeroes: targets.every((target) => target.capabilities.writeZeroes),
+      fua: targets.every((target) => target.capabilities.fua),
+    };
   }
 
   /** The segment containing `sector`, or undefined past the end. */
@@ -139,37 +149,38 @@ export class Table {
 /** Opens a backing device named by a path or "major:minor". */
 export type DeviceOpener = (spec: string) => Promise<BlockDevice>;
 
-/** Opens real devices through filedev, loaded only when a table first needs one. */
-export const openFileDeviceByDefault: DeviceOpener = (spec) => {
-  // A lazy require keeps table construction (and its tests) free of the native I/O layer.
-  const filedev = require('../io/file-device') as { openFileDevice(spec: string): Promise<BlockDevice> };
-  return filedev.openFileDevice(spec);
-};
+/** What a table is built within. */
+export interface TableBuildContext {
+  readonly scope: DaemonScope;
+  /** The device the table is for. */
+  readonly device: DeviceHandle;
+  /** Default: real files and block devices through the scope's ring. */
+  readonly openDevice?: DeviceOpener;
+}
 
 /**
  * Construct every line's target in order, sharing one open per device spec. The first
  * failure destroys what was built, closes every device opened, and throws a TableError
  * naming the line: `line 2: linear: Invalid argument count`.
  */
-export async function buildTable(
-  lines: readonly TableLine[],
-  openDevice: DeviceOpener = openFileDeviceByDefault,
-  types: ReadonlyMap<string, TargetType> = targetTypes,
-): Promise<Table> {
+export async function buildTable(lines: readonly TableLine[], context: TableBuildContext): Promise<Table> {
+  const { scope } = context;
   for (const line of lines) {
-    if (!types.has(line.type)) throw new TableError(line.lineNumber, `${line.type}: unknown target type`);
+    if (scope.targetTypes.get(line.type) === undefined) throw new TableError(line.lineNumber, `${line.type}: unknown target type`);
   }
 
-  const devices = new SharedDeviceOpener(openDevice);
+  const devices = new SharedDeviceOpener(context.openDevice ?? ((spec) => openFileDevice(spec)));
   const segments: Segment[] = [];
   try {
     for (const line of lines) {
-      const context: TargetContext = {
+      const targetContext: TargetContext = {
         startSector: line.startSector,
         lengthSectors: line.lengthSectors,
+        scope,
+        device: context.device,
         openDevice: (spec) => devices.open(spec),
       };
-      const target = await constructTarget(types.get(line.type)!, context, line);
+      const target = await constructTarget(scope.targetTypes.get(line.type)!, targetContext, line);
       segments.push({ startSector: line.startSector, lengthSectors: line.lengthSectors, target });
     }
     return new Table(segments, await devices.settledOpened());
@@ -182,15 +193,11 @@ export async function buildTable(
 }
 
 /** parseTableText then buildTable. */
-export async function loadTable(
-  text: string,
-  openDevice: DeviceOpener = openFileDeviceByDefault,
-  types: ReadonlyMap<string, TargetType> = targetTypes,
-): Promise<Table> {
-  return buildTable(parseTableText(text), openDevice, types);
+export async function loadTable(text: string, context: TableBuildContext): Promise<Table> {
+  return buildTable(parseTableText(text), context);
 }
 
-async function constructTarget(type: TargetType, context: TargetContext, line: TableLine): Promise<Target> {
+async function constructTarget(type: import('./target').TargetType, context: TargetContext, line: TableLine): Promise<Target> {
   try {
     return await type.create(context, [...line.args]);
   } catch (error) {

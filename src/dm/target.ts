@@ -1,34 +1,50 @@
+import { DmError, EIO, type IoResult } from '../base/errno';
+import type { Bio } from '../io/bio';
 import type { BlockDevice } from '../io/block-device';
-import type { IoResult } from '../base/errno';
-import type { IoOp } from '../io/bio';
+import type { DaemonScope } from './scope';
 
 /**
  * The target contract, shaped like the kernel's `struct target_type`: a constructor that only
  * validates its arguments and opens devices, a `map` that does one piece of I/O, status and
  * message hooks, and suspend hooks. The core (Dispatcher) owns splitting requests at segment
- * and `maxIoSectors` boundaries, suspend, draining and accounting; a target never sees a piece
- * of I/O that crosses its own end.
+ * and `maxIoSectors` boundaries, suspend, draining, requeueing and accounting; a target never
+ * sees a piece of I/O that crosses its own end.
  */
 
-/** One piece of a request, as seen by one target. */
-export interface TargetIo {
-  readonly op: IoOp;
-  /** First sector, relative to the start of the target (the kernel's dm_target_offset). */
-  readonly sector: number;
-  /** Length in 512-byte sectors (0 for Flush). */
-  readonly sectorCount: number;
-  /**
-   * The data for Read (to fill) and Write (to send): exactly sectorCount * 512 bytes, a view of
-   * the request's buffer. Empty for Flush, Discard and WriteZeroes.
-   */
-  readonly data: Uint8Array;
-  /** Write with Forced Unit Access: stable on the backing device before completion. */
-  readonly fua: boolean;
-  /** WriteZeroes must not deallocate (REQ_NOUNMAP). */
-  readonly noUnmap: boolean;
-}
+/**
+ * dm's DM_MAPIO_REQUEUE: "not now". The core holds the whole request and maps it again later:
+ * at once while the device runs, after resume while a `--noflush` suspend is under way; a
+ * suspend that flushes fails it with EIO instead (the kernel's dm_handle_requeue).
+ */
+export const REQUEUE: unique symbol = Symbol('REQUEUE');
+export type Requeue = typeof REQUEUE;
+
+/** What a piece of I/O ends with: bytes moved (Read/Write) or 0, -errno, or REQUEUE. */
+export type MapOutcome = IoResult | Requeue;
+
+/** Completes one piece of I/O; called exactly once. */
+export type MapDone = (outcome: MapOutcome) => void;
 
 export type StatusKind = 'info' | 'table';
+
+/**
+ * Where a target's I/O may run once devices are served by several worker threads: any queue's
+ * thread (stateless targets, rebuilt per worker from the table text), or only the thread that
+ * owns the target (snapshot, mirror: workers forward their I/O to it).
+ */
+export type ThreadModel = 'any-queue' | 'owner-thread';
+
+/** What a target can take besides read, write and flush; the device advertises what all segments can. */
+export interface TargetCapabilities {
+  readonly discard: boolean;
+  readonly writeZeroes: boolean;
+  readonly fua: boolean;
+}
+
+export interface SuspendOptions {
+  /** `suspend --noflush`: requeued I/O waits for resume instead of failing. */
+  readonly noflush: boolean;
+}
 
 export interface Target {
   /** The target type name as written in tables ("linear"). */
@@ -39,20 +55,16 @@ export interface Target {
    * Undefined means no limit beyond the segment.
    */
   readonly maxIoSectors?: number;
+  readonly capabilities: TargetCapabilities;
+  readonly threadModel: ThreadModel;
 
   /**
-   * Do one piece of I/O: bytes moved (Read/Write) or 0 (others) on success, or -errno.
-   * Flush reaches every target of the table once (the core sends it); a target with nothing to
-   * flush returns 0. Unsupported operations return -EOPNOTSUPP.
+   * Do one piece of I/O (target-relative sectors) and call `done` once: bytes moved
+   * (Read/Write) or 0 (others), -errno, or REQUEUE. Flush reaches every target of the table
+   * once (the core sends it); a target with nothing to flush answers 0. Unsupported operations
+   * answer -EOPNOTSUPP. A throw is a bug in the target: the core answers -EIO for it.
    */
-  map(io: TargetIo): Promise<IoResult>;
-
-  /**
-   * Optional fast form of map for the per-request hot path: the same I/O, with the result
-   * passed to `done` (exactly once) instead of a promise. A throw means what a rejection of
-   * map means (a bug), and `done` is then never called.
-   */
-  mapCb?(io: TargetIo, done: (result: IoResult) => void): void;
+  map(bio: Bio, done: MapDone): void;
 
   /** INFO (`dmsetup status`) or TABLE (`dmsetup table`) text, without the `start len type` prefix. */
   status(kind: StatusKind): string;
@@ -61,7 +73,7 @@ export interface Target {
   message?(argv: string[]): Promise<string>;
 
   /** Stop background work before I/O is drained for a suspend. */
-  presuspend?(): Promise<void>;
+  presuspend?(options: SuspendOptions): Promise<void>;
   /** After the device is suspended and idle: flush metadata. */
   postsuspend?(): Promise<void>;
   /** Before resume: validate; a throw leaves the device suspended. */
@@ -76,12 +88,27 @@ export interface Target {
   destroy(): Promise<void>;
 }
 
+/**
+ * The mapped device a table belongs to, as its targets see it. It exists before the table is
+ * built (a target may keep it), and outlives reloads: the next table gets the same handle.
+ */
+export interface DeviceHandle {
+  /** The dm name (`ublk-dm ls`). */
+  readonly name: string;
+  /** Raise a dm event: `info` shows the new event number, `wait`ers wake (snapshot invalid, mirror leg failed). */
+  raiseEvent(): void;
+}
+
 /** What a constructor gets besides its arguments. */
 export interface TargetContext {
   /** Start of the segment in the device, in sectors. */
   readonly startSector: number;
   /** Length of the segment in sectors. */
   readonly lengthSectors: number;
+  /** Per-daemon state: the ring, shared registries (origins), throttles. */
+  readonly scope: DaemonScope;
+  /** The device this table is for. */
+  readonly device: DeviceHandle;
   /**
    * Open a backing device named by a path or "major:minor". Devices are shared between the
    * segments of one table and closed when the table is destroyed, so targets do not close them.
@@ -90,10 +117,36 @@ export interface TargetContext {
 }
 
 /** A constructor failure: `message` is what the user sees, like the kernel's ti->error. */
-export class TargetError extends Error {}
+export class TargetError extends DmError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, 'EINVAL', options);
+  }
+}
 
 export interface TargetType {
   readonly name: string;
   /** The kernel's ctr: validate `args`, open devices; throw TargetError and leave nothing behind. */
   create(ctx: TargetContext, args: string[]): Promise<Target>;
+}
+
+/**
+ * For authors who like straight-line async code: `map = asyncMap(async (bio) => ...)`. A
+ * rejection is a bug in the target and completes the piece with -EIO.
+ */
+export function asyncMap(fn: (bio: Bio) => Promise<MapOutcome>): (bio: Bio, done: MapDone) => void {
+  return (bio, done) => {
+    fn(bio).then(done, () => done(-EIO));
+  };
+}
+
+/** Every capability: for targets that take anything (they fail or ignore what they cannot do). */
+export const ALL_CAPABILITIES: TargetCapabilities = Object.freeze({ discard: true, writeZeroes: true, fua: true });
+
+/** What a target that passes I/O straight to `devices` can do: what all of them can. */
+export function passthroughCapabilities(devices: readonly BlockDevice[]): TargetCapabilities {
+  return {
+    discard: devices.every((device) => device.capabilities.discard),
+    writeZeroes: devices.every((device) => device.capabilities.writeZeroes),
+    fua: true,
+  };
 }

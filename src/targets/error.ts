@@ -1,7 +1,7 @@
 import type { BlockDevice } from '../io/block-device';
-import { EIO, type IoResult } from '../base/errno';
-import { IoOp } from '../io/bio';
-import { type Target, type TargetIo, type TargetType } from '../dm/target';
+import { EIO } from '../base/errno';
+import { IoOp, type Bio } from '../io/bio';
+import { ALL_CAPABILITIES, type MapDone, type Target, type TargetType } from '../dm/target';
 import { openDeviceArea } from '../dm/table-args';
 
 /**
@@ -14,11 +14,14 @@ import { openDeviceArea } from '../dm/table-args';
  */
 export class ErrorTarget implements Target {
   readonly type = 'error';
+  readonly threadModel = 'any-queue';
+  /** Everything is accepted so that everything can fail with EIO. */
+  readonly capabilities = ALL_CAPABILITIES;
 
   constructor(private readonly device: BlockDevice | undefined) {}
 
-  async map(io: TargetIo): Promise<IoResult> {
-    return io.op === IoOp.Flush ? 0 : -EIO;
+  map(bio: Bio, done: MapDone): void {
+    done(bio.op === IoOp.Flush ? 0 : -EIO);
   }
 
   /** The kernel's error target has no status function: both forms are empty, even with a device. */

@@ -1,7 +1,7 @@
 import type { BlockDevice } from '../io/block-device';
-import { EIO, EOPNOTSUPP, type IoResult } from '../base/errno';
-import { IoOp } from '../io/bio';
-import { type StatusKind, type Target, type TargetContext, type TargetIo, type TargetType } from '../dm/target';
+import { EOPNOTSUPP } from '../base/errno';
+import { IoOp, type Bio } from '../io/bio';
+import { passthroughCapabilities, type MapDone, type StatusKind, type Target, type TargetCapabilities, type TargetContext, type TargetType } from '../dm/target';
 import { expectArgCount, openDeviceArea } from '../dm/table-args';
 
 /**
@@ -10,39 +10,38 @@ import { expectArgCount, openDeviceArea } from '../dm/table-args';
  */
 export class LinearTarget implements Target {
   readonly type = 'linear';
+  readonly threadModel = 'any-queue';
+  readonly capabilities: TargetCapabilities;
 
   constructor(
     private readonly device: BlockDevice,
     private readonly deviceStartSector: number,
-  ) {}
-
-  map(io: TargetIo): Promise<IoResult> {
-    const deviceSector = this.deviceStartSector + io.sector;
-    switch (io.op) {
-      case IoOp.Read:
-        return this.device.read(io.data, deviceSector);
-      case IoOp.Write:
-        return this.device.write(io.data, deviceSector, io.fua);
-      case IoOp.Flush:
-        return this.device.flush();
-      case IoOp.Discard:
-        return this.device.discard(deviceSector, io.sectorCount);
-      case IoOp.WriteZeroes:
-        return this.device.writeZeroes(deviceSector, io.sectorCount, io.noUnmap);
-      default:
-        return Promise.resolve(-EOPNOTSUPP);
-    }
+  ) {
+    this.capabilities = passthroughCapabilities([device]);
   }
 
-  /** Reads and writes skip the promise when the device offers callbacks (FileDevice does). */
-  mapCb(io: TargetIo, done: (result: IoResult) => void): void {
-    const deviceSector = this.deviceStartSector + io.sector;
-    if (io.op === IoOp.Read && this.device.readCb !== undefined) {
-      this.device.readCb(io.data, deviceSector, done);
-    } else if (io.op === IoOp.Write && this.device.writeCb !== undefined) {
-      this.device.writeCb(io.data, deviceSector, io.fua, done);
-    } else {
-      this.map(io).then(done, () => done(-EIO));
+  map(bio: Bio, done: MapDone): void {
+    const deviceSector = this.deviceStartSector + bio.sector;
+    switch (bio.op) {
+      case IoOp.Read:
+        if (this.device.readCb !== undefined) this.device.readCb(bio.data, deviceSector, done);
+        else this.device.read(bio.data, deviceSector).then(done);
+        return;
+      case IoOp.Write:
+        if (this.device.writeCb !== undefined) this.device.writeCb(bio.data, deviceSector, bio.fua, done);
+        else this.device.write(bio.data, deviceSector, bio.fua).then(done);
+        return;
+      case IoOp.Flush:
+        this.device.flush().then(done);
+        return;
+      case IoOp.Discard:
+        this.device.discard(deviceSector, bio.sectorCount).then(done);
+        return;
+      case IoOp.WriteZeroes:
+        this.device.writeZeroes(deviceSector, bio.sectorCount, bio.noUnmap).then(done);
+        return;
+      default:
+        done(-EOPNOTSUPP);
     }
   }
 

@@ -1,7 +1,6 @@
 import type { BlockDevice } from '../io/block-device';
-import type { IoResult } from '../base/errno';
-import { IoOp } from '../io/bio';
-import { TargetError, type Target, type TargetIo, type TargetType } from '../dm/target';
+import { carriesData, type Bio } from '../io/bio';
+import { ALL_CAPABILITIES, TargetError, type MapDone, type Target, type TargetType } from '../dm/target';
 
 /**
  * null: NOT a kernel dm target; ours, for measuring the cost of the dispatch path. Every
@@ -10,13 +9,11 @@ import { TargetError, type Target, type TargetIo, type TargetType } from '../dm/
  */
 export class NullTarget implements Target {
   readonly type = 'null';
+  readonly threadModel = 'any-queue';
+  readonly capabilities = ALL_CAPABILITIES;
 
-  async map(io: TargetIo): Promise<IoResult> {
-    return io.op === IoOp.Read || io.op === IoOp.Write ? io.data.byteLength : 0;
-  }
-
-  mapCb(io: TargetIo, done: (result: IoResult) => void): void {
-    done(io.op === IoOp.Read || io.op === IoOp.Write ? io.data.byteLength : 0);
+  map(bio: Bio, done: MapDone): void {
+    done(carriesData(bio.op) ? bio.data.byteLength : 0);
   }
 
   status(): string {

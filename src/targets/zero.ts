@@ -1,7 +1,8 @@
 import type { BlockDevice } from '../io/block-device';
-import { EOPNOTSUPP, type IoResult } from '../base/errno';
+import { EOPNOTSUPP } from '../base/errno';
 import { IoOp } from '../io/bio';
-import { TargetError, type Target, type TargetIo, type TargetType } from '../dm/target';
+import type { Bio } from '../io/bio';
+import { TargetError, type MapDone, type Target, type TargetCapabilities, type TargetType } from '../dm/target';
 
 /**
  * zero: reads return zeroes, writes and discards are accepted and dropped. Write-zeroes fails
@@ -9,19 +10,25 @@ import { TargetError, type Target, type TargetIo, type TargetType } from '../dm/
  */
 export class ZeroTarget implements Target {
   readonly type = 'zero';
+  readonly threadModel = 'any-queue';
+  /** Discards are taken and dropped; write-zeroes is refused (see above), so it is not advertised. */
+  readonly capabilities: TargetCapabilities = { discard: true, writeZeroes: false, fua: true };
 
-  async map(io: TargetIo): Promise<IoResult> {
-    switch (io.op) {
+  map(bio: Bio, done: MapDone): void {
+    switch (bio.op) {
       case IoOp.Read:
-        io.data.fill(0);
-        return io.data.byteLength;
+        bio.data.fill(0);
+        done(bio.data.byteLength);
+        return;
       case IoOp.Write:
-        return io.data.byteLength;
+        done(bio.data.byteLength);
+        return;
       case IoOp.Flush:
       case IoOp.Discard:
-        return 0;
+        done(0);
+        return;
       default:
-        return -EOPNOTSUPP;
+        done(-EOPNOTSUPP);
     }
   }
 

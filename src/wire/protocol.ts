@@ -1,3 +1,4 @@
+import { DmError } from '../base/errno';
 /**
  * The CLI ↔ daemon protocol: newline-delimited JSON over a unix socket, one request line answered
  * by one response line. Everything here is pure (no sockets), so framing, encoding and validation
@@ -20,7 +21,8 @@ export type Request =
   | { readonly verb: 'create'; readonly name: string; readonly table: string; readonly options: DeviceOptions }
   | { readonly verb: 'reload'; readonly name: string; readonly table: string }
   | { readonly verb: 'remove'; readonly name: string }
-  | { readonly verb: 'suspend'; readonly name: string }
+  | { readonly verb: 'suspend'; readonly name: string; readonly noflush: boolean }
+  | { readonly verb: 'wait'; readonly name: string; readonly eventNr: number }
   | { readonly verb: 'resume'; readonly name: string }
   | { readonly verb: 'ls'; readonly target?: string }
   | { readonly verb: 'table'; readonly name?: string; readonly inactive: boolean }
@@ -31,7 +33,7 @@ export type Request =
 
 export type Verb = Request['verb'];
 export const VERBS: readonly Verb[] = [
-  'create', 'reload', 'remove', 'suspend', 'resume', 'ls', 'table', 'status', 'info', 'message', 'version',
+  'create', 'reload', 'remove', 'suspend', 'wait', 'resume', 'ls', 'table', 'status', 'info', 'message', 'version',
 ];
 
 export interface CreatedDevice {
@@ -93,6 +95,7 @@ export interface Results {
   reload: { name: string };
   remove: { name: string };
   suspend: { name: string };
+  wait: { name: string; eventNr: number };
   resume: { name: string };
   ls: DeviceListEntry[];
   table: TableReport[];
@@ -111,8 +114,10 @@ export interface WireError {
 export type Response<R = unknown> = { readonly ok: true; readonly result: R } | { readonly ok: false; readonly error: WireError };
 
 /** A malformed message: the peer speaks something else, or a different version of us. */
-export class ProtocolError extends Error {
-  readonly code = 'EPROTO';
+export class ProtocolError extends DmError {
+  constructor(message: string) {
+    super(message, 'EPROTO');
+  }
 }
 
 export function encodeRequest(request: Request): string {
@@ -138,9 +143,12 @@ export function decodeRequest(line: string): Request {
     case 'reload':
       return { verb, name: str(msg, 'name'), table: str(msg, 'table', true) };
     case 'remove':
-    case 'suspend':
     case 'resume':
       return { verb, name: str(msg, 'name') };
+    case 'suspend':
+      return { verb, name: str(msg, 'name'), noflush: bool(msg, 'noflush') };
+    case 'wait':
+      return { verb, name: str(msg, 'name'), eventNr: count(msg, 'eventNr') };
     case 'ls':
       return optional(msg, 'target') === undefined ? { verb } : { verb, target: str(msg, 'target') };
     case 'table':

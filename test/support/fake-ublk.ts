@@ -1,15 +1,17 @@
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { UblkCreateOptions, UblkFactory, UblkHandle, UblkRequestView } from '../../src/dm/mapped-device';
+import type { UblkCreateOptions, UblkFactory, UblkHandle } from '../../src/dm/mapped-device';
+import type { Bio, IoDone } from '../../src/io/bio';
 import { Dispatcher } from '../../src/dm/dispatcher';
 import type { IoResult } from '../../src/base/errno';
 import { DeviceLinks } from '../../src/daemon/links';
 import { silentLogger } from '../../src/base/log';
-import { MemoryDevice, memoryDeviceOpener } from '../../src/testing/memory-device';
+import { MemoryDevice } from '../../src/testing/memory-device';
 import type { RegistryDeps } from '../../src/daemon/registry';
 import { DeviceStore } from '../../src/daemon/store';
-import { Table, loadTable } from '../../src/dm/table';
+import { Table } from '../../src/dm/table';
+import { loadMemoryTable, testScope } from '../../src/testing/tables';
 import { UNUSED, type DeviceUsage } from '../../src/daemon/usage';
 
 /** A ublk device that exists only in the test: requests are injected through `submit`. */
@@ -23,7 +25,7 @@ export class FakeUblkDevice implements UblkHandle {
   constructor(
     readonly id: number,
     readonly options: UblkCreateOptions,
-    private readonly handler: (request: UblkRequestView) => Promise<IoResult>,
+    private readonly handler: (bio: Bio, done: IoDone) => void,
   ) {
     this.blockPath = `/dev/ublkb${id}`;
     this.devno = { major: 259, minor: id };
@@ -37,9 +39,10 @@ export class FakeUblkDevice implements UblkHandle {
     return this.options.depth ?? 128;
   }
 
-  submit(request: Omit<UblkRequestView, 'fua' | 'noUnmap'> & { fua?: boolean }): Promise<IoResult> {
+  /** What the kernel would get back for `request`. */
+  submit(request: Omit<Bio, 'fua' | 'noUnmap'> & { fua?: boolean }): Promise<IoResult> {
     if (this.stopped) throw new Error('I/O submitted to a stopped device');
-    return this.handler({ fua: false, noUnmap: false, ...request });
+    return new Promise((resolve) => this.handler({ fua: false, noUnmap: false, ...request }, resolve));
   }
 
   async stop(): Promise<void> {
@@ -89,14 +92,17 @@ export class TestBed {
     return new TestBed(await fsp.mkdtemp(path.join(os.tmpdir(), 'ublk-dm-registry-')));
   }
 
+  readonly scope = testScope();
+
   deps(): RegistryDeps {
     return {
-      buildTable: async (text) => {
-        const table = await loadTable(text, memoryDeviceOpener(this.memory));
+      scope: this.scope,
+      buildTable: async (text, device) => {
+        const table = await loadMemoryTable(text, this.memory, { scope: this.scope, device });
         this.builtTables.push(table);
         return table;
       },
-      createDispatcher: (table) => new Dispatcher(table as Table),
+      createDispatcher: (table) => new Dispatcher(table),
       createUblk: this.ublk.factory,
       store: this.store,
       links: this.links,

@@ -40,10 +40,18 @@ describe('CLI arguments', () => {
     usageError(['create', 'vol0', '--depth', '1.5'], /--depth/);
   });
 
+  it('parses wait with and without an event number, and refuses one past 32 bits', () => {
+    assert.deepEqual(parseCommand(['wait', 'vol0']), { verb: 'wait', name: 'vol0', eventNr: 0, json: false });
+    assert.deepEqual(parseCommand(['wait', 'vol0', '7']), { verb: 'wait', name: 'vol0', eventNr: 7, json: false });
+    assert.throws(() => parseCommand(['wait', 'vol0', '4294967296']), /invalid event number/);
+    assert.throws(() => parseCommand(['wait', 'vol0', '-1']), UsageError);
+  });
+
   it('parses remove with --retry, suspend and resume', () => {
     assert.deepEqual(parseCommand(['remove', 'vol0']), { verb: 'remove', name: 'vol0', retry: false });
     assert.deepEqual(parseCommand(['remove', '--retry', 'vol0']), { verb: 'remove', name: 'vol0', retry: true });
-    assert.deepEqual(parseCommand(['suspend', 'vol0']), { verb: 'suspend', name: 'vol0' });
+    assert.deepEqual(parseCommand(['suspend', 'vol0']), { verb: 'suspend', name: 'vol0', noflush: false });
+    assert.deepEqual(parseCommand(['suspend', '--noflush', 'vol0']), { verb: 'suspend', name: 'vol0', noflush: true });
     assert.deepEqual(parseCommand(['resume', 'vol0']), { verb: 'resume', name: 'vol0' });
   });
 

@@ -1,15 +1,18 @@
 import assert from 'node:assert/strict';
-import { Dispatcher, splitRequest, type BlockRequest, type SplittableSegment } from '../../../src/dm/dispatcher';
-import { EINVAL, EIO, EOPNOTSUPP, type IoResult } from '../../../src/base/errno';
-import { MemoryDevice, memoryDeviceOpener } from '../../../src/testing/memory-device';
+import { Dispatcher } from '../../../src/dm/dispatcher';
+import { splitRequest, type SplittableSegment } from '../../../src/dm/split';
+import type { Bio } from '../../../src/io/bio';
+import { loadMemoryTable, submitted } from '../../../src/testing/tables';
+import { EINVAL, EIO, ENOSPC, EOPNOTSUPP, type IoResult } from '../../../src/base/errno';
+import { MemoryDevice } from '../../../src/testing/memory-device';
 import { IoOp } from '../../../src/io/bio';
-import { type Target, type TargetIo } from '../../../src/dm/target';
-import { Table, loadTable } from '../../../src/dm/table';
+import { ALL_CAPABILITIES, REQUEUE, type MapDone, type MapOutcome, type Target } from '../../../src/dm/target';
+import { Table } from '../../../src/dm/table';
 import { sectorsToBytes } from '../../../src/base/units';
 
 const NO_DATA = new Uint8Array(0);
 
-function request(op: IoOp, sector: number, sectorCount: number, extra: Partial<BlockRequest> = {}): BlockRequest {
+function request(op: IoOp, sector: number, sectorCount: number, extra: Partial<Bio> = {}): Bio {
   const data = op === IoOp.Read || op === IoOp.Write ? Buffer.alloc(sectorsToBytes(sectorCount)) : NO_DATA;
   return { op, sector, sectorCount, data, fua: false, noUnmap: false, ...extra };
 }
@@ -23,8 +26,10 @@ function pattern(byteLength: number, seed: number): Buffer {
 /** A target that records what it is given and what hooks ran, answering with `answer`. */
 class RecordingTarget implements Target {
   readonly type = 'recording';
-  readonly ios: TargetIo[] = [];
-  answer: (io: TargetIo) => IoResult | Promise<IoResult> = (io) =>
+  readonly threadModel = 'any-queue';
+  readonly capabilities = ALL_CAPABILITIES;
+  readonly ios: Bio[] = [];
+  answer: (io: Bio) => MapOutcome | Promise<MapOutcome> = (io) =>
     io.op === IoOp.Read || io.op === IoOp.Write ? io.data.byteLength : 0;
   hookFailure: Partial<Record<'presuspend' | 'postsuspend' | 'preresume' | 'resume', Error>> = {};
 
@@ -34,9 +39,12 @@ class RecordingTarget implements Target {
     readonly maxIoSectors?: number,
   ) {}
 
-  async map(io: TargetIo): Promise<IoResult> {
+  /** Answers on a later microtask, as a target waiting on a device would. */
+  map(io: Bio, done: MapDone): void {
     this.ios.push(io);
-    return this.answer(io);
+    Promise.resolve()
+      .then(() => this.answer(io))
+      .then(done, () => done(-EIO));
   }
   status(): string {
     return '';
@@ -45,7 +53,7 @@ class RecordingTarget implements Target {
     return [];
   }
   async destroy(): Promise<void> {}
-  async presuspend(): Promise<void> {
+  async presuspend(_options?: { noflush: boolean }): Promise<void> {
     this.hook('presuspend');
   }
   async postsuspend(): Promise<void> {
@@ -79,6 +87,11 @@ function contiguousTable(targets: Target[], lengths: number[]): Table {
 function recordingTable(lengths: number[], log: string[] = [], maxIoSectors?: number): { table: Table; targets: RecordingTarget[] } {
   const targets = lengths.map((_, i) => new RecordingTarget(`t${i}`, log, maxIoSectors));
   return { table: contiguousTable(targets, lengths), targets };
+}
+
+/** The dispatcher's answer to `bio`, as a promise. */
+function handle(dispatcher: Dispatcher, bio: Bio): Promise<IoResult> {
+  return submitted((b, done) => dispatcher.submit(b, done), bio);
 }
 
 /** Resolves after pending promise callbacks and immediates have run. */
@@ -164,12 +177,12 @@ describe('dispatch: routing', () => {
     const b = new MemoryDevice(64);
     a.contents.set(pattern(sectorsToBytes(64), 1));
     b.contents.set(pattern(sectorsToBytes(64), 2));
-    const table = await loadTable('0 8 linear a 4\n8 4 zero\n12 8 linear b 16', memoryDeviceOpener({ a, b }));
+    const table = await loadMemoryTable('0 8 linear a 4\n8 4 zero\n12 8 linear b 16', { a, b });
     const dispatcher = new Dispatcher(table);
 
     const read = request(IoOp.Read, 0, 20);
     read.data.fill(0xee);
-    assert.equal(await dispatcher.handle(read), sectorsToBytes(20));
+    assert.equal(await handle(dispatcher, read), sectorsToBytes(20));
     const expected = Buffer.concat([
       a.contents.subarray(sectorsToBytes(4), sectorsToBytes(12)),
       Buffer.alloc(sectorsToBytes(4)),
@@ -183,10 +196,10 @@ describe('dispatch: routing', () => {
   it('writes spanning segments land at each target\'s device offset; zero drops its part', async () => {
     const a = new MemoryDevice(64);
     const b = new MemoryDevice(64);
-    const table = await loadTable('0 8 linear a 4\n8 4 zero\n12 8 linear b 16', memoryDeviceOpener({ a, b }));
+    const table = await loadMemoryTable('0 8 linear a 4\n8 4 zero\n12 8 linear b 16', { a, b });
     const dispatcher = new Dispatcher(table);
     const data = pattern(sectorsToBytes(10), 9);
-    assert.equal(await dispatcher.handle(request(IoOp.Write, 6, 10, { data })), sectorsToBytes(10));
+    assert.equal(await handle(dispatcher, request(IoOp.Write, 6, 10, { data })), sectorsToBytes(10));
     assert.deepEqual(a.contents.subarray(sectorsToBytes(10), sectorsToBytes(12)), data.subarray(0, sectorsToBytes(2)));
     assert.deepEqual(b.contents.subarray(sectorsToBytes(16), sectorsToBytes(20)), data.subarray(sectorsToBytes(6)));
     await table.destroy();
@@ -196,7 +209,7 @@ describe('dispatch: routing', () => {
     const { table, targets } = recordingTable([4, 4, 4]);
     const dispatcher = new Dispatcher(table);
     const read = request(IoOp.Read, 2, 8);
-    const result = await dispatcher.handle(read);
+    const result = await handle(dispatcher, read);
     assert.equal(result, sectorsToBytes(8));
     assert.deepEqual(
       targets.map((t) => t.ios.map((io) => [io.sector, io.sectorCount, io.data.byteLength])),
@@ -210,27 +223,28 @@ describe('dispatch: routing', () => {
   it('a request inside one segment is passed with the request\'s own buffer', async () => {
     const { table, targets } = recordingTable([4, 4]);
     const read = request(IoOp.Read, 5, 2);
-    await new Dispatcher(table).handle(read);
+    await handle(new Dispatcher(table), read);
     assert.equal(targets[1]!.ios[0]!.data, read.data);
     assert.equal(targets[1]!.ios[0]!.sector, 1);
   });
 
   it('splits at the target\'s maxIoSectors boundaries counted from the target start', async () => {
     const { table, targets } = recordingTable([3, 10], [], 4);
-    await new Dispatcher(table).handle(request(IoOp.Write, 2, 11));
+    await handle(new Dispatcher(table), request(IoOp.Write, 2, 11));
     assert.deepEqual(targets[0]!.ios.map((io) => [io.sector, io.sectorCount]), [[2, 1]]);
     assert.deepEqual(targets[1]!.ios.map((io) => [io.sector, io.sectorCount]), [[0, 4], [4, 4], [8, 2]]);
   });
 
-  it('a failure in one piece fails the whole request with that errno', async () => {
+  it('a failure in a later piece: the request reports the prefix before it, not success', async () => {
     const a = new MemoryDevice(64);
     const b = new MemoryDevice(64);
     b.failOp('read', EIO);
-    const table = await loadTable('0 8 linear a 0\n8 8 linear b 0', memoryDeviceOpener({ a, b }));
+    const table = await loadMemoryTable('0 8 linear a 0\n8 8 linear b 0', { a, b });
     const dispatcher = new Dispatcher(table);
-    assert.equal(await dispatcher.handle(request(IoOp.Read, 4, 8)), -EIO);
+    assert.equal(await handle(dispatcher, request(IoOp.Read, 4, 8)), sectorsToBytes(4));
+    assert.equal(await handle(dispatcher, request(IoOp.Read, 8, 4)), -EIO, 'the re-issued tail fails on its own');
     assert.equal(a.calls.read, 1, 'the other piece still ran');
-    assert.equal(await dispatcher.handle(request(IoOp.Read, 0, 8)), sectorsToBytes(8), 'a request on a only succeeds');
+    assert.equal(await handle(dispatcher, request(IoOp.Read, 0, 8)), sectorsToBytes(8), 'a request on a only succeeds');
     await table.destroy();
   });
 
@@ -238,30 +252,31 @@ describe('dispatch: routing', () => {
     const { table, targets } = recordingTable([4, 4]);
     targets[0]!.answer = () => -EOPNOTSUPP;
     targets[1]!.answer = () => -EIO;
-    assert.equal(await new Dispatcher(table).handle(request(IoOp.Discard, 0, 8)), -EOPNOTSUPP);
+    assert.equal(await handle(new Dispatcher(table), request(IoOp.Discard, 0, 8)), -EOPNOTSUPP);
   });
 
   it('an error segment fails reads and writes with EIO', async () => {
-    const table = await loadTable('0 8 zero\n8 8 error', memoryDeviceOpener({}));
+    const table = await loadMemoryTable('0 8 zero\n8 8 error', {});
     const dispatcher = new Dispatcher(table);
-    assert.equal(await dispatcher.handle(request(IoOp.Read, 8, 1)), -EIO);
-    assert.equal(await dispatcher.handle(request(IoOp.Write, 6, 4)), -EIO);
-    assert.equal(await dispatcher.handle(request(IoOp.Read, 0, 8)), sectorsToBytes(8));
+    assert.equal(await handle(dispatcher, request(IoOp.Read, 8, 1)), -EIO);
+    assert.equal(await handle(dispatcher, request(IoOp.Write, 6, 4)), sectorsToBytes(2), 'the zero part moved, the error part did not');
+    assert.equal(await handle(dispatcher, request(IoOp.Write, 8, 2)), -EIO);
+    assert.equal(await handle(dispatcher, request(IoOp.Read, 0, 8)), sectorsToBytes(8));
   });
 
   it('zero target through the dispatcher: write-zeroes is EOPNOTSUPP, discard succeeds', async () => {
-    const table = await loadTable('0 8 zero', memoryDeviceOpener({}));
+    const table = await loadMemoryTable('0 8 zero', {});
     const dispatcher = new Dispatcher(table);
-    assert.equal(await dispatcher.handle(request(IoOp.WriteZeroes, 0, 8)), -EOPNOTSUPP);
-    assert.equal(await dispatcher.handle(request(IoOp.Discard, 0, 8)), 0);
+    assert.equal(await handle(dispatcher, request(IoOp.WriteZeroes, 0, 8)), -EOPNOTSUPP);
+    assert.equal(await handle(dispatcher, request(IoOp.Discard, 0, 8)), 0);
   });
 
   it('requests beyond the device end fail with EIO without reaching a target', async () => {
     const { table, targets } = recordingTable([4, 4]);
     const dispatcher = new Dispatcher(table);
-    assert.equal(await dispatcher.handle(request(IoOp.Read, 6, 3)), -EIO);
-    assert.equal(await dispatcher.handle(request(IoOp.Write, 8, 1)), -EIO);
-    assert.equal(await dispatcher.handle(request(IoOp.Discard, 100, 1)), -EIO);
+    assert.equal(await handle(dispatcher, request(IoOp.Read, 6, 3)), -EIO);
+    assert.equal(await handle(dispatcher, request(IoOp.Write, 8, 1)), -EIO);
+    assert.equal(await handle(dispatcher, request(IoOp.Discard, 100, 1)), -EIO);
     assert.equal(targets[0]!.ios.length + targets[1]!.ios.length, 0);
   });
 
@@ -270,33 +285,34 @@ describe('dispatch: routing', () => {
     targets[0]!.answer = () => 0;
     targets[1]!.answer = () => 0;
     const dispatcher = new Dispatcher(table);
-    assert.equal(await dispatcher.handle(request(IoOp.WriteZeroes, 2, 4, { noUnmap: true })), 0);
+    assert.equal(await handle(dispatcher, request(IoOp.WriteZeroes, 2, 4, { noUnmap: true })), 0);
     assert.deepEqual(targets.map((t) => t.ios.map((io) => io.noUnmap)), [[true], [true]]);
     assert.ok(targets.every((t) => t.ios[0]!.data.byteLength === 0));
   });
 
-  it('rejects a Read whose buffer does not match its sector count', async () => {
-    const { table } = recordingTable([8]);
-    await assert.rejects(new Dispatcher(table).handle(request(IoOp.Read, 0, 2, { data: Buffer.alloc(512) })), RangeError);
+  it('fails a Read whose buffer does not match its sector count with EIO, without reaching the target', async () => {
+    const { table, targets } = recordingTable([8]);
+    assert.equal(await handle(new Dispatcher(table), request(IoOp.Read, 0, 2, { data: Buffer.alloc(512) })), -EIO);
+    assert.equal(targets[0]!.ios.length, 0);
   });
 
   it('flush reaches every segment\'s target exactly once; the result is the first error', async () => {
     const { table, targets } = recordingTable([4, 4, 4]);
     const dispatcher = new Dispatcher(table);
-    assert.equal(await dispatcher.handle(request(IoOp.Flush, 0, 0)), 0);
+    assert.equal(await handle(dispatcher, request(IoOp.Flush, 0, 0)), 0);
     assert.deepEqual(targets.map((t) => t.ios.map((io) => io.op)), [[IoOp.Flush], [IoOp.Flush], [IoOp.Flush]]);
     targets[2]!.answer = () => -EIO;
-    assert.equal(await dispatcher.handle(request(IoOp.Flush, 0, 0)), -EIO);
+    assert.equal(await handle(dispatcher, request(IoOp.Flush, 0, 0)), -EIO);
   });
 
   it('flush makes earlier writes durable on the backing devices', async () => {
     const a = new MemoryDevice(16);
     const b = new MemoryDevice(16);
-    const table = await loadTable('0 8 linear a 0\n8 8 linear b 0', memoryDeviceOpener({ a, b }));
+    const table = await loadMemoryTable('0 8 linear a 0\n8 8 linear b 0', { a, b });
     const dispatcher = new Dispatcher(table);
-    await dispatcher.handle(request(IoOp.Write, 6, 4));
+    await handle(dispatcher, request(IoOp.Write, 6, 4));
     assert.equal(a.isFlushed || b.isFlushed, false);
-    await dispatcher.handle(request(IoOp.Flush, 0, 0));
+    await handle(dispatcher, request(IoOp.Flush, 0, 0));
     assert.ok(a.isFlushed && b.isFlushed);
     await table.destroy();
   });
@@ -304,26 +320,26 @@ describe('dispatch: routing', () => {
   it('a FUA write goes to every piece\'s device with FUA', async () => {
     const a = new MemoryDevice(16);
     const b = new MemoryDevice(16);
-    const table = await loadTable('0 8 linear a 0\n8 8 linear b 0', memoryDeviceOpener({ a, b }));
-    await new Dispatcher(table).handle(request(IoOp.Write, 6, 4, { fua: true }));
+    const table = await loadMemoryTable('0 8 linear a 0\n8 8 linear b 0', { a, b });
+    await handle(new Dispatcher(table), request(IoOp.Write, 6, 4, { fua: true }));
     assert.deepEqual([a.fuaWriteCount, b.fuaWriteCount], [1, 1]);
     assert.ok(a.isFlushed && b.isFlushed, 'no non-FUA write was left unflushed');
     await table.destroy();
   });
 
-  it('a target whose map rejects makes handle reject only after every piece settled', async () => {
+  it('a target bug in one piece fails the request with EIO only after every piece settled', async () => {
     const { table, targets } = recordingTable([4, 4]);
     let releaseSlow!: () => void;
     targets[0]!.answer = () => Promise.reject(new Error('target bug'));
     targets[1]!.answer = () => new Promise((resolve) => (releaseSlow = () => resolve(2048)));
     const dispatcher = new Dispatcher(table);
     let settled = false;
-    const handled = dispatcher.handle(request(IoOp.Read, 0, 8)).finally(() => (settled = true));
+    const handled = handle(dispatcher, request(IoOp.Read, 0, 8)).finally(() => (settled = true));
     await settle();
     assert.equal(settled, false, 'waits for the slow piece');
     assert.equal(dispatcher.inFlight, 1);
     releaseSlow();
-    await assert.rejects(handled, /target bug/);
+    assert.equal(await handled, -EIO);
     assert.equal(dispatcher.inFlight, 0);
   });
 });
@@ -332,11 +348,11 @@ describe('dispatch: suspend and resume', () => {
   it('holds new I/O until resume and waits for in-flight I/O to drain', async () => {
     const disk = new MemoryDevice(16);
     disk.contents.set(pattern(sectorsToBytes(16), 4));
-    const table = await loadTable('0 16 linear disk 0', memoryDeviceOpener({ disk }));
+    const table = await loadMemoryTable('0 16 linear disk 0', { disk });
     const dispatcher = new Dispatcher(table);
 
     const gate = disk.hold(['read']);
-    const inFlightRead = dispatcher.handle(request(IoOp.Read, 0, 1));
+    const inFlightRead = handle(dispatcher, request(IoOp.Read, 0, 1));
     await gate.whenWaiting(1);
     assert.equal(dispatcher.inFlight, 1);
 
@@ -347,7 +363,7 @@ describe('dispatch: suspend and resume', () => {
 
     let lateDone = false;
     const lateRead = request(IoOp.Read, 2, 1);
-    const late = dispatcher.handle(lateRead).then((r) => ((lateDone = true), r));
+    const late = handle(dispatcher, lateRead).then((r) => ((lateDone = true), r));
     await settle();
     assert.equal(disk.calls.read, 1, 'the request that arrived during suspend did not reach the device');
     assert.equal(dispatcher.deferredCount, 1);
@@ -372,7 +388,7 @@ describe('dispatch: suspend and resume', () => {
     const { table, targets } = recordingTable([16]);
     const dispatcher = new Dispatcher(table);
     await dispatcher.suspend();
-    const pending = [5, 1, 9, 3].map((sector) => dispatcher.handle(request(IoOp.Write, sector, 1)));
+    const pending = [5, 1, 9, 3].map((sector) => handle(dispatcher, request(IoOp.Write, sector, 1)));
     await dispatcher.resume();
     await Promise.all(pending);
     assert.deepEqual(targets[0]!.ios.map((io) => io.sector), [5, 1, 9, 3]);
@@ -397,7 +413,7 @@ describe('dispatch: suspend and resume', () => {
     const dispatcher = new Dispatcher(table);
     let release!: () => void;
     targets[0]!.answer = () => new Promise((resolve) => (release = () => (log.push('io done'), resolve(512))));
-    const io = dispatcher.handle(request(IoOp.Read, 0, 1));
+    const io = handle(dispatcher, request(IoOp.Read, 0, 1));
     const suspending = dispatcher.suspend();
     await settle();
     assert.deepEqual(log, ['t0.presuspend']);
@@ -430,7 +446,7 @@ describe('dispatch: suspend and resume', () => {
     await assert.rejects(dispatcher.suspend(), /cannot stop/);
     assert.deepEqual(log, ['t0.presuspend', 't1.presuspend', 't0.resume']);
     assert.equal(dispatcher.suspended, false);
-    assert.equal(await dispatcher.handle(request(IoOp.Read, 0, 1)), 512, 'I/O still flows');
+    assert.equal(await handle(dispatcher, request(IoOp.Read, 0, 1)), 512, 'I/O still flows');
   });
 
   it('a failing preresume leaves it suspended with the I/O still queued; a later resume works', async () => {
@@ -439,7 +455,7 @@ describe('dispatch: suspend and resume', () => {
     const dispatcher = new Dispatcher(table);
     await dispatcher.suspend();
     let done = false;
-    const queued = dispatcher.handle(request(IoOp.Read, 0, 1)).then(() => (done = true));
+    const queued = handle(dispatcher, request(IoOp.Read, 0, 1)).then(() => (done = true));
     targets[0]!.hookFailure.preresume = new Error('not valid');
     await assert.rejects(dispatcher.resume(), /not valid/);
     assert.equal(dispatcher.suspended, true);
@@ -457,18 +473,17 @@ describe('dispatch: suspend and resume', () => {
   it('swapTable under suspend changes what reads return; the old table is handed back', async () => {
     const disk = new MemoryDevice(16);
     disk.contents.fill(0x77);
-    const opener = memoryDeviceOpener({ disk });
-    const linear = await loadTable('0 8 linear disk 0', opener);
-    const zero = await loadTable('0 8 zero', opener);
+    const linear = await loadMemoryTable('0 8 linear disk 0', { disk });
+    const zero = await loadMemoryTable('0 8 zero', { disk });
     const dispatcher = new Dispatcher(linear);
 
     const before = request(IoOp.Read, 0, 1);
-    await dispatcher.handle(before);
+    await handle(dispatcher, before);
     assert.equal(before.data[0], 0x77);
 
     await dispatcher.suspend();
     const queued = request(IoOp.Read, 0, 1);
-    const queuedResult = dispatcher.handle(queued);
+    const queuedResult = handle(dispatcher, queued);
     const old = dispatcher.swapTable(zero);
     assert.equal(old, linear);
     assert.equal(dispatcher.table, zero);
@@ -479,7 +494,7 @@ describe('dispatch: suspend and resume', () => {
     assert.equal(queued.data[0], 0, 'the queued read was served by the new table');
     const after = request(IoOp.Read, 0, 1);
     after.data.fill(1);
-    await dispatcher.handle(after);
+    await handle(dispatcher, after);
     assert.equal(after.data[0], 0);
     await zero.destroy();
     assert.equal(disk.openHandleCount, 0);
@@ -490,7 +505,7 @@ describe('dispatch: suspend and resume', () => {
     const small = recordingTable([4]);
     const dispatcher = new Dispatcher(big.table);
     await dispatcher.suspend();
-    const queued = dispatcher.handle(request(IoOp.Read, 8, 1));
+    const queued = handle(dispatcher, request(IoOp.Read, 8, 1));
     dispatcher.swapTable(small.table);
     await dispatcher.resume();
     assert.equal(await queued, -EIO);
@@ -511,15 +526,14 @@ describe('dispatch: suspend and resume', () => {
   });
 });
 
-/** A target with mapCb that records which form was used; answers after `respond` is called. */
+/** A target that keeps each `done` for the test to call. */
 class CallbackTarget extends RecordingTarget {
-  readonly callbackIos: TargetIo[] = [];
-  pendingDone: Array<(result: IoResult) => void> = [];
-  throwInMapCb = false;
+  pendingDone: MapDone[] = [];
+  throwInMap = false;
 
-  mapCb(io: TargetIo, done: (result: IoResult) => void): void {
-    if (this.throwInMapCb) throw new Error('target bug');
-    this.callbackIos.push(io);
+  override map(io: Bio, done: MapDone): void {
+    if (this.throwInMap) throw new Error('target bug');
+    this.ios.push(io);
     this.pendingDone.push(done);
   }
 }
@@ -529,17 +543,16 @@ function callbackTable(lengths: number[]): { table: Table; targets: CallbackTarg
   return { table: contiguousTable(targets, lengths), targets };
 }
 
-describe('dispatch: handleCb fast path', () => {
-  it('a read inside one segment goes to mapCb at the target sector, counted in flight until done', () => {
+describe('dispatch: completion', () => {
+  it('a read inside one segment goes to the target at the target sector with the request\'s buffer, in flight until done', () => {
     const { table, targets } = callbackTable([8, 8]);
     const dispatcher = new Dispatcher(table);
     const results: IoResult[] = [];
     const req = request(IoOp.Read, 10, 2);
-    dispatcher.handleCb(req, (result) => results.push(result));
-    assert.equal(targets[1]!.callbackIos.length, 1);
-    assert.equal(targets[1]!.ios.length, 0, 'map() was not used');
-    assert.equal(targets[1]!.callbackIos[0]!.sector, 2);
-    assert.equal(targets[1]!.callbackIos[0]!.data, req.data);
+    dispatcher.submit(req, (result) => results.push(result));
+    assert.equal(targets[1]!.ios.length, 1);
+    assert.equal(targets[1]!.ios[0]!.sector, 2);
+    assert.equal(targets[1]!.ios[0]!.data, req.data);
     assert.equal(dispatcher.inFlight, 1);
     targets[1]!.pendingDone[0]!(1024);
     targets[1]!.pendingDone[0]!(7); // a second call is ignored
@@ -547,40 +560,31 @@ describe('dispatch: handleCb fast path', () => {
     assert.equal(dispatcher.inFlight, 0);
   });
 
-  it('requests spanning segments, flushes and requests while suspended take the promise path', async () => {
-    const { table, targets } = callbackTable([8, 8]);
-    const dispatcher = new Dispatcher(table);
-    const results: IoResult[] = [];
-    dispatcher.handleCb(request(IoOp.Write, 6, 4), (result) => results.push(result));
-    dispatcher.handleCb(request(IoOp.Flush, 0, 0), (result) => results.push(result));
-    await settle();
-    assert.deepEqual(results, [2048, 0]);
-    assert.equal(targets[0]!.callbackIos.length + targets[1]!.callbackIos.length, 0);
-
-    await dispatcher.suspend();
-    dispatcher.handleCb(request(IoOp.Read, 0, 1), (result) => results.push(result));
-    await settle();
-    assert.equal(dispatcher.deferredCount, 1);
-    assert.equal(results.length, 2, 'held while suspended');
-    await dispatcher.resume();
-    await settle();
-    assert.deepEqual(results, [2048, 0, 512]);
-  });
-
-  it('a mapCb that throws completes the request with EIO and leaves nothing in flight', () => {
+  it('a map that throws completes the request with EIO and leaves nothing in flight', () => {
     const { table, targets } = callbackTable([8]);
-    targets[0]!.throwInMapCb = true;
+    targets[0]!.throwInMap = true;
     const dispatcher = new Dispatcher(table);
     const results: IoResult[] = [];
-    dispatcher.handleCb(request(IoOp.Read, 0, 1), (result) => results.push(result));
+    dispatcher.submit(request(IoOp.Read, 0, 1), (result) => results.push(result));
     assert.deepEqual(results, [-EIO]);
     assert.equal(dispatcher.inFlight, 0);
   });
 
-  it('suspend waits for a request in flight on the fast path', async () => {
+  it('a split request answers once, after its slowest piece', () => {
+    const { table, targets } = callbackTable([4, 4]);
+    const dispatcher = new Dispatcher(table);
+    const results: IoResult[] = [];
+    dispatcher.submit(request(IoOp.Write, 2, 4), (result) => results.push(result));
+    targets[1]!.pendingDone[0]!(1024);
+    assert.deepEqual(results, [], 'the first piece is still out');
+    targets[0]!.pendingDone[0]!(1024);
+    assert.deepEqual(results, [2048]);
+  });
+
+  it('suspend waits for a request in flight', async () => {
     const { table, targets } = callbackTable([8]);
     const dispatcher = new Dispatcher(table);
-    dispatcher.handleCb(request(IoOp.Read, 0, 1), () => {});
+    dispatcher.submit(request(IoOp.Read, 0, 1), () => {});
     let suspended = false;
     const suspending = dispatcher.suspend().then(() => (suspended = true));
     await settle();
@@ -588,5 +592,99 @@ describe('dispatch: handleCb fast path', () => {
     targets[0]!.pendingDone[0]!(512);
     await suspending;
     assert.equal(dispatcher.inFlight, 0);
+  });
+});
+
+describe('dispatch: a split request reports only the bytes that moved', () => {
+  async function splitResult(answers: Array<(io: Bio) => IoResult>, op = IoOp.Write): Promise<IoResult> {
+    const { table, targets } = recordingTable(answers.map(() => 8));
+    answers.forEach((answer, i) => (targets[i]!.answer = answer));
+    return handle(new Dispatcher(table), request(op, 4, 4 + 8 * (answers.length - 2) + 4));
+  }
+  const full = (io: Bio): IoResult => io.data.byteLength;
+  const short = (io: Bio): IoResult => io.data.byteLength - 512;
+
+  it('a short first piece: its bytes, not the sum of all pieces', async () => {
+    assert.equal(await splitResult([short, full]), 1536);
+  });
+
+  it('a failed middle piece: the prefix before it (ublk re-issues the tail, which fails on its own)', async () => {
+    assert.equal(await splitResult([full, () => -ENOSPC, full]), 2048);
+  });
+
+  it('a failed first piece: its errno, whatever the later pieces did', async () => {
+    assert.equal(await splitResult([() => -ENOSPC, full]), -ENOSPC);
+  });
+
+  it('a short read in the middle never counts the bytes after it', async () => {
+    assert.equal(await splitResult([full, short, full], IoOp.Read), 2048 + 3584);
+  });
+
+  it('a first piece that moved nothing without an error is EIO (a zero-byte write would be re-issued for ever)', async () => {
+    assert.equal(await splitResult([() => 0, full]), -EIO);
+  });
+});
+
+describe('dispatch: REQUEUE', () => {
+  it('while active, the request is mapped again and answered by the second try', async () => {
+    const { table, targets } = recordingTable([8]);
+    let tries = 0;
+    targets[0]!.answer = (io) => (++tries === 1 ? REQUEUE : io.data.byteLength);
+    assert.equal(await handle(new Dispatcher(table), request(IoOp.Read, 0, 2)), 1024);
+    assert.equal(tries, 2);
+  });
+
+  it('one requeued piece sends the whole split request again', async () => {
+    const { table, targets } = recordingTable([4, 4]);
+    let tries = 0;
+    targets[1]!.answer = (io) => (++tries === 1 ? REQUEUE : io.data.byteLength);
+    assert.equal(await handle(new Dispatcher(table), request(IoOp.Write, 2, 4)), 2048);
+    assert.deepEqual(targets[0]!.ios.map((io) => io.sector), [2, 2], 'the piece that had completed went again too');
+  });
+
+  it('during a --noflush suspend the request is held and mapped after resume', async () => {
+    const { table, targets } = recordingTable([8]);
+    const dispatcher = new Dispatcher(table);
+    let release!: () => void;
+    targets[0]!.answer = () => new Promise<MapOutcome>((resolve) => (release = () => resolve(REQUEUE)));
+    let result: IoResult | undefined;
+    void handle(dispatcher, request(IoOp.Read, 0, 1)).then((r) => (result = r));
+    await settle();
+    const suspending = dispatcher.suspend({ noflush: true });
+    await settle();
+    targets[0]!.answer = (io) => io.data.byteLength;
+    release();
+    await suspending;
+    assert.equal(result, undefined, 'held, not failed');
+    assert.equal(dispatcher.deferredCount, 1);
+    await dispatcher.resume();
+    await settle();
+    assert.equal(result, 512);
+  });
+
+  it('during a suspend that flushes, a requeued request fails with EIO rather than stay behind', async () => {
+    const { table, targets } = recordingTable([8]);
+    const dispatcher = new Dispatcher(table);
+    let release!: () => void;
+    targets[0]!.answer = () => new Promise<MapOutcome>((resolve) => (release = () => resolve(REQUEUE)));
+    const answered = handle(dispatcher, request(IoOp.Read, 0, 1));
+    await settle();
+    const suspending = dispatcher.suspend();
+    await settle();
+    release();
+    await suspending;
+    assert.equal(await answered, -EIO);
+    assert.equal(dispatcher.deferredCount, 0);
+  });
+
+  it('presuspend hooks are told whether the suspend is --noflush', async () => {
+    const { table, targets } = recordingTable([8]);
+    const seen: boolean[] = [];
+    targets[0]!.presuspend = async (options) => void seen.push(options!.noflush);
+    const dispatcher = new Dispatcher(table);
+    await dispatcher.suspend({ noflush: true });
+    await dispatcher.resume();
+    await dispatcher.suspend();
+    assert.deepEqual(seen, [true, false]);
   });
 });

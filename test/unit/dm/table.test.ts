@@ -1,18 +1,18 @@
 import assert from 'node:assert/strict';
 import type { BlockDevice } from '../../../src/io/block-device';
 import { MemoryDevice, memoryDeviceOpener } from '../../../src/testing/memory-device';
-import { TargetError, type Target, type TargetType } from '../../../src/dm/target';
+import { ALL_CAPABILITIES, TargetError, type Target, type TargetType } from '../../../src/dm/target';
 import {
   buildTable,
   findSegmentIndex,
   formatTable,
-  loadTable,
   parseTableText,
   Table,
   TableError,
   type DeviceOpener,
 } from '../../../src/dm/table';
-import { targetTypes } from '../../../src/targets';
+import { loadMemoryTable, testScope } from '../../../src/testing/tables';
+import { DeviceEvents } from '../../../src/dm/mapped-device';
 
 /** Asserts that `promise` rejects with a TableError whose message is exactly `message`. */
 async function rejectsWithTableError(promise: Promise<unknown>, message: string): Promise<void> {
@@ -109,7 +109,7 @@ describe('table: findSegmentIndex', () => {
 describe('table: buildTable', () => {
   it('builds segments in order with the total size', async () => {
     const disk = new MemoryDevice(100, { tableName: '7:1' });
-    const table = await loadTable('0 10 linear disk 5\n10 20 zero\n30 1 error', memoryDeviceOpener({ disk }));
+    const table = await loadMemoryTable('0 10 linear disk 5\n10 20 zero\n30 1 error', { disk });
     assert.deepEqual(
       table.segments.map((s) => [s.startSector, s.lengthSectors, s.target.type]),
       [
@@ -131,7 +131,7 @@ describe('table: buildTable', () => {
       opens.push(spec);
       return memoryDeviceOpener({ disk })(spec);
     };
-    const table = await loadTable('0 10 linear disk 0\n10 10 linear disk 50', opener);
+    const table = await loadMemoryTable('0 10 linear disk 0\n10 10 linear disk 50', {}, { openDevice: opener });
     assert.deepEqual(opens, ['disk']);
     assert.equal(table.devices().length, 1);
     assert.equal(disk.openHandleCount, 1);
@@ -144,14 +144,14 @@ describe('table: buildTable', () => {
   it('rejects an unknown target type before opening any device', async () => {
     const disk = new MemoryDevice(100);
     await rejectsWithTableError(
-      loadTable('0 10 linear disk 0\n10 10 frobnicate', memoryDeviceOpener({ disk })),
+      loadMemoryTable('0 10 linear disk 0\n10 10 frobnicate', { disk }),
       'line 2: frobnicate: unknown target type',
     );
     assert.equal(disk.calls.read + disk.openHandleCount, 0);
   });
 
   it('reports a constructor error with its line and target type', async () => {
-    await rejectsWithTableError(loadTable('0 10 zero\n10 10 linear disk', memoryDeviceOpener({})), 'line 2: linear: Invalid argument count');
+    await rejectsWithTableError(loadMemoryTable('0 10 zero\n10 10 linear disk', {}), 'line 2: linear: Invalid argument count');
   });
 
   it('closes devices already opened and destroys targets already built when a later line fails', async () => {
@@ -164,7 +164,9 @@ describe('table: buildTable', () => {
         const device = await ctx.openDevice('b');
         const target: Target = {
           type: 'tracking',
-          map: async () => 0,
+          capabilities: ALL_CAPABILITIES,
+          threadModel: 'any-queue',
+          map: (_bio, done) => done(0),
           status: () => '',
           devices: () => [device],
           destroy: async () => {
@@ -174,9 +176,8 @@ describe('table: buildTable', () => {
         return target;
       },
     };
-    const types = new Map(targetTypes).set('tracking', tracking);
     await rejectsWithTableError(
-      loadTable('0 10 linear a 0\n10 10 tracking\n20 10 linear a 999', memoryDeviceOpener({ a, b }), types),
+      loadMemoryTable('0 10 linear a 0\n10 10 tracking\n20 10 linear a 999', { a, b }, { types: [tracking] }),
       'line 3: linear: Device too small for target: ' + a.tableName + ' start=999, len=10, dev_size=100',
     );
     assert.deepEqual(destroyed, ['tracking']);
@@ -188,7 +189,7 @@ describe('table: buildTable', () => {
   it('closes a device whose target failed after opening it', async () => {
     const small = new MemoryDevice(4);
     await rejectsWithTableError(
-      loadTable('0 10 linear small 0', memoryDeviceOpener({ small })),
+      loadMemoryTable('0 10 linear small 0', { small }),
       `line 1: linear: Device too small for target: ${small.tableName} start=0, len=10, dev_size=4`,
     );
     assert.equal(small.openHandleCount, 0);
@@ -201,7 +202,7 @@ describe('table: buildTable', () => {
         throw new TypeError('oops');
       },
     };
-    await assert.rejects(loadTable('0 1 buggy', memoryDeviceOpener({}), new Map([['buggy', buggy]])), (error: unknown) => {
+    await assert.rejects(loadMemoryTable('0 1 buggy', {}, { types: [buggy] }), (error: unknown) => {
       assert.ok(error instanceof TableError);
       assert.equal(error.message, 'line 1: buggy: constructor failed: TypeError: oops');
       assert.ok(error.cause instanceof TypeError);
@@ -216,14 +217,14 @@ describe('table: buildTable', () => {
         throw new TargetError('Invalid chunk_size');
       },
     };
-    await rejectsWithTableError(loadTable('0 1 picky', memoryDeviceOpener({}), new Map([['picky', picky]])), 'line 1: picky: Invalid chunk_size');
+    await rejectsWithTableError(loadMemoryTable('0 1 picky', {}, { types: [picky] }), 'line 1: picky: Invalid chunk_size');
   });
 });
 
 describe('table: formatTable', () => {
   it('prints dmsetup table lines byte for byte, with the space after an empty status', async () => {
     const disk = new MemoryDevice(4096, { tableName: '8:16' });
-    const table = await loadTable('0 2048 linear disk 1024\n2048 100 zero\n2148 8 error', memoryDeviceOpener({ disk }));
+    const table = await loadMemoryTable('0 2048 linear disk 1024\n2048 100 zero\n2148 8 error', { disk });
     assert.equal(formatTable(table, 'table'), '0 2048 linear 8:16 1024\n2048 100 zero \n2148 8 error \n');
     assert.equal(formatTable(table, 'info'), '0 2048 linear \n2048 100 zero \n2148 8 error \n');
     await table.destroy();
@@ -231,9 +232,9 @@ describe('table: formatTable', () => {
 
   it('round-trips: formatted table text loads back to the same text', async () => {
     const devices: Record<string, MemoryDevice> = { '8:16': new MemoryDevice(4096, { tableName: '8:16' }) };
-    const first = await loadTable('0 100 linear 8:16 7\n100 50 zero', memoryDeviceOpener(devices));
+    const first = await loadMemoryTable('0 100 linear 8:16 7\n100 50 zero', devices);
     const text = formatTable(first, 'table');
-    const second = await loadTable(text, memoryDeviceOpener(devices));
+    const second = await loadMemoryTable(text, devices);
     assert.equal(formatTable(second, 'table'), text);
     await first.destroy();
     await second.destroy();
@@ -251,9 +252,13 @@ describe('table: Table invariants', () => {
 describe('table: buildTable with pre-parsed lines', () => {
   it('builds from parseTableText output without touching devices for device-less targets', async () => {
     let opened = 0;
-    const table = await buildTable(parseTableText('0 8 zero\n8 8 null'), async () => {
-      opened++;
-      throw new Error('no devices here');
+    const table = await buildTable(parseTableText('0 8 zero\n8 8 null'), {
+      scope: testScope(),
+      device: new DeviceEvents('test'),
+      openDevice: async () => {
+        opened++;
+        throw new Error('no devices here');
+      },
     });
     assert.equal(opened, 0);
     assert.equal(table.sizeSectors, 16);

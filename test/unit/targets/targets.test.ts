@@ -2,9 +2,13 @@ import assert from 'node:assert/strict';
 import { EIO, EOPNOTSUPP } from '../../../src/base/errno';
 import { MemoryDevice, memoryDeviceOpener } from '../../../src/testing/memory-device';
 import { IoOp } from '../../../src/io/bio';
-import { TargetError, type Target, type TargetContext, type TargetIo, type TargetType } from '../../../src/dm/target';
-import { loadTable, TableError } from '../../../src/dm/table';
-import { registerTargetType, targetTypes } from '../../../src/targets';
+import { TargetError, type MapOutcome, type Target, type TargetContext, type TargetType } from '../../../src/dm/target';
+import type { Bio } from '../../../src/io/bio';
+import { TableError } from '../../../src/dm/table';
+import { loadMemoryTable, testScope } from '../../../src/testing/tables';
+import { DeviceEvents } from '../../../src/dm/mapped-device';
+import { builtInTargetTypes } from '../../../src/targets';
+import { TargetTypeRegistry } from '../../../src/dm/scope';
 import { errorTargetType } from '../../../src/targets/error';
 import { linearTargetType } from '../../../src/targets/linear';
 import { nullTargetType } from '../../../src/targets/null';
@@ -12,12 +16,17 @@ import { zeroTargetType } from '../../../src/targets/zero';
 
 const NO_DATA = new Uint8Array(0);
 
-function io(op: IoOp, sector: number, sectorCount: number, data: Uint8Array = NO_DATA, fua = false, noUnmap = false): TargetIo {
+function io(op: IoOp, sector: number, sectorCount: number, data: Uint8Array = NO_DATA, fua = false, noUnmap = false): Bio {
   return { op, sector, sectorCount, data, fua, noUnmap };
 }
 
 function contextFor(devices: Record<string, MemoryDevice>, startSector: number, lengthSectors: number): TargetContext {
-  return { startSector, lengthSectors, openDevice: memoryDeviceOpener(devices) };
+  return { startSector, lengthSectors, scope: testScope(), device: new DeviceEvents('test'), openDevice: memoryDeviceOpener(devices) };
+}
+
+/** A target's answer to one piece of I/O, as a promise. */
+function mapped(target: Target, bio: Bio): Promise<MapOutcome> {
+  return new Promise((resolve) => target.map(bio, resolve));
 }
 
 /** Asserts that creating `type` with `args` fails with exactly `message`. */
@@ -42,12 +51,20 @@ function pattern(byteLength: number, seed: number): Buffer {
 }
 
 describe('targets: registry', () => {
-  it('holds linear, zero, error and null', () => {
-    assert.deepEqual([...targetTypes.keys()].sort(), ['error', 'linear', 'null', 'zero']);
+  it('the built-in types are linear, zero, error and null', () => {
+    assert.deepEqual(new TargetTypeRegistry(builtInTargetTypes).names(), ['error', 'linear', 'null', 'zero']);
   });
 
   it('refuses a second type with a registered name', () => {
-    assert.throws(() => registerTargetType({ name: 'zero', create: zeroTargetType.create }), /already registered/);
+    const registry = new TargetTypeRegistry(builtInTargetTypes);
+    assert.throws(() => registry.register({ name: 'zero', create: zeroTargetType.create }), /already registered/);
+  });
+
+  it('two scopes do not share registrations', () => {
+    const custom = { name: 'custom', create: zeroTargetType.create };
+    const one = testScope([custom]);
+    assert.equal(one.targetTypes.get('custom'), custom);
+    assert.equal(testScope().targetTypes.get('custom'), undefined);
   });
 });
 
@@ -103,11 +120,11 @@ describe('targets: linear', () => {
     const disk = new MemoryDevice(64);
     const target = await linearTargetType.create(contextFor({ disk }, 100, 16), ['disk', '10']);
     const data = pattern(1024, 3);
-    assert.equal(await target.map(io(IoOp.Write, 2, 2, data, true)), 1024);
+    assert.equal(await mapped(target, io(IoOp.Write, 2, 2, data, true)), 1024);
     assert.deepEqual(disk.contents.subarray(12 * 512, 14 * 512), data);
     assert.equal(disk.fuaWriteCount, 1);
     const back = Buffer.alloc(1024);
-    assert.equal(await target.map(io(IoOp.Read, 2, 2, back)), 1024);
+    assert.equal(await mapped(target, io(IoOp.Read, 2, 2, back)), 1024);
     assert.deepEqual(back, data);
   });
 
@@ -115,13 +132,13 @@ describe('targets: linear', () => {
     const disk = new MemoryDevice(64);
     disk.contents.fill(0xaa);
     const target = await linearTargetType.create(contextFor({ disk }, 0, 32), ['disk', '8']);
-    await target.map(io(IoOp.Write, 0, 1, pattern(512, 1)));
+    await mapped(target, io(IoOp.Write, 0, 1, pattern(512, 1)));
     assert.equal(disk.isFlushed, false);
-    assert.equal(await target.map(io(IoOp.Flush, 0, 0)), 0);
+    assert.equal(await mapped(target, io(IoOp.Flush, 0, 0)), 0);
     assert.equal(disk.isFlushed, true);
-    assert.equal(await target.map(io(IoOp.Discard, 1, 2)), 0);
+    assert.equal(await mapped(target, io(IoOp.Discard, 1, 2)), 0);
     assert.ok(disk.contents.subarray(9 * 512, 11 * 512).every((b) => b === 0));
-    assert.equal(await target.map(io(IoOp.WriteZeroes, 4, 1, NO_DATA, false, true)), 0);
+    assert.equal(await mapped(target, io(IoOp.WriteZeroes, 4, 1, NO_DATA, false, true)), 0);
     assert.ok(disk.contents.subarray(12 * 512, 13 * 512).every((b) => b === 0));
     assert.equal(disk.contents[11 * 512], 0xaa, 'sector past the discard untouched');
     assert.deepEqual(
@@ -134,7 +151,7 @@ describe('targets: linear', () => {
     const disk = new MemoryDevice(64);
     disk.failOp('read', EIO);
     const target = await linearTargetType.create(contextFor({ disk }, 0, 8), ['disk', '0']);
-    assert.equal(await target.map(io(IoOp.Read, 0, 1, Buffer.alloc(512))), -EIO);
+    assert.equal(await mapped(target, io(IoOp.Read, 0, 1, Buffer.alloc(512))), -EIO);
   });
 
   it('prints TABLE as "<dev> <offset>" and INFO empty', async () => {
@@ -146,7 +163,7 @@ describe('targets: linear', () => {
   });
 
   it('a failing linear line names the line in the table error', async () => {
-    await assert.rejects(loadTable('0 8 zero\n8 8 linear disk', memoryDeviceOpener({})), (error: unknown) => {
+    await assert.rejects(loadMemoryTable('0 8 zero\n8 8 linear disk', {}), (error: unknown) => {
       assert.ok(error instanceof TableError);
       assert.equal(error.message, 'line 2: linear: Invalid argument count');
       return true;
@@ -166,25 +183,25 @@ describe('targets: zero', () => {
 
   it('fills reads with zeroes', async () => {
     const buf = Buffer.alloc(1024, 0xff);
-    assert.equal(await target.map(io(IoOp.Read, 3, 2, buf)), 1024);
+    assert.equal(await mapped(target, io(IoOp.Read, 3, 2, buf)), 1024);
     assert.ok(buf.every((b) => b === 0));
   });
 
   it('accepts writes and drops them', async () => {
     const data = Buffer.alloc(512, 0x11);
-    assert.equal(await target.map(io(IoOp.Write, 0, 1, data)), 512);
+    assert.equal(await mapped(target, io(IoOp.Write, 0, 1, data)), 512);
     const back = Buffer.alloc(512, 0xff);
-    await target.map(io(IoOp.Read, 0, 1, back));
+    await mapped(target, io(IoOp.Read, 0, 1, back));
     assert.ok(back.every((b) => b === 0));
   });
 
   it('succeeds discard and flush', async () => {
-    assert.equal(await target.map(io(IoOp.Discard, 0, 8)), 0);
-    assert.equal(await target.map(io(IoOp.Flush, 0, 0)), 0);
+    assert.equal(await mapped(target, io(IoOp.Discard, 0, 8)), 0);
+    assert.equal(await mapped(target, io(IoOp.Flush, 0, 0)), 0);
   });
 
   it('fails write-zeroes with EOPNOTSUPP', async () => {
-    assert.equal(await target.map(io(IoOp.WriteZeroes, 0, 8)), -EOPNOTSUPP);
+    assert.equal(await mapped(target, io(IoOp.WriteZeroes, 0, 8)), -EOPNOTSUPP);
   });
 
   it('has empty status strings', () => {
@@ -196,22 +213,22 @@ describe('targets: zero', () => {
 describe('targets: error', () => {
   it('takes no arguments and fails every data operation with EIO', async () => {
     const target = await errorTargetType.create(contextFor({}, 0, 8), []);
-    assert.equal(await target.map(io(IoOp.Read, 0, 1, Buffer.alloc(512))), -EIO);
-    assert.equal(await target.map(io(IoOp.Write, 0, 1, Buffer.alloc(512))), -EIO);
-    assert.equal(await target.map(io(IoOp.Discard, 0, 8)), -EIO);
-    assert.equal(await target.map(io(IoOp.WriteZeroes, 0, 8)), -EIO);
+    assert.equal(await mapped(target, io(IoOp.Read, 0, 1, Buffer.alloc(512))), -EIO);
+    assert.equal(await mapped(target, io(IoOp.Write, 0, 1, Buffer.alloc(512))), -EIO);
+    assert.equal(await mapped(target, io(IoOp.Discard, 0, 8)), -EIO);
+    assert.equal(await mapped(target, io(IoOp.WriteZeroes, 0, 8)), -EIO);
   });
 
   it('completes flush with 0', async () => {
     const target = await errorTargetType.create(contextFor({}, 0, 8), []);
-    assert.equal(await target.map(io(IoOp.Flush, 0, 0)), 0);
+    assert.equal(await mapped(target, io(IoOp.Flush, 0, 0)), 0);
   });
 
   it('with <dev> <offset> opens and validates the device but still fails I/O without touching it', async () => {
     const disk = new MemoryDevice(64);
     const target = await errorTargetType.create(contextFor({ disk }, 0, 8), ['disk', '8']);
     assert.equal(target.devices().length, 1);
-    assert.equal(await target.map(io(IoOp.Read, 0, 1, Buffer.alloc(512))), -EIO);
+    assert.equal(await mapped(target, io(IoOp.Read, 0, 1, Buffer.alloc(512))), -EIO);
     assert.equal(disk.calls.read, 0);
     assert.equal(target.status('table'), '');
   });
@@ -249,11 +266,11 @@ describe('targets: null (not a kernel target)', () => {
   it('completes every operation without touching data', async () => {
     const target = await nullTargetType.create(contextFor({}, 0, 8), []);
     const buf = Buffer.alloc(1024, 0x5a);
-    assert.equal(await target.map(io(IoOp.Read, 0, 2, buf)), 1024);
+    assert.equal(await mapped(target, io(IoOp.Read, 0, 2, buf)), 1024);
     assert.ok(buf.every((b) => b === 0x5a), 'read left the buffer alone');
-    assert.equal(await target.map(io(IoOp.Write, 0, 2, buf)), 1024);
-    assert.equal(await target.map(io(IoOp.Flush, 0, 0)), 0);
-    assert.equal(await target.map(io(IoOp.Discard, 0, 8)), 0);
-    assert.equal(await target.map(io(IoOp.WriteZeroes, 0, 8)), 0);
+    assert.equal(await mapped(target, io(IoOp.Write, 0, 2, buf)), 1024);
+    assert.equal(await mapped(target, io(IoOp.Flush, 0, 0)), 0);
+    assert.equal(await mapped(target, io(IoOp.Discard, 0, 8)), 0);
+    assert.equal(await mapped(target, io(IoOp.WriteZeroes, 0, 8)), 0);
   });
 });

@@ -1,0 +1,110 @@
+import { DmError } from '../base/errno';
+import type { DeviceKey } from '../io/block-device';
+import { IoRing } from '../io/ring';
+import type { SuspendOptions, TargetType } from './target';
+
+/**
+ * DaemonScope: the state one daemon (or one test) shares between its devices, handed to every
+ * target constructor through TargetContext. It is the instantiable form of what the kernel
+ * keeps in module statics (dm-snap's `_origins`, the copy and resync throttles, the registered
+ * target types), so two scopes in one process never see each other's state.
+ */
+
+/**
+ * A named piece of shared state a target family keeps in the scope, made on first use. The
+ * family owns the key (`const ORIGINS: ScopeKey<OriginRegistry> = {...}` in its own folder), so
+ * dm/ never needs to know the family exists.
+ */
+export interface ScopeKey<T> {
+  readonly name: string;
+  create(scope: DaemonScope): T;
+}
+
+/** A mapped device as another device's target may drive it (snapshot handover suspends the origin). */
+export interface InternalDevice {
+  readonly name: string;
+  suspend(options: SuspendOptions): Promise<void>;
+  resume(): Promise<void>;
+}
+
+/** Target types by table name. */
+export class TargetTypeRegistry {
+  private readonly types = new Map<string, TargetType>();
+
+  constructor(types: Iterable<TargetType> = []) {
+    for (const type of types) this.register(type);
+  }
+
+  /** Add a type; a second type of the same name is refused (the kernel's dm_register_target: EEXIST). */
+  register(type: TargetType): void {
+    if (this.types.has(type.name)) throw new DmError(`target type "${type.name}" is already registered`, 'EEXIST');
+    this.types.set(type.name, type);
+  }
+
+  get(name: string): TargetType | undefined {
+    return this.types.get(name);
+  }
+
+  names(): string[] {
+    return [...this.types.keys()].sort();
+  }
+}
+
+export interface DaemonScopeOptions {
+  readonly targetTypes?: Iterable<TargetType>;
+  /** The ring backing I/O goes through; default: one made on first use and closed with the scope. */
+  readonly ring?: IoRing;
+}
+
+export class DaemonScope {
+  readonly targetTypes: TargetTypeRegistry;
+  private ownRing: IoRing | undefined;
+  private readonly givenRing: IoRing | undefined;
+  private readonly shared = new Map<ScopeKey<unknown>, unknown>();
+  private readonly devicesByKey = new Map<DeviceKey, InternalDevice>();
+
+  constructor(options: DaemonScopeOptions = {}) {
+    this.targetTypes = new TargetTypeRegistry(options.targetTypes);
+    this.givenRing = options.ring;
+  }
+
+  /**
+   * The ring of the thread this scope serves. Made lazily so that scopes for host tests over
+   * in-memory devices never load the native addon.
+   */
+  get ring(): IoRing {
+    if (this.givenRing !== undefined) return this.givenRing;
+    this.ownRing ??= IoRing.create();
+    return this.ownRing;
+  }
+
+  /** The family state under `key`, made on first use. Synchronous: lookup and insert cannot interleave. */
+  get<T>(key: ScopeKey<T>): T {
+    let value = this.shared.get(key) as T | undefined;
+    if (value === undefined) {
+      value = key.create(this);
+      this.shared.set(key, value);
+    }
+    return value;
+  }
+
+  /** Make a running mapped device findable by its block device's key. */
+  addDevice(key: DeviceKey, device: InternalDevice): void {
+    this.devicesByKey.set(key, device);
+  }
+
+  removeDevice(key: DeviceKey, device: InternalDevice): void {
+    if (this.devicesByKey.get(key) === device) this.devicesByKey.delete(key);
+  }
+
+  /** One of our own mapped devices, by the key of its /dev/ublkbN (a table may name it as a backing device). */
+  findDevice(key: DeviceKey): InternalDevice | undefined {
+    return this.devicesByKey.get(key);
+  }
+
+  /** Release what the scope made itself. */
+  close(): void {
+    this.ownRing?.close();
+    this.ownRing = undefined;
+  }
+}
