@@ -24,8 +24,8 @@ export interface RegistryDeps {
   readonly scope: DaemonScope;
   readonly createDispatcher: DispatcherFactory;
   readonly createUblk: UblkFactory;
-  readonly store: DeviceStore;
-  readonly links: DeviceLinks;
+  readonly store: Pick<DeviceStore, 'save' | 'delete' | 'loadAll'>;
+  readonly links: Pick<DeviceLinks, 'create' | 'remove'>;
   readonly probeUsage: UsageProbe;
   /** Read-ahead for `info`; undefined leaves the line out, as dmsetup does when unknown. */
   readonly readAheadSectors?: (blockPath: string) => Promise<number | undefined>;

@@ -169,28 +169,17 @@ export class DaemonServer {
 }
 
 /**
- * The kernel-facing collaborators, loaded only here so that the CLI and the tests never load the
+ * The daemon's collaborators, loaded only here so that the CLI and the tests never load the
  * native addon. The scope is built here, once per daemon: this is the composition root.
  */
 async function kernelDeps(paths: DaemonPaths, log: Logger): Promise<RegistryDeps> {
-  const [tableModule, dispatchModule, ublkModule, scopeModule, targetsModule] = await Promise.all([
-    import('../dm/table'),
-    import('../dm/dispatcher'),
-    import('../ublk/device'),
+  const [{ kernelCollaborators }, { DaemonScope }, { builtInTargetTypes }] = await Promise.all([
+    import('./kernel'),
     import('../dm/scope'),
     import('../targets'),
   ]);
-  const scope = new scopeModule.DaemonScope({ targetTypes: targetsModule.builtInTargetTypes });
   return {
-    scope,
-    buildTable: (text, device) => tableModule.loadTable(text, { scope, device }),
-    createDispatcher: (table) => new dispatchModule.Dispatcher(table),
-    createUblk: (options, handler) =>
-      ublkModule.UblkDevice.create(
-        options,
-        (request) => new Promise((resolve) => handler({ ...request, data: request.buffer }, resolve)),
-        (request, done) => handler({ ...request, data: request.buffer }, done),
-      ),
+    ...kernelCollaborators(new DaemonScope({ targetTypes: builtInTargetTypes })),
     store: new DeviceStore(paths.stateDir),
     links: new DeviceLinks(paths.linkDir),
     probeUsage: procUsageProbe(),
