@@ -4,12 +4,13 @@ import * as path from 'node:path';
 import type { BlockDevice, DeviceCapabilities, DeviceKey } from './block-device';
 import { EINVAL, EIO, ENOENT, EOPNOTSUPP, ErrnoError, type IoResult } from '../base/errno';
 import { isDirectIoAligned, native } from './native';
-import { RWF_DSYNC, sharedIoRing, type IoCallback, type IoRing } from './ring';
+import { RWF_DSYNC, type IoCallback, type IoRing } from './ring';
 import { SECTOR_BYTES, SECTOR_SHIFT } from '../base/units';
 
 /**
  * FileDevice: a regular file or a block device used as a BlockDevice, with all I/O going
- * through the process-wide io_uring.
+ * through the io_uring it was opened with (the opening thread's: design.md, one ring per
+ * thread, passed in).
  *
  * Data moves through an O_DIRECT descriptor when the buffer, offset and length allow it, as
  * ublksrv's loop target and `losetup --direct-io` do: it skips a copy through the page cache,
@@ -27,6 +28,8 @@ const FALLOC_FL_ZERO_RANGE = 0x10;
 const DIRECT_IO_ALIGNMENT_BYTES = 4096;
 
 export interface OpenFileDeviceOptions {
+  /** The ring every request of the device goes through: the calling thread's. */
+  ring: IoRing;
   readOnly?: boolean;
 }
 
@@ -35,23 +38,42 @@ interface Devno {
   minor: number;
 }
 
+/** What openFileDevice learns about a device before it exists. */
+interface DeviceDescription {
+  path: string;
+  sizeSectors: number;
+  logicalBlockBytes: number;
+  /** Set for block devices only. */
+  devno: Devno | undefined;
+  key: DeviceKey;
+  capabilities: DeviceCapabilities;
+}
+
 export class FileDevice implements BlockDevice {
+  readonly path: string;
+  readonly sizeSectors: number;
+  readonly logicalBlockBytes: number;
+  readonly devno: Devno | undefined;
+  readonly key: DeviceKey;
+  readonly capabilities: DeviceCapabilities;
   private closed = false;
-  private readonly ring: IoRing = sharedIoRing();
 
   /** Use openFileDevice(). */
   constructor(
+    private readonly ring: IoRing,
     private readonly handle: fsp.FileHandle,
     /** The same file opened with O_DIRECT; undefined when the filesystem refuses it. */
     private directHandle: fsp.FileHandle | undefined,
-    readonly path: string,
-    readonly sizeSectors: number,
-    readonly logicalBlockBytes: number,
-    readonly devno: Devno | undefined,
     readonly readOnly: boolean,
-    readonly key: DeviceKey,
-    readonly capabilities: DeviceCapabilities,
-  ) {}
+    description: DeviceDescription,
+  ) {
+    this.path = description.path;
+    this.sizeSectors = description.sizeSectors;
+    this.logicalBlockBytes = description.logicalBlockBytes;
+    this.devno = description.devno;
+    this.key = description.key;
+    this.capabilities = description.capabilities;
+  }
 
   get tableName(): string {
     return this.devno === undefined ? this.path : `${this.devno.major}:${this.devno.minor}`;
@@ -62,7 +84,7 @@ export class FileDevice implements BlockDevice {
     return this.directHandle !== undefined;
   }
 
-  /** The open file descriptor (valid until close()). */
+  /** The open (buffered) file descriptor (valid until close()). */
   get fd(): number {
     return this.handle.fd;
   }
@@ -223,11 +245,12 @@ export class FileDevice implements BlockDevice {
  * Open a backing device named by a path (regular file or block device) or "major:minor".
  * Throws an ErrnoError naming the path when it does not exist or is neither kind of file.
  */
-export async function openFileDevice(spec: string, options: OpenFileDeviceOptions = {}): Promise<FileDevice> {
+export async function openFileDevice(spec: string, options: OpenFileDeviceOptions): Promise<FileDevice> {
+  // Untyped callers (a require() cast) get a named error, not a TypeError from halfway through.
+  if (options?.ring === undefined) throw new TypeError(`openFileDevice(${spec}): options.ring is required`);
   const devicePath = path.resolve(await resolveSpec(spec));
   const stats = await statOrExplain(devicePath);
-  const isBlockDevice = stats.isBlockDevice();
-  if (!isBlockDevice && !stats.isFile()) {
+  if (!stats.isBlockDevice() && !stats.isFile()) {
     throw new ErrnoError(`${devicePath} is neither a regular file nor a block device`, EINVAL);
   }
   const readOnly = options.readOnly ?? false;
@@ -235,30 +258,39 @@ export async function openFileDevice(spec: string, options: OpenFileDeviceOption
   const handle = await fsp.open(devicePath, accessFlags);
   const directHandle = await fsp.open(devicePath, accessFlags | fsConstants.O_DIRECT).catch(() => undefined);
   try {
-    if (isBlockDevice) {
-      const addon = native();
-      return new FileDevice(
-        handle,
-        directHandle,
-        devicePath,
-        Math.floor(addon.blockDeviceBytes(handle.fd) / SECTOR_BYTES),
-        addon.logicalBlockBytes(handle.fd),
-        splitDevno(stats.rdev),
-        readOnly,
-        `blk:${splitDevno(stats.rdev).major}:${splitDevno(stats.rdev).minor}`,
-        { discard: true, writeZeroes: true },
-      );
-    }
-    const sizeSectors = Number(stats.size >> BigInt(SECTOR_SHIFT));
-    return new FileDevice(handle, directHandle, devicePath, sizeSectors, SECTOR_BYTES, undefined, readOnly, `file:${stats.dev}:${stats.ino}`, {
-      discard: true,
-      writeZeroes: true,
-    });
+    const description = stats.isBlockDevice()
+      ? describeBlockDevice(devicePath, stats.rdev, handle.fd)
+      : describeRegularFile(devicePath, stats);
+    return new FileDevice(options.ring, handle, directHandle, readOnly, description);
   } catch (error) {
     await directHandle?.close();
     await handle.close();
     throw error;
   }
+}
+
+function describeRegularFile(devicePath: string, stats: { size: bigint; dev: bigint; ino: bigint }): DeviceDescription {
+  return {
+    path: devicePath,
+    sizeSectors: Number(stats.size >> BigInt(SECTOR_SHIFT)),
+    logicalBlockBytes: SECTOR_BYTES,
+    devno: undefined,
+    key: `file:${stats.dev}:${stats.ino}`,
+    capabilities: { discard: true, writeZeroes: true },
+  };
+}
+
+function describeBlockDevice(devicePath: string, rdev: bigint, fd: number): DeviceDescription {
+  const devno = splitDevno(rdev);
+  const addon = native();
+  return {
+    path: devicePath,
+    sizeSectors: Math.floor(addon.blockDeviceBytes(fd) / SECTOR_BYTES),
+    logicalBlockBytes: addon.logicalBlockBytes(fd),
+    devno,
+    key: `blk:${devno.major}:${devno.minor}`,
+    capabilities: { discard: true, writeZeroes: true },
+  };
 }
 
 const DEVNO_SPEC = /^(\d+):(\d+)$/;

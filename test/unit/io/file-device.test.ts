@@ -6,6 +6,13 @@ import * as path from 'node:path';
 import { ErrnoError } from '../../../src/base/errno';
 import { FileDevice, openFileDevice } from '../../../src/io/file-device';
 import { allocPageAligned } from '../../../src/io/native';
+import { IoRing } from '../../../src/io/ring';
+
+let ring: IoRing;
+before(() => {
+  ring = IoRing.create({ entries: 32 });
+});
+after(() => ring.close());
 
 describe('FileDevice over a regular file', () => {
   let dir: string;
@@ -16,7 +23,7 @@ describe('FileDevice over a regular file', () => {
     dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ublkdm-filedev-'));
     file = path.join(dir, 'backing');
     await fsp.writeFile(file, Buffer.alloc(64 * 1024 + 100));
-    device = await openFileDevice(file);
+    device = await openFileDevice(file, { ring });
   });
 
   afterEach(async () => {
@@ -29,6 +36,12 @@ describe('FileDevice over a regular file', () => {
     assert.equal(device.logicalBlockBytes, 512);
     assert.equal(device.tableName, file);
     assert.equal(device.devno, undefined);
+  });
+
+  it('is keyed by st_dev and st_ino, and declares discard and write-zeroes', async () => {
+    const stats = await fsp.stat(file, { bigint: true });
+    assert.equal(device.key, `file:${stats.dev}:${stats.ino}`);
+    assert.deepEqual(device.capabilities, { discard: true, writeZeroes: true });
   });
 
   it('reads back what it wrote, at sector offsets, with and without FUA', async () => {
@@ -100,7 +113,7 @@ describe('FileDevice over a regular file', () => {
     const shm = '/dev/shm';
     const shmFile = path.join(shm, `ublkdm-zero-${process.pid}`);
     await fsp.writeFile(shmFile, Buffer.alloc(64 * 1024, 0xee));
-    const onTmpfs = await openFileDevice(shmFile);
+    const onTmpfs = await openFileDevice(shmFile, { ring });
     try {
       const blocksBefore = (await fsp.stat(shmFile)).blocks;
       assert.equal(await onTmpfs.writeZeroes(16, 32, true), 0);
@@ -125,7 +138,7 @@ describe('FileDevice over a regular file', () => {
   });
 
   it('a read-only device returns -EBADF for writes', async () => {
-    const readOnly = await openFileDevice(file, { readOnly: true });
+    const readOnly = await openFileDevice(file, { ring, readOnly: true });
     try {
       assert.equal(await readOnly.write(Buffer.alloc(512), 0, false), -os.constants.errno.EBADF);
       assert.equal(await readOnly.read(Buffer.alloc(512), 0), 512);
@@ -138,7 +151,7 @@ describe('FileDevice over a regular file', () => {
 describe('openFileDevice errors and specs', () => {
   it('names the missing path in an ENOENT ErrnoError', async () => {
     const missing = path.join(os.tmpdir(), 'ublkdm-definitely-missing', 'nothing');
-    await assert.rejects(openFileDevice(missing), (error: unknown) => {
+    await assert.rejects(openFileDevice(missing, { ring }), (error: unknown) => {
       assert.ok(error instanceof ErrnoError);
       assert.equal(error.code, 'ENOENT');
       assert.match(error.message, new RegExp(missing));
@@ -147,23 +160,24 @@ describe('openFileDevice errors and specs', () => {
   });
 
   it('refuses a directory', async () => {
-    await assert.rejects(openFileDevice(os.tmpdir()), /neither a regular file nor a block device/);
+    await assert.rejects(openFileDevice(os.tmpdir(), { ring }), /neither a regular file nor a block device/);
   });
 
   it('refuses an unknown major:minor', async () => {
-    await assert.rejects(openFileDevice('4095:1048575'), /no block device 4095:1048575/);
+    await assert.rejects(openFileDevice('4095:1048575', { ring }), /no block device 4095:1048575/);
   });
 
   it('opens a block device named by major:minor, with its devno as table name', async function () {
     const loop0 = '/sys/dev/block/7:0';
     if (!(await fsp.stat(loop0).catch(() => undefined))) this.skip();
-    const device = await openFileDevice('7:0', { readOnly: true });
+    const device = await openFileDevice('7:0', { ring, readOnly: true });
     try {
       assert.equal(device.path, '/dev/loop0');
       assert.equal(device.tableName, '7:0');
       assert.deepEqual(device.devno, { major: 7, minor: 0 });
       assert.equal(device.logicalBlockBytes, 512);
       assert.equal(typeof device.sizeSectors, 'number');
+      assert.equal(device.key, 'blk:7:0');
     } finally {
       await device.close();
     }
@@ -173,7 +187,7 @@ describe('openFileDevice errors and specs', () => {
     const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ublkdm-rel-'));
     const file = path.join(dir, 'f');
     await fsp.writeFile(file, Buffer.alloc(4096));
-    const device = await openFileDevice(path.relative(process.cwd(), file));
+    const device = await openFileDevice(path.relative(process.cwd(), file), { ring });
     try {
       assert.equal(device.path, file);
     } finally {
