@@ -49,6 +49,9 @@ interface DeviceDescription {
   capabilities: DeviceCapabilities;
 }
 
+/** Issues one data request on `fd`; the FileDevice picks the descriptor. */
+type IssueOn = (fd: number, done: IoCallback) => void;
+
 export class FileDevice implements BlockDevice {
   readonly path: string;
   readonly sizeSectors: number;
@@ -57,6 +60,17 @@ export class FileDevice implements BlockDevice {
   readonly key: DeviceKey;
   readonly capabilities: DeviceCapabilities;
   private closed = false;
+  /** Requests issued on the O_DIRECT descriptor (current or retired) and not yet completed. */
+  private directInFlight = 0;
+  /**
+   * The O_DIRECT descriptor after direct I/O was given up, until the requests still in flight on
+   * it complete. It must stay open until then: a request can sit prepared in the ring but not yet
+   * submitted, and if its fd number were closed and reused by another open, it would read or
+   * write that other file.
+   */
+  private retiredDirectHandle: fsp.FileHandle | undefined;
+  /** The close of the retired descriptor, for close() to wait on. */
+  private retiredDirectClosing: Promise<void> | undefined;
 
   /** Use openFileDevice(). */
   constructor(
@@ -115,51 +129,13 @@ export class FileDevice implements BlockDevice {
     this.startWrite(buf, sector, fua, done);
   }
 
-  private startRead(buf: Uint8Array, sector: number, done: IoCallback): void {
-    const byteOffset = sector * SECTOR_BYTES;
-    if (!this.canGoDirect(buf, byteOffset)) {
-      this.ring.readCb(this.handle.fd, buf, byteOffset, done);
-      return;
-    }
-    this.ring.readCb(this.directHandle!.fd, buf, byteOffset, (result) => {
-      if (result !== -EINVAL) done(result);
-      else this.giveUpDirectIo(() => this.startRead(buf, sector, done), done);
-    });
-  }
-
-  private startWrite(buf: Uint8Array, sector: number, fua: boolean, done: IoCallback): void {
-    const byteOffset = sector * SECTOR_BYTES;
-    const rwFlags = fua ? RWF_DSYNC : 0;
-    if (!this.canGoDirect(buf, byteOffset)) {
-      this.ring.writeCb(this.handle.fd, buf, byteOffset, rwFlags, done);
-      return;
-    }
-    this.ring.writeCb(this.directHandle!.fd, buf, byteOffset, rwFlags, (result) => {
-      if (result !== -EINVAL) done(result);
-      else this.giveUpDirectIo(() => this.startWrite(buf, sector, fua, done), done);
-    });
-  }
-
-  /**
-   * The filesystem refused a direct request for alignment (EINVAL: its direct I/O granule is
-   * larger than ours): direct I/O is given up for this device and the request goes again
-   * through the buffered descriptor.
-   */
-  private giveUpDirectIo(retry: () => void, done: IoCallback): void {
-    this.directHandle = undefined;
-    try {
-      retry();
-    } catch {
-      done(-EIO); // the ring is gone: we are inside a completion, there is nobody to throw to
-    }
-  }
-
   readv(bufs: Uint8Array[], sector: number): Promise<IoResult> {
     const misuse = this.misuse(totalBytes(bufs));
     if (misuse) return Promise.reject(misuse);
     const byteOffset = sector * SECTOR_BYTES;
-    if (this.canGoDirectV(bufs, byteOffset)) return this.directOr(this.ring.readv(this.directHandle!.fd, bufs, byteOffset), () => this.readv(bufs, sector));
-    return this.ring.readv(this.handle.fd, bufs, byteOffset);
+    return new Promise((resolve) =>
+      this.issue(this.allAlignedForDirect(bufs, byteOffset), (fd, done) => this.ring.readvCb(fd, bufs, byteOffset, done), resolve),
+    );
   }
 
   writev(bufs: Uint8Array[], sector: number, fua: boolean): Promise<IoResult> {
@@ -167,10 +143,13 @@ export class FileDevice implements BlockDevice {
     if (misuse) return Promise.reject(misuse);
     const byteOffset = sector * SECTOR_BYTES;
     const rwFlags = fua ? RWF_DSYNC : 0;
-    if (this.canGoDirectV(bufs, byteOffset)) {
-      return this.directOr(this.ring.writev(this.directHandle!.fd, bufs, byteOffset, rwFlags), () => this.writev(bufs, sector, fua));
-    }
-    return this.ring.writev(this.handle.fd, bufs, byteOffset, rwFlags);
+    return new Promise((resolve) =>
+      this.issue(
+        this.allAlignedForDirect(bufs, byteOffset),
+        (fd, done) => this.ring.writevCb(fd, bufs, byteOffset, rwFlags, done),
+        resolve,
+      ),
+    );
   }
 
   flush(): Promise<IoResult> {
@@ -203,26 +182,84 @@ export class FileDevice implements BlockDevice {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.directHandle?.close();
+    const directHandle = this.directHandle ?? this.retiredDirectHandle;
+    this.directHandle = undefined;
+    this.retiredDirectHandle = undefined;
+    await directHandle?.close();
+    await this.retiredDirectClosing;
     await this.handle.close();
   }
 
-  private canGoDirect(buf: Uint8Array, byteOffset: number): boolean {
-    return this.directHandle !== undefined && byteOffset % DIRECT_IO_ALIGNMENT_BYTES === 0 && isDirectIoAligned(buf, DIRECT_IO_ALIGNMENT_BYTES);
+  private startRead(buf: Uint8Array, sector: number, done: IoCallback): void {
+    const byteOffset = sector * SECTOR_BYTES;
+    this.issue(this.alignedForDirect(buf, byteOffset), (fd, ioDone) => this.ring.readCb(fd, buf, byteOffset, ioDone), done);
   }
 
-  private canGoDirectV(bufs: Uint8Array[], byteOffset: number): boolean {
-    if (this.directHandle === undefined || byteOffset % DIRECT_IO_ALIGNMENT_BYTES !== 0) return false;
+  private startWrite(buf: Uint8Array, sector: number, fua: boolean, done: IoCallback): void {
+    const byteOffset = sector * SECTOR_BYTES;
+    const rwFlags = fua ? RWF_DSYNC : 0;
+    this.issue(this.alignedForDirect(buf, byteOffset), (fd, ioDone) => this.ring.writeCb(fd, buf, byteOffset, rwFlags, ioDone), done);
+  }
+
+  /**
+   * Issue a data request through the O_DIRECT descriptor when it is `aligned` and direct I/O is
+   * still in use, else through the buffered one. A direct request refused with EINVAL (the
+   * filesystem's direct I/O granule is larger than ours) gives up direct I/O for the device and
+   * goes again, buffered.
+   */
+  private issue(aligned: boolean, issueOn: IssueOn, done: IoCallback): void {
+    if (!aligned || this.directHandle === undefined) {
+      issueOn(this.handle.fd, done);
+      return;
+    }
+    this.directInFlight++;
+    try {
+      issueOn(this.directHandle.fd, (result) => this.directCompleted(result, issueOn, done));
+    } catch (error) {
+      this.directInFlight--;
+      throw error;
+    }
+  }
+
+  private directCompleted(result: IoResult, issueOn: IssueOn, done: IoCallback): void {
+    this.directInFlight--;
+    if (result === -EINVAL) this.retireDirectHandle();
+    this.closeRetiredDirectHandleWhenIdle();
+    if (result !== -EINVAL) {
+      done(result);
+      return;
+    }
+    try {
+      issueOn(this.handle.fd, done);
+    } catch {
+      done(-EIO); // the ring is gone: we are inside a completion, there is nobody to throw to
+    }
+  }
+
+  /** Stop issuing direct requests; the descriptor is closed once those in flight complete. */
+  private retireDirectHandle(): void {
+    if (this.directHandle === undefined) return; // an earlier EINVAL (or close()) got here first
+    this.retiredDirectHandle = this.directHandle;
+    this.directHandle = undefined;
+  }
+
+  private closeRetiredDirectHandleWhenIdle(): void {
+    const handle = this.retiredDirectHandle;
+    if (handle === undefined || this.directInFlight > 0) return;
+    this.retiredDirectHandle = undefined;
+    // close(2) writes nothing back (flush() is what does, through the buffered descriptor), so a
+    // failing close here loses no data; and there is no caller to report it to.
+    this.retiredDirectClosing = handle.close().catch(() => undefined);
+  }
+
+  private alignedForDirect(buf: Uint8Array, byteOffset: number): boolean {
+    return byteOffset % DIRECT_IO_ALIGNMENT_BYTES === 0 && isDirectIoAligned(buf, DIRECT_IO_ALIGNMENT_BYTES);
+  }
+
+  private allAlignedForDirect(bufs: Uint8Array[], byteOffset: number): boolean {
+    if (byteOffset % DIRECT_IO_ALIGNMENT_BYTES !== 0) return false;
     for (const buf of bufs) if (!isDirectIoAligned(buf, DIRECT_IO_ALIGNMENT_BYTES)) return false;
     return true;
-  }
-
-  /** giveUpDirectIo() for the promise-returning vectored calls. */
-  private async directOr(direct: Promise<IoResult>, buffered: () => Promise<IoResult>): Promise<IoResult> {
-    const result = await direct;
-    if (result !== -EINVAL) return result;
-    this.directHandle = undefined;
-    return buffered();
   }
 
   private fallocate(mode: number, sector: number, sectorCount: number): Promise<IoResult> {

@@ -3,10 +3,10 @@ import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { ErrnoError } from '../../../src/base/errno';
+import { EINVAL, ErrnoError } from '../../../src/base/errno';
 import { FileDevice, openFileDevice } from '../../../src/io/file-device';
 import { allocPageAligned } from '../../../src/io/native';
-import { IoRing } from '../../../src/io/ring';
+import { IoRing, type IoCallback } from '../../../src/io/ring';
 
 let ring: IoRing;
 before(() => {
@@ -145,6 +145,98 @@ describe('FileDevice over a regular file', () => {
     } finally {
       await readOnly.close();
     }
+  });
+});
+
+/** How many of this process's descriptors are open on `file`. */
+async function descriptorsOn(file: string): Promise<number> {
+  let count = 0;
+  for (const fd of await fsp.readdir('/proc/self/fd')) {
+    if ((await fsp.readlink(`/proc/self/fd/${fd}`).catch(() => '')) === file) count++;
+  }
+  return count;
+}
+
+/** descriptorsOn(), given up to a second to reach `expected` (FileHandle.close() runs on the thread pool). */
+async function settledDescriptorsOn(file: string, expected: number): Promise<number> {
+  let count = await descriptorsOn(file);
+  for (let attempt = 0; attempt < 100 && count !== expected; attempt++) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    count = await descriptorsOn(file);
+  }
+  return count;
+}
+
+describe('FileDevice when the filesystem refuses its direct I/O (EINVAL)', () => {
+  let dir: string;
+  let file: string;
+
+  beforeEach(async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ublkdm-einval-'));
+    file = path.join(dir, 'backing');
+    await fsp.writeFile(file, Buffer.alloc(64 * 1024, 0x7e));
+  });
+  afterEach(() => fsp.rm(dir, { recursive: true, force: true }));
+
+  /** Reads on any descriptor but `bufferedFd()` are held, not issued, until the test says so. */
+  function holdingDirectReads(bufferedFd: () => number) {
+    const held: Array<{ fd: number; buf: Uint8Array; byteOffset: number; done: IoCallback }> = [];
+    const readCb = (fd: number, buf: Uint8Array, byteOffset: number, done: IoCallback) => {
+      if (fd === bufferedFd()) return ring.readCb(fd, buf, byteOffset, done);
+      held.push({ fd, buf, byteOffset, done });
+      return 0;
+    };
+    const heldRing = new Proxy(ring, {
+      get: (target, name) => (name === 'readCb' ? readCb : (Reflect.get(target, name) as unknown)),
+    });
+    return { heldRing, held };
+  }
+
+  it('goes buffered, and closes the O_DIRECT descriptor only after the requests in flight on it complete', async () => {
+    let device: FileDevice | undefined;
+    const { heldRing, held } = holdingDirectReads(() => device!.fd);
+    device = await openFileDevice(file, { ring: heldRing });
+    try {
+      assert.equal(await descriptorsOn(file), 2, 'buffered and direct descriptors');
+      const first = new Uint8Array(allocPageAligned(4096));
+      const second = new Uint8Array(allocPageAligned(4096));
+      const firstRead = device.read(first, 0);
+      const secondRead = device.read(second, 8);
+      assert.equal(held.length, 2, 'both aligned reads went to the direct descriptor');
+
+      held[0].done(-EINVAL);
+      assert.equal(await firstRead, 4096, 'the refused read went again, buffered');
+      assert.ok(first.every((b) => b === 0x7e));
+      assert.equal(device.usesDirectIo, false);
+      assert.equal(await descriptorsOn(file), 2, 'the direct descriptor stays open while a read is in flight on it');
+
+      // The held read reaches the kernel only now, on the descriptor it was issued on.
+      ring.readCb(held[1].fd, held[1].buf, held[1].byteOffset, held[1].done);
+      assert.equal(await secondRead, 4096);
+      assert.ok(second.every((b) => b === 0x7e));
+      assert.equal(await settledDescriptorsOn(file, 1), 1, 'then it is closed');
+
+      assert.equal(await device.read(new Uint8Array(allocPageAligned(4096)), 16), 4096);
+      assert.equal(held.length, 2, 'aligned reads no longer go direct');
+    } finally {
+      await device.close();
+    }
+    assert.equal(await descriptorsOn(file), 0, 'close() leaves nothing open');
+  });
+
+  it('close() closes a retired descriptor that still has a request in flight; the late completion is harmless', async () => {
+    let device: FileDevice | undefined;
+    const { heldRing, held } = holdingDirectReads(() => device!.fd);
+    device = await openFileDevice(file, { ring: heldRing });
+    const refused = device.read(new Uint8Array(allocPageAligned(4096)), 0);
+    const late = new Promise<number>((resolve) => device!.readCb(new Uint8Array(allocPageAligned(4096)), 8, resolve));
+    held[0].done(-EINVAL);
+    await refused;
+    await device.close();
+    assert.equal(await descriptorsOn(file), 0);
+    held[1].done(-EINVAL); // completes after close: must not close anything again
+    assert.ok((await late) < 0, 'the retry after close fails instead of reaching some other file');
+    assert.equal(await descriptorsOn(file), 0);
   });
 });
 
