@@ -162,18 +162,28 @@ export class FileDevice implements BlockDevice {
     return this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sector, sectorCount);
   }
 
+  /**
+   * A block device without write-zeroes answers -EOPNOTSUPP, as the kernel does for a
+   * REQ_OP_WRITE_ZEROES bio sent to such a queue, instead of letting fallocate fall back to
+   * writing zero pages: the device does not declare the capability, so dm never advertises
+   * write-zeroes above it, and a request that arrives anyway must not turn into a full write.
+   */
   writeZeroes(sector: number, sectorCount: number, noUnmap: boolean): Promise<IoResult> {
+    if (!this.capabilities.writeZeroes) return this.unsupported();
+    // On a block device both modes are blkdev_issue_zeroout: PUNCH_HOLE may unmap, ZERO_RANGE
+    // passes BLKDEV_ZERO_NOUNMAP.
     if (!noUnmap) return this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sector, sectorCount);
     return this.zeroKeepingAllocation(sector, sectorCount);
   }
 
   /**
    * REQ_NOUNMAP: the range must read as zeroes and stay provisioned. ZERO_RANGE does both; where
-   * the filesystem lacks it (tmpfs), punching the hole and allocating the range again does too.
+   * a filesystem lacks it (tmpfs), punching the hole and allocating the range again does too.
    */
   private async zeroKeepingAllocation(sector: number, sectorCount: number): Promise<IoResult> {
     const zeroed = await this.fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, sector, sectorCount);
-    if (zeroed !== -EOPNOTSUPP) return zeroed;
+    // Only filesystems lack ZERO_RANGE; a block device has no allocate-again to fall back on.
+    if (zeroed !== -EOPNOTSUPP || this.devno !== undefined) return zeroed;
     const punched = await this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sector, sectorCount);
     if (punched < 0) return punched;
     return this.fallocate(FALLOC_FL_KEEP_SIZE, sector, sectorCount);
@@ -262,6 +272,11 @@ export class FileDevice implements BlockDevice {
     return true;
   }
 
+  private unsupported(): Promise<IoResult> {
+    const misuse = this.misuse(0);
+    return misuse ? Promise.reject(misuse) : Promise.resolve(-EOPNOTSUPP);
+  }
+
   private fallocate(mode: number, sector: number, sectorCount: number): Promise<IoResult> {
     const misuse = this.misuse(0);
     if (misuse) return Promise.reject(misuse);
@@ -296,7 +311,7 @@ export async function openFileDevice(spec: string, options: OpenFileDeviceOption
   const directHandle = await fsp.open(devicePath, accessFlags | fsConstants.O_DIRECT).catch(() => undefined);
   try {
     const description = stats.isBlockDevice()
-      ? describeBlockDevice(devicePath, stats.rdev, handle.fd)
+      ? await describeBlockDevice(devicePath, stats.rdev, handle.fd)
       : describeRegularFile(devicePath, stats);
     return new FileDevice(options.ring, handle, directHandle, readOnly, description);
   } catch (error) {
@@ -313,11 +328,13 @@ function describeRegularFile(devicePath: string, stats: { size: bigint; dev: big
     logicalBlockBytes: SECTOR_BYTES,
     devno: undefined,
     key: `file:${stats.dev}:${stats.ino}`,
+    // Discard is a punched hole, write-zeroes ZERO_RANGE or a punched hole (allocated again
+    // for NOUNMAP); a filesystem without hole punching answers -EOPNOTSUPP per request.
     capabilities: { discard: true, writeZeroes: true },
   };
 }
 
-function describeBlockDevice(devicePath: string, rdev: bigint, fd: number): DeviceDescription {
+async function describeBlockDevice(devicePath: string, rdev: bigint, fd: number): Promise<DeviceDescription> {
   const devno = splitDevno(rdev);
   const addon = native();
   return {
@@ -326,8 +343,32 @@ function describeBlockDevice(devicePath: string, rdev: bigint, fd: number): Devi
     logicalBlockBytes: addon.logicalBlockBytes(fd),
     devno,
     key: `blk:${devno.major}:${devno.minor}`,
-    capabilities: { discard: true, writeZeroes: true },
+    capabilities: await blockDeviceCapabilities(devno),
   };
+}
+
+/**
+ * A block device's capabilities are its queue limits, as loop and dm derive theirs from the
+ * device underneath: a limit of 0 bytes means the queue refuses that operation.
+ */
+async function blockDeviceCapabilities(devno: Devno): Promise<DeviceCapabilities> {
+  return {
+    discard: (await queueLimitBytes(devno, 'discard_max_bytes')) > 0,
+    writeZeroes: (await queueLimitBytes(devno, 'write_zeroes_max_bytes')) > 0,
+  };
+}
+
+/**
+ * One number from the device's queue directory in sysfs. A partition has none of its own: its
+ * sysfs directory sits inside its disk's, whose queue it uses.
+ */
+async function queueLimitBytes(devno: Devno, limit: string): Promise<number> {
+  const deviceDir = `/sys/dev/block/${devno.major}:${devno.minor}`;
+  for (const queueDir of [`${deviceDir}/queue`, `${deviceDir}/../queue`]) {
+    const text = await fsp.readFile(`${queueDir}/${limit}`, 'utf8').catch(() => undefined);
+    if (text !== undefined) return Number(text.trim());
+  }
+  throw new ErrnoError(`no ${limit} for block device ${devno.major}:${devno.minor} in ${deviceDir}`, ENOENT);
 }
 
 const DEVNO_SPEC = /^(\d+):(\d+)$/;

@@ -270,6 +270,11 @@ describe('openFileDevice errors and specs', () => {
       assert.equal(device.logicalBlockBytes, 512);
       assert.equal(typeof device.sizeSectors, 'number');
       assert.equal(device.key, 'blk:7:0');
+      const queueLimit = async (name: string) => Number(await fsp.readFile(`/sys/dev/block/7:0/queue/${name}`, 'utf8'));
+      assert.deepEqual(device.capabilities, {
+        discard: (await queueLimit('discard_max_bytes')) > 0,
+        writeZeroes: (await queueLimit('write_zeroes_max_bytes')) > 0,
+      });
     } finally {
       await device.close();
     }
