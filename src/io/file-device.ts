@@ -158,8 +158,18 @@ export class FileDevice implements BlockDevice {
     return this.ring.fsync(this.handle.fd, true);
   }
 
+  /**
+   * Files: a punched hole. Block devices: a real discard through the ring; fallocate(PUNCH_HOLE)
+   * on a block device is blkdev_issue_zeroout, a write-zeroes, which fails on devices without
+   * write-zeroes and writes the whole range on many others. A device that cannot discard answers
+   * -EOPNOTSUPP without being touched.
+   */
   discard(sector: number, sectorCount: number): Promise<IoResult> {
-    return this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sector, sectorCount);
+    if (!this.capabilities.discard) return this.unsupported();
+    if (this.devno === undefined) return this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sector, sectorCount);
+    const misuse = this.misuse(0);
+    if (misuse) return Promise.reject(misuse);
+    return this.ring.blockDiscard(this.handle.fd, sector * SECTOR_BYTES, sectorCount * SECTOR_BYTES);
   }
 
   /**
