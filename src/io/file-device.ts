@@ -4,12 +4,13 @@ import * as path from 'node:path';
 import type { BlockDevice, DeviceCapabilities, DeviceKey } from './block-device';
 import { EINVAL, EIO, ENOENT, EOPNOTSUPP, ErrnoError, type IoResult } from '../base/errno';
 import { isDirectIoAligned, native } from './native';
-import { RWF_DSYNC, sharedIoRing, type IoCallback, type IoRing } from './ring';
+import { RWF_DSYNC, type IoCallback, type IoRing } from './ring';
 import { SECTOR_BYTES, SECTOR_SHIFT } from '../base/units';
 
 /**
  * FileDevice: a regular file or a block device used as a BlockDevice, with all I/O going
- * through the process-wide io_uring.
+ * through the io_uring it was opened with (the opening thread's: design.md, one ring per
+ * thread, passed in).
  *
  * Data moves through an O_DIRECT descriptor when the buffer, offset and length allow it, as
  * ublksrv's loop target and `losetup --direct-io` do: it skips a copy through the page cache,
@@ -27,6 +28,8 @@ const FALLOC_FL_ZERO_RANGE = 0x10;
 const DIRECT_IO_ALIGNMENT_BYTES = 4096;
 
 export interface OpenFileDeviceOptions {
+  /** The ring every request of the device goes through: the calling thread's. */
+  ring: IoRing;
   readOnly?: boolean;
 }
 
@@ -35,23 +38,56 @@ interface Devno {
   minor: number;
 }
 
+/** What openFileDevice learns about a device before it exists. */
+interface DeviceDescription {
+  path: string;
+  sizeSectors: number;
+  logicalBlockBytes: number;
+  /** Set for block devices only. */
+  devno: Devno | undefined;
+  key: DeviceKey;
+  capabilities: DeviceCapabilities;
+}
+
+/** Issues one data request on `fd`; the FileDevice picks the descriptor. */
+type IssueOn = (fd: number, done: IoCallback) => void;
+
 export class FileDevice implements BlockDevice {
+  readonly path: string;
+  readonly sizeSectors: number;
+  readonly logicalBlockBytes: number;
+  readonly devno: Devno | undefined;
+  readonly key: DeviceKey;
+  readonly capabilities: DeviceCapabilities;
   private closed = false;
-  private readonly ring: IoRing = sharedIoRing();
+  /** Requests issued on the O_DIRECT descriptor (current or retired) and not yet completed. */
+  private directInFlight = 0;
+  /**
+   * The O_DIRECT descriptor after direct I/O was given up, until the requests still in flight on
+   * it complete. It must stay open until then: a request can sit prepared in the ring but not yet
+   * submitted, and if its fd number were closed and reused by another open, it would read or
+   * write that other file.
+   */
+  private retiredDirectHandle: fsp.FileHandle | undefined;
+  /** The close of the retired descriptor, for close() to wait on. */
+  private retiredDirectClosing: Promise<void> | undefined;
 
   /** Use openFileDevice(). */
   constructor(
+    private readonly ring: IoRing,
     private readonly handle: fsp.FileHandle,
     /** The same file opened with O_DIRECT; undefined when the filesystem refuses it. */
     private directHandle: fsp.FileHandle | undefined,
-    readonly path: string,
-    readonly sizeSectors: number,
-    readonly logicalBlockBytes: number,
-    readonly devno: Devno | undefined,
     readonly readOnly: boolean,
-    readonly key: DeviceKey,
-    readonly capabilities: DeviceCapabilities,
-  ) {}
+    description: DeviceDescription,
+  ) {
+    this.path = description.path;
+    this.sizeSectors = description.sizeSectors;
+    this.logicalBlockBytes = description.logicalBlockBytes;
+    this.devno = description.devno;
+    this.key = description.key;
+    this.capabilities = description.capabilities;
+  }
 
   get tableName(): string {
     return this.devno === undefined ? this.path : `${this.devno.major}:${this.devno.minor}`;
@@ -62,7 +98,7 @@ export class FileDevice implements BlockDevice {
     return this.directHandle !== undefined;
   }
 
-  /** The open file descriptor (valid until close()). */
+  /** The open (buffered) file descriptor (valid until close()). */
   get fd(): number {
     return this.handle.fd;
   }
@@ -93,51 +129,13 @@ export class FileDevice implements BlockDevice {
     this.startWrite(buf, sector, fua, done);
   }
 
-  private startRead(buf: Uint8Array, sector: number, done: IoCallback): void {
-    const byteOffset = sector * SECTOR_BYTES;
-    if (!this.canGoDirect(buf, byteOffset)) {
-      this.ring.readCb(this.handle.fd, buf, byteOffset, done);
-      return;
-    }
-    this.ring.readCb(this.directHandle!.fd, buf, byteOffset, (result) => {
-      if (result !== -EINVAL) done(result);
-      else this.giveUpDirectIo(() => this.startRead(buf, sector, done), done);
-    });
-  }
-
-  private startWrite(buf: Uint8Array, sector: number, fua: boolean, done: IoCallback): void {
-    const byteOffset = sector * SECTOR_BYTES;
-    const rwFlags = fua ? RWF_DSYNC : 0;
-    if (!this.canGoDirect(buf, byteOffset)) {
-      this.ring.writeCb(this.handle.fd, buf, byteOffset, rwFlags, done);
-      return;
-    }
-    this.ring.writeCb(this.directHandle!.fd, buf, byteOffset, rwFlags, (result) => {
-      if (result !== -EINVAL) done(result);
-      else this.giveUpDirectIo(() => this.startWrite(buf, sector, fua, done), done);
-    });
-  }
-
-  /**
-   * The filesystem refused a direct request for alignment (EINVAL: its direct I/O granule is
-   * larger than ours): direct I/O is given up for this device and the request goes again
-   * through the buffered descriptor.
-   */
-  private giveUpDirectIo(retry: () => void, done: IoCallback): void {
-    this.directHandle = undefined;
-    try {
-      retry();
-    } catch {
-      done(-EIO); // the ring is gone: we are inside a completion, there is nobody to throw to
-    }
-  }
-
   readv(bufs: Uint8Array[], sector: number): Promise<IoResult> {
     const misuse = this.misuse(totalBytes(bufs));
     if (misuse) return Promise.reject(misuse);
     const byteOffset = sector * SECTOR_BYTES;
-    if (this.canGoDirectV(bufs, byteOffset)) return this.directOr(this.ring.readv(this.directHandle!.fd, bufs, byteOffset), () => this.readv(bufs, sector));
-    return this.ring.readv(this.handle.fd, bufs, byteOffset);
+    return new Promise((resolve) =>
+      this.issue(this.allAlignedForDirect(bufs, byteOffset), (fd, done) => this.ring.readvCb(fd, bufs, byteOffset, done), resolve),
+    );
   }
 
   writev(bufs: Uint8Array[], sector: number, fua: boolean): Promise<IoResult> {
@@ -145,10 +143,13 @@ export class FileDevice implements BlockDevice {
     if (misuse) return Promise.reject(misuse);
     const byteOffset = sector * SECTOR_BYTES;
     const rwFlags = fua ? RWF_DSYNC : 0;
-    if (this.canGoDirectV(bufs, byteOffset)) {
-      return this.directOr(this.ring.writev(this.directHandle!.fd, bufs, byteOffset, rwFlags), () => this.writev(bufs, sector, fua));
-    }
-    return this.ring.writev(this.handle.fd, bufs, byteOffset, rwFlags);
+    return new Promise((resolve) =>
+      this.issue(
+        this.allAlignedForDirect(bufs, byteOffset),
+        (fd, done) => this.ring.writevCb(fd, bufs, byteOffset, rwFlags, done),
+        resolve,
+      ),
+    );
   }
 
   flush(): Promise<IoResult> {
@@ -157,22 +158,42 @@ export class FileDevice implements BlockDevice {
     return this.ring.fsync(this.handle.fd, true);
   }
 
+  /**
+   * Files: a punched hole. Block devices: a real discard through the ring; fallocate(PUNCH_HOLE)
+   * on a block device is blkdev_issue_zeroout, a write-zeroes, which fails on devices without
+   * write-zeroes and writes the whole range on many others. A device that cannot discard answers
+   * -EOPNOTSUPP without being touched.
+   */
   discard(sector: number, sectorCount: number): Promise<IoResult> {
-    return this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sector, sectorCount);
+    if (!this.capabilities.discard) return this.unsupported();
+    if (this.devno === undefined) return this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sector, sectorCount);
+    const misuse = this.misuse(0);
+    if (misuse) return Promise.reject(misuse);
+    return this.ring.blockDiscard(this.handle.fd, sector * SECTOR_BYTES, sectorCount * SECTOR_BYTES);
   }
 
+  /**
+   * A block device without write-zeroes answers -EOPNOTSUPP, as the kernel does for a
+   * REQ_OP_WRITE_ZEROES bio sent to such a queue, instead of letting fallocate fall back to
+   * writing zero pages: the device does not declare the capability, so dm never advertises
+   * write-zeroes above it, and a request that arrives anyway must not turn into a full write.
+   */
   writeZeroes(sector: number, sectorCount: number, noUnmap: boolean): Promise<IoResult> {
+    if (!this.capabilities.writeZeroes) return this.unsupported();
+    // On a block device both modes are blkdev_issue_zeroout: PUNCH_HOLE may unmap, ZERO_RANGE
+    // passes BLKDEV_ZERO_NOUNMAP.
     if (!noUnmap) return this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sector, sectorCount);
     return this.zeroKeepingAllocation(sector, sectorCount);
   }
 
   /**
    * REQ_NOUNMAP: the range must read as zeroes and stay provisioned. ZERO_RANGE does both; where
-   * the filesystem lacks it (tmpfs), punching the hole and allocating the range again does too.
+   * a filesystem lacks it (tmpfs), punching the hole and allocating the range again does too.
    */
   private async zeroKeepingAllocation(sector: number, sectorCount: number): Promise<IoResult> {
     const zeroed = await this.fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, sector, sectorCount);
-    if (zeroed !== -EOPNOTSUPP) return zeroed;
+    // Only filesystems lack ZERO_RANGE; a block device has no allocate-again to fall back on.
+    if (zeroed !== -EOPNOTSUPP || this.devno !== undefined) return zeroed;
     const punched = await this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sector, sectorCount);
     if (punched < 0) return punched;
     return this.fallocate(FALLOC_FL_KEEP_SIZE, sector, sectorCount);
@@ -181,26 +202,89 @@ export class FileDevice implements BlockDevice {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.directHandle?.close();
+    const directHandle = this.directHandle ?? this.retiredDirectHandle;
+    this.directHandle = undefined;
+    this.retiredDirectHandle = undefined;
+    await directHandle?.close();
+    await this.retiredDirectClosing;
     await this.handle.close();
   }
 
-  private canGoDirect(buf: Uint8Array, byteOffset: number): boolean {
-    return this.directHandle !== undefined && byteOffset % DIRECT_IO_ALIGNMENT_BYTES === 0 && isDirectIoAligned(buf, DIRECT_IO_ALIGNMENT_BYTES);
+  private startRead(buf: Uint8Array, sector: number, done: IoCallback): void {
+    const byteOffset = sector * SECTOR_BYTES;
+    this.issue(this.alignedForDirect(buf, byteOffset), (fd, ioDone) => this.ring.readCb(fd, buf, byteOffset, ioDone), done);
   }
 
-  private canGoDirectV(bufs: Uint8Array[], byteOffset: number): boolean {
-    if (this.directHandle === undefined || byteOffset % DIRECT_IO_ALIGNMENT_BYTES !== 0) return false;
+  private startWrite(buf: Uint8Array, sector: number, fua: boolean, done: IoCallback): void {
+    const byteOffset = sector * SECTOR_BYTES;
+    const rwFlags = fua ? RWF_DSYNC : 0;
+    this.issue(this.alignedForDirect(buf, byteOffset), (fd, ioDone) => this.ring.writeCb(fd, buf, byteOffset, rwFlags, ioDone), done);
+  }
+
+  /**
+   * Issue a data request through the O_DIRECT descriptor when it is `aligned` and direct I/O is
+   * still in use, else through the buffered one. A direct request refused with EINVAL (the
+   * filesystem's direct I/O granule is larger than ours) gives up direct I/O for the device and
+   * goes again, buffered.
+   */
+  private issue(aligned: boolean, issueOn: IssueOn, done: IoCallback): void {
+    if (!aligned || this.directHandle === undefined) {
+      issueOn(this.handle.fd, done);
+      return;
+    }
+    this.directInFlight++;
+    try {
+      issueOn(this.directHandle.fd, (result) => this.directCompleted(result, issueOn, done));
+    } catch (error) {
+      this.directInFlight--;
+      throw error;
+    }
+  }
+
+  private directCompleted(result: IoResult, issueOn: IssueOn, done: IoCallback): void {
+    this.directInFlight--;
+    if (result === -EINVAL) this.retireDirectHandle();
+    this.closeRetiredDirectHandleWhenIdle();
+    if (result !== -EINVAL) {
+      done(result);
+      return;
+    }
+    try {
+      issueOn(this.handle.fd, done);
+    } catch {
+      done(-EIO); // the ring is gone: we are inside a completion, there is nobody to throw to
+    }
+  }
+
+  /** Stop issuing direct requests; the descriptor is closed once those in flight complete. */
+  private retireDirectHandle(): void {
+    if (this.directHandle === undefined) return; // an earlier EINVAL (or close()) got here first
+    this.retiredDirectHandle = this.directHandle;
+    this.directHandle = undefined;
+  }
+
+  private closeRetiredDirectHandleWhenIdle(): void {
+    const handle = this.retiredDirectHandle;
+    if (handle === undefined || this.directInFlight > 0) return;
+    this.retiredDirectHandle = undefined;
+    // close(2) writes nothing back (flush() is what does, through the buffered descriptor), so a
+    // failing close here loses no data; and there is no caller to report it to.
+    this.retiredDirectClosing = handle.close().catch(() => undefined);
+  }
+
+  private alignedForDirect(buf: Uint8Array, byteOffset: number): boolean {
+    return byteOffset % DIRECT_IO_ALIGNMENT_BYTES === 0 && isDirectIoAligned(buf, DIRECT_IO_ALIGNMENT_BYTES);
+  }
+
+  private allAlignedForDirect(bufs: Uint8Array[], byteOffset: number): boolean {
+    if (byteOffset % DIRECT_IO_ALIGNMENT_BYTES !== 0) return false;
     for (const buf of bufs) if (!isDirectIoAligned(buf, DIRECT_IO_ALIGNMENT_BYTES)) return false;
     return true;
   }
 
-  /** giveUpDirectIo() for the promise-returning vectored calls. */
-  private async directOr(direct: Promise<IoResult>, buffered: () => Promise<IoResult>): Promise<IoResult> {
-    const result = await direct;
-    if (result !== -EINVAL) return result;
-    this.directHandle = undefined;
-    return buffered();
+  private unsupported(): Promise<IoResult> {
+    const misuse = this.misuse(0);
+    return misuse ? Promise.reject(misuse) : Promise.resolve(-EOPNOTSUPP);
   }
 
   private fallocate(mode: number, sector: number, sectorCount: number): Promise<IoResult> {
@@ -223,11 +307,12 @@ export class FileDevice implements BlockDevice {
  * Open a backing device named by a path (regular file or block device) or "major:minor".
  * Throws an ErrnoError naming the path when it does not exist or is neither kind of file.
  */
-export async function openFileDevice(spec: string, options: OpenFileDeviceOptions = {}): Promise<FileDevice> {
+export async function openFileDevice(spec: string, options: OpenFileDeviceOptions): Promise<FileDevice> {
+  // Untyped callers (a require() cast) get a named error, not a TypeError from halfway through.
+  if (options?.ring === undefined) throw new TypeError(`openFileDevice(${spec}): options.ring is required`);
   const devicePath = path.resolve(await resolveSpec(spec));
   const stats = await statOrExplain(devicePath);
-  const isBlockDevice = stats.isBlockDevice();
-  if (!isBlockDevice && !stats.isFile()) {
+  if (!stats.isBlockDevice() && !stats.isFile()) {
     throw new ErrnoError(`${devicePath} is neither a regular file nor a block device`, EINVAL);
   }
   const readOnly = options.readOnly ?? false;
@@ -235,30 +320,65 @@ export async function openFileDevice(spec: string, options: OpenFileDeviceOption
   const handle = await fsp.open(devicePath, accessFlags);
   const directHandle = await fsp.open(devicePath, accessFlags | fsConstants.O_DIRECT).catch(() => undefined);
   try {
-    if (isBlockDevice) {
-      const addon = native();
-      return new FileDevice(
-        handle,
-        directHandle,
-        devicePath,
-        Math.floor(addon.blockDeviceBytes(handle.fd) / SECTOR_BYTES),
-        addon.logicalBlockBytes(handle.fd),
-        splitDevno(stats.rdev),
-        readOnly,
-        `blk:${splitDevno(stats.rdev).major}:${splitDevno(stats.rdev).minor}`,
-        { discard: true, writeZeroes: true },
-      );
-    }
-    const sizeSectors = Number(stats.size >> BigInt(SECTOR_SHIFT));
-    return new FileDevice(handle, directHandle, devicePath, sizeSectors, SECTOR_BYTES, undefined, readOnly, `file:${stats.dev}:${stats.ino}`, {
-      discard: true,
-      writeZeroes: true,
-    });
+    const description = stats.isBlockDevice()
+      ? await describeBlockDevice(devicePath, stats.rdev, handle.fd)
+      : describeRegularFile(devicePath, stats);
+    return new FileDevice(options.ring, handle, directHandle, readOnly, description);
   } catch (error) {
     await directHandle?.close();
     await handle.close();
     throw error;
   }
+}
+
+function describeRegularFile(devicePath: string, stats: { size: bigint; dev: bigint; ino: bigint }): DeviceDescription {
+  return {
+    path: devicePath,
+    sizeSectors: Number(stats.size >> BigInt(SECTOR_SHIFT)),
+    logicalBlockBytes: SECTOR_BYTES,
+    devno: undefined,
+    key: `file:${stats.dev}:${stats.ino}`,
+    // Discard is a punched hole, write-zeroes ZERO_RANGE or a punched hole (allocated again
+    // for NOUNMAP); a filesystem without hole punching answers -EOPNOTSUPP per request.
+    capabilities: { discard: true, writeZeroes: true },
+  };
+}
+
+async function describeBlockDevice(devicePath: string, rdev: bigint, fd: number): Promise<DeviceDescription> {
+  const devno = splitDevno(rdev);
+  const addon = native();
+  return {
+    path: devicePath,
+    sizeSectors: Math.floor(addon.blockDeviceBytes(fd) / SECTOR_BYTES),
+    logicalBlockBytes: addon.logicalBlockBytes(fd),
+    devno,
+    key: `blk:${devno.major}:${devno.minor}`,
+    capabilities: await blockDeviceCapabilities(devno),
+  };
+}
+
+/**
+ * A block device's capabilities are its queue limits, as loop and dm derive theirs from the
+ * device underneath: a limit of 0 bytes means the queue refuses that operation.
+ */
+async function blockDeviceCapabilities(devno: Devno): Promise<DeviceCapabilities> {
+  return {
+    discard: (await queueLimitBytes(devno, 'discard_max_bytes')) > 0,
+    writeZeroes: (await queueLimitBytes(devno, 'write_zeroes_max_bytes')) > 0,
+  };
+}
+
+/**
+ * One number from the device's queue directory in sysfs. A partition has none of its own: its
+ * sysfs directory sits inside its disk's, whose queue it uses.
+ */
+async function queueLimitBytes(devno: Devno, limit: string): Promise<number> {
+  const deviceDir = `/sys/dev/block/${devno.major}:${devno.minor}`;
+  for (const queueDir of [`${deviceDir}/queue`, `${deviceDir}/../queue`]) {
+    const text = await fsp.readFile(`${queueDir}/${limit}`, 'utf8').catch(() => undefined);
+    if (text !== undefined) return Number(text.trim());
+  }
+  throw new ErrnoError(`no ${limit} for block device ${devno.major}:${devno.minor} in ${deviceDir}`, ENOENT);
 }
 
 const DEVNO_SPEC = /^(\d+):(\d+)$/;

@@ -3,9 +3,16 @@ import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { ErrnoError } from '../../../src/base/errno';
+import { EINVAL, ErrnoError } from '../../../src/base/errno';
 import { FileDevice, openFileDevice } from '../../../src/io/file-device';
 import { allocPageAligned } from '../../../src/io/native';
+import { IoRing, type IoCallback } from '../../../src/io/ring';
+
+let ring: IoRing;
+before(() => {
+  ring = IoRing.create({ entries: 32 });
+});
+after(() => ring.close());
 
 describe('FileDevice over a regular file', () => {
   let dir: string;
@@ -16,7 +23,7 @@ describe('FileDevice over a regular file', () => {
     dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ublkdm-filedev-'));
     file = path.join(dir, 'backing');
     await fsp.writeFile(file, Buffer.alloc(64 * 1024 + 100));
-    device = await openFileDevice(file);
+    device = await openFileDevice(file, { ring });
   });
 
   afterEach(async () => {
@@ -29,6 +36,12 @@ describe('FileDevice over a regular file', () => {
     assert.equal(device.logicalBlockBytes, 512);
     assert.equal(device.tableName, file);
     assert.equal(device.devno, undefined);
+  });
+
+  it('is keyed by st_dev and st_ino, and declares discard and write-zeroes', async () => {
+    const stats = await fsp.stat(file, { bigint: true });
+    assert.equal(device.key, `file:${stats.dev}:${stats.ino}`);
+    assert.deepEqual(device.capabilities, { discard: true, writeZeroes: true });
   });
 
   it('reads back what it wrote, at sector offsets, with and without FUA', async () => {
@@ -100,7 +113,7 @@ describe('FileDevice over a regular file', () => {
     const shm = '/dev/shm';
     const shmFile = path.join(shm, `ublkdm-zero-${process.pid}`);
     await fsp.writeFile(shmFile, Buffer.alloc(64 * 1024, 0xee));
-    const onTmpfs = await openFileDevice(shmFile);
+    const onTmpfs = await openFileDevice(shmFile, { ring });
     try {
       const blocksBefore = (await fsp.stat(shmFile)).blocks;
       assert.equal(await onTmpfs.writeZeroes(16, 32, true), 0);
@@ -125,7 +138,7 @@ describe('FileDevice over a regular file', () => {
   });
 
   it('a read-only device returns -EBADF for writes', async () => {
-    const readOnly = await openFileDevice(file, { readOnly: true });
+    const readOnly = await openFileDevice(file, { ring, readOnly: true });
     try {
       assert.equal(await readOnly.write(Buffer.alloc(512), 0, false), -os.constants.errno.EBADF);
       assert.equal(await readOnly.read(Buffer.alloc(512), 0), 512);
@@ -135,10 +148,102 @@ describe('FileDevice over a regular file', () => {
   });
 });
 
+/** How many of this process's descriptors are open on `file`. */
+async function descriptorsOn(file: string): Promise<number> {
+  let count = 0;
+  for (const fd of await fsp.readdir('/proc/self/fd')) {
+    if ((await fsp.readlink(`/proc/self/fd/${fd}`).catch(() => '')) === file) count++;
+  }
+  return count;
+}
+
+/** descriptorsOn(), given up to a second to reach `expected` (FileHandle.close() runs on the thread pool). */
+async function settledDescriptorsOn(file: string, expected: number): Promise<number> {
+  let count = await descriptorsOn(file);
+  for (let attempt = 0; attempt < 100 && count !== expected; attempt++) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    count = await descriptorsOn(file);
+  }
+  return count;
+}
+
+describe('FileDevice when the filesystem refuses its direct I/O (EINVAL)', () => {
+  let dir: string;
+  let file: string;
+
+  beforeEach(async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ublkdm-einval-'));
+    file = path.join(dir, 'backing');
+    await fsp.writeFile(file, Buffer.alloc(64 * 1024, 0x7e));
+  });
+  afterEach(() => fsp.rm(dir, { recursive: true, force: true }));
+
+  /** Reads on any descriptor but `bufferedFd()` are held, not issued, until the test says so. */
+  function holdingDirectReads(bufferedFd: () => number) {
+    const held: Array<{ fd: number; buf: Uint8Array; byteOffset: number; done: IoCallback }> = [];
+    const readCb = (fd: number, buf: Uint8Array, byteOffset: number, done: IoCallback) => {
+      if (fd === bufferedFd()) return ring.readCb(fd, buf, byteOffset, done);
+      held.push({ fd, buf, byteOffset, done });
+      return 0;
+    };
+    const heldRing = new Proxy(ring, {
+      get: (target, name) => (name === 'readCb' ? readCb : (Reflect.get(target, name) as unknown)),
+    });
+    return { heldRing, held };
+  }
+
+  it('goes buffered, and closes the O_DIRECT descriptor only after the requests in flight on it complete', async () => {
+    let device: FileDevice | undefined;
+    const { heldRing, held } = holdingDirectReads(() => device!.fd);
+    device = await openFileDevice(file, { ring: heldRing });
+    try {
+      assert.equal(await descriptorsOn(file), 2, 'buffered and direct descriptors');
+      const first = new Uint8Array(allocPageAligned(4096));
+      const second = new Uint8Array(allocPageAligned(4096));
+      const firstRead = device.read(first, 0);
+      const secondRead = device.read(second, 8);
+      assert.equal(held.length, 2, 'both aligned reads went to the direct descriptor');
+
+      held[0].done(-EINVAL);
+      assert.equal(await firstRead, 4096, 'the refused read went again, buffered');
+      assert.ok(first.every((b) => b === 0x7e));
+      assert.equal(device.usesDirectIo, false);
+      assert.equal(await descriptorsOn(file), 2, 'the direct descriptor stays open while a read is in flight on it');
+
+      // The held read reaches the kernel only now, on the descriptor it was issued on.
+      ring.readCb(held[1].fd, held[1].buf, held[1].byteOffset, held[1].done);
+      assert.equal(await secondRead, 4096);
+      assert.ok(second.every((b) => b === 0x7e));
+      assert.equal(await settledDescriptorsOn(file, 1), 1, 'then it is closed');
+
+      assert.equal(await device.read(new Uint8Array(allocPageAligned(4096)), 16), 4096);
+      assert.equal(held.length, 2, 'aligned reads no longer go direct');
+    } finally {
+      await device.close();
+    }
+    assert.equal(await descriptorsOn(file), 0, 'close() leaves nothing open');
+  });
+
+  it('close() closes a retired descriptor that still has a request in flight; the late completion is harmless', async () => {
+    let device: FileDevice | undefined;
+    const { heldRing, held } = holdingDirectReads(() => device!.fd);
+    device = await openFileDevice(file, { ring: heldRing });
+    const refused = device.read(new Uint8Array(allocPageAligned(4096)), 0);
+    const late = new Promise<number>((resolve) => device!.readCb(new Uint8Array(allocPageAligned(4096)), 8, resolve));
+    held[0].done(-EINVAL);
+    await refused;
+    await device.close();
+    assert.equal(await descriptorsOn(file), 0);
+    held[1].done(-EINVAL); // completes after close: must not close anything again
+    assert.ok((await late) < 0, 'the retry after close fails instead of reaching some other file');
+    assert.equal(await descriptorsOn(file), 0);
+  });
+});
+
 describe('openFileDevice errors and specs', () => {
   it('names the missing path in an ENOENT ErrnoError', async () => {
     const missing = path.join(os.tmpdir(), 'ublkdm-definitely-missing', 'nothing');
-    await assert.rejects(openFileDevice(missing), (error: unknown) => {
+    await assert.rejects(openFileDevice(missing, { ring }), (error: unknown) => {
       assert.ok(error instanceof ErrnoError);
       assert.equal(error.code, 'ENOENT');
       assert.match(error.message, new RegExp(missing));
@@ -147,23 +252,29 @@ describe('openFileDevice errors and specs', () => {
   });
 
   it('refuses a directory', async () => {
-    await assert.rejects(openFileDevice(os.tmpdir()), /neither a regular file nor a block device/);
+    await assert.rejects(openFileDevice(os.tmpdir(), { ring }), /neither a regular file nor a block device/);
   });
 
   it('refuses an unknown major:minor', async () => {
-    await assert.rejects(openFileDevice('4095:1048575'), /no block device 4095:1048575/);
+    await assert.rejects(openFileDevice('4095:1048575', { ring }), /no block device 4095:1048575/);
   });
 
   it('opens a block device named by major:minor, with its devno as table name', async function () {
     const loop0 = '/sys/dev/block/7:0';
     if (!(await fsp.stat(loop0).catch(() => undefined))) this.skip();
-    const device = await openFileDevice('7:0', { readOnly: true });
+    const device = await openFileDevice('7:0', { ring, readOnly: true });
     try {
       assert.equal(device.path, '/dev/loop0');
       assert.equal(device.tableName, '7:0');
       assert.deepEqual(device.devno, { major: 7, minor: 0 });
       assert.equal(device.logicalBlockBytes, 512);
       assert.equal(typeof device.sizeSectors, 'number');
+      assert.equal(device.key, 'blk:7:0');
+      const queueLimit = async (name: string) => Number(await fsp.readFile(`/sys/dev/block/7:0/queue/${name}`, 'utf8'));
+      assert.deepEqual(device.capabilities, {
+        discard: (await queueLimit('discard_max_bytes')) > 0,
+        writeZeroes: (await queueLimit('write_zeroes_max_bytes')) > 0,
+      });
     } finally {
       await device.close();
     }
@@ -173,7 +284,7 @@ describe('openFileDevice errors and specs', () => {
     const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ublkdm-rel-'));
     const file = path.join(dir, 'f');
     await fsp.writeFile(file, Buffer.alloc(4096));
-    const device = await openFileDevice(path.relative(process.cwd(), file));
+    const device = await openFileDevice(path.relative(process.cwd(), file), { ring });
     try {
       assert.equal(device.path, file);
     } finally {
