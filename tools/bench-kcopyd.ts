@@ -16,6 +16,7 @@ import { randomFillSync } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openFileDevice } from '../src/io/file-device';
+import { IoRing } from '../src/io/ring';
 import { KcopydClient, DEFAULT_SUB_JOB_SECTORS } from '../src/kcopyd';
 import type { IoRegion } from '../src/dmio';
 import { SECTOR_BYTES } from '../src/base/units';
@@ -74,8 +75,9 @@ async function timeKcopyd(source: string, dests: string[], byteLength: number, s
     rmSync(dest, { force: true });
     createEmptyFile(dest, byteLength);
   }
-  const sourceDevice = await openFileDevice(source, { readOnly: true });
-  const destDevices = await Promise.all(dests.map((dest) => openFileDevice(dest)));
+  const ring = IoRing.create();
+  const sourceDevice = await openFileDevice(source, { ring, readOnly: true });
+  const destDevices = await Promise.all(dests.map((dest) => openFileDevice(dest, { ring })));
   const count = byteLength / SECTOR_BYTES;
   const client = new KcopydClient({ subJobSectors });
   const start = process.hrtime.bigint();
@@ -87,6 +89,7 @@ async function timeKcopyd(source: string, dests: string[], byteLength: number, s
   const seconds = Number(process.hrtime.bigint() - start) / 1e9;
   await client.destroy();
   await Promise.all([sourceDevice, ...destDevices].map((device) => device.close()));
+  ring.close();
   if (result.readErr || result.writeErr !== 0 || flushes.some((r) => r < 0)) {
     throw new Error(`kcopyd failed: readErr ${result.readErr}, writeErr ${result.writeErr}, flush ${flushes.join(',')}`);
   }

@@ -169,7 +169,7 @@ export async function buildTable(lines: readonly TableLine[], context: TableBuil
     if (scope.targetTypes.get(line.type) === undefined) throw new TableError(line.lineNumber, `${line.type}: unknown target type`);
   }
 
-  const devices = new SharedDeviceOpener(context.openDevice ?? ((spec) => openFileDevice(spec)));
+  const devices = new SharedDeviceOpener(context.openDevice ?? ((spec) => openFileDevice(spec, { ring: scope.ring })));
   const segments: Segment[] = [];
   try {
     for (const line of lines) {

@@ -4,17 +4,21 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openFileDevice, type FileDevice } from '../../../src/io/file-device';
+import { IoRing } from '../../../src/io/ring';
 import { dmIoSync, dmIoSyncBvec } from '../../../src/dmio';
 import { KcopydClient } from '../../../src/kcopyd';
 import { PAGE_BYTES, SECTOR_BYTES } from '../../../src/base/units';
 
-/** dm-io and kcopyd over real files and the process-wide io_uring. */
+/** dm-io and kcopyd over real files and a real io_uring. */
 describe('dm-io and kcopyd on files (io_uring)', () => {
   let dir: string;
+  let ring: IoRing;
+  before(() => (ring = IoRing.create()));
+  after(() => ring.close());
   const opened: FileDevice[] = [];
   const open = async (name: string, byteLength: number, contents?: Buffer): Promise<FileDevice> => {
     writeFileSync(join(dir, name), contents ?? Buffer.alloc(byteLength));
-    const device = await openFileDevice(join(dir, name));
+    const device = await openFileDevice(join(dir, name), { ring });
     opened.push(device);
     return device;
   };
