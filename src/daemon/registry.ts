@@ -12,7 +12,9 @@ import type { DeviceHandle, SuspendOptions } from '../dm/target';
 import type { DeviceLinks } from './links';
 import type { Logger } from '../base/log';
 import type { CreatedDevice, DeviceInfo, DeviceListEntry, DeviceOptions, TableReport } from '../wire/protocol';
-import type { DeviceStore } from './store';
+import type { DeviceStore, LowerDevice, SavedDevice } from './store';
+import { parseTableText } from '../dm/table';
+import { randomUUID } from 'node:crypto';
 import type { StatusKind } from '../dm/target';
 import { busyReason, openCount, type UsageProbe } from './usage';
 
@@ -55,6 +57,8 @@ export function validateDeviceName(name: string): void {
  */
 export class DeviceRegistry {
   private readonly devices = new Map<string, MappedDevice>();
+  /** Per running device: what its saved record says about identity and the devices under it. */
+  private readonly identities = new Map<string, DeviceIdentity>();
   private readonly locks = new Map<string, Promise<unknown>>();
 
   constructor(private readonly deps: RegistryDeps) {}
@@ -66,10 +70,10 @@ export class DeviceRegistry {
   async create(name: string, tableText: string, options: DeviceOptions): Promise<CreatedDevice> {
     validateDeviceName(name);
     return this.serialized(name, async () => {
-      await this.startDevice(name, tableText, options);
+      await this.startDevice({ name, uuid: randomUUID(), table: tableText, options, lowers: undefined });
       const device = this.get(name);
       try {
-        await this.deps.store.save({ name, table: tableText, options });
+        await this.deps.store.save(this.record(name));
       } catch (err) {
         await this.discard(device);
         throw err;
@@ -79,16 +83,21 @@ export class DeviceRegistry {
     });
   }
 
-  /** Bring back every saved device; one that fails is logged and its file kept. */
+  /**
+   * Bring back every saved device, lower devices before the tables over them. A table that
+   * names one of our own devices is restored only over that same device (by name, uuid and
+   * size): device numbers are handed out anew, and the number it was written with may now be
+   * another device's. One that fails is logged and its file kept.
+   */
   async restoreSaved(): Promise<{ restored: string[]; failed: string[] }> {
     const { devices, failures } = await this.deps.store.loadAll();
     for (const failure of failures) this.deps.log.error(`cannot read saved device ${failure.file}: ${failure.error.message}`);
     const restored: string[] = [];
     const failed = failures.map((f) => f.file);
-    for (const saved of devices) {
+    for (const saved of lowersFirst(devices)) {
       try {
         validateDeviceName(saved.name);
-        await this.serialized(saved.name, () => this.startDevice(saved.name, saved.table, saved.options));
+        await this.serialized(saved.name, () => this.startDevice(saved));
         restored.push(saved.name);
         this.deps.log.info(`restored ${saved.name} as ${this.get(saved.name).blockPath}`);
       } catch (err) {
@@ -104,7 +113,15 @@ export class DeviceRegistry {
     return this.serialized(name, async () => {
       const device = this.get(name);
       const table = await this.deps.buildTable(tableText, device.events);
+      let lowers: LowerDevice[];
+      try {
+        lowers = this.lowersOf(name, table);
+      } catch (err) {
+        await table.destroy();
+        throw err;
+      }
       await device.loadInactive(table, tableText);
+      this.identities.get(name)!.inactiveLowers = lowers;
     });
   }
 
@@ -129,7 +146,10 @@ export class DeviceRegistry {
         await device.resume();
       } finally {
         if (device.liveTableText !== savedText) {
-          await this.deps.store.save({ name, table: device.liveTableText, options: device.options });
+          const identity = this.identities.get(name)!;
+          identity.lowers = identity.inactiveLowers ?? [];
+          identity.inactiveLowers = undefined;
+          await this.deps.store.save(this.record(name));
         }
       }
     });
@@ -185,11 +205,33 @@ export class DeviceRegistry {
     }
   }
 
-  private async startDevice(name: string, tableText: string, options: DeviceOptions): Promise<void> {
+  /**
+   * Build the table and start the device. `lowers` undefined: a new table, whose own devices
+   * are found now; given: a restore, over exactly those devices.
+   */
+  private async startDevice(saved: Omit<SavedDevice, 'lowers'> & { readonly lowers: readonly LowerDevice[] | undefined }): Promise<void> {
+    const { name } = saved;
     if (this.devices.has(name)) throw new DeviceError(`device ${name} already exists`, 'EEXIST');
     const events = new DeviceEvents(name);
-    const table = await this.deps.buildTable(tableText, events);
-    const device = await MappedDevice.start(events, table, tableText, options, this.deps.createUblk, this.deps.createDispatcher);
+    const buildText = saved.lowers === undefined ? saved.table : this.overCurrentLowers(saved.table, saved.lowers);
+    const table = await this.deps.buildTable(buildText, events);
+    let lowers: readonly LowerDevice[];
+    try {
+      const found = this.lowersOf(name, table);
+      lowers = saved.lowers ?? found;
+      const unexpected = found.find((lower) => !lowers.some((known) => known.uuid === lower.uuid));
+      if (unexpected) {
+        throw new DeviceError(
+          `its table names ${unexpected.spec}, which is now device ${unexpected.name}, not a device it was created over`,
+          'ENXIO',
+        );
+      }
+    } catch (err) {
+      await table.destroy();
+      throw err;
+    }
+    // The device keeps the text as the user gave it: that is what is saved, with its lowers.
+    const device = await MappedDevice.start(events, table, saved.table, saved.options, this.deps.createUblk, this.deps.createDispatcher);
     try {
       await this.deps.links.create(name, device.blockPath);
     } catch (err) {
@@ -197,7 +239,55 @@ export class DeviceRegistry {
       throw err;
     }
     this.devices.set(name, device);
+    this.identities.set(name, { uuid: saved.uuid, lowers: [...lowers], inactiveLowers: undefined });
     this.deps.scope.addDevice(blockKey(device), device);
+  }
+
+  /** Which of `table`'s devices are ours: what its saved record must remember. */
+  private lowersOf(name: string, table: DeviceTable): LowerDevice[] {
+    const lowers: LowerDevice[] = [];
+    for (const [spec, opened] of table.deviceSpecs ?? []) {
+      const lower = this.deps.scope.findDevice(opened.key);
+      if (lower === undefined) continue;
+      if (lower.name === name) throw new DeviceError(`device ${name} cannot be built over itself (${spec})`, 'EINVAL');
+      const identity = this.identities.get(lower.name)!;
+      lowers.push({ spec, name: lower.name, uuid: identity.uuid, sizeSectors: this.get(lower.name).sizeSectors });
+    }
+    return lowers;
+  }
+
+  /**
+   * The saved table with each spec of a lower device replaced by that device's current
+   * major:minor, after checking that the device of that name is the one the table was built
+   * over (uuid) and still has the size it had.
+   */
+  private overCurrentLowers(text: string, lowers: readonly LowerDevice[]): string {
+    if (lowers.length === 0) return text;
+    const current = new Map<string, string>();
+    for (const lower of lowers) {
+      const device = this.devices.get(lower.name);
+      const identity = this.identities.get(lower.name);
+      if (device === undefined || identity === undefined) {
+        throw new DeviceError(`its lower device ${lower.name} (${lower.spec} when it was created) is not there`, 'ENXIO');
+      }
+      if (identity.uuid !== lower.uuid) {
+        throw new DeviceError(`device ${lower.name} is not the device it was created over (uuid ${identity.uuid}, expected ${lower.uuid})`, 'ENXIO');
+      }
+      if (device.sizeSectors !== lower.sizeSectors) {
+        throw new DeviceError(`its lower device ${lower.name} is ${device.sizeSectors} sectors, not ${lower.sizeSectors}`, 'ENXIO');
+      }
+      current.set(lower.spec, `${device.devno.major}:${device.devno.minor}`);
+    }
+    return parseTableText(text)
+      .map((line) => [line.startSector, line.lengthSectors, line.type, ...line.args.map((arg) => current.get(arg) ?? arg)].join(' '))
+      .join('\n');
+  }
+
+  /** What the store keeps for a running device. */
+  private record(name: string): SavedDevice {
+    const device = this.get(name);
+    const identity = this.identities.get(name)!;
+    return { name, uuid: identity.uuid, table: device.liveTableText, options: device.options, lowers: identity.lowers };
   }
 
   /** Stop the kernel device, release the tables, drop the link; the saved table is not touched. */
@@ -205,6 +295,7 @@ export class DeviceRegistry {
     this.deps.scope.removeDevice(blockKey(device), device);
     await device.stop();
     this.devices.delete(device.name);
+    this.identities.delete(device.name);
     await this.deps.links.remove(device.name);
   }
 
@@ -254,6 +345,31 @@ export class DeviceRegistry {
     });
     return result;
   }
+}
+
+interface DeviceIdentity {
+  readonly uuid: string;
+  lowers: LowerDevice[];
+  /** The lowers of a reloaded table, until resume makes it live. */
+  inactiveLowers: LowerDevice[] | undefined;
+}
+
+/** Saved devices ordered so that every device comes after the devices its table is built over. */
+function lowersFirst(saved: readonly SavedDevice[]): SavedDevice[] {
+  const byName = new Map(saved.map((device) => [device.name, device]));
+  const ordered: SavedDevice[] = [];
+  const visited = new Set<string>();
+  const visit = (device: SavedDevice): void => {
+    if (visited.has(device.name)) return; // also what stops a (corrupt) cycle
+    visited.add(device.name);
+    for (const lower of device.lowers) {
+      const next = byName.get(lower.name);
+      if (next !== undefined) visit(next);
+    }
+    ordered.push(device);
+  };
+  for (const device of saved) visit(device);
+  return ordered;
 }
 
 function blockKey(device: MappedDevice): DeviceKey {

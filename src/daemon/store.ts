@@ -1,13 +1,32 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
+import { randomUUID } from 'node:crypto';
 import type { DeviceOptions } from '../wire/protocol';
+
+/**
+ * One of our own devices that a saved table names. Device numbers are handed out again at every
+ * restore, so the spec as written (`/dev/ublkb2`, `/dev/ublk-dm/vol`, `259:2`) means nothing
+ * then: the table is restored over the device with this name, and only if it is still the same
+ * device (uuid) of the same size.
+ */
+export interface LowerDevice {
+  /** The device argument as the table text spells it. */
+  readonly spec: string;
+  readonly name: string;
+  readonly uuid: string;
+  readonly sizeSectors: number;
+}
 
 /** What it takes to bring a device back after a daemon restart. */
 export interface SavedDevice {
   readonly name: string;
+  /** Given at create and kept for the device's life: what a table over it checks at restore. */
+  readonly uuid: string;
   /** The live table as the user gave it (paths stay paths: major:minor can change across boots). */
   readonly table: string;
   readonly options: DeviceOptions;
+  /** Our own devices the table names; empty when it names none. */
+  readonly lowers: readonly LowerDevice[];
 }
 
 export interface StoreLoadResult {
@@ -105,11 +124,26 @@ function parseSaved(text: string, expectedName: string): SavedDevice {
   const depth = positive(options.depth);
   return {
     name: expectedName,
+    // Saved before devices had one (format 1 without uuid): a new one, kept from now on.
+    uuid: typeof raw.uuid === 'string' && raw.uuid !== '' ? raw.uuid : randomUUID(),
     table: raw.table,
+    lowers: parseLowers(raw.lowers),
     options: {
       readOnly: options.readOnly === true,
       ...(queues !== undefined ? { queues } : {}),
       ...(depth !== undefined ? { depth } : {}),
     },
   };
+}
+
+function parseLowers(value: unknown): LowerDevice[] {
+  if (value === undefined) return [];
+  if (!Array.isArray(value)) throw new Error('"lowers" must be a list');
+  return value.map((entry: Record<string, unknown>) => {
+    const { spec, name, uuid, sizeSectors } = entry ?? {};
+    if (typeof spec !== 'string' || typeof name !== 'string' || typeof uuid !== 'string' || !Number.isSafeInteger(sizeSectors)) {
+      throw new Error(`a lower device needs spec, name, uuid and sizeSectors: ${JSON.stringify(entry)}`);
+    }
+    return { spec, name, uuid, sizeSectors: sizeSectors as number };
+  });
 }

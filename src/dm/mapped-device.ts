@@ -15,6 +15,8 @@ export interface DeviceTable {
   readonly segments: readonly { readonly startSector: number; readonly lengthSectors: number; readonly target: Target }[];
   readonly sizeSectors: number;
   readonly capabilities: TargetCapabilities;
+  /** How the table text named each device it opened (dm/table.ts keeps it). */
+  readonly deviceSpecs?: ReadonlyMap<string, BlockDevice>;
   devices(): readonly BlockDevice[];
   destroy(): Promise<void>;
 }

@@ -110,6 +110,8 @@ export class Table {
   constructor(
     readonly segments: readonly Segment[],
     private readonly openedDevices: readonly BlockDevice[],
+    /** How the table text named each device it opened (for a daemon that must restore it onto the same devices). */
+    readonly deviceSpecs: ReadonlyMap<string, BlockDevice> = new Map(),
   ) {
     let expectedStartSector = 0;
     for (const segment of segments) {
@@ -183,7 +185,7 @@ export async function buildTable(lines: readonly TableLine[], context: TableBuil
       const target = await constructTarget(scope.targetTypes.get(line.type)!, targetContext, line);
       segments.push({ startSector: line.startSector, lengthSectors: line.lengthSectors, target });
     }
-    return new Table(segments, await devices.settledOpened());
+    return new Table(segments, await devices.settledOpened(), await devices.openedBySpec());
   } catch (error) {
     const targets = segments.map((segment) => segment.target);
     // The load error is what the user needs to see; a failure while undoing it must not hide it.
@@ -235,6 +237,13 @@ class SharedDeviceOpener {
       this.bySpec.set(spec, device);
     }
     return device;
+  }
+
+  /** Each spec whose open succeeded, with its device. */
+  async openedBySpec(): Promise<Map<string, BlockDevice>> {
+    const opened = new Map<string, BlockDevice>();
+    for (const [spec, device] of this.bySpec) opened.set(spec, await device);
+    return opened;
   }
 
   /** The devices whose open succeeded, waiting for opens still in flight. */

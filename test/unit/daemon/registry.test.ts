@@ -3,6 +3,7 @@ import { DeviceError } from '../../../src/dm/mapped-device';
 import { DeviceRegistry } from '../../../src/daemon/registry';
 import { IoOp } from '../../../src/io/bio';
 import { TestBed } from '../../support/fake-ublk';
+import { MemoryDevice } from '../../../src/testing/memory-device';
 
 function rejectsWith(code: string, pattern: RegExp): (err: unknown) => boolean {
   return (err: unknown) => {
@@ -35,8 +36,10 @@ describe('DeviceRegistry', () => {
         sizeSectors: 16, logicalBlockBytes: 512, readOnly: true, queues: 2, discard: true, writeZeroes: false,
       }, 'zero + error: discard taken by both, write-zeroes refused by zero');
       assert.equal(await bed.linkTarget('vol0'), '/dev/ublkb0');
-      assert.deepEqual((await bed.store.loadAll()).devices, [
-        { name: 'vol0', table: '0 8 zero\n8 8 error\n', options: { readOnly: true, queues: 2 } },
+      const saved = (await bed.store.loadAll()).devices;
+      assert.match(saved[0]!.uuid, /^[0-9a-f-]{36}$/);
+      assert.deepEqual(saved, [
+        { name: 'vol0', uuid: saved[0]!.uuid, table: '0 8 zero\n8 8 error\n', options: { readOnly: true, queues: 2 }, lowers: [] },
       ]);
       assert.deepEqual(registry.list(), [{ name: 'vol0', major: 259, minor: 0, blockPath: '/dev/ublkb0' }]);
     });
@@ -213,8 +216,8 @@ describe('DeviceRegistry', () => {
     });
 
     it('goes on with the others when a saved device cannot come back, and keeps its file', async () => {
-      await bed.store.save({ name: 'bad', table: '0 8 linear gone 0\n', options });
-      await bed.store.save({ name: 'good', table: ZERO_8, options });
+      await bed.store.save({ name: 'bad', table: '0 8 linear gone 0\n', options, uuid: 'u-bad', lowers: [] });
+      await bed.store.save({ name: 'good', table: ZERO_8, options, uuid: 'u-good', lowers: [] });
       assert.deepEqual(await registry.restoreSaved(), { restored: ['good'], failed: ['bad'] });
       assert.deepEqual((await bed.store.loadAll()).devices.map((d) => d.name), ['bad', 'good']);
     });
@@ -251,6 +254,77 @@ describe('DeviceRegistry', () => {
       await assert.rejects(registry.message('vol0', 8, ['x']), rejectsWith('EINVAL', /beyond the end/));
       await assert.rejects(registry.message('vol0', 0, ['x']), rejectsWith('EINVAL', /zero takes no messages/));
       await assert.rejects(registry.message('nope', 0, ['x']), (err) => err instanceof DeviceError && err.code === 'ENOENT');
+    });
+  });
+
+  describe('stacks of our own devices', () => {
+    // The fake kernel numbers ublk devices 259:<id>; a MemoryDevice with that devno stands in
+    // for /dev/ublkb<id> as a table sees it.
+    const asOurDevice = (id: number, spec: string): void => {
+      bed.memory[spec] = new MemoryDevice(64, { devno: { major: 259, minor: id }, tableName: `259:${id}` });
+    };
+    beforeEach(() => {
+      for (let id = 0; id < 16; id++) asOurDevice(id, `259:${id}`);
+    });
+
+    it('a table over one of our devices is saved with that device by name, uuid and size', async () => {
+      await registry.create('lower', '0 64 linear mem 0\n', options);
+      asOurDevice(0, '/dev/ublkb0');
+      await registry.create('upper', '0 64 linear /dev/ublkb0 0\n', options);
+      const saved = (await bed.store.loadAll()).devices;
+      const lower = saved.find((d) => d.name === 'lower')!;
+      assert.deepEqual(saved.find((d) => d.name === 'upper')!.lowers, [{ spec: '/dev/ublkb0', name: 'lower', uuid: lower.uuid, sizeSectors: 64 }]);
+    });
+
+    it('restores lower devices first and rewrites the spec to the number the lower device has now', async () => {
+      await registry.create('zz-lower', '0 64 linear mem 0\n', options);
+      asOurDevice(0, '/dev/ublkb0');
+      await registry.create('aa-upper', '0 64 linear /dev/ublkb0 0\n', options);
+      await registry.shutdown();
+
+      // Next start: an unrelated device is made first, so numbers are handed out differently.
+      const next = new DeviceRegistry(bed.deps());
+      await next.create('unrelated', ZERO_8, options);
+      // ('unrelated' is saved too, and fails to come back a second time: it is already there.)
+      assert.deepEqual((await next.restoreSaved()).restored, ['zz-lower', 'aa-upper'], 'lower first, not name order');
+      const lowerMinor = next.get('zz-lower').devno.minor;
+      assert.notEqual(lowerMinor, 0);
+      assert.equal(next.tables('aa-upper', 'table')[0]!.targets[0]!.text, `259:${lowerMinor} 0`, 'over zz-lower, not over whatever is 259:0 now');
+      const saved = (await bed.store.loadAll()).devices.find((d) => d.name === 'aa-upper')!;
+      assert.equal(saved.table, '0 64 linear /dev/ublkb0 0\n', 'the saved table is left as the user wrote it');
+      await next.shutdown();
+    });
+
+    it('refuses to restore a table whose lower device is missing, and builds nothing over anything else', async () => {
+      await registry.create('lower', '0 64 linear mem 0\n', options);
+      asOurDevice(0, '/dev/ublkb0');
+      await registry.create('upper', '0 64 linear /dev/ublkb0 0\n', options);
+      await registry.shutdown();
+      await bed.store.delete('lower');
+      const builds = bed.builtTables.length;
+      const next = new DeviceRegistry(bed.deps());
+      assert.deepEqual(await next.restoreSaved(), { restored: [], failed: ['upper'] });
+      assert.equal(bed.builtTables.length, builds, 'no table was built');
+    });
+
+    it('refuses a lower device of the same name that is not the same device (uuid)', async () => {
+      await registry.create('lower', '0 64 linear mem 0\n', options);
+      asOurDevice(0, '/dev/ublkb0');
+      await registry.create('upper', '0 64 linear /dev/ublkb0 0\n', options);
+      await registry.shutdown();
+      const lower = (await bed.store.loadAll()).devices.find((d) => d.name === 'lower')!;
+      await bed.store.save({ ...lower, uuid: 'someone-else' });
+      const next = new DeviceRegistry(bed.deps());
+      const result = await next.restoreSaved();
+      assert.deepEqual(result.failed, ['upper']);
+    });
+
+    it('a saved table that names one of our devices without recording it is not restored onto it', async () => {
+      await registry.create('lower', '0 64 linear mem 0\n', options);
+      asOurDevice(0, '/dev/ublkb0');
+      await bed.store.save({ name: 'legacy', uuid: 'u-legacy', table: '0 64 linear /dev/ublkb0 0\n', options, lowers: [] });
+      assert.ok((await registry.restoreSaved()).failed.includes('legacy'));
+      assert.throws(() => registry.get('legacy'), /does not exist/);
     });
   });
 });
