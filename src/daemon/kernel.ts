@@ -15,7 +15,7 @@ export function kernelCollaborators(scope: DaemonScope): Pick<RegistryDeps, 'sco
   const createDispatcher: DispatcherFactory = (table) => new Dispatcher(table);
   const createUblk: UblkFactory = (options, handler) =>
     UblkDevice.create(
-      options,
+      { ...options, ring: scope.ring },
       (request) => new Promise((resolve) => handler({ ...request, data: request.buffer }, resolve)),
       (request, done) => handler({ ...request, data: request.buffer }, done),
     );

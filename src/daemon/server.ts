@@ -173,14 +173,14 @@ export class DaemonServer {
  * native addon. The scope is built here, once per daemon: this is the composition root.
  */
 async function kernelDeps(paths: DaemonPaths, log: Logger): Promise<RegistryDeps> {
-  const [{ kernelCollaborators }, { DaemonScope }, { builtInTargetTypes }, { sharedIoRing }] = await Promise.all([
+  const [{ kernelCollaborators }, { DaemonScope }, { builtInTargetTypes }] = await Promise.all([
     import('./kernel'),
     import('../dm/scope'),
     import('../targets'),
-    import('../io/ring'),
   ]);
   return {
-    ...kernelCollaborators(new DaemonScope({ targetTypes: builtInTargetTypes, ring: sharedIoRing() })),
+    // One ring for the ublk queues and the backing I/O: one wakeup serves both.
+    ...kernelCollaborators(new DaemonScope({ targetTypes: builtInTargetTypes })),
     store: new DeviceStore(paths.stateDir),
     links: new DeviceLinks(paths.linkDir),
     probeUsage: procUsageProbe(),

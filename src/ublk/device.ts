@@ -61,6 +61,15 @@ export interface UblkDeviceOptions {
   /** 512 … 4096, default 512. */
   logicalBlockBytes?: number;
   readOnly?: boolean;
+  /**
+   * Advertise discard / write-zeroes (default false): only when whatever serves the requests
+   * can do them, as loop sets its limits from the file underneath. Without, the block layer
+   * never sends them (blkdiscard fails with EOPNOTSUPP instead of silently succeeding).
+   */
+  discard?: boolean;
+  writeZeroes?: boolean;
+  /** The ring the queues' commands go through; default: the process-wide one. */
+  ring?: IoRing;
   /** Wanted device id; default: any free id. */
   devId?: number;
 }
@@ -238,7 +247,7 @@ export class UblkDevice {
 
   /** @internal The ring all queues share. */
   get ring(): IoRing {
-    return sharedIoRing();
+    return this.config.ring;
   }
 
   /** @internal */
@@ -419,6 +428,9 @@ function validate(options: UblkDeviceOptions): Required<UblkDeviceOptions> {
     logicalBlockBytes: options.logicalBlockBytes ?? SECTOR_BYTES,
     readOnly: options.readOnly ?? false,
     devId: options.devId ?? ANY_DEV_ID,
+    discard: options.discard ?? false,
+    writeZeroes: options.writeZeroes ?? false,
+    ring: options.ring ?? sharedIoRing(),
   };
   const fail = (message: string): never => {
     throw new ErrnoError(`ublk device: ${message}`, EINVAL);
@@ -453,8 +465,8 @@ function deviceParams(config: Required<UblkDeviceOptions>): { basic: BasicParams
     discard: {
       discardAlignment: 0,
       discardGranularity: DISCARD_GRANULARITY_BYTES,
-      maxDiscardSectors: MAX_DISCARD_SECTORS,
-      maxWriteZeroesSectors: MAX_DISCARD_SECTORS,
+      maxDiscardSectors: config.discard ? MAX_DISCARD_SECTORS : 0,
+      maxWriteZeroesSectors: config.writeZeroes ? MAX_DISCARD_SECTORS : 0,
       maxDiscardSegments: 1,
     },
   };

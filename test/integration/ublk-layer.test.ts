@@ -65,7 +65,7 @@ describe('integration: the ublk layer serving a RAM disk', function () {
 
   it('reads, writes, flushes and discards reach the handler; stop removes the device', async function () {
     const disk = new RamDisk();
-    const device = await UblkDevice.create({ sizeSectors: SIZE_SECTORS, depth: 32 }, disk.serve);
+    const device = await UblkDevice.create({ sizeSectors: SIZE_SECTORS, depth: 32, discard: true }, disk.serve);
     try {
       assert.match(device.blockPath, /^\/dev\/ublkb\d+$/);
       assert.equal(await mustSh(`blockdev --getsz ${device.blockPath}`), `${SIZE_SECTORS}\n`);
@@ -81,6 +81,8 @@ describe('integration: the ublk layer serving a RAM disk', function () {
 
       await mustSh(`blkdiscard -o 0 -l 65536 ${device.blockPath}`);
       assert.ok(disk.memory.subarray(0, 65536).every((b) => b === 0), 'discard reached the handler');
+      assert.notEqual(await mustSh(`cat /sys/block/${device.blockPath.slice(5)}/queue/discard_max_bytes`), '0\n', 'discard advertised when asked');
+      assert.equal(await mustSh(`cat /sys/block/${device.blockPath.slice(5)}/queue/write_zeroes_max_bytes`), '0\n', 'write-zeroes not advertised when not asked');
     } finally {
       await device.stop();
     }
