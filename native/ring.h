@@ -30,6 +30,7 @@ class Ring : public Napi::ObjectWrap<Ring> {
   Napi::Value PrepFallocate(const Napi::CallbackInfo& info);
   Napi::Value PrepUringCmd(const Napi::CallbackInfo& info);
   Napi::Value PrepUblkIoCmd(const Napi::CallbackInfo& info);
+  Napi::Value PrepBlockDiscard(const Napi::CallbackInfo& info);
   Napi::Value PrepCancel(const Napi::CallbackInfo& info);
   Napi::Value Submit(const Napi::CallbackInfo& info);
   Napi::Value Reap(const Napi::CallbackInfo& info);

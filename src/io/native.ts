@@ -28,6 +28,12 @@ export interface NativeRing {
   prepUringCmd(fd: number, cmdOp: number, payload: Uint8Array, token: number): void;
   /** Queue a ublk I/O command (FETCH_REQ / COMMIT_AND_FETCH_REQ) without building a payload in JS. */
   prepUblkIoCmd(fd: number, cmdOp: number, queueId: number, tag: number, result: number, bufAddress: number, token: number): void;
+  /**
+   * Queue a discard of [byteOffset, byteOffset + byteLength) on a block device opened for
+   * writing (IORING_OP_URING_CMD with BLOCK_URING_CMD_DISCARD, Linux 6.12+). Both must be
+   * multiples of the device's logical block size; the kernel answers -EINVAL otherwise.
+   */
+  prepBlockDiscard(fd: number, byteOffset: number, byteLength: number, token: number): void;
   /** Queue an async cancel of the request whose token is `targetToken`. */
   prepCancel(targetToken: number, token: number): void;
   /** Submit everything queued; returns the number submitted. Never waits for completions. */

@@ -206,6 +206,26 @@ export class IoRing {
   }
 
   /**
+   * Discard [byteOffset, byteOffset + byteLength) of a block device opened for writing, without
+   * blocking the thread as ioctl(BLKDISCARD) would (Linux 6.12+; older kernels answer -EINVAL or
+   * -EOPNOTSUPP). Both must be multiples of the device's logical block size. Result: 0 or -errno.
+   */
+  blockDiscardCb(fd: number, byteOffset: number, byteLength: number, done: IoCallback): IoToken {
+    checkByteRange('blockDiscard', byteOffset, byteLength);
+    const token = this.claim(done, undefined);
+    try {
+      this.ring.prepBlockDiscard(fd, byteOffset, byteLength, token);
+    } catch (error) {
+      throw this.unclaim(token, error);
+    }
+    return this.queued(token);
+  }
+
+  blockDiscard(fd: number, byteOffset: number, byteLength: number): Promise<IoResult> {
+    return new Promise((resolve) => this.blockDiscardCb(fd, byteOffset, byteLength, resolve));
+  }
+
+  /**
    * Ask the kernel to cancel request `target`. The result is the cancel's own: 0 (cancelled;
    * the target completes with -ECANCELED), -ENOENT (not found or already done), -EALREADY
    * (running; it may still complete normally).
@@ -327,6 +347,16 @@ export class IoRing {
       }
     }
     if (failed) throw firstError;
+  }
+}
+
+/**
+ * The native side converts through int64/uint64: a fraction, a negative or a value past 2^53
+ * would reach the kernel as some other range, so refuse it here.
+ */
+function checkByteRange(what: string, byteOffset: number, byteLength: number): void {
+  if (!Number.isSafeInteger(byteOffset) || byteOffset < 0 || !Number.isSafeInteger(byteLength) || byteLength < 0) {
+    throw new RangeError(`${what}: byteOffset and byteLength must be non-negative integers (got ${byteOffset}, ${byteLength})`);
   }
 }
 

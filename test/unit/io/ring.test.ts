@@ -148,6 +148,20 @@ describe('IoRing (real io_uring)', () => {
     await pipe.close();
   });
 
+  it('blockDiscard refuses byte ranges the native side would mangle, before queueing anything', () => {
+    for (const [byteOffset, byteLength] of [[-512, 512], [0, -1], [0.5, 512], [0, 2 ** 53], [NaN, 512]]) {
+      assert.throws(() => ring.blockDiscardCb(handle.fd, byteOffset, byteLength, () => assert.fail('completed')), RangeError);
+    }
+    assert.equal(ring.inFlight, 0);
+  });
+
+  it('blockDiscard goes to the kernel as a uring_cmd (a regular file has none: -EOPNOTSUPP)', async () => {
+    // The host has no block device we may discard; this shows the SQE is a URING_CMD the kernel
+    // routes to the file's uring_cmd handler (a read or an ioctl-like op would answer otherwise).
+    assert.equal(await ring.blockDiscard(handle.fd, 0, 4096), -EOPNOTSUPP);
+    assert.equal(ring.inFlight, 0);
+  });
+
   it('sharedIoRing() is one ring per process', () => {
     assert.equal(sharedIoRing(), sharedIoRing());
   });
