@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <cstring>
 
@@ -62,7 +61,6 @@ Napi::Function Ring::Define(Napi::Env env) {
                          InstanceMethod("prepCancel", &Ring::PrepCancel),
                          InstanceMethod("submit", &Ring::Submit),
                          InstanceMethod("reap", &Ring::Reap),
-                         InstanceMethod("holdWakeups", &Ring::HoldWakeups),
                          InstanceMethod("close", &Ring::Close),
                      });
 }
@@ -391,6 +389,14 @@ void Ring::DrainEventFd() {
 }
 
 unsigned Ring::CollectBatch() {
+  // CQEs that did not fit the CQ wait on the kernel's overflow list (IORING_SQ_CQ_OVERFLOW), and
+  // completions may wait as task work (IORING_SQ_TASKRUN); neither reaches the CQ, nor signals
+  // the eventfd again, until someone enters the kernel for events. Do that whenever the CQ is
+  // empty, so "0 ready" always means "nothing completed", whatever this liburing's peek does.
+  if (io_uring_cq_ready(&ring_) == 0 &&
+      (IO_URING_READ_ONCE(*ring_.sq.kflags) & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN)) != 0) {
+    io_uring_get_events(&ring_);
+  }
   unsigned ready = io_uring_peek_batch_cqe(&ring_, cqes_.data(), static_cast<unsigned>(cqes_.size()));
   if (ready == 0) return 0;
   // Fetched per batch: small typed arrays live on the V8 heap and may move between batches.
@@ -412,24 +418,6 @@ Napi::Value Ring::Reap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!open_) return Napi::Number::New(env, 0);
   return Napi::Number::New(env, CollectBatch());
-}
-
-Napi::Value Ring::HoldWakeups(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (!info[0].IsBoolean()) {
-    ThrowType(env, "holdWakeups(hold: boolean)");
-    return env.Undefined();
-  }
-  if (!open_) return env.Undefined();
-  bool hold = info[0].As<Napi::Boolean>().Value();
-  io_uring_cq_eventfd_toggle(&ring_, !hold);
-  if (hold) return env.Undefined();
-  // A CQE posted while held signalled nobody: wake the poll for it ourselves. The fence keeps
-  // the load of the CQ tail after the store that re-enabled the eventfd (x86 may reorder a
-  // store before a later load), so a CQE is either seen here or signals the eventfd.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (io_uring_cq_ready(&ring_) > 0) eventfd_write(eventFd_, 1);
-  return env.Undefined();
 }
 
 void Ring::ReapCompletions() {

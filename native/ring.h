@@ -34,7 +34,6 @@ class Ring : public Napi::ObjectWrap<Ring> {
   Napi::Value PrepCancel(const Napi::CallbackInfo& info);
   Napi::Value Submit(const Napi::CallbackInfo& info);
   Napi::Value Reap(const Napi::CallbackInfo& info);
-  Napi::Value HoldWakeups(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   // Shared by readv/writev: builds the iovec array kept until the request completes.
@@ -51,7 +50,8 @@ class Ring : public Napi::ObjectWrap<Ring> {
   static void OnEventFdReadable(uv_poll_t* handle, int status, int events);
   void DrainEventFd();
   void ReapCompletions();
-  // Copies up to one batch of ready CQEs into the shared arrays and consumes them; returns how many.
+  // Copies up to one batch of ready CQEs into the shared arrays and consumes them; returns how
+  // many. Completions the kernel still holds back (overflow list, pending task work) count.
   unsigned CollectBatch();
   void Teardown();
 

@@ -39,15 +39,11 @@ export interface NativeRing {
   /** Submit everything queued; returns the number submitted. Never waits for completions. */
   submit(): number;
   /**
-   * Move up to one batch of completions that are already in the CQ into the arrays given to the
-   * constructor and return how many (0: none ready). Never waits; onCompletions is not called.
+   * Move up to one batch of completions into the arrays given to the constructor and return how
+   * many (0: none ready). When the CQ is empty it first collects what the kernel holds back (CQ
+   * overflow, pending task work). Never waits; onCompletions is not called.
    */
   reap(): number;
-  /**
-   * While held, completions do not signal the eventfd (the caller reaps them itself, e.g. the
-   * ones a submit completed inline). Releasing re-signals if completions are waiting.
-   */
-  holdWakeups(hold: boolean): void;
   /** Stop watching the ring and tear it down. Pending requests are abandoned. */
   close(): void;
 }

@@ -295,11 +295,15 @@ export class IoRing {
 
   private queued(token: IoToken): IoToken {
     this.unsubmittedCount++;
+    this.scheduleFlush();
+    return token;
+  }
+
+  private scheduleFlush(): void {
     if (!this.flushScheduled) {
       this.flushScheduled = true;
       setImmediate(this.flush);
     }
-    return token;
   }
 
   private readonly flush = (): void => {
@@ -307,23 +311,29 @@ export class IoRing {
     if (this.closed) return;
     // Much of what we submit completes inside io_uring_enter (page-cache and tmpfs I/O, ublk
     // requests delivered as task work while we were in the kernel): reap it here rather than
-    // paying an eventfd wakeup and a loop turn for each batch. Callbacks that queue more I/O
-    // synchronously get it submitted in the next round; promise continuations run after this
-    // returns and schedule the next flush.
-    this.ring.holdWakeups(true);
-    try {
-      for (let round = 0; round < INLINE_ROUNDS && !this.closed; round++) {
-        if (this.unsubmittedCount > 0) {
-          this.unsubmittedCount = 0;
-          this.ring.submit();
-        }
-        const count = this.ring.reap();
-        if (count === 0) break;
-        this.onCompletions(count);
+    // waiting a loop turn for the eventfd. Callbacks that queue more I/O synchronously get it
+    // submitted in the next round; promise continuations run after this returns and schedule
+    // the next flush.
+    //
+    // The eventfd stays armed throughout, although each inline completion then also signals it
+    // and costs one empty reap on a later turn. Disarming it meanwhile (IORING_CQ_EVENTFD_DISABLED)
+    // cannot be made safe from here: the kernel tests that flag after publishing a CQE without a
+    // full barrier, so a CQE posted by an io-wq worker (fsync, fallocate) just as we re-arm can
+    // be missed by both sides, and only signalling the eventfd ourselves after every flush would
+    // cover it, which is the very wakeup disarming saves.
+    for (let round = 0; round < INLINE_ROUNDS; round++) {
+      if (this.unsubmittedCount > 0) {
+        this.unsubmittedCount = 0;
+        this.ring.submit();
       }
-    } finally {
-      if (!this.closed) this.ring.holdWakeups(false);
+      const count = this.ring.reap();
+      if (count === 0) return;
+      this.onCompletions(count);
+      if (this.closed) return;
     }
+    // Out of rounds, maybe with completions left in the CQ or on the kernel's overflow list
+    // (which signals nobody): take them on the next turn, after timers and other I/O had theirs.
+    this.scheduleFlush();
   };
 
   private onCompletions(count: number): void {

@@ -162,6 +162,58 @@ describe('IoRing (real io_uring)', () => {
     assert.equal(ring.inFlight, 0);
   });
 
+  it('delivers every completion of a flood that overflows the CQ, with no later event to help', async () => {
+    // A 4-entry SQ has a 16-entry CQ. The flood is queued from a completion callback, i.e. inside
+    // a flush, so every CQE is posted while the flush reaps (the eventfd counts nothing from
+    // before) and most of them wait on the kernel's overflow list. Nothing else happens on this
+    // ring afterwards: only the ring's own bookkeeping can deliver the tail of the flood.
+    const small = IoRing.create({ entries: 4 });
+    try {
+      const floodCount = 400;
+      await small.write(handle.fd, Buffer.alloc(4096, 9), 0);
+      const delivered = await new Promise<number[]>((resolve) => {
+        const results: number[] = [];
+        small.readCb(handle.fd, Buffer.alloc(512), 0, () => {
+          for (let i = 0; i < floodCount; i++) {
+            small.readCb(handle.fd, Buffer.alloc(512), (i % 8) * 512, (result) => {
+              results.push(result);
+              if (results.length === floodCount) resolve(results);
+            });
+          }
+        });
+      });
+      assert.ok(delivered.every((r) => r === 512));
+      assert.equal(small.inFlight, 0);
+    } finally {
+      small.close();
+    }
+  });
+
+  it('delivers io-wq completions (fsync, fallocate), which arrive from another thread at any time', async () => {
+    // fsync and fallocate always run on io-wq workers: their CQEs are posted whenever a worker
+    // finishes, during a flush, between flushes, onto a full CQ. Chains of them keep the workers
+    // busy while this thread reaps; each chain stops after a fixed number of links, and a link
+    // is only issued once the previous one was delivered.
+    const small = IoRing.create({ entries: 4 });
+    try {
+      const chainCount = 64;
+      const linksPerChain = 20;
+      const chain = (link: number, finished: () => void): void => {
+        const next = (result: number) => {
+          assert.equal(result, 0);
+          if (link + 1 === linksPerChain) finished();
+          else chain(link + 1, finished);
+        };
+        if (link % 2 === 0) small.fsyncCb(handle.fd, true, next);
+        else small.fallocateCb(handle.fd, FALLOC_FL_KEEP_SIZE, 0, 4096, next);
+      };
+      await Promise.all(Array.from({ length: chainCount }, () => new Promise<void>((resolve) => chain(0, resolve))));
+      assert.equal(small.inFlight, 0);
+    } finally {
+      small.close();
+    }
+  });
+
   it('sharedIoRing() is one ring per process', () => {
     assert.equal(sharedIoRing(), sharedIoRing());
   });
