@@ -322,14 +322,22 @@ export class UblkDevice {
   }
 }
 
-/** One (queue, tag): its buffer and the callbacks of its cycle, bound once. */
-class TagSlot {
+/** @internal What a TagSlot needs of its device; an interface so unit tests can stand in for it. */
+export interface TagOwner {
+  readonly ring: Pick<IoRing, 'ublkIoCmdCb' | 'isClosed'>;
+  readonly charFd: number;
+  dispatch(slot: TagSlot): void;
+  retire(result: IoResult): void;
+}
+
+/** @internal One (queue, tag): its buffer and the callbacks of its cycle, bound once. */
+export class TagSlot {
   private phase = TagPhase.Posted;
   private op = IoOp.Read;
   private dataByteLength = 0;
 
   constructor(
-    private readonly device: UblkDevice,
+    private readonly device: TagOwner,
     readonly queueId: number,
     readonly tag: number,
     /** maxIoBytes of page-aligned memory the kernel copies request data to and from. */
@@ -350,7 +358,12 @@ class TagSlot {
         this.onCommandDone,
       );
     } catch {
-      this.retire(-EIO);
+      // A full SQ the kernel would not take (EBUSY/EAGAIN) is passing: completions being reaped
+      // meanwhile make room. Giving the tag up instead would leave the kernel's request
+      // unanswered forever, and STOP_DEV waiting behind it; so keep the command and its result
+      // and try again on the next turn. Only a closed ring is final.
+      if (this.device.ring.isClosed) this.retire(-EIO);
+      else setImmediate(() => this.post(cmdOp, result));
     }
   }
 
