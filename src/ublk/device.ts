@@ -3,7 +3,7 @@ import { promises as fsp } from 'node:fs';
 import { EINVAL, EIO, ENODEV, ENOENT, EOPNOTSUPP, ETIMEDOUT, ErrnoError, type IoResult } from '../base/errno';
 import { allocPageAligned, native } from '../io/native';
 import { sharedIoRing, type IoRing } from '../io/ring';
-import { IoOp } from '../io/bio';
+import { IoOp, type IoDone } from '../io/bio';
 import { PAGE_BYTES, SECTOR_BYTES } from '../base/units';
 import {
   ANY_DEV_ID,
@@ -260,7 +260,7 @@ export class UblkDevice {
       slot.commit(-EIO); // the kernel never sends more than max_sectors; refuse rather than overrun
       return;
     }
-    slot.begin(op, carriesData ? byteLength : 0);
+    const done = slot.begin(op, carriesData ? byteLength : 0);
     const request: UblkRequest = {
       queueId: slot.queueId,
       tag: slot.tag,
@@ -273,9 +273,9 @@ export class UblkDevice {
     };
     if (this.callbackHandler !== undefined) {
       try {
-        this.callbackHandler(request, slot.onHandled);
+        this.callbackHandler(request, done);
       } catch {
-        slot.onHandlerFailed();
+        done(-EIO);
       }
       return;
     }
@@ -283,10 +283,10 @@ export class UblkDevice {
     try {
       pending = this.handler(request);
     } catch {
-      slot.commit(-EIO);
+      done(-EIO);
       return;
     }
-    pending.then(slot.onHandled, slot.onHandlerFailed);
+    pending.then(done, () => done(-EIO));
   }
 
   /** @internal The tag's command completed without a request (ABORT, or a rejected command). */
@@ -335,6 +335,8 @@ export class TagSlot {
   private phase = TagPhase.Posted;
   private op = IoOp.Read;
   private dataByteLength = 0;
+  /** Counts the requests delivered to this tag; names the one being served. */
+  private generation = 0;
 
   constructor(
     private readonly device: TagOwner,
@@ -367,10 +369,17 @@ export class TagSlot {
     }
   }
 
-  begin(op: IoOp, dataByteLength: number): void {
+  /**
+   * The kernel delivered a request: the handler owns the tag until the returned `done` is
+   * called. Each delivery has its own generation, and `done` is bound to it, so a late or
+   * repeated call for an earlier request cannot answer the one the tag serves now.
+   */
+  begin(op: IoOp, dataByteLength: number): IoDone {
     this.phase = TagPhase.Serving;
     this.op = op;
     this.dataByteLength = dataByteLength;
+    const generation = ++this.generation;
+    return (result) => this.handled(generation, result);
   }
 
   commit(result: IoResult): void {
@@ -385,8 +394,8 @@ export class TagSlot {
     }
   };
 
-  readonly onHandled = (result: IoResult): void => {
-    if (this.phase !== TagPhase.Serving) return; // answered already
+  private handled(generation: number, result: IoResult): void {
+    if (generation !== this.generation || this.phase !== TagPhase.Serving) return; // stale, or answered
     if (typeof result !== 'number' || !Number.isInteger(result)) {
       this.commit(-EIO);
     } else if (result < 0) {
@@ -396,12 +405,7 @@ export class TagSlot {
     } else {
       this.commit(0);
     }
-  };
-
-  readonly onHandlerFailed = (): void => {
-    if (this.phase !== TagPhase.Serving) return;
-    this.commit(-EIO);
-  };
+  }
 
   private retire(result: IoResult): void {
     if (this.phase === TagPhase.Retired) return;

@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 
-import type { IoResult } from '../../../src/base/errno';
-import { IoOp } from '../../../src/io/bio';
+import { EIO, type IoResult } from '../../../src/base/errno';
+import { IoOp, type IoDone } from '../../../src/io/bio';
 import type { IoCallback } from '../../../src/io/ring';
 import { UBLK_IO_RES_OK, UBLK_U_IO_COMMIT_AND_FETCH_REQ, UBLK_U_IO_FETCH_REQ } from '../../../src/ublk/abi';
 import { TagSlot, type TagOwner } from '../../../src/ublk/device';
@@ -38,11 +38,11 @@ class FakeOwner implements TagOwner {
   readonly ring = new FakeRing();
   readonly charFd = 99;
   readonly retired: IoResult[] = [];
-  dispatched = 0;
+  /** The `done` of every request delivered, in order. */
+  readonly dones: IoDone[] = [];
 
   dispatch(slot: TagSlot): void {
-    this.dispatched++;
-    slot.begin(IoOp.Read, 4096);
+    this.dones.push(slot.begin(IoOp.Read, 4096));
   }
 
   retire(result: IoResult): void {
@@ -72,9 +72,9 @@ describe('TagSlot', () => {
     assert.deepEqual(owner.ring.posted.map((c) => c.cmdOp), [UBLK_U_IO_FETCH_REQ]);
 
     owner.ring.completeLast(UBLK_IO_RES_OK);
-    assert.equal(owner.dispatched, 1);
+    assert.equal(owner.dones.length, 1);
     owner.ring.failures = 3;
-    slot.onHandled(4096);
+    owner.dones[0](4096);
     assert.equal(owner.ring.posted.length, 1, 'the commit was refused');
     await nextTurns(4);
     assert.equal(owner.ring.posted.length, 2);
@@ -87,10 +87,29 @@ describe('TagSlot', () => {
     slot.post(UBLK_U_IO_FETCH_REQ, 0);
     owner.ring.completeLast(UBLK_IO_RES_OK);
     owner.ring.failures = 1;
-    slot.onHandled(512);
-    slot.onHandled(1024);
+    owner.dones[0](512);
+    owner.dones[0](1024);
     await nextTurns(2);
     assert.deepEqual(owner.ring.posted.map((c) => c.result), [0, 512]);
+  });
+
+  it('a done from an earlier request cannot answer the request the tag serves now', () => {
+    slot.post(UBLK_U_IO_FETCH_REQ, 0);
+    owner.ring.completeLast(UBLK_IO_RES_OK);
+    owner.dones[0](512);
+    owner.ring.completeLast(UBLK_IO_RES_OK); // COMMIT_AND_FETCH brings the next request
+    assert.equal(owner.dones.length, 2);
+    owner.dones[0](999); // late: the first request was answered already
+    assert.equal(owner.ring.posted.length, 2, 'the stale done posted nothing');
+    owner.dones[1](4096);
+    assert.deepEqual(owner.ring.posted.map((c) => c.result), [0, 512, 4096]);
+  });
+
+  it('a handler result that is not an integer completes the request with -EIO', () => {
+    slot.post(UBLK_U_IO_FETCH_REQ, 0);
+    owner.ring.completeLast(UBLK_IO_RES_OK);
+    owner.dones[0](Number.NaN);
+    assert.deepEqual(owner.ring.posted.map((c) => c.result), [0, -EIO]);
   });
 
   it('gives the tag up only when the ring is closed', () => {
