@@ -373,8 +373,9 @@ function checkByteRange(what: string, byteOffset: number, byteLength: number): v
 let shared: IoRing | undefined;
 
 /**
- * The process-wide ring for all backing-device I/O and all ublk queues. One JS thread issues
- * everything through it, which is what ublk's same-task rule needs (the main thread is the task).
+ * A process-wide ring, still used by FileDevice.
+ * @deprecated design.md: a ring is one per thread and passed in, never a process singleton.
+ * Create one with IoRing.create() where the thread starts and hand it down instead.
  */
 export function sharedIoRing(): IoRing {
   if (shared === undefined || shared.isClosed) shared = IoRing.create({ entries: DEFAULT_ENTRIES });

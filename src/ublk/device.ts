@@ -2,7 +2,7 @@ import { promises as fsp } from 'node:fs';
 
 import { EINVAL, EIO, ENODEV, ENOENT, EOPNOTSUPP, ETIMEDOUT, ErrnoError, type IoResult } from '../base/errno';
 import { allocPageAligned, native } from '../io/native';
-import { sharedIoRing, type IoRing } from '../io/ring';
+import type { IoRing } from '../io/ring';
 import { IoOp, type IoDone } from '../io/bio';
 import { PAGE_BYTES, SECTOR_BYTES } from '../base/units';
 import {
@@ -25,7 +25,7 @@ import { UblkControl } from './control';
 
 /**
  * UblkDevice: the server side of one ublk device. It posts a FETCH for every tag of every queue
- * on the process-wide ring, turns each delivered descriptor into a UblkRequest for the handler,
+ * on the ring the caller gives it, turns each delivered descriptor into a UblkRequest for the handler,
  * and answers with COMMIT_AND_FETCH. It knows nothing about what the handler does.
  */
 
@@ -51,6 +51,12 @@ export type UblkHandler = (req: UblkRequest) => Promise<IoResult>;
 export type UblkCallbackHandler = (req: UblkRequest, done: (result: IoResult) => void) => void;
 
 export interface UblkDeviceOptions {
+  /**
+   * The ring to post the queues' commands on, owned by the caller (one per thread, never a
+   * process singleton). ublk takes commands of a queue only from the task that fetched first,
+   * so it must belong to the thread that serves this device.
+   */
+  ring: IoRing;
   sizeSectors: number;
   /** Default 1. */
   queues?: number;
@@ -236,9 +242,9 @@ export class UblkDevice {
     for (const slot of this.tags) slot.post(UBLK_U_IO_FETCH_REQ, 0);
   }
 
-  /** @internal The ring all queues share. */
+  /** @internal The ring every queue of this device posts its commands on (options.ring). */
   get ring(): IoRing {
-    return sharedIoRing();
+    return this.config.ring;
   }
 
   /** @internal */
@@ -429,6 +435,7 @@ function knownOp(op: number): IoOp | undefined {
 
 function validate(options: UblkDeviceOptions): Required<UblkDeviceOptions> {
   const config: Required<UblkDeviceOptions> = {
+    ring: options.ring,
     sizeSectors: options.sizeSectors,
     queues: options.queues ?? 1,
     depth: options.depth ?? DEFAULT_DEPTH,
@@ -440,6 +447,7 @@ function validate(options: UblkDeviceOptions): Required<UblkDeviceOptions> {
   const fail = (message: string): never => {
     throw new ErrnoError(`ublk device: ${message}`, EINVAL);
   };
+  if (config.ring === undefined || config.ring.isClosed) fail('ring must be an open IoRing');
   if (!Number.isSafeInteger(config.sizeSectors) || config.sizeSectors <= 0) fail('sizeSectors must be a positive integer');
   if (!Number.isInteger(config.queues) || config.queues < 1 || config.queues > 4096) fail('queues must be 1..4096');
   if (!Number.isInteger(config.depth) || config.depth < 1 || config.depth > 4096) fail('depth must be 1..4096');

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 
 import { EIO, EOPNOTSUPP, type IoResult } from '../../src/base/errno';
 import { IoOp } from '../../src/io/bio';
+import { IoRing } from '../../src/io/ring';
 import { UblkDevice, type UblkRequest } from '../../src/ublk/device';
 import { SECTOR_BYTES } from '../../src/base/units';
 import { Sandbox, mustSh, requireRealUblk, sh } from './harness';
@@ -54,18 +55,21 @@ class RamDisk {
 
 describe('integration: the ublk layer serving a RAM disk', function () {
   let box: Sandbox;
+  let ring: IoRing;
 
   before(function () {
     requireRealUblk();
     box = new Sandbox('layer');
+    ring = IoRing.create();
   });
   after(async function () {
+    ring?.close();
     await box?.cleanup();
   });
 
   it('reads, writes, flushes and discards reach the handler; stop removes the device', async function () {
     const disk = new RamDisk();
-    const device = await UblkDevice.create({ sizeSectors: SIZE_SECTORS, depth: 32 }, disk.serve);
+    const device = await UblkDevice.create({ ring, sizeSectors: SIZE_SECTORS, depth: 32 }, disk.serve);
     try {
       assert.match(device.blockPath, /^\/dev\/ublkb\d+$/);
       assert.equal(await mustSh(`blockdev --getsz ${device.blockPath}`), `${SIZE_SECTORS}\n`);
@@ -91,7 +95,7 @@ describe('integration: the ublk layer serving a RAM disk', function () {
   it('a handler error reaches the reader as EIO', async function () {
     const disk = new RamDisk();
     disk.failReads = true;
-    const device = await UblkDevice.create({ sizeSectors: SIZE_SECTORS, depth: 8 }, disk.serve).catch((err) => {
+    const device = await UblkDevice.create({ ring, sizeSectors: SIZE_SECTORS, depth: 8 }, disk.serve).catch((err) => {
       // The partition scan during START_DEV reads through us; a failing read must not fail START_DEV.
       throw new Error(`create failed while reads fail: ${err.message}`);
     });
@@ -106,7 +110,7 @@ describe('integration: the ublk layer serving a RAM disk', function () {
 
   it('two queues both serve requests (one job pinned to each CPU)', async function () {
     const disk = new RamDisk();
-    const device = await UblkDevice.create({ sizeSectors: SIZE_SECTORS, queues: 2, depth: 16 }, disk.serve);
+    const device = await UblkDevice.create({ ring, sizeSectors: SIZE_SECTORS, queues: 2, depth: 16 }, disk.serve);
     try {
       assert.equal(device.queues, 2);
       await mustSh(`for cpu in 0 1; do taskset -c $cpu dd if=${device.blockPath} of=/dev/null bs=4k count=64 iflag=direct status=none & done; wait`);
