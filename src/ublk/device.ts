@@ -3,7 +3,7 @@ import { promises as fsp } from 'node:fs';
 import { EINVAL, EIO, ENODEV, ENOENT, EOPNOTSUPP, ETIMEDOUT, ErrnoError, type IoResult } from '../base/errno';
 import { allocPageAligned, native } from '../io/native';
 import type { IoRing } from '../io/ring';
-import { IoOp, type IoDone } from '../io/bio';
+import { IoOp, NO_DATA, carriesData, type Bio, type IoDone } from '../io/bio';
 import { PAGE_BYTES, SECTOR_BYTES } from '../base/units';
 import {
   ANY_DEV_ID,
@@ -29,26 +29,18 @@ import { UblkControl } from './control';
  * and answers with COMMIT_AND_FETCH. It knows nothing about what the handler does.
  */
 
-export interface UblkRequest {
+/** A request as the kernel delivered it: a Bio (device-relative) and where it came from. */
+export interface UblkRequest extends Bio {
   readonly queueId: number;
   readonly tag: number;
-  readonly op: IoOp;
-  readonly fua: boolean;
-  readonly noUnmap: boolean;
-  readonly sector: number;
-  readonly sectorCount: number;
-  /** Read/Write: sectorCount * 512 bytes, a view of the tag's buffer. Empty for other ops. */
-  readonly buffer: Uint8Array;
 }
 
-/** Bytes moved (Read/Write) or 0 on success, or -errno. A rejection completes the request with -EIO. */
-export type UblkHandler = (req: UblkRequest) => Promise<IoResult>;
-
 /**
- * The handler's promise-free form (the per-request hot path): `done` takes what the promise
- * would resolve to; calls after the first are ignored. A throw completes the request with -EIO.
+ * Serves one request: `done` takes bytes moved (Read/Write) or 0, or -errno; calls after the
+ * first are ignored, and so are calls for a request already answered. A throw completes the
+ * request with -EIO.
  */
-export type UblkCallbackHandler = (req: UblkRequest, done: (result: IoResult) => void) => void;
+export type UblkHandler = (req: UblkRequest, done: IoDone) => void;
 
 export interface UblkDeviceOptions {
   /**
@@ -69,6 +61,13 @@ export interface UblkDeviceOptions {
   readOnly?: boolean;
   /** Wanted device id; default: any free id. */
   devId?: number;
+  /**
+   * Advertise discard (the backing can deallocate). Default false: the kernel then sends no
+   * DISCARD and the block device reports discard_max_bytes 0, as loop does.
+   */
+  discard?: boolean;
+  /** Advertise write-zeroes (the backing can zero a range without a data buffer). Default false. */
+  writeZeroes?: boolean;
 }
 
 const DEFAULT_DEPTH = 128;
@@ -79,7 +78,6 @@ const ABORT_WAIT_MS = 10_000;
 const DISCARD_GRANULARITY_BYTES = 4096;
 /** As libublksrv: UINT_MAX bytes' worth of sectors, so byte counts never overflow a u32. */
 const MAX_DISCARD_SECTORS = 0xffffffff >>> 9;
-const NO_DATA = new Uint8Array(0);
 
 /** Where a tag is in its FETCH → handle → COMMIT_AND_FETCH cycle. */
 const enum TagPhase {
@@ -108,8 +106,7 @@ export class UblkDevice {
   private stopping: Promise<void> | undefined;
 
   /** Create, configure and start a device; on any failure nothing is left in the kernel. */
-  /** With `callbackHandler`, requests go to it and `handler` is not used. */
-  static async create(options: UblkDeviceOptions, handler: UblkHandler, callbackHandler?: UblkCallbackHandler): Promise<UblkDevice> {
+  static async create(options: UblkDeviceOptions, handler: UblkHandler): Promise<UblkDevice> {
     const config = validate(options);
     const control = await UblkControl.open();
     let devId: number | undefined;
@@ -137,7 +134,7 @@ export class UblkDevice {
       const charPath = `/dev/ublkc${devId}`;
       const charHandle = await openWhenCreated(charPath);
       try {
-        device = new UblkDevice(control, charHandle, devId, config, info.flags, handler, callbackHandler);
+        device = new UblkDevice(control, charHandle, devId, config, info.flags, handler);
       } catch (error) {
         await charHandle.close(); // DEL_DEV would wait for this reference forever
         throw error;
@@ -166,7 +163,6 @@ export class UblkDevice {
     /** Negotiated UBLK_F_* flags (ADD_DEV's answer). */
     readonly features: bigint,
     private readonly handler: UblkHandler,
-    private readonly callbackHandler: UblkCallbackHandler | undefined,
   ) {
     this.charPath = `/dev/ublkc${id}`;
     this.blockPath = `/dev/ublkb${id}`;
@@ -260,13 +256,13 @@ export class UblkDevice {
       slot.commit(-EOPNOTSUPP);
       return;
     }
-    const carriesData = op === IoOp.Read || op === IoOp.Write;
+    const withData = carriesData(op);
     const byteLength = desc.sectorCount * SECTOR_BYTES;
-    if (carriesData && byteLength > slot.buffer.byteLength) {
+    if (withData && byteLength > slot.buffer.byteLength) {
       slot.commit(-EIO); // the kernel never sends more than max_sectors; refuse rather than overrun
       return;
     }
-    const done = slot.begin(op, carriesData ? byteLength : 0);
+    const done = slot.begin(op, withData ? byteLength : 0);
     const request: UblkRequest = {
       queueId: slot.queueId,
       tag: slot.tag,
@@ -275,24 +271,13 @@ export class UblkDevice {
       noUnmap: (desc.flags & UBLK_IO_F_NOUNMAP) !== 0,
       sector: desc.sector,
       sectorCount: desc.sectorCount,
-      buffer: carriesData ? slot.buffer.subarray(0, byteLength) : NO_DATA,
+      data: withData ? slot.buffer.subarray(0, byteLength) : NO_DATA,
     };
-    if (this.callbackHandler !== undefined) {
-      try {
-        this.callbackHandler(request, done);
-      } catch {
-        done(-EIO);
-      }
-      return;
-    }
-    let pending: Promise<IoResult>;
     try {
-      pending = this.handler(request);
+      this.handler(request, done);
     } catch {
       done(-EIO);
-      return;
     }
-    pending.then(done, () => done(-EIO));
   }
 
   /** @internal The tag's command completed without a request (ABORT, or a rejected command). */
@@ -406,7 +391,7 @@ export class TagSlot {
       this.commit(-EIO);
     } else if (result < 0) {
       this.commit(result);
-    } else if (this.op === IoOp.Read || this.op === IoOp.Write) {
+    } else if (carriesData(this.op)) {
       this.commit(Math.min(result, this.dataByteLength));
     } else {
       this.commit(0);
@@ -443,6 +428,8 @@ function validate(options: UblkDeviceOptions): Required<UblkDeviceOptions> {
     logicalBlockBytes: options.logicalBlockBytes ?? SECTOR_BYTES,
     readOnly: options.readOnly ?? false,
     devId: options.devId ?? ANY_DEV_ID,
+    discard: options.discard ?? false,
+    writeZeroes: options.writeZeroes ?? false,
   };
   const fail = (message: string): never => {
     throw new ErrnoError(`ublk device: ${message}`, EINVAL);
@@ -459,27 +446,32 @@ function validate(options: UblkDeviceOptions): Required<UblkDeviceOptions> {
   return config;
 }
 
-function deviceParams(config: Required<UblkDeviceOptions>): { basic: BasicParams; discard: DiscardParams } {
+function deviceParams(config: Required<UblkDeviceOptions>): { basic: BasicParams; discard?: DiscardParams } {
   const logicalBlockShift = Math.log2(config.logicalBlockBytes);
+  const basic: BasicParams = {
+    // A volatile cache with FUA makes the kernel send us FLUSH and FUA writes, which the
+    // targets must see to keep dm's durability semantics.
+    attrs: UBLK_ATTR_VOLATILE_CACHE | UBLK_ATTR_FUA | (config.readOnly ? UBLK_ATTR_READ_ONLY : 0),
+    logicalBlockShift,
+    physicalBlockShift: logicalBlockShift,
+    ioOptShift: Math.max(logicalBlockShift, 12),
+    ioMinShift: logicalBlockShift,
+    maxSectors: config.maxIoBytes / SECTOR_BYTES,
+    chunkSectors: 0,
+    devSectors: config.sizeSectors,
+    virtBoundaryMask: 0n,
+  };
+  // Without the discard part the kernel sets both limits to 0: no DISCARD, no WRITE_ZEROES.
+  if (!config.discard && !config.writeZeroes) return { basic };
   return {
-    basic: {
-      // A volatile cache with FUA makes the kernel send us FLUSH and FUA writes, which the
-      // targets must see to keep dm's durability semantics.
-      attrs: UBLK_ATTR_VOLATILE_CACHE | UBLK_ATTR_FUA | (config.readOnly ? UBLK_ATTR_READ_ONLY : 0),
-      logicalBlockShift,
-      physicalBlockShift: logicalBlockShift,
-      ioOptShift: Math.max(logicalBlockShift, 12),
-      ioMinShift: logicalBlockShift,
-      maxSectors: config.maxIoBytes / SECTOR_BYTES,
-      chunkSectors: 0,
-      devSectors: config.sizeSectors,
-      virtBoundaryMask: 0n,
-    },
+    basic,
     discard: {
       discardAlignment: 0,
+      // Must be non-zero even when only write-zeroes is advertised (spec: ublk_param_discard).
       discardGranularity: DISCARD_GRANULARITY_BYTES,
-      maxDiscardSectors: MAX_DISCARD_SECTORS,
-      maxWriteZeroesSectors: MAX_DISCARD_SECTORS,
+      maxDiscardSectors: config.discard ? MAX_DISCARD_SECTORS : 0,
+      maxWriteZeroesSectors: config.writeZeroes ? MAX_DISCARD_SECTORS : 0,
+      // Must be 1 when discard is advertised; the kernel ignores it otherwise.
       maxDiscardSegments: 1,
     },
   };

@@ -9,7 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { EIO, EOPNOTSUPP, type IoResult } from '../../src/base/errno';
-import { IoOp } from '../../src/io/bio';
+import { IoOp, type IoDone } from '../../src/io/bio';
 import { IoRing } from '../../src/io/ring';
 import { UblkDevice, type UblkRequest } from '../../src/ublk/device';
 import { SECTOR_BYTES } from '../../src/base/units';
@@ -28,7 +28,13 @@ class RamDisk {
     for (let i = 0; i < this.memory.length; i += 4) this.memory.writeUInt32LE(i, i);
   }
 
-  readonly serve = async (req: UblkRequest): Promise<IoResult> => {
+  readonly serve = (req: UblkRequest, done: IoDone): void => {
+    // Answered on a later turn, as a handler doing real I/O would.
+    const result = this.apply(req);
+    setImmediate(() => done(result));
+  };
+
+  private apply(req: UblkRequest): IoResult {
     this.ops.set(req.op, (this.ops.get(req.op) ?? 0) + 1);
     this.queuesSeen.add(req.queueId);
     const byteOffset = req.sector * SECTOR_BYTES;
@@ -36,10 +42,10 @@ class RamDisk {
     switch (req.op) {
       case IoOp.Read:
         if (this.failReads) return -EIO;
-        this.memory.copy(req.buffer, 0, byteOffset, byteOffset + byteLength);
+        this.memory.copy(req.data, 0, byteOffset, byteOffset + byteLength);
         return byteLength;
       case IoOp.Write:
-        this.memory.set(req.buffer, byteOffset);
+        this.memory.set(req.data, byteOffset);
         return byteLength;
       case IoOp.Flush:
         return 0;
@@ -50,7 +56,11 @@ class RamDisk {
       default:
         return -EOPNOTSUPP;
     }
-  };
+  }
+}
+
+async function discardMaxBytes(device: UblkDevice): Promise<number> {
+  return Number(await readFile(`/sys/block/${device.blockPath.replace('/dev/', '')}/queue/discard_max_bytes`, 'utf8'));
 }
 
 describe('integration: the ublk layer serving a RAM disk', function () {
@@ -69,8 +79,9 @@ describe('integration: the ublk layer serving a RAM disk', function () {
 
   it('reads, writes, flushes and discards reach the handler; stop removes the device', async function () {
     const disk = new RamDisk();
-    const device = await UblkDevice.create({ ring, sizeSectors: SIZE_SECTORS, depth: 32 }, disk.serve);
+    const device = await UblkDevice.create({ ring, sizeSectors: SIZE_SECTORS, depth: 32, discard: true }, disk.serve);
     try {
+      assert.ok((await discardMaxBytes(device)) > 0, 'discard advertised when asked for');
       assert.match(device.blockPath, /^\/dev\/ublkb\d+$/);
       assert.equal(await mustSh(`blockdev --getsz ${device.blockPath}`), `${SIZE_SECTORS}\n`);
       assert.equal(await mustSh(`blockdev --getss ${device.blockPath}`), '512\n', '512-byte logical blocks by default');
@@ -103,6 +114,9 @@ describe('integration: the ublk layer serving a RAM disk', function () {
       const r = await sh(`dd if=${device.blockPath} of=/dev/null bs=4k count=1 iflag=direct`);
       assert.notEqual(r.code, 0);
       assert.match(r.stderr, /Input\/output error/);
+      assert.equal(await discardMaxBytes(device), 0, 'no discard unless asked for');
+      assert.notEqual((await sh(`blkdiscard -o 0 -l 65536 ${device.blockPath}`)).code, 0, 'so blkdiscard fails');
+      assert.equal(disk.ops.get(IoOp.Discard) ?? 0, 0);
     } finally {
       await device.stop();
     }
