@@ -13,12 +13,8 @@ import type { RegistryDeps } from './registry';
  */
 export function kernelCollaborators(scope: DaemonScope): Pick<RegistryDeps, 'scope' | 'buildTable' | 'createDispatcher' | 'createUblk'> {
   const createDispatcher: DispatcherFactory = (table) => new Dispatcher(table);
-  const createUblk: UblkFactory = (options, handler) =>
-    UblkDevice.create(
-      { ...options, ring: scope.ring },
-      (request) => new Promise((resolve) => handler({ ...request, data: request.buffer }, resolve)),
-      (request, done) => handler({ ...request, data: request.buffer }, done),
-    );
+  // A ublk request is a Bio: the dispatcher takes it as it comes, no copy, no promise.
+  const createUblk: UblkFactory = (options, handler) => UblkDevice.create({ ...options, ring: scope.ring }, handler);
   return {
     scope,
     buildTable: (text: string, device: DeviceHandle) => loadTable(text, { scope, device }),

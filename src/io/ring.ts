@@ -76,13 +76,9 @@ export class IoRing {
   }
 
   readCb(fd: number, buf: Uint8Array, fileByteOffset: number, done: IoCallback): IoToken {
-    const token = this.claim(done, buf);
-    try {
-      this.ring.prepRead(fd, buf, fileByteOffset, token);
-    } catch (error) {
-      throw this.unclaim(token, error);
-    }
-    return this.queued(token);
+    const token = this.nextToken();
+    this.ring.prepRead(fd, buf, fileByteOffset, token);
+    return this.issued(token, done, buf);
   }
 
   read(fd: number, buf: Uint8Array, fileByteOffset: number): Promise<IoResult> {
@@ -90,13 +86,9 @@ export class IoRing {
   }
 
   writeCb(fd: number, buf: Uint8Array, fileByteOffset: number, rwFlags: number, done: IoCallback): IoToken {
-    const token = this.claim(done, buf);
-    try {
-      this.ring.prepWrite(fd, buf, fileByteOffset, rwFlags, token);
-    } catch (error) {
-      throw this.unclaim(token, error);
-    }
-    return this.queued(token);
+    const token = this.nextToken();
+    this.ring.prepWrite(fd, buf, fileByteOffset, rwFlags, token);
+    return this.issued(token, done, buf);
   }
 
   write(fd: number, buf: Uint8Array, fileByteOffset: number, rwFlags = 0): Promise<IoResult> {
@@ -104,13 +96,9 @@ export class IoRing {
   }
 
   readvCb(fd: number, bufs: Uint8Array[], fileByteOffset: number, done: IoCallback): IoToken {
-    const token = this.claim(done, bufs);
-    try {
-      this.ring.prepReadv(fd, bufs, fileByteOffset, token);
-    } catch (error) {
-      throw this.unclaim(token, error);
-    }
-    return this.queued(token);
+    const token = this.nextToken();
+    this.ring.prepReadv(fd, bufs, fileByteOffset, token);
+    return this.issued(token, done, bufs);
   }
 
   readv(fd: number, bufs: Uint8Array[], fileByteOffset: number): Promise<IoResult> {
@@ -118,13 +106,9 @@ export class IoRing {
   }
 
   writevCb(fd: number, bufs: Uint8Array[], fileByteOffset: number, rwFlags: number, done: IoCallback): IoToken {
-    const token = this.claim(done, bufs);
-    try {
-      this.ring.prepWritev(fd, bufs, fileByteOffset, rwFlags, token);
-    } catch (error) {
-      throw this.unclaim(token, error);
-    }
-    return this.queued(token);
+    const token = this.nextToken();
+    this.ring.prepWritev(fd, bufs, fileByteOffset, rwFlags, token);
+    return this.issued(token, done, bufs);
   }
 
   writev(fd: number, bufs: Uint8Array[], fileByteOffset: number, rwFlags = 0): Promise<IoResult> {
@@ -133,13 +117,9 @@ export class IoRing {
 
   /** fsync, or fdatasync when `datasync`. */
   fsyncCb(fd: number, datasync: boolean, done: IoCallback): IoToken {
-    const token = this.claim(done, undefined);
-    try {
-      this.ring.prepFsync(fd, datasync, token);
-    } catch (error) {
-      throw this.unclaim(token, error);
-    }
-    return this.queued(token);
+    const token = this.nextToken();
+    this.ring.prepFsync(fd, datasync, token);
+    return this.issued(token, done, undefined);
   }
 
   fsync(fd: number, datasync: boolean): Promise<IoResult> {
@@ -148,13 +128,9 @@ export class IoRing {
 
   /** fallocate(2); `mode` takes FALLOC_FL_* bits. */
   fallocateCb(fd: number, mode: number, byteOffset: number, byteLength: number, done: IoCallback): IoToken {
-    const token = this.claim(done, undefined);
-    try {
-      this.ring.prepFallocate(fd, mode, byteOffset, byteLength, token);
-    } catch (error) {
-      throw this.unclaim(token, error);
-    }
-    return this.queued(token);
+    const token = this.nextToken();
+    this.ring.prepFallocate(fd, mode, byteOffset, byteLength, token);
+    return this.issued(token, done, undefined);
   }
 
   fallocate(fd: number, mode: number, byteOffset: number, byteLength: number): Promise<IoResult> {
@@ -166,13 +142,9 @@ export class IoRing {
    * completion (the buffer a payload's address field points at).
    */
   uringCmdCb(fd: number, cmdOp: number, payload: Uint8Array, keepAlive: unknown, done: IoCallback): IoToken {
-    const token = this.claim(done, keepAlive);
-    try {
-      this.ring.prepUringCmd(fd, cmdOp, payload, token);
-    } catch (error) {
-      throw this.unclaim(token, error);
-    }
-    return this.queued(token);
+    const token = this.nextToken();
+    this.ring.prepUringCmd(fd, cmdOp, payload, token);
+    return this.issued(token, done, keepAlive);
   }
 
   uringCmd(fd: number, cmdOp: number, payload: Uint8Array, keepAlive?: unknown): Promise<IoResult> {
@@ -192,13 +164,9 @@ export class IoRing {
     bufAddress: number,
     done: IoCallback,
   ): IoToken {
-    const token = this.claim(done, undefined);
-    try {
-      this.ring.prepUblkIoCmd(fd, cmdOp, queueId, tag, result, bufAddress, token);
-    } catch (error) {
-      throw this.unclaim(token, error);
-    }
-    return this.queued(token);
+    const token = this.nextToken();
+    this.ring.prepUblkIoCmd(fd, cmdOp, queueId, tag, result, bufAddress, token);
+    return this.issued(token, done, undefined);
   }
 
   ublkIoCmd(fd: number, cmdOp: number, queueId: number, tag: number, result: IoResult, bufAddress: number): Promise<IoResult> {
@@ -212,13 +180,9 @@ export class IoRing {
    */
   blockDiscardCb(fd: number, byteOffset: number, byteLength: number, done: IoCallback): IoToken {
     checkByteRange('blockDiscard', byteOffset, byteLength);
-    const token = this.claim(done, undefined);
-    try {
-      this.ring.prepBlockDiscard(fd, byteOffset, byteLength, token);
-    } catch (error) {
-      throw this.unclaim(token, error);
-    }
-    return this.queued(token);
+    const token = this.nextToken();
+    this.ring.prepBlockDiscard(fd, byteOffset, byteLength, token);
+    return this.issued(token, done, undefined);
   }
 
   blockDiscard(fd: number, byteOffset: number, byteLength: number): Promise<IoResult> {
@@ -231,13 +195,9 @@ export class IoRing {
    * (running; it may still complete normally).
    */
   cancelCb(target: IoToken, done: IoCallback): IoToken {
-    const token = this.claim(done, undefined);
-    try {
-      this.ring.prepCancel(target, token);
-    } catch (error) {
-      throw this.unclaim(token, error);
-    }
-    return this.queued(token);
+    const token = this.nextToken();
+    this.ring.prepCancel(target, token);
+    return this.issued(token, done, undefined);
   }
 
   cancel(target: IoToken): Promise<IoResult> {
@@ -263,26 +223,33 @@ export class IoRing {
     if (errors.length > 0) throw errors[0];
   }
 
-  private claim(done: IoCallback, buffers: unknown): IoToken {
+  /**
+   * The token the next request will have: a free slot, not yet taken. The prep gets it before
+   * anything is recorded, so a prep that throws leaves nothing to undo.
+   */
+  private nextToken(): IoToken {
     if (this.closed) throw new Error('IoRing is closed');
-    let slot = this.freeSlots.pop();
+    let slot = this.freeSlots[this.freeSlots.length - 1];
     if (slot === undefined) {
       slot = this.callbacks.length;
       if (slot >= SLOT_LIMIT) throw new RangeError(`IoRing: more than ${SLOT_LIMIT} requests in flight`);
       this.callbacks.push(undefined);
       this.inFlightBuffers.push(undefined);
       this.generations.push(0);
+      this.freeSlots.push(slot);
     }
-    this.callbacks[slot] = done;
-    this.inFlightBuffers[slot] = buffers;
-    this.inFlightCount++;
     return this.generations[slot] * SLOT_LIMIT + slot;
   }
 
-  /** Undo claim() for a prep that threw; returns the error to rethrow. */
-  private unclaim(token: IoToken, error: unknown): unknown {
-    this.release(token % SLOT_LIMIT);
-    return error;
+  /** The prep for `token` (from nextToken) succeeded: take its slot and schedule the submit. */
+  private issued(token: IoToken, done: IoCallback, buffers: unknown): IoToken {
+    const slot = this.freeSlots.pop()!;
+    this.callbacks[slot] = done;
+    this.inFlightBuffers[slot] = buffers;
+    this.inFlightCount++;
+    this.unsubmittedCount++;
+    this.scheduleFlush();
+    return token;
   }
 
   private release(slot: number): void {
@@ -291,12 +258,6 @@ export class IoRing {
     this.generations[slot] = (this.generations[slot] + 1) % GENERATION_LIMIT;
     this.freeSlots.push(slot);
     this.inFlightCount--;
-  }
-
-  private queued(token: IoToken): IoToken {
-    this.unsubmittedCount++;
-    this.scheduleFlush();
-    return token;
   }
 
   private scheduleFlush(): void {
@@ -368,15 +329,4 @@ function checkByteRange(what: string, byteOffset: number, byteLength: number): v
   if (!Number.isSafeInteger(byteOffset) || byteOffset < 0 || !Number.isSafeInteger(byteLength) || byteLength < 0) {
     throw new RangeError(`${what}: byteOffset and byteLength must be non-negative integers (got ${byteOffset}, ${byteLength})`);
   }
-}
-
-let shared: IoRing | undefined;
-
-/**
- * The process-wide ring for all backing-device I/O and all ublk queues. One JS thread issues
- * everything through it, which is what ublk's same-task rule needs (the main thread is the task).
- */
-export function sharedIoRing(): IoRing {
-  if (shared === undefined || shared.isClosed) shared = IoRing.create({ entries: DEFAULT_ENTRIES });
-  return shared;
 }

@@ -2,8 +2,8 @@ import { promises as fsp } from 'node:fs';
 
 import { EINVAL, EIO, ENODEV, ENOENT, EOPNOTSUPP, ETIMEDOUT, ErrnoError, type IoResult } from '../base/errno';
 import { allocPageAligned, native } from '../io/native';
-import { sharedIoRing, type IoRing } from '../io/ring';
-import { IoOp } from '../io/bio';
+import type { IoRing } from '../io/ring';
+import { IoOp, NO_DATA, carriesData, type Bio, type IoDone } from '../io/bio';
 import { PAGE_BYTES, SECTOR_BYTES } from '../base/units';
 import {
   ANY_DEV_ID,
@@ -25,32 +25,30 @@ import { UblkControl } from './control';
 
 /**
  * UblkDevice: the server side of one ublk device. It posts a FETCH for every tag of every queue
- * on the process-wide ring, turns each delivered descriptor into a UblkRequest for the handler,
+ * on the ring the caller gives it, turns each delivered descriptor into a UblkRequest for the handler,
  * and answers with COMMIT_AND_FETCH. It knows nothing about what the handler does.
  */
 
-export interface UblkRequest {
+/** A request as the kernel delivered it: a Bio (device-relative) and where it came from. */
+export interface UblkRequest extends Bio {
   readonly queueId: number;
   readonly tag: number;
-  readonly op: IoOp;
-  readonly fua: boolean;
-  readonly noUnmap: boolean;
-  readonly sector: number;
-  readonly sectorCount: number;
-  /** Read/Write: sectorCount * 512 bytes, a view of the tag's buffer. Empty for other ops. */
-  readonly buffer: Uint8Array;
 }
 
-/** Bytes moved (Read/Write) or 0 on success, or -errno. A rejection completes the request with -EIO. */
-export type UblkHandler = (req: UblkRequest) => Promise<IoResult>;
-
 /**
- * The handler's promise-free form (the per-request hot path): `done` takes what the promise
- * would resolve to; calls after the first are ignored. A throw completes the request with -EIO.
+ * Serves one request: `done` takes bytes moved (Read/Write) or 0, or -errno; calls after the
+ * first are ignored, and so are calls for a request already answered. A throw completes the
+ * request with -EIO.
  */
-export type UblkCallbackHandler = (req: UblkRequest, done: (result: IoResult) => void) => void;
+export type UblkHandler = (req: UblkRequest, done: IoDone) => void;
 
 export interface UblkDeviceOptions {
+  /**
+   * The ring to post the queues' commands on, owned by the caller (one per thread, never a
+   * process singleton). ublk takes commands of a queue only from the task that fetched first,
+   * so it must belong to the thread that serves this device.
+   */
+  ring: IoRing;
   sizeSectors: number;
   /** Default 1. */
   queues?: number;
@@ -61,17 +59,15 @@ export interface UblkDeviceOptions {
   /** 512 … 4096, default 512. */
   logicalBlockBytes?: number;
   readOnly?: boolean;
-  /**
-   * Advertise discard / write-zeroes (default false): only when whatever serves the requests
-   * can do them, as loop sets its limits from the file underneath. Without, the block layer
-   * never sends them (blkdiscard fails with EOPNOTSUPP instead of silently succeeding).
-   */
-  discard?: boolean;
-  writeZeroes?: boolean;
-  /** The ring the queues' commands go through; default: the process-wide one. */
-  ring?: IoRing;
   /** Wanted device id; default: any free id. */
   devId?: number;
+  /**
+   * Advertise discard (the backing can deallocate). Default false: the kernel then sends no
+   * DISCARD and the block device reports discard_max_bytes 0, as loop does.
+   */
+  discard?: boolean;
+  /** Advertise write-zeroes (the backing can zero a range without a data buffer). Default false. */
+  writeZeroes?: boolean;
 }
 
 const DEFAULT_DEPTH = 128;
@@ -82,7 +78,6 @@ const ABORT_WAIT_MS = 10_000;
 const DISCARD_GRANULARITY_BYTES = 4096;
 /** As libublksrv: UINT_MAX bytes' worth of sectors, so byte counts never overflow a u32. */
 const MAX_DISCARD_SECTORS = 0xffffffff >>> 9;
-const NO_DATA = new Uint8Array(0);
 
 /** Where a tag is in its FETCH → handle → COMMIT_AND_FETCH cycle. */
 const enum TagPhase {
@@ -111,8 +106,7 @@ export class UblkDevice {
   private stopping: Promise<void> | undefined;
 
   /** Create, configure and start a device; on any failure nothing is left in the kernel. */
-  /** With `callbackHandler`, requests go to it and `handler` is not used. */
-  static async create(options: UblkDeviceOptions, handler: UblkHandler, callbackHandler?: UblkCallbackHandler): Promise<UblkDevice> {
+  static async create(options: UblkDeviceOptions, handler: UblkHandler): Promise<UblkDevice> {
     const config = validate(options);
     const control = await UblkControl.open();
     let devId: number | undefined;
@@ -140,7 +134,7 @@ export class UblkDevice {
       const charPath = `/dev/ublkc${devId}`;
       const charHandle = await openWhenCreated(charPath);
       try {
-        device = new UblkDevice(control, charHandle, devId, config, info.flags, handler, callbackHandler);
+        device = new UblkDevice(control, charHandle, devId, config, info.flags, handler);
       } catch (error) {
         await charHandle.close(); // DEL_DEV would wait for this reference forever
         throw error;
@@ -169,7 +163,6 @@ export class UblkDevice {
     /** Negotiated UBLK_F_* flags (ADD_DEV's answer). */
     readonly features: bigint,
     private readonly handler: UblkHandler,
-    private readonly callbackHandler: UblkCallbackHandler | undefined,
   ) {
     this.charPath = `/dev/ublkc${id}`;
     this.blockPath = `/dev/ublkb${id}`;
@@ -245,7 +238,7 @@ export class UblkDevice {
     for (const slot of this.tags) slot.post(UBLK_U_IO_FETCH_REQ, 0);
   }
 
-  /** @internal The ring all queues share. */
+  /** @internal The ring every queue of this device posts its commands on (options.ring). */
   get ring(): IoRing {
     return this.config.ring;
   }
@@ -263,13 +256,13 @@ export class UblkDevice {
       slot.commit(-EOPNOTSUPP);
       return;
     }
-    const carriesData = op === IoOp.Read || op === IoOp.Write;
+    const withData = carriesData(op);
     const byteLength = desc.sectorCount * SECTOR_BYTES;
-    if (carriesData && byteLength > slot.buffer.byteLength) {
+    if (withData && byteLength > slot.buffer.byteLength) {
       slot.commit(-EIO); // the kernel never sends more than max_sectors; refuse rather than overrun
       return;
     }
-    slot.begin(op, carriesData ? byteLength : 0);
+    const done = slot.begin(op, withData ? byteLength : 0);
     const request: UblkRequest = {
       queueId: slot.queueId,
       tag: slot.tag,
@@ -278,24 +271,13 @@ export class UblkDevice {
       noUnmap: (desc.flags & UBLK_IO_F_NOUNMAP) !== 0,
       sector: desc.sector,
       sectorCount: desc.sectorCount,
-      buffer: carriesData ? slot.buffer.subarray(0, byteLength) : NO_DATA,
+      data: withData ? slot.buffer.subarray(0, byteLength) : NO_DATA,
     };
-    if (this.callbackHandler !== undefined) {
-      try {
-        this.callbackHandler(request, slot.onHandled);
-      } catch {
-        slot.onHandlerFailed();
-      }
-      return;
-    }
-    let pending: Promise<IoResult>;
     try {
-      pending = this.handler(request);
+      this.handler(request, done);
     } catch {
-      slot.commit(-EIO);
-      return;
+      done(-EIO);
     }
-    pending.then(slot.onHandled, slot.onHandlerFailed);
   }
 
   /** @internal The tag's command completed without a request (ABORT, or a rejected command). */
@@ -331,14 +313,24 @@ export class UblkDevice {
   }
 }
 
-/** One (queue, tag): its buffer and the callbacks of its cycle, bound once. */
-class TagSlot {
+/** @internal What a TagSlot needs of its device; an interface so unit tests can stand in for it. */
+export interface TagOwner {
+  readonly ring: Pick<IoRing, 'ublkIoCmdCb' | 'isClosed'>;
+  readonly charFd: number;
+  dispatch(slot: TagSlot): void;
+  retire(result: IoResult): void;
+}
+
+/** @internal One (queue, tag): its buffer and the callbacks of its cycle, bound once. */
+export class TagSlot {
   private phase = TagPhase.Posted;
   private op = IoOp.Read;
   private dataByteLength = 0;
+  /** Counts the requests delivered to this tag; names the one being served. */
+  private generation = 0;
 
   constructor(
-    private readonly device: UblkDevice,
+    private readonly device: TagOwner,
     readonly queueId: number,
     readonly tag: number,
     /** maxIoBytes of page-aligned memory the kernel copies request data to and from. */
@@ -359,14 +351,26 @@ class TagSlot {
         this.onCommandDone,
       );
     } catch {
-      this.retire(-EIO);
+      // A full SQ the kernel would not take (EBUSY/EAGAIN) is passing: completions being reaped
+      // meanwhile make room. Giving the tag up instead would leave the kernel's request
+      // unanswered forever, and STOP_DEV waiting behind it; so keep the command and its result
+      // and try again on the next turn. Only a closed ring is final.
+      if (this.device.ring.isClosed) this.retire(-EIO);
+      else setImmediate(() => this.post(cmdOp, result));
     }
   }
 
-  begin(op: IoOp, dataByteLength: number): void {
+  /**
+   * The kernel delivered a request: the handler owns the tag until the returned `done` is
+   * called. Each delivery has its own generation, and `done` is bound to it, so a late or
+   * repeated call for an earlier request cannot answer the one the tag serves now.
+   */
+  begin(op: IoOp, dataByteLength: number): IoDone {
     this.phase = TagPhase.Serving;
     this.op = op;
     this.dataByteLength = dataByteLength;
+    const generation = ++this.generation;
+    return (result) => this.handled(generation, result);
   }
 
   commit(result: IoResult): void {
@@ -381,23 +385,18 @@ class TagSlot {
     }
   };
 
-  readonly onHandled = (result: IoResult): void => {
-    if (this.phase !== TagPhase.Serving) return; // answered already
+  private handled(generation: number, result: IoResult): void {
+    if (generation !== this.generation || this.phase !== TagPhase.Serving) return; // stale, or answered
     if (typeof result !== 'number' || !Number.isInteger(result)) {
       this.commit(-EIO);
     } else if (result < 0) {
       this.commit(result);
-    } else if (this.op === IoOp.Read || this.op === IoOp.Write) {
+    } else if (carriesData(this.op)) {
       this.commit(Math.min(result, this.dataByteLength));
     } else {
       this.commit(0);
     }
-  };
-
-  readonly onHandlerFailed = (): void => {
-    if (this.phase !== TagPhase.Serving) return;
-    this.commit(-EIO);
-  };
+  }
 
   private retire(result: IoResult): void {
     if (this.phase === TagPhase.Retired) return;
@@ -421,6 +420,7 @@ function knownOp(op: number): IoOp | undefined {
 
 function validate(options: UblkDeviceOptions): Required<UblkDeviceOptions> {
   const config: Required<UblkDeviceOptions> = {
+    ring: options.ring,
     sizeSectors: options.sizeSectors,
     queues: options.queues ?? 1,
     depth: options.depth ?? DEFAULT_DEPTH,
@@ -430,11 +430,11 @@ function validate(options: UblkDeviceOptions): Required<UblkDeviceOptions> {
     devId: options.devId ?? ANY_DEV_ID,
     discard: options.discard ?? false,
     writeZeroes: options.writeZeroes ?? false,
-    ring: options.ring ?? sharedIoRing(),
   };
   const fail = (message: string): never => {
     throw new ErrnoError(`ublk device: ${message}`, EINVAL);
   };
+  if (config.ring === undefined || config.ring.isClosed) fail('ring must be an open IoRing');
   if (!Number.isSafeInteger(config.sizeSectors) || config.sizeSectors <= 0) fail('sizeSectors must be a positive integer');
   if (!Number.isInteger(config.queues) || config.queues < 1 || config.queues > 4096) fail('queues must be 1..4096');
   if (!Number.isInteger(config.depth) || config.depth < 1 || config.depth > 4096) fail('depth must be 1..4096');
@@ -446,27 +446,32 @@ function validate(options: UblkDeviceOptions): Required<UblkDeviceOptions> {
   return config;
 }
 
-function deviceParams(config: Required<UblkDeviceOptions>): { basic: BasicParams; discard: DiscardParams } {
+function deviceParams(config: Required<UblkDeviceOptions>): { basic: BasicParams; discard?: DiscardParams } {
   const logicalBlockShift = Math.log2(config.logicalBlockBytes);
+  const basic: BasicParams = {
+    // A volatile cache with FUA makes the kernel send us FLUSH and FUA writes, which the
+    // targets must see to keep dm's durability semantics.
+    attrs: UBLK_ATTR_VOLATILE_CACHE | UBLK_ATTR_FUA | (config.readOnly ? UBLK_ATTR_READ_ONLY : 0),
+    logicalBlockShift,
+    physicalBlockShift: logicalBlockShift,
+    ioOptShift: Math.max(logicalBlockShift, 12),
+    ioMinShift: logicalBlockShift,
+    maxSectors: config.maxIoBytes / SECTOR_BYTES,
+    chunkSectors: 0,
+    devSectors: config.sizeSectors,
+    virtBoundaryMask: 0n,
+  };
+  // Without the discard part the kernel sets both limits to 0: no DISCARD, no WRITE_ZEROES.
+  if (!config.discard && !config.writeZeroes) return { basic };
   return {
-    basic: {
-      // A volatile cache with FUA makes the kernel send us FLUSH and FUA writes, which the
-      // targets must see to keep dm's durability semantics.
-      attrs: UBLK_ATTR_VOLATILE_CACHE | UBLK_ATTR_FUA | (config.readOnly ? UBLK_ATTR_READ_ONLY : 0),
-      logicalBlockShift,
-      physicalBlockShift: logicalBlockShift,
-      ioOptShift: Math.max(logicalBlockShift, 12),
-      ioMinShift: logicalBlockShift,
-      maxSectors: config.maxIoBytes / SECTOR_BYTES,
-      chunkSectors: 0,
-      devSectors: config.sizeSectors,
-      virtBoundaryMask: 0n,
-    },
+    basic,
     discard: {
       discardAlignment: 0,
+      // Must be non-zero even when only write-zeroes is advertised (spec: ublk_param_discard).
       discardGranularity: DISCARD_GRANULARITY_BYTES,
       maxDiscardSectors: config.discard ? MAX_DISCARD_SECTORS : 0,
       maxWriteZeroesSectors: config.writeZeroes ? MAX_DISCARD_SECTORS : 0,
+      // Must be 1 when discard is advertised; the kernel ignores it otherwise.
       maxDiscardSegments: 1,
     },
   };

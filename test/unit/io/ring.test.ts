@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { execFile } from 'node:child_process';
 import { native } from '../../../src/io/native';
 import { ECANCELED, EOPNOTSUPP } from '../../../src/base/errno';
-import { IoRing, sharedIoRing } from '../../../src/io/ring';
+import { IoRing } from '../../../src/io/ring';
 
 const EBADF_FOR_TEST = os.constants.errno.EBADF;
 
@@ -214,13 +214,9 @@ describe('IoRing (real io_uring)', () => {
     }
   });
 
-  it('sharedIoRing() is one ring per process', () => {
-    assert.equal(sharedIoRing(), sharedIoRing());
-  });
-
   it('an idle ring does not keep the process alive', async () => {
     const ringModule = path.resolve(__dirname, '../../../src/io/ring.js');
-    const script = `const r = require(${JSON.stringify(ringModule)}).sharedIoRing();
+    const script = `const r = require(${JSON.stringify(ringModule)}).IoRing.create();
       r.fsync(0, true).then((res) => console.log('done', typeof res));`;
     const output = await new Promise<string>((resolve, reject) => {
       execFile(process.execPath, ['-e', script], { timeout: 5000 }, (error, stdout) =>

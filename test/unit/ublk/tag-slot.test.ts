@@ -1,0 +1,121 @@
+import { strict as assert } from 'node:assert';
+
+import { EIO, type IoResult } from '../../../src/base/errno';
+import { IoOp, type IoDone } from '../../../src/io/bio';
+import type { IoCallback } from '../../../src/io/ring';
+import { UBLK_IO_RES_OK, UBLK_U_IO_COMMIT_AND_FETCH_REQ, UBLK_U_IO_FETCH_REQ } from '../../../src/ublk/abi';
+import { TagSlot, type TagOwner } from '../../../src/ublk/device';
+
+interface PostedCommand {
+  cmdOp: number;
+  result: IoResult;
+  done: IoCallback;
+}
+
+/** A ring that records ublk commands, refusing the next `failures` preps as a full SQ would. */
+class FakeRing {
+  readonly posted: PostedCommand[] = [];
+  failures = 0;
+  isClosed = false;
+
+  ublkIoCmdCb(_fd: number, cmdOp: number, _queueId: number, _tag: number, result: IoResult, _bufAddress: number, done: IoCallback): number {
+    if (this.failures > 0) {
+      this.failures--;
+      throw new Error('io_uring_get_sqe: Device or resource busy');
+    }
+    this.posted.push({ cmdOp, result, done });
+    return this.posted.length;
+  }
+
+  /** The kernel answers the last command posted. */
+  completeLast(result: IoResult): void {
+    this.posted[this.posted.length - 1].done(result);
+  }
+}
+
+/** Plays the device: every delivered request is a 4 KiB read. */
+class FakeOwner implements TagOwner {
+  readonly ring = new FakeRing();
+  readonly charFd = 99;
+  readonly retired: IoResult[] = [];
+  /** The `done` of every request delivered, in order. */
+  readonly dones: IoDone[] = [];
+
+  dispatch(slot: TagSlot): void {
+    this.dones.push(slot.begin(IoOp.Read, 4096));
+  }
+
+  retire(result: IoResult): void {
+    this.retired.push(result);
+  }
+}
+
+function nextTurns(count: number): Promise<void> {
+  let chain = Promise.resolve();
+  for (let i = 0; i < count; i++) chain = chain.then(() => new Promise<void>((resolve) => setImmediate(resolve)));
+  return chain;
+}
+
+describe('TagSlot', () => {
+  let owner: FakeOwner;
+  let slot: TagSlot;
+
+  beforeEach(() => {
+    owner = new FakeOwner();
+    slot = new TagSlot(owner, 0, 3, new Uint8Array(8192), 0x10000);
+  });
+
+  it('retries a post the ring refused, keeping the command and its result, and never retires the tag', async () => {
+    owner.ring.failures = 2;
+    slot.post(UBLK_U_IO_FETCH_REQ, 0);
+    await nextTurns(3);
+    assert.deepEqual(owner.ring.posted.map((c) => c.cmdOp), [UBLK_U_IO_FETCH_REQ]);
+
+    owner.ring.completeLast(UBLK_IO_RES_OK);
+    assert.equal(owner.dones.length, 1);
+    owner.ring.failures = 3;
+    owner.dones[0](4096);
+    assert.equal(owner.ring.posted.length, 1, 'the commit was refused');
+    await nextTurns(4);
+    assert.equal(owner.ring.posted.length, 2);
+    assert.equal(owner.ring.posted[1].cmdOp, UBLK_U_IO_COMMIT_AND_FETCH_REQ);
+    assert.equal(owner.ring.posted[1].result, 4096, 'the handler result reached the kernel');
+    assert.deepEqual(owner.retired, []);
+  });
+
+  it('a late done while the commit waits for a retry posts nothing twice', async () => {
+    slot.post(UBLK_U_IO_FETCH_REQ, 0);
+    owner.ring.completeLast(UBLK_IO_RES_OK);
+    owner.ring.failures = 1;
+    owner.dones[0](512);
+    owner.dones[0](1024);
+    await nextTurns(2);
+    assert.deepEqual(owner.ring.posted.map((c) => c.result), [0, 512]);
+  });
+
+  it('a done from an earlier request cannot answer the request the tag serves now', () => {
+    slot.post(UBLK_U_IO_FETCH_REQ, 0);
+    owner.ring.completeLast(UBLK_IO_RES_OK);
+    owner.dones[0](512);
+    owner.ring.completeLast(UBLK_IO_RES_OK); // COMMIT_AND_FETCH brings the next request
+    assert.equal(owner.dones.length, 2);
+    owner.dones[0](999); // late: the first request was answered already
+    assert.equal(owner.ring.posted.length, 2, 'the stale done posted nothing');
+    owner.dones[1](4096);
+    assert.deepEqual(owner.ring.posted.map((c) => c.result), [0, 512, 4096]);
+  });
+
+  it('a handler result that is not an integer completes the request with -EIO', () => {
+    slot.post(UBLK_U_IO_FETCH_REQ, 0);
+    owner.ring.completeLast(UBLK_IO_RES_OK);
+    owner.dones[0](Number.NaN);
+    assert.deepEqual(owner.ring.posted.map((c) => c.result), [0, -EIO]);
+  });
+
+  it('gives the tag up only when the ring is closed', () => {
+    owner.ring.isClosed = true;
+    owner.ring.failures = 1;
+    slot.post(UBLK_U_IO_FETCH_REQ, 0);
+    assert.equal(owner.retired.length, 1);
+  });
+});
