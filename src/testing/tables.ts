@@ -44,6 +44,6 @@ export function loadMemoryTable(
 }
 
 /** The promise form of a callback-style submit (a Dispatcher's, a target's map): for tests. */
-export function submitted(submit: (bio: Bio, done: (result: IoResult) => void) => void, bio: Bio): Promise<IoResult> {
+export function submitted<R = IoResult>(submit: (bio: Bio, done: (result: R) => void) => void, bio: Bio): Promise<R> {
   return new Promise((resolve) => submit(bio, resolve));
 }

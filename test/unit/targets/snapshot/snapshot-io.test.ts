@@ -1,0 +1,214 @@
+import assert from 'node:assert/strict';
+import { EIO } from '../../../../src/base/errno';
+import { DeviceEvents } from '../../../../src/dm/mapped-device';
+import type { MapOutcome, Target } from '../../../../src/dm/target';
+import { IoOp, NO_DATA, type Bio } from '../../../../src/io/bio';
+import { MemoryDevice } from '../../../../src/testing/memory-device';
+import { submitted, testScope } from '../../../../src/testing/tables';
+import type { ExceptionStore, ExceptionStoreUsage } from '../../../../src/targets/snapshot/exception-store';
+import { SnapshotOriginTarget } from '../../../../src/targets/snapshot/origin';
+import { ORIGINS, type OriginRegistry } from '../../../../src/targets/snapshot/origin-registry';
+import { InOrderCompleter } from '../../../../src/targets/snapshot/pending-exception';
+import { SnapshotTarget } from '../../../../src/targets/snapshot/snapshot';
+
+const CHUNK = 8;
+const CHUNK_BYTES = CHUNK * 512;
+
+/**
+ * A store that hands out COW chunks 0, 1, 2... up to `capacity` and, unless `holdCommits`, makes
+ * every commit durable at once; held commits wait in `heldCommits` for the test to release them.
+ */
+class FakeStore implements ExceptionStore {
+  readonly tableText: string;
+  readonly mergeSupported = false;
+  holdCommits = false;
+  readonly heldCommits: Array<() => void> = [];
+  readonly committed: Array<[number, number]> = [];
+  dropped = false;
+  private nextChunk = 0;
+
+  constructor(
+    readonly chunkSectors: number,
+    private readonly capacity: number,
+    readonly overflowSupported = false,
+  ) {
+    this.tableText = overflowSupported ? 'PO' : 'P';
+  }
+
+  async readMetadata(): Promise<boolean> {
+    return true;
+  }
+  prepareException(): number | undefined {
+    return this.nextChunk < this.capacity ? this.nextChunk++ : undefined;
+  }
+  commitException(oldChunk: number, newChunk: number, copyValid: boolean, done: (valid: boolean) => void): void {
+    const commit = () => {
+      this.committed.push([oldChunk, newChunk]);
+      done(copyValid);
+    };
+    if (this.holdCommits) this.heldCommits.push(commit);
+    else commit();
+  }
+  async dropSnapshot(): Promise<void> {
+    this.dropped = true;
+  }
+  usage(): ExceptionStoreUsage {
+    return { allocatedSectors: this.nextChunk * this.chunkSectors, totalSectors: this.capacity * this.chunkSectors, metadataSectors: 0 };
+  }
+}
+
+function stamp(byte: number, sectorCount = CHUNK): Buffer {
+  return Buffer.alloc(sectorCount * 512, byte);
+}
+
+function io(target: Target, op: IoOp, sector: number, data: Uint8Array = NO_DATA): Promise<MapOutcome> {
+  const bio: Bio = { op, sector, sectorCount: data.byteLength / 512, data, fua: false, noUnmap: false };
+  return submitted<MapOutcome>((b, done) => target.map(b, done), bio);
+}
+
+async function settle(): Promise<void> {
+  for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve));
+}
+
+interface Rig {
+  origin: MemoryDevice;
+  cow: MemoryDevice;
+  store: FakeStore;
+  events: DeviceEvents;
+  registry: OriginRegistry;
+  originTarget: SnapshotOriginTarget;
+  snapshot: SnapshotTarget;
+}
+
+async function rig(options: { capacity?: number; overflow?: boolean; chunk?: number; resume?: boolean } = {}): Promise<Rig> {
+  const chunk = options.chunk ?? CHUNK;
+  const origin = new MemoryDevice(64 * CHUNK);
+  origin.contents.fill(0x11);
+  const cow = new MemoryDevice(64 * CHUNK);
+  const store = new FakeStore(chunk, options.capacity ?? 32, options.overflow ?? false);
+  const events = new DeviceEvents('snap');
+  const registry = testScope().get(ORIGINS);
+  const snapshot = new SnapshotTarget(
+    origin.open(), cow.open(), store, { valid: true, records: [] },
+    { discardZeroesCow: false, discardPassdownOrigin: false }, 0, 64 * CHUNK, events, registry,
+  );
+  if (options.resume ?? true) await snapshot.resume();
+  const originTarget = new SnapshotOriginTarget(origin.open(), 0, registry);
+  return { origin, cow, store, events, registry, originTarget, snapshot };
+}
+
+describe('snapshot: the origin write path', () => {
+  it('an origin write copies the old chunk to the COW first; the snapshot keeps reading the old data', async () => {
+    const r = await rig();
+    assert.equal(await io(r.originTarget, IoOp.Write, 3 * CHUNK, stamp(0x22)), CHUNK_BYTES);
+    assert.deepEqual(r.store.committed, [[3, 0]]);
+    assert.ok(r.cow.contents.subarray(0, CHUNK_BYTES).every((b) => b === 0x11), 'old data in COW chunk 0');
+    const back = Buffer.alloc(CHUNK_BYTES);
+    assert.equal(await io(r.snapshot, IoOp.Read, 3 * CHUNK, back), CHUNK_BYTES);
+    assert.ok(back.every((b) => b === 0x11), 'the snapshot still reads the old data');
+    assert.ok(r.origin.contents.subarray(3 * CHUNK_BYTES, 4 * CHUNK_BYTES).every((b) => b === 0x22));
+  });
+
+  it('the origin write waits until the exception is committed, not just copied', async () => {
+    const r = await rig();
+    r.store.holdCommits = true;
+    let answered = false;
+    const write = io(r.originTarget, IoOp.Write, 0, stamp(0x22)).then((result) => ((answered = true), result));
+    await settle();
+    assert.equal(r.store.heldCommits.length, 1, 'the copy finished and asked for a commit');
+    assert.equal(answered, false);
+    assert.ok(r.origin.contents.subarray(0, CHUNK_BYTES).every((b) => b === 0x11), 'origin untouched before the commit');
+    r.store.heldCommits[0]!();
+    assert.equal(await write, CHUNK_BYTES);
+    assert.ok(r.origin.contents.subarray(0, CHUNK_BYTES).every((b) => b === 0x22));
+  });
+
+  it('a second write to an excepted chunk goes straight to the origin', async () => {
+    const r = await rig();
+    await io(r.originTarget, IoOp.Write, 0, stamp(0x22));
+    const reads = r.origin.calls.read;
+    await io(r.originTarget, IoOp.Write, 0, stamp(0x33));
+    assert.equal(r.origin.calls.read, reads, 'no second copy');
+    assert.equal(r.store.committed.length, 1);
+  });
+
+  it('a snapshot that was never resumed is not copied to (inactive until its table is live)', async () => {
+    const r = await rig({ resume: false });
+    await io(r.originTarget, IoOp.Write, 0, stamp(0x22));
+    assert.equal(r.store.committed.length, 0);
+  });
+
+  it('a full COW on an origin write invalidates the snapshot (event, header drop) and the write still goes through', async () => {
+    const r = await rig({ capacity: 1, overflow: true });
+    await io(r.originTarget, IoOp.Write, 0, stamp(0x22));
+    assert.equal(await io(r.originTarget, IoOp.Write, CHUNK, stamp(0x22)), CHUNK_BYTES);
+    assert.equal(r.snapshot.status('info'), 'Invalid', 'even a PO store: overflow is for snapshot writes only');
+    assert.equal(r.events.eventNumber, 1);
+    assert.equal(r.store.dropped, true);
+    assert.equal(await io(r.snapshot, IoOp.Read, 0, Buffer.alloc(512)), -EIO);
+    assert.ok(r.origin.contents.subarray(CHUNK_BYTES, 2 * CHUNK_BYTES).every((b) => b === 0x22));
+  });
+
+  it('origin writes are split at the smallest chunk size of the live snapshots, read at every request', async () => {
+    const r = await rig({ chunk: 16 });
+    assert.equal(r.originTarget.maxIoSectors, 16);
+    const small = new SnapshotTarget(
+      r.origin.open(), new MemoryDevice(64 * CHUNK).open(), new FakeStore(4, 8), { valid: true, records: [] },
+      { discardZeroesCow: false, discardPassdownOrigin: false }, 0, 64 * CHUNK, new DeviceEvents('s4'), r.registry,
+    );
+    assert.equal(r.originTarget.maxIoSectors, 4);
+    await small.destroy();
+    assert.equal(r.originTarget.maxIoSectors, 16);
+  });
+});
+
+describe('snapshot: writes to the snapshot', () => {
+  it('a partial-chunk write copies the chunk first, then lands on top of it in the COW', async () => {
+    const r = await rig();
+    assert.equal(await io(r.snapshot, IoOp.Write, 5 * CHUNK + 1, stamp(0x44, 1)), 512);
+    const back = Buffer.alloc(CHUNK_BYTES);
+    await io(r.snapshot, IoOp.Read, 5 * CHUNK, back);
+    assert.ok(back.subarray(0, 512).every((b) => b === 0x11) && back.subarray(512, 1024).every((b) => b === 0x44) && back.subarray(1024).every((b) => b === 0x11));
+    assert.ok(r.origin.contents.subarray(5 * CHUNK_BYTES, 6 * CHUNK_BYTES).every((b) => b === 0x11), 'the origin is unchanged');
+  });
+
+  it('a whole-chunk write skips the copy', async () => {
+    const r = await rig();
+    const reads = r.origin.calls.read;
+    assert.equal(await io(r.snapshot, IoOp.Write, 7 * CHUNK, stamp(0x55)), CHUNK_BYTES);
+    assert.equal(r.origin.calls.read, reads);
+    assert.deepEqual(r.store.committed, [[7, 0]]);
+  });
+
+  it('PO: a full store fails the write and marks the snapshot Overflow, without an event; reads go on', async () => {
+    const r = await rig({ capacity: 1, overflow: true });
+    await io(r.snapshot, IoOp.Write, 0, stamp(0x55));
+    assert.equal(await io(r.snapshot, IoOp.Write, CHUNK, stamp(0x55)), -EIO);
+    assert.equal(r.snapshot.status('info'), 'Overflow');
+    assert.equal(r.events.eventNumber, 0);
+    assert.equal(await io(r.snapshot, IoOp.Write, 0, stamp(0x66)), -EIO, 'every snapshot write fails while overflowed');
+    assert.equal(await io(r.snapshot, IoOp.Read, 0, Buffer.alloc(CHUNK_BYTES)), CHUNK_BYTES);
+  });
+
+  it('P: a full store on a snapshot write invalidates it', async () => {
+    const r = await rig({ capacity: 0 });
+    assert.equal(await io(r.snapshot, IoOp.Write, 0, stamp(0x55)), -EIO);
+    assert.equal(r.snapshot.status('info'), 'Invalid');
+    assert.equal(r.events.eventNumber, 1);
+  });
+});
+
+describe('snapshot: InOrderCompleter', () => {
+  it('completes in allocation order whatever order items finish in', () => {
+    const completed: number[] = [];
+    const completer = new InOrderCompleter<{ sequence: number }>((item) => completed.push(item.sequence));
+    const items = [0, 1, 2, 3].map(() => ({ sequence: completer.allocate() }));
+    completer.finished(items[2]!);
+    completer.finished(items[1]!);
+    assert.deepEqual(completed, [], 'held until the first finishes');
+    completer.finished(items[0]!);
+    assert.deepEqual(completed, [0, 1, 2]);
+    completer.finished(items[3]!);
+    assert.deepEqual(completed, [0, 1, 2, 3]);
+  });
+});
