@@ -424,12 +424,9 @@ function shifted(region: IoRegion, byOffsetSectors: number, count: number): IoRe
   return { device: region.device, sector: region.sector + byOffsetSectors, count };
 }
 
-/**
- * Capabilities are asked, never assumed: a device that can write zeroes says so with
- * `canWriteZeroes: true` (BlockDevice has no such field yet, so others get zero pages written).
- */
+/** Capabilities are declared, never assumed: others get zero pages written. */
 function supportsWriteZeroes(region: IoRegion): boolean {
-  return (region.device as { readonly canWriteZeroes?: boolean }).canWriteZeroes === true;
+  return region.device.capabilities.writeZeroes;
 }
 
 function resolveResult(readErr: boolean, writeErr: ErrorBits, resolve: (result: KcopydResult) => void): void {

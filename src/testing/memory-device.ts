@@ -18,6 +18,8 @@ export interface MemoryDeviceOptions {
   readonly tableName?: string;
   readonly logicalBlockBytes?: number;
   readonly devno?: { major: number; minor: number };
+  /** Default: discard and write-zeroes both. */
+  readonly capabilities?: DeviceCapabilities;
 }
 
 /**
@@ -71,7 +73,7 @@ export class MemoryDevice implements BlockDevice {
   readonly logicalBlockBytes: number;
   readonly devno?: { major: number; minor: number };
   readonly key: DeviceKey;
-  readonly capabilities: DeviceCapabilities = { discard: true, writeZeroes: true };
+  readonly capabilities: DeviceCapabilities;
   /** The device's contents; tests may read and write it directly. */
   readonly contents: Buffer;
   /** Calls per operation, counted on entry (before any gate or injected failure). */
@@ -100,6 +102,7 @@ export class MemoryDevice implements BlockDevice {
     this.key = options.devno ? `blk:${options.devno.major}:${options.devno.minor}` : `mem:${number}`;
     this.path = `memory:${this.tableName}`;
     this.logicalBlockBytes = options.logicalBlockBytes ?? SECTOR_BYTES;
+    this.capabilities = options.capabilities ?? { discard: true, writeZeroes: true };
     if (options.devno) this.devno = options.devno;
   }
 

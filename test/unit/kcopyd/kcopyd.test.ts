@@ -13,8 +13,9 @@ import { FaultDevice } from '../../../src/testing/fault-device';
 
 const MiB = 1024 * 1024;
 
-function filled(sizeSectors: number): MemoryDevice {
-  const device = new MemoryDevice(sizeSectors);
+/** Random contents; a device that declares no write-zeroes unless told otherwise. */
+function filled(sizeSectors: number, writeZeroes = false): MemoryDevice {
+  const device = new MemoryDevice(sizeSectors, { capabilities: { discard: false, writeZeroes } });
   device.contents.set(randomBytes(device.contents.length));
   return device;
 }
@@ -239,7 +240,7 @@ describe('kcopyd', () => {
     });
 
     it('uses write-zeroes when every destination says it can', async () => {
-      const dest = Object.assign(filled(4096), { canWriteZeroes: true });
+      const dest = filled(4096, true);
       const client = new KcopydClient();
       await client.zeroAndWait([{ device: dest, sector: 0, count: 4096 }]);
       assert.ok(isZero(dest.contents));
