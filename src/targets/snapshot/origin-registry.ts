@@ -12,6 +12,8 @@ import type { DeviceKey } from '../../io/block-device';
 /** What the origin write path needs from a snapshot. */
 export interface OriginSnapshot {
   readonly chunkSectors: number;
+  /** The COW device's key: two live tables over one COW would each believe they own it. */
+  readonly cowKey: DeviceKey;
   /**
    * Make sure the chunks under [sector, sector + sectorCount) are (or are being) copied out:
    * returns a promise-free wait (`whenCopied(resume)`) if a copy must finish first, or undefined
@@ -39,6 +41,15 @@ export class OriginRegistry {
     const index = list.indexOf(snapshot);
     if (index >= 0) list.splice(index, 1);
     if (list.length === 0) this.byOrigin.delete(origin);
+  }
+
+  /** The snapshot (of any origin) whose COW is `cow`, if one is registered. */
+  usingCow(cow: DeviceKey): OriginSnapshot | undefined {
+    for (const list of this.byOrigin.values()) {
+      const found = list.find((snapshot) => snapshot.cowKey === cow);
+      if (found !== undefined) return found;
+    }
+    return undefined;
   }
 
   snapshotsOf(origin: DeviceKey): readonly OriginSnapshot[] {

@@ -1,15 +1,14 @@
 import { EIO, EOPNOTSUPP, type IoResult } from '../../base/errno';
-import { TargetError, type DeviceHandle, type MapDone, type StatusKind, type Target, type TargetCapabilities, type TargetContext, type TargetType } from '../../dm/target';
-import { parseSectorNumber } from '../../dm/table-args';
+import { type DeviceHandle, type MapDone, type StatusKind, type Target, type TargetCapabilities, type TargetContext, type TargetType } from '../../dm/target';
 import { IoOp, type Bio } from '../../io/bio';
-import type { BlockDevice } from '../../io/block-device';
+import type { BlockDevice, DeviceKey } from '../../io/block-device';
 import { KcopydClient } from '../../kcopyd';
 import { ChunkGeometry } from './chunk';
 import { ExceptionTable } from './exception-table';
-import { StoreConfigError, StoreLoadError, type ExceptionStore } from './exception-store';
+import type { ExceptionStore } from './exception-store';
+import { loadSnapshotArgs, type SnapshotFeatures } from './snapshot-args';
 import { ORIGINS, type OriginRegistry, type OriginSnapshot } from './origin-registry';
 import { InOrderCompleter, PendingException } from './pending-exception';
-import { parseStoreArg } from './store-types';
 
 /**
  * snapshot <origin_dev> <COW_dev> <P|PO|N> <chunk_size> [<#features> <feature>...]
@@ -21,13 +20,6 @@ import { parseStoreArg } from './store-types';
  * until its record is durable (pendingComplete), copies are committed in allocation order
  * (InOrderCompleter), and the store's commit is the durability point.
  */
-
-export interface SnapshotFeatures {
-  readonly discardZeroesCow: boolean;
-  readonly discardPassdownOrigin: boolean;
-}
-
-const NO_FEATURES: SnapshotFeatures = { discardZeroesCow: false, discardPassdownOrigin: false };
 
 export class SnapshotTarget implements Target, OriginSnapshot {
   readonly type = 'snapshot';
@@ -73,6 +65,10 @@ export class SnapshotTarget implements Target, OriginSnapshot {
 
   get chunkSectors(): number {
     return this.store.chunkSectors;
+  }
+
+  get cowKey(): DeviceKey {
+    return this.cow.key;
   }
 
   map(bio: Bio, done: MapDone): void {
@@ -336,72 +332,11 @@ export class SnapshotTarget implements Target, OriginSnapshot {
   }
 }
 
-/** The constructor's argument checks, in snapshot_ctr's order and words (spec §1.2). */
+/** snapshot_ctr: see snapshot-args.ts for the argument checks. */
 export const snapshotTargetType: TargetType = {
   name: 'snapshot',
   async create(ctx: TargetContext, args: string[]): Promise<Target> {
-    if (args.length < 4) throw new TargetError('requires 4 or more arguments');
-    const [originSpec, cowSpec, storeText, chunkText] = args as [string, string, string, string];
-    const features = parseFeatures(args.slice(4));
-
-    const origin = await openOrExplain(ctx, originSpec, 'Cannot get origin device');
-    const cow = await openOrExplain(ctx, cowSpec, 'Cannot get COW device');
-    if (cow.key === origin.key) throw new TargetError('COW device cannot be the same as origin device');
-
-    const store = createStore(storeText, chunkText, cow, origin);
-    const records: Array<[number, number]> = [];
-    let valid: boolean;
-    try {
-      valid = await store.readMetadata((oldChunk, newChunk) => records.push([oldChunk, newChunk]));
-    } catch (cause) {
-      if (cause instanceof StoreLoadError) throw new TargetError('Failed to read snapshot metadata', { cause });
-      throw cause;
-    }
-    return new SnapshotTarget(origin, cow, store, { valid, records }, features, ctx.startSector, ctx.lengthSectors, ctx.device, ctx.scope.get(ORIGINS));
+    const parts = await loadSnapshotArgs(ctx, args);
+    return new SnapshotTarget(parts.origin, parts.cow, parts.store, parts.loaded, parts.features, ctx.startSector, ctx.lengthSectors, ctx.device, ctx.scope.get(ORIGINS));
   },
 };
-
-/** `[<#features> <feature>...]`, parsed before any device is opened, as the kernel does. */
-function parseFeatures(rest: readonly string[]): SnapshotFeatures {
-  if (rest.length === 0) return NO_FEATURES;
-  const count = parseSectorNumber(rest[0]!);
-  if (count === undefined || count > 2 || count > rest.length - 1) throw new TargetError('Invalid number of feature arguments');
-  let discardZeroesCow = false;
-  let discardPassdownOrigin = false;
-  for (const name of rest.slice(1, 1 + count)) {
-    const feature = name.toLowerCase();
-    if (feature === 'discard_zeroes_cow') discardZeroesCow = true;
-    else if (feature === 'discard_passdown_origin') discardPassdownOrigin = true;
-    else throw new TargetError('Unrecognised feature requested');
-  }
-  if (discardPassdownOrigin && !discardZeroesCow) throw new TargetError('discard_passdown_origin feature depends on discard_zeroes_cow');
-  return { discardZeroesCow, discardPassdownOrigin };
-}
-
-async function openOrExplain(ctx: TargetContext, spec: string, message: string): Promise<BlockDevice> {
-  try {
-    return await ctx.openDevice(spec);
-  } catch (cause) {
-    throw new TargetError(`${message}: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
-  }
-}
-
-/**
- * Every store failure reads "Couldn't create exception store" as in the kernel, which overwrites
- * the store layer's reason; ours keeps it after a colon, since nobody else will log it.
- */
-function createStore(storeText: string, chunkText: string, cow: BlockDevice, origin: BlockDevice): ExceptionStore {
-  const fail = (reason: string): never => {
-    throw new TargetError(`Couldn't create exception store: ${reason}`);
-  };
-  const parsed = parseStoreArg(storeText);
-  if (parsed === undefined) return fail('Exception store type is not P or N');
-  const chunkSectors = parseSectorNumber(chunkText);
-  if (chunkSectors === undefined || chunkSectors > 0xffffffff) return fail('Invalid chunk size');
-  try {
-    return parsed.type.create({ cow, originLogicalBlockBytes: origin.logicalBlockBytes, chunkSectors, options: parsed.options });
-  } catch (error) {
-    if (error instanceof StoreConfigError) return fail(error.message);
-    throw error;
-  }
-}

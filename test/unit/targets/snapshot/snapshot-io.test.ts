@@ -20,7 +20,7 @@ const CHUNK_BYTES = CHUNK * 512;
  */
 class FakeStore implements ExceptionStore {
   readonly tableText: string;
-  readonly mergeSupported = false;
+  readonly mergeSupported: boolean = false;
   holdCommits = false;
   readonly heldCommits: Array<() => void> = [];
   readonly committed: Array<[number, number]> = [];
@@ -210,5 +210,77 @@ describe('snapshot: InOrderCompleter', () => {
     assert.deepEqual(completed, [0, 1, 2]);
     completer.finished(items[3]!);
     assert.deepEqual(completed, [0, 1, 2, 3]);
+  });
+});
+
+describe('snapshot-merge', () => {
+  /** A store with merge support over `records` (oldest first), each cleared record really gone. */
+  class MergingStore extends FakeStore {
+    override readonly mergeSupported = true;
+    readonly mergeSteps: number[] = [];
+    constructor(readonly records: Array<[number, number]>) {
+      super(CHUNK, 32);
+    }
+    override async readMetadata(): Promise<boolean> {
+      return true;
+    }
+    async prepareMerge() {
+      const last = this.records[this.records.length - 1];
+      if (last === undefined) return null;
+      let count = 1;
+      while (count < this.records.length) {
+        const previous = this.records[this.records.length - 1 - count]!;
+        if (previous[0] !== last[0] - count || previous[1] !== last[1] - count) break;
+        count++;
+      }
+      return { lastOldChunk: last[0], lastNewChunk: last[1], count };
+    }
+    async commitMerge(count: number): Promise<void> {
+      this.mergeSteps.push(count);
+      this.records.splice(this.records.length - count, count);
+    }
+  }
+
+  async function mergeRig(records: Array<[number, number]>) {
+    const origin = new MemoryDevice(64 * CHUNK);
+    origin.contents.fill(0x11);
+    const cow = new MemoryDevice(64 * CHUNK);
+    for (const [oldChunk, newChunk] of records) cow.contents.fill(0x50 + oldChunk, newChunk * CHUNK_BYTES, (newChunk + 1) * CHUNK_BYTES);
+    const store = new MergingStore(records.map(([o, n]) => [o, n]));
+    const registry = testScope().get(ORIGINS);
+    const { SnapshotMergeTarget } = await import('../../../../src/targets/snapshot/merge');
+    const target = new SnapshotMergeTarget(origin.open(), cow.open(), store, { valid: true, records }, 0, registry);
+    return { origin, cow, store, target };
+  }
+
+  it('shows the snapshot at once: an excepted chunk reads from the COW before anything is merged', async () => {
+    const { target } = await mergeRig([[3, 2]]);
+    const back = Buffer.alloc(CHUNK_BYTES);
+    assert.equal(await io(target, IoOp.Read, 3 * CHUNK, back), CHUNK_BYTES);
+    assert.ok(back.every((b) => b === 0x53));
+  });
+
+  it('merges newest first, one consecutive run per step, and ends with the origin holding the snapshot', async () => {
+    const { origin, store, target } = await mergeRig([[1, 2], [5, 3], [6, 4], [7, 5]]);
+    await target.resume();
+    await target.presuspend(); // stops after the step under way...
+    await target.resume(); // ...and resume carries on from the records left
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    await target.presuspend();
+    assert.deepEqual(store.mergeSteps, [3, 1], 'chunks 5-7 in one step (a run), then chunk 1');
+    for (const chunk of [1, 5, 6, 7]) assert.ok(origin.contents.subarray(chunk * CHUNK_BYTES, (chunk + 1) * CHUNK_BYTES).every((b) => b === 0x50 + chunk));
+    assert.ok(origin.contents.subarray(0, CHUNK_BYTES).every((b) => b === 0x11), 'chunks never excepted are untouched');
+    assert.equal(origin.isFlushed, true, 'the origin was flushed before the records were cleared');
+    await target.destroy();
+  });
+
+  it('a failed copy stops the merge with status "Merge failed" and leaves the records', async () => {
+    const { cow, store, target } = await mergeRig([[1, 2]]);
+    cow.failOp('read', 5);
+    await target.resume();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.equal(target.status('info'), 'Merge failed');
+    assert.deepEqual(store.mergeSteps, []);
+    await target.destroy();
   });
 });

@@ -1,0 +1,101 @@
+import { TargetError, type TargetContext } from '../../dm/target';
+import { parseSectorNumber } from '../../dm/table-args';
+import type { BlockDevice } from '../../io/block-device';
+import { StoreConfigError, StoreLoadError, type ExceptionStore } from './exception-store';
+import { parseStoreArg } from './store-types';
+import { ORIGINS } from './origin-registry';
+
+/**
+ * `<origin_dev> <COW_dev> <P|PO|N> <chunk_size> [<#features> <feature>...]`, shared by snapshot
+ * and snapshot-merge: checked in snapshot_ctr's order and words (spec snapshot.md §1.2), the
+ * devices opened, the store made and its metadata loaded.
+ */
+
+export interface SnapshotFeatures {
+  readonly discardZeroesCow: boolean;
+  readonly discardPassdownOrigin: boolean;
+}
+
+export const NO_FEATURES: SnapshotFeatures = { discardZeroesCow: false, discardPassdownOrigin: false };
+
+export interface SnapshotArgs {
+  readonly origin: BlockDevice;
+  readonly cow: BlockDevice;
+  readonly store: ExceptionStore;
+  /** What the store's metadata held: validity and the committed (origin chunk, COW chunk) records. */
+  readonly loaded: { readonly valid: boolean; readonly records: ReadonlyArray<readonly [number, number]> };
+  readonly features: SnapshotFeatures;
+}
+
+export async function loadSnapshotArgs(ctx: TargetContext, args: readonly string[], options: { forMerge?: boolean } = {}): Promise<SnapshotArgs> {
+  if (args.length < 4) throw new TargetError('requires 4 or more arguments');
+  const [originSpec, cowSpec, storeText, chunkText] = args as [string, string, string, string];
+  const features = parseFeatures(args.slice(4));
+
+  const origin = await openOrExplain(ctx, originSpec, 'Cannot get origin device');
+  const cow = await openOrExplain(ctx, cowSpec, 'Cannot get COW device');
+  if (cow.key === origin.key) throw new TargetError('COW device cannot be the same as origin device');
+  // The kernel hands a live table's exceptions over to the new one at resume (spec §5.3); until
+  // we do, a second table over a COW in use is refused rather than left to corrupt it.
+  if (ctx.scope.get(ORIGINS).usingCow(cow.key) !== undefined) {
+    throw new TargetError('COW device is in use by another snapshot table: remove it first (exception handover is not supported)');
+  }
+
+  const store = createStore(storeText, chunkText, cow, origin);
+  // The kernel checks this only on the handover path and oopses on the other (spec §1.3).
+  if (options.forMerge && !store.mergeSupported) throw new TargetError('Snapshot exception store does not support snapshot-merge.');
+  const records: Array<[number, number]> = [];
+  let valid: boolean;
+  try {
+    valid = await store.readMetadata((oldChunk, newChunk) => records.push([oldChunk, newChunk]));
+  } catch (cause) {
+    if (cause instanceof StoreLoadError) throw new TargetError('Failed to read snapshot metadata', { cause });
+    throw cause;
+  }
+  return { origin, cow, store, loaded: { valid, records }, features };
+}
+
+/** `[<#features> <feature>...]`, parsed before any device is opened, as the kernel does. */
+function parseFeatures(rest: readonly string[]): SnapshotFeatures {
+  if (rest.length === 0) return NO_FEATURES;
+  const count = parseSectorNumber(rest[0]!);
+  if (count === undefined || count > 2 || count > rest.length - 1) throw new TargetError('Invalid number of feature arguments');
+  let discardZeroesCow = false;
+  let discardPassdownOrigin = false;
+  for (const name of rest.slice(1, 1 + count)) {
+    const feature = name.toLowerCase();
+    if (feature === 'discard_zeroes_cow') discardZeroesCow = true;
+    else if (feature === 'discard_passdown_origin') discardPassdownOrigin = true;
+    else throw new TargetError('Unrecognised feature requested');
+  }
+  if (discardPassdownOrigin && !discardZeroesCow) throw new TargetError('discard_passdown_origin feature depends on discard_zeroes_cow');
+  return { discardZeroesCow, discardPassdownOrigin };
+}
+
+async function openOrExplain(ctx: TargetContext, spec: string, message: string): Promise<BlockDevice> {
+  try {
+    return await ctx.openDevice(spec);
+  } catch (cause) {
+    throw new TargetError(`${message}: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+  }
+}
+
+/**
+ * Every store failure reads "Couldn't create exception store" as in the kernel, which overwrites
+ * the store layer's reason; ours keeps it after a colon, since nobody else will log it.
+ */
+function createStore(storeText: string, chunkText: string, cow: BlockDevice, origin: BlockDevice): ExceptionStore {
+  const fail = (reason: string): never => {
+    throw new TargetError(`Couldn't create exception store: ${reason}`);
+  };
+  const parsed = parseStoreArg(storeText);
+  if (parsed === undefined) return fail('Exception store type is not P or N');
+  const chunkSectors = parseSectorNumber(chunkText);
+  if (chunkSectors === undefined || chunkSectors > 0xffffffff) return fail('Invalid chunk size');
+  try {
+    return parsed.type.create({ cow, originLogicalBlockBytes: origin.logicalBlockBytes, chunkSectors, options: parsed.options });
+  } catch (error) {
+    if (error instanceof StoreConfigError) return fail(error.message);
+    throw error;
+  }
+}
