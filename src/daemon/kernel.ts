@@ -12,7 +12,7 @@ import type { RegistryDeps } from './registry';
  * tests replace them with fakes.
  */
 export function kernelCollaborators(scope: DaemonScope): Pick<RegistryDeps, 'scope' | 'buildTable' | 'createDispatcher' | 'createUblk'> {
-  const createDispatcher: DispatcherFactory = (table) => new Dispatcher(table);
+  const createDispatcher: DispatcherFactory = (table) => new Dispatcher(table, { suspended: true });
   // A ublk request is a Bio: the dispatcher takes it as it comes, no copy, no promise.
   const createUblk: UblkFactory = (options, handler) => UblkDevice.create({ ...options, ring: scope.ring }, handler);
   return {

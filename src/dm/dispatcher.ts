@@ -46,8 +46,13 @@ export class Dispatcher<T extends DispatchTable = DispatchTable> {
   private mappedCount = 0;
   private notifyDrained: (() => void) | undefined;
 
-  constructor(table: T) {
+  /**
+   * `suspended`: start as a freshly loaded dm device does, with the table's resume hooks not yet
+   * run; the first resume() runs them (dmsetup create is load + resume).
+   */
+  constructor(table: T, options: { readonly suspended?: boolean } = {}) {
     this.liveTable = table;
+    if (options.suspended) this.state = 'suspended';
   }
 
   get table(): T {

@@ -58,6 +58,7 @@ export interface UblkHandle {
 
 export type UblkFactory = (options: UblkCreateOptions, handler: (bio: Bio, done: IoDone) => void) => Promise<UblkHandle>;
 
+/** Makes the dispatcher for a new device's first table: suspended, so that start() resumes it. */
 export type DispatcherFactory = (table: DeviceTable) => DeviceDispatcher;
 
 /** A user-facing failure of a device operation, with the errno name the CLI reports. */
@@ -151,6 +152,9 @@ export class MappedDevice {
     try {
       if (table.sizeSectors <= 0) throw new DeviceError('table is empty', 'EINVAL');
       const dispatcher = createDispatcher(table);
+      // The table's preresume/resume hooks run before the disk appears (a snapshot becomes
+      // active, a mirror starts its resync), as dmsetup create's resume does.
+      if (dispatcher.suspended) await dispatcher.resume();
       const ublk = await createUblk(
         {
           sizeSectors: table.sizeSectors,

@@ -102,7 +102,7 @@ export class TestBed {
         this.builtTables.push(table);
         return table;
       },
-      createDispatcher: (table) => new Dispatcher(table),
+      createDispatcher: (table) => new Dispatcher(table, { suspended: true }),
       createUblk: this.ublk.factory,
       store: this.store,
       links: this.links,

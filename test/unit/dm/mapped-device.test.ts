@@ -33,9 +33,23 @@ function loggingType(log: string[]): TargetType {
 
 async function started(events: DeviceEvents, table: DeviceTable, text = ''): Promise<{ device: MappedDevice; ublk: FakeUblk }> {
   const ublk = new FakeUblk();
-  const device = await MappedDevice.start(events, table, text, { readOnly: false }, ublk.factory, (t) => new Dispatcher(t));
+  const device = await MappedDevice.start(events, table, text, { readOnly: false }, ublk.factory, (t) => new Dispatcher(t, { suspended: true }));
   return { device, ublk };
 }
+
+describe('MappedDevice: start', () => {
+  it("the first table's preresume and resume hooks run before the ublk device exists (create = load + resume)", async () => {
+    const log: string[] = [];
+    const events = new DeviceEvents('vol');
+    const ublk = new FakeUblk();
+    const factory: typeof ublk.factory = async (options, handler) => {
+      log.push('ublk created');
+      return ublk.factory(options, handler);
+    };
+    await MappedDevice.start(events, await loadMemoryTable('0 8 logging first', {}, { types: [loggingType(log)], device: events }), '', { readOnly: false }, factory, (t) => new Dispatcher(t, { suspended: true }));
+    assert.deepEqual(log, ['first.preresume', 'first.resume', 'ublk created']);
+  });
+});
 
 describe('MappedDevice: resume with a new table (do_resume order)', () => {
   it("the new table's preresume and resume run while the old table still exists; the old one is destroyed last", async () => {
@@ -45,7 +59,7 @@ describe('MappedDevice: resume with a new table (do_resume order)', () => {
     const { device } = await started(events, await loadMemoryTable('0 8 logging old', {}, { types, device: events }));
     await device.loadInactive(await loadMemoryTable('0 8 logging new', {}, { types, device: events }), '0 8 logging new');
     await device.resume();
-    assert.deepEqual(log, ['old.presuspend', 'old.postsuspend', 'new.preresume', 'new.resume', 'old.destroy']);
+    assert.deepEqual(log, ['old.preresume', 'old.resume', 'old.presuspend', 'old.postsuspend', 'new.preresume', 'new.resume', 'old.destroy']);
   });
 
   it('devices only the old table used are flushed before it is destroyed; writes acknowledged through it become durable', async () => {
