@@ -3,11 +3,22 @@ import { errorTargetType } from './error';
 import { linearTargetType } from './linear';
 import { nullTargetType } from './null';
 import { zeroTargetType } from './zero';
+import { snapshotMergeTargetType } from './snapshot/merge';
+import { snapshotOriginTargetType } from './snapshot/origin';
+import { snapshotTargetType } from './snapshot/snapshot';
 
 /**
  * The target types every daemon starts with. The daemon (or a test, or a library user) puts
  * them in its DaemonScope's registry, beside any of its own: there is no process-wide registry.
  */
-export const builtInTargetTypes: readonly TargetType[] = [linearTargetType, zeroTargetType, errorTargetType, nullTargetType];
+export const builtInTargetTypes: readonly TargetType[] = [
+  linearTargetType,
+  zeroTargetType,
+  errorTargetType,
+  nullTargetType,
+  snapshotOriginTargetType,
+  snapshotTargetType,
+  snapshotMergeTargetType,
+];
 
-export { errorTargetType, linearTargetType, nullTargetType, zeroTargetType };
+export { errorTargetType, linearTargetType, nullTargetType, snapshotMergeTargetType, snapshotOriginTargetType, snapshotTargetType, zeroTargetType };

@@ -85,17 +85,13 @@ async function openOrExplain(ctx: TargetContext, spec: string, message: string):
  * the store layer's reason; ours keeps it after a colon, since nobody else will log it.
  */
 function createStore(storeText: string, chunkText: string, cow: BlockDevice, origin: BlockDevice): ExceptionStore {
-  const fail = (reason: string): never => {
-    throw new TargetError(`Couldn't create exception store: ${reason}`);
-  };
-  const parsed = parseStoreArg(storeText);
-  if (parsed === undefined) return fail('Exception store type is not P or N');
-  const chunkSectors = parseSectorNumber(chunkText);
-  if (chunkSectors === undefined || chunkSectors > 0xffffffff) return fail('Invalid chunk size');
   try {
-    return parsed.type.create({ cow, originLogicalBlockBytes: origin.logicalBlockBytes, chunkSectors, options: parsed.options });
+    const { type, options } = parseStoreArg(storeText);
+    const chunkSectors = parseSectorNumber(chunkText);
+    if (chunkSectors === undefined || chunkSectors > 0xffffffff) throw new StoreConfigError('Invalid chunk size');
+    return type.create({ cow, originLogicalBlockBytes: origin.logicalBlockBytes, chunkSectors, options });
   } catch (error) {
-    if (error instanceof StoreConfigError) return fail(error.message);
+    if (error instanceof StoreConfigError) throw new TargetError(`Couldn't create exception store: ${error.message}`);
     throw error;
   }
 }
