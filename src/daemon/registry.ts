@@ -354,7 +354,11 @@ interface DeviceIdentity {
   inactiveLowers: LowerDevice[] | undefined;
 }
 
-/** Saved devices ordered so that every device comes after the devices its table is built over. */
+/**
+ * Saved devices ordered so that every device comes after the devices its table is built over,
+ * and tables with a `snapshot` target before the others: a snapshot must be listening before its
+ * origin's snapshot-origin table takes writes, or the first writes would not be copied out to it.
+ */
 function lowersFirst(saved: readonly SavedDevice[]): SavedDevice[] {
   const byName = new Map(saved.map((device) => [device.name, device]));
   const ordered: SavedDevice[] = [];
@@ -368,6 +372,8 @@ function lowersFirst(saved: readonly SavedDevice[]): SavedDevice[] {
     }
     ordered.push(device);
   };
+  const isSnapshot = (device: SavedDevice): boolean => /^\s*\d+\s+\d+\s+snapshot\s/m.test(device.table);
+  for (const device of saved.filter(isSnapshot)) visit(device);
   for (const device of saved) visit(device);
   return ordered;
 }

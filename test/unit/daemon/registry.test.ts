@@ -319,6 +319,13 @@ describe('DeviceRegistry', () => {
       assert.deepEqual(result.failed, ['upper']);
     });
 
+    it('a snapshot table is restored before the origin tables, whatever the names', async () => {
+      bed.memory.cow = new MemoryDevice(64);
+      await bed.store.save({ name: 'a-origin', uuid: 'u-o', table: '0 64 snapshot-origin mem\n', options, lowers: [] });
+      await bed.store.save({ name: 'z-snap', uuid: 'u-s', table: '0 64 snapshot mem cow N 8\n', options, lowers: [] });
+      assert.deepEqual((await registry.restoreSaved()).restored, ['z-snap', 'a-origin']);
+    });
+
     it('a saved table that names one of our devices without recording it is not restored onto it', async () => {
       await registry.create('lower', '0 64 linear mem 0\n', options);
       asOurDevice(0, '/dev/ublkb0');
