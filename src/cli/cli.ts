@@ -6,6 +6,7 @@ import { daemonPaths } from '../daemon/paths';
 import type { DeviceOptions, Request } from '../wire/protocol';
 import { PROTOCOL_VERSION } from '../wire/protocol';
 import { packageVersion } from '../base/version';
+import { createSnapshot, formatSnapshotList, listSnapshots, mergeReporter, mergeSnapshot, parseByteSize, parseChunkSize } from './snapshot';
 
 /**
  * `ublk-dm`: dmsetup's verbs against the daemon. The CLI holds no device state: it parses,
@@ -28,6 +29,17 @@ export type CliCommand =
   | { readonly verb: 'table'; readonly name?: string; readonly inactive: boolean; readonly json: boolean }
   | { readonly verb: 'status' | 'info'; readonly name?: string; readonly json: boolean }
   | { readonly verb: 'message'; readonly name: string; readonly sector: number; readonly words: string[] }
+  | {
+      readonly verb: 'snapshot-create';
+      readonly name: string;
+      readonly origin: string;
+      readonly cow: string;
+      readonly cowBytes?: number;
+      readonly chunkSectors: number;
+      readonly store: string;
+    }
+  | { readonly verb: 'snapshot-merge'; readonly name: string; readonly wait: boolean; readonly json: boolean }
+  | { readonly verb: 'snapshot-ls'; readonly json: boolean }
   | { readonly verb: 'daemon' }
   | { readonly verb: 'version' }
   | { readonly verb: 'help' };
@@ -91,6 +103,28 @@ export function buildParser(): Argv {
         .positional('sector', { type: 'string' })
         .positional('words', { type: 'string', array: true }),
     )
+    .command('snapshot', 'copy-on-write snapshots the LVM way (create | merge | ls)', (y) =>
+      y
+        .command('create <name>', 'snapshot a device: suspend it, make it snapshot-origin, create NAME, resume', (c) =>
+          c
+            .positional('name', { type: 'string', describe: 'the new snapshot device' })
+            .options({
+              origin: { type: 'string', demandOption: true, describe: 'the device to snapshot (linear <dev> 0, or snapshot-origin)' },
+              cow: { type: 'string', demandOption: true, describe: 'COW file or block device' },
+              size: { type: 'string', describe: 'create the COW file with this size (64m, 1g)' },
+              chunk: { type: 'string', default: '4k', describe: 'chunk size (4k, 64k, or sectors: 8s)' },
+              store: { type: 'string', default: 'P', choices: ['P', 'PO', 'N'], describe: 'persistent, persistent with overflow, transient' },
+            }),
+        )
+        .command('merge <name>', 'merge a snapshot back into its origin (the origin shows it at once)', (c) =>
+          c
+            .positional('name', { type: 'string' })
+            .option('wait', { type: 'boolean', default: false, describe: 'follow the merge to its end (a progress bar on a terminal)' })
+            .options(jsonOption),
+        )
+        .command('ls', 'list snapshots with their origin and COW usage', (c) => c.options(jsonOption))
+        .demandCommand(1, 'snapshot create | merge | ls'),
+    )
     .command('daemon', 'run the daemon in the foreground (for systemd)')
     .command('version', 'print the CLI and daemon versions')
     .demandCommand(1, 'a verb is needed; see --help')
@@ -150,12 +184,38 @@ export function parseCommand(args: readonly string[], parser: Argv = buildParser
       }
       return { verb, name: name!, sector: Number(sectorText), words: (argv.words as unknown[]).map(String) };
     }
+    case 'snapshot': {
+      const action = String(argv._[1]);
+      if (action === 'create') {
+        return {
+          verb: 'snapshot-create',
+          name: name!,
+          origin: String(argv.origin),
+          cow: String(argv.cow),
+          ...(argv.size !== undefined ? { cowBytes: asUsage(() => parseByteSize(String(argv.size))) } : {}),
+          chunkSectors: asUsage(() => parseChunkSize(String(argv.chunk))),
+          store: String(argv.store),
+        };
+      }
+      if (action === 'merge') return { verb: 'snapshot-merge', name: name!, wait: argv.wait === true, json };
+      if (action === 'ls') return { verb: 'snapshot-ls', json };
+      throw new UsageError(`unknown snapshot action ${action}`);
+    }
     case 'daemon':
       return { verb };
     case 'version':
       return { verb };
     default:
       throw new UsageError(`unknown verb ${verb}`);
+  }
+}
+
+/** A value parser's complaint is a usage error (exit 2). */
+function asUsage<T>(parse: () => T): T {
+  try {
+    return parse();
+  } catch (error) {
+    throw new UsageError((error as Error).message);
   }
 }
 
@@ -257,6 +317,28 @@ async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>
       const infos = await send(command.name !== undefined ? { verb: 'info', name: command.name } : { verb: 'info' });
       if (command.json) return asJson(command.name !== undefined ? infos[0] : infos);
       return formatInfo(infos, command.name === undefined);
+    }
+    case 'snapshot-create':
+      return `${await createSnapshot(send, {
+        snapshot: command.name,
+        origin: command.origin,
+        cowPath: command.cow,
+        ...(command.cowBytes !== undefined ? { cowBytes: command.cowBytes } : {}),
+        chunkSectors: command.chunkSectors,
+        store: command.store,
+      })}\n`;
+    case 'snapshot-merge': {
+      const reporter = mergeReporter(command.json);
+      try {
+        await mergeSnapshot(send, command.name, command.wait, reporter.report);
+      } finally {
+        reporter.stop();
+      }
+      return '';
+    }
+    case 'snapshot-ls': {
+      const listings = await listSnapshots(send);
+      return command.json ? asJson(listings) : formatSnapshotList(listings);
     }
     case 'version': {
       let daemon: string;
