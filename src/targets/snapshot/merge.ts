@@ -7,7 +7,7 @@ import { ChunkGeometry } from './chunk';
 import { ExceptionTable } from './exception-table';
 import type { ExceptionStore } from './exception-store';
 import { ORIGINS, type OriginRegistry, type OriginSnapshot } from './origin-registry';
-import { loadSnapshotArgs } from './snapshot-args';
+import { loadSnapshotArgs, type LoadedExceptions } from './snapshot-args';
 
 /**
  * snapshot-merge <origin_dev> <COW_dev> P <chunk_size>: put in the origin device's table in
@@ -40,7 +40,7 @@ export class SnapshotMergeTarget implements Target, OriginSnapshot {
     private readonly origin: BlockDevice,
     private readonly cow: BlockDevice,
     private readonly store: ExceptionStore,
-    loaded: { readonly valid: boolean; readonly records: ReadonlyArray<readonly [number, number]> },
+    loaded: LoadedExceptions,
     private readonly startSector: number,
     private readonly registry: OriginRegistry,
   ) {

@@ -18,12 +18,17 @@ export interface SnapshotFeatures {
 
 export const NO_FEATURES: SnapshotFeatures = { discardZeroesCow: false, discardPassdownOrigin: false };
 
+/** What a store's metadata held: validity and the committed (origin chunk, COW chunk) records. */
+export interface LoadedExceptions {
+  readonly valid: boolean;
+  readonly records: ReadonlyArray<readonly [number, number]>;
+}
+
 export interface SnapshotArgs {
   readonly origin: BlockDevice;
   readonly cow: BlockDevice;
   readonly store: ExceptionStore;
-  /** What the store's metadata held: validity and the committed (origin chunk, COW chunk) records. */
-  readonly loaded: { readonly valid: boolean; readonly records: ReadonlyArray<readonly [number, number]> };
+  readonly loaded: LoadedExceptions;
   readonly features: SnapshotFeatures;
 }
 

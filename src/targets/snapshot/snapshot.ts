@@ -6,7 +6,7 @@ import { KcopydClient } from '../../kcopyd';
 import { ChunkGeometry } from './chunk';
 import { ExceptionTable } from './exception-table';
 import type { ExceptionStore } from './exception-store';
-import { loadSnapshotArgs, type SnapshotFeatures } from './snapshot-args';
+import { loadSnapshotArgs, type LoadedExceptions, type SnapshotFeatures } from './snapshot-args';
 import { ORIGINS, type OriginRegistry, type OriginSnapshot } from './origin-registry';
 import { InOrderCompleter, PendingException } from './pending-exception';
 
@@ -45,8 +45,7 @@ export class SnapshotTarget implements Target, OriginSnapshot {
     private readonly origin: BlockDevice,
     private readonly cow: BlockDevice,
     private readonly store: ExceptionStore,
-    /** What the store's metadata held: validity and the committed (origin chunk, COW chunk) records. */
-    loaded: { readonly valid: boolean; readonly records: ReadonlyArray<readonly [number, number]> },
+    loaded: LoadedExceptions,
     private readonly features: SnapshotFeatures,
     /** Absolute device sectors of this target: [startSector, startSector + lengthSectors). */
     private readonly startSector: number,
