@@ -24,6 +24,8 @@ export class MirrorSide {
   readonly legFlushAtStep: number[] = [];
   /** What flushLegs resolves to (0 or -errno). */
   legFlushResult = 0;
+  /** Runs inside each leg flush, before it resolves: what the mirror does meanwhile. */
+  duringLegFlush: (() => void) | undefined;
 
   constructor(readonly device: LoggingDevice | undefined = undefined) {}
 
@@ -37,6 +39,7 @@ export class MirrorSide {
       },
       flushLegs: async () => {
         this.legFlushAtStep.push(this.device?.log.length ?? 0);
+        this.duringLegFlush?.();
         return this.legFlushResult;
       },
       raiseEvent: () => {
