@@ -3,6 +3,7 @@ import { errorTargetType } from './error';
 import { linearTargetType } from './linear';
 import { nullTargetType } from './null';
 import { zeroTargetType } from './zero';
+import { mirrorTargetType } from './mirror/mirror';
 import { snapshotMergeTargetType } from './snapshot/merge';
 import { snapshotOriginTargetType } from './snapshot/origin';
 import { snapshotTargetType } from './snapshot/snapshot';
@@ -19,6 +20,7 @@ export const builtInTargetTypes: readonly TargetType[] = [
   snapshotOriginTargetType,
   snapshotTargetType,
   snapshotMergeTargetType,
+  mirrorTargetType,
 ];
 
-export { errorTargetType, linearTargetType, nullTargetType, snapshotMergeTargetType, snapshotOriginTargetType, snapshotTargetType, zeroTargetType };
+export { errorTargetType, linearTargetType, mirrorTargetType, nullTargetType, snapshotMergeTargetType, snapshotOriginTargetType, snapshotTargetType, zeroTargetType };

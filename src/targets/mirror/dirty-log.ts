@@ -56,6 +56,11 @@ export interface DirtyLogArgs {
   flushLegs(): Promise<number>;
   /** A dm event (log device failed), raised once. */
   raiseEvent(): void;
+  /**
+   * Optional: where the kernel's DMWARN lines of the log go ("dirty region log: ..."), e.g. why a
+   * disk log reports `D` ("incompatible disk log version"). Absent: dropped.
+   */
+  warn?(message: string): void;
 }
 
 /** A log's construction failure: the mirror reports "Error creating mirror dirty log", this is the detail. */

@@ -6,7 +6,7 @@ import { IoOp, NO_DATA, type Bio } from '../../io/bio';
 import type { BlockDevice } from '../../io/block-device';
 import { KCOPYD_IGNORE_ERROR, KcopydClient } from '../../kcopyd';
 import { DirtyLogError, type DirtyLog } from './dirty-log';
-import { createDirtyLog } from './log-types';
+import { parseLogPart } from './log-types';
 import { RegionHash, RegionState } from './region-hash';
 
 /**
@@ -403,14 +403,19 @@ export const mirrorTargetType: TargetType = {
     let log: DirtyLog;
     let logWords: number;
     try {
-      ({ log, consumed: logWords } = await createDirtyLog(args, {
+      const part = parseLogPart(args);
+      logWords = part.wordCount;
+      log = await part.type.create({
+        args: part.args,
         targetSectors: ctx.lengthSectors,
         openDevice: (spec) => ctx.openDevice(spec),
+        // The log calls back only once the mirror exists (flushes happen from resume on).
         flushLegs: () => mirror!.flushLegs(),
         raiseEvent: () => ctx.device.raiseEvent(),
-      }));
+      });
     } catch (error) {
-      if (error instanceof DirtyLogError || error instanceof TargetError) throw new TargetError(`Error creating mirror dirty log: ${error.message}`);
+      // Every log failure reads the same to the user, as in the kernel; ours keeps the detail.
+      if (error instanceof DirtyLogError) throw new TargetError(`Error creating mirror dirty log: ${error.message}`);
       throw error;
     }
     let rest = args.slice(logWords);
