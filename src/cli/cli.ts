@@ -6,7 +6,9 @@ import { daemonPaths } from '../daemon/paths';
 import type { DeviceOptions, Request } from '../wire/protocol';
 import { PROTOCOL_VERSION } from '../wire/protocol';
 import { packageVersion } from '../base/version';
-import { createSnapshot, formatSnapshotList, listSnapshots, mergeReporter, mergeSnapshot, parseByteSize, parseChunkSize } from './snapshot';
+import { createSnapshot, formatSnapshotList, listSnapshots, mergeSnapshot, parseByteSize, parseChunkSize, type MergeProgress } from './snapshot';
+import { progressReporter } from './progress';
+import { waitForResync, type ResyncProgress } from './resync';
 
 /**
  * `ublk-dm`: dmsetup's verbs against the daemon. The CLI holds no device state: it parses,
@@ -24,7 +26,7 @@ export type CliCommand =
   | { readonly verb: 'remove'; readonly name: string; readonly retry: boolean }
   | { readonly verb: 'suspend'; readonly name: string; readonly noflush: boolean }
   | { readonly verb: 'resume'; readonly name: string }
-  | { readonly verb: 'wait'; readonly name: string; readonly eventNr: number; readonly json: boolean }
+  | { readonly verb: 'wait'; readonly name: string; readonly eventNr: number; readonly json: boolean; readonly progress: boolean }
   | { readonly verb: 'ls'; readonly target?: string; readonly json: boolean }
   | { readonly verb: 'table'; readonly name?: string; readonly inactive: boolean; readonly json: boolean }
   | { readonly verb: 'status' | 'info'; readonly name?: string; readonly json: boolean }
@@ -94,7 +96,11 @@ export function buildParser(): Argv {
       }),
     )
     .command('wait <name> [event_nr]', "sleep until the device's event number differs from EVENT_NR (default 0)", (y) =>
-      y.positional('name', { type: 'string' }).positional('event_nr', { type: 'string' }).options(jsonOption),
+      y
+        .positional('name', { type: 'string' })
+        .positional('event_nr', { type: 'string' })
+        .option('progress', { type: 'boolean', default: false, describe: 'instead: follow a mirror resync to the end (a bar on a terminal)' })
+        .options(jsonOption),
     )
     .command('resume <name>', 'make a reloaded table live and release held I/O', (y) => y.positional('name', { type: 'string' }))
     .command('message <name> <sector> <words..>', 'send a message to the target at SECTOR', (y) =>
@@ -168,7 +174,7 @@ export function parseCommand(args: readonly string[], parser: Argv = buildParser
       const eventText = argv.event_nr === undefined ? '0' : String(argv.event_nr);
       // dm's event number is a u32: a larger one could never be reached.
       if (!/^\d+$/.test(eventText) || Number(eventText) > 0xffffffff) throw new UsageError(`invalid event number ${JSON.stringify(eventText)}`);
-      return { verb, name: name!, eventNr: Number(eventText), json };
+      return { verb, name: name!, eventNr: Number(eventText), json, progress: argv.progress === true };
     }
     case 'ls':
       return argv.target === undefined ? { verb, json } : { verb, target: String(argv.target), json };
@@ -291,6 +297,15 @@ async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>
       await send({ verb: 'resume', name: command.name });
       return '';
     case 'wait': {
+      if (command.progress) {
+        const reporter = progressReporter<ResyncProgress>(command.json, 'resync of {name} [{bar}] {percentage}% | {value}/{total} regions');
+        try {
+          await waitForResync(send, command.name, reporter.report);
+        } finally {
+          reporter.stop();
+        }
+        return '';
+      }
       // Like dmsetup, silent unless asked: the exit status says the event came.
       const waited = await send({ verb: 'wait', name: command.name, eventNr: command.eventNr });
       return command.json ? asJson(waited) : '';
@@ -328,7 +343,7 @@ async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>
         store: command.store,
       })}\n`;
     case 'snapshot-merge': {
-      const reporter = mergeReporter(command.json);
+      const reporter = progressReporter<MergeProgress>(command.json, 'merging {snapshot} into {origin} [{bar}] {percentage}% | {value}/{total} sectors');
       try {
         await mergeSnapshot(send, command.name, command.wait, reporter.report);
       } finally {

@@ -1,6 +1,5 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { SingleBar } from 'cli-progress';
 import type { Request, Results, TableReport, TargetLine } from '../wire/protocol';
 
 /**
@@ -137,10 +136,10 @@ export async function createSnapshot(send: Send, options: SnapshotCreateOptions)
 export interface MergeProgress {
   readonly snapshot: string;
   readonly origin: string;
-  /** Sectors of exceptions still to merge. */
-  readonly remainingSectors: number;
-  readonly totalSectors: number;
-  readonly done: boolean;
+  /** Sectors of exceptions merged so far and in all (the exceptions there were when the wait began). */
+  readonly done: number;
+  readonly total: number;
+  readonly finished: boolean;
 }
 
 /**
@@ -171,9 +170,9 @@ export async function mergeSnapshot(send: Send, snapshot: string, wait: boolean,
     if (usage.state !== 'ok') throw new Error(`merge of ${snapshot} into ${originName}: ${usage.state}`);
     const remainingSectors = usage.allocatedSectors - usage.metadataSectors;
     total ??= remainingSectors;
-    const done = remainingSectors === 0;
-    report({ snapshot, origin: originName, remainingSectors, totalSectors: total, done });
-    if (done) break;
+    const finished = remainingSectors === 0;
+    report({ snapshot, origin: originName, done: total - remainingSectors, total, finished });
+    if (finished) break;
     await new Promise((resolve) => setTimeout(resolve, 250));
   }
   await send({ verb: 'suspend', name: originName, noflush: false });
@@ -235,22 +234,4 @@ export function formatSnapshotList(listings: readonly SnapshotListing[]): string
   ])];
   const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => row[column]!.length)));
   return rows.map((row) => row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]!))).join('  ')).join('\n') + '\n';
-}
-
-/** How `merge --wait` shows progress: a bar on a terminal, JSON lines with --json, nothing otherwise. */
-export function mergeReporter(json: boolean, stream: NodeJS.WriteStream = process.stderr): { report: (p: MergeProgress) => void; stop: () => void } {
-  if (json) return { report: (p) => process.stdout.write(`${JSON.stringify(p)}\n`), stop: () => {} };
-  if (!stream.isTTY) return { report: () => {}, stop: () => {} };
-  const bar = new SingleBar({ format: 'merging {snapshot} into {origin} [{bar}] {percentage}% | {value}/{total} sectors', stream }, undefined);
-  let started = false;
-  return {
-    report: (p) => {
-      if (!started) bar.start(Math.max(p.totalSectors, 1), 0, { snapshot: p.snapshot, origin: p.origin });
-      started = true;
-      bar.update(p.totalSectors - p.remainingSectors);
-    },
-    stop: () => {
-      if (started) bar.stop();
-    },
-  };
 }

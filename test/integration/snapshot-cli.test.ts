@@ -67,7 +67,7 @@ describe('integration: snapshot commands', function () {
     const snap = JSON.parse(await box.ok(['ls', '--json'])).find((d: { name: string }) => d.name === 'snap').blockPath;
     await stamp(snap, 9, 'S0000009'); // a write to the snapshot is merged too
     const progress = (await box.ok(['snapshot', 'merge', 'snap', '--wait', '--json'])).trim().split('\n').map((l) => JSON.parse(l));
-    assert.equal(progress[progress.length - 1].done, true);
+    assert.equal(progress[progress.length - 1].finished, true);
     assert.equal(await box.ok(['table', 'base']), `0 ${SECTORS} snapshot-origin ${originFile}\n`);
     assert.ok(!(await box.ok(['ls'])).includes('snap'), 'the snapshot device is gone');
     assert.equal(await stampAt(base, 5), 'O0000005', 'the origin holds the snapshot image again');

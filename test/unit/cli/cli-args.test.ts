@@ -41,8 +41,8 @@ describe('CLI arguments', () => {
   });
 
   it('parses wait with and without an event number, and refuses one past 32 bits', () => {
-    assert.deepEqual(parseCommand(['wait', 'vol0']), { verb: 'wait', name: 'vol0', eventNr: 0, json: false });
-    assert.deepEqual(parseCommand(['wait', 'vol0', '7']), { verb: 'wait', name: 'vol0', eventNr: 7, json: false });
+    assert.deepEqual(parseCommand(['wait', 'vol0']), { verb: 'wait', name: 'vol0', eventNr: 0, json: false, progress: false });
+    assert.deepEqual(parseCommand(['wait', 'vol0', '7']), { verb: 'wait', name: 'vol0', eventNr: 7, json: false, progress: false });
     assert.throws(() => parseCommand(['wait', 'vol0', '4294967296']), /invalid event number/);
     assert.throws(() => parseCommand(['wait', 'vol0', '-1']), UsageError);
   });

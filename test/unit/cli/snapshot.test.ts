@@ -36,3 +36,14 @@ describe('CLI: snapshot commands', () => {
     assert.equal(text, 'SNAPSHOT  ORIGIN  COW     STORE  CHUNK  USE%\ns1        base    /c.img  P      8      10.9\n');
   });
 });
+
+describe('CLI: wait --progress on a mirror', () => {
+  it('sums in-sync regions over mirror segments until all are in sync', async () => {
+    const { waitForResync } = await import('../../../src/cli/resync');
+    const lines = ['2 7:0 7:1 10/32 1 AA 1 core', '2 7:0 7:1 32/32 1 AA 1 core'];
+    const seen: Array<{ done: number; total: number; finished: boolean }> = [];
+    const send = (async () => [{ name: 'm', targets: [{ startSector: 0, lengthSectors: 8, type: 'mirror', text: lines.shift()! }] }]) as never;
+    await waitForResync(send, 'm', (p) => seen.push({ done: p.done, total: p.total, finished: p.finished }));
+    assert.deepEqual(seen, [{ done: 10, total: 32, finished: false }, { done: 32, total: 32, finished: true }]);
+  });
+});

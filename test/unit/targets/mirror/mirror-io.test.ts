@@ -159,6 +159,7 @@ describe('mirror: leg failures', () => {
     legs[1]!.failOp('write', 5);
     let outcome: MapOutcome | undefined;
     void io(mirror, IoOp.Write, 0, Buffer.alloc(REGION_BYTES, 0x44)).then((o) => (outcome = o));
+    for (let i = 0; i < 200 && events.eventNumber === before; i++) await settle(5); // the failure reached the worker
     await settle();
     assert.equal(outcome, undefined, 'held');
     assert.equal(events.eventNumber, before + 1);
