@@ -76,6 +76,7 @@ export class MirrorTarget implements Target {
   private passRunning = false;
   private passWanted = false;
   private passDone: Array<() => void> = [];
+  private readonly recoveryIdle: Array<() => void> = [];
 
   constructor(
     private readonly legs: readonly MirrorLeg[],
@@ -127,7 +128,7 @@ export class MirrorTarget implements Target {
     this.suspending = options;
     this.recoveryAllowed = false;
     for (const io of this.held.splice(0)) this.completeHeld(io);
-    while (this.regionHash.recoveriesInFlight > 0) await this.nextPass();
+    if (this.regionHash.recoveriesInFlight > 0) await new Promise<void>((resolve) => this.recoveryIdle.push(resolve));
     await this.log.presuspend?.();
   }
 
@@ -197,9 +198,12 @@ export class MirrorTarget implements Target {
     }
   }
 
+  /**
+   * New recovery work only while the table is live; a region already taken keeps going (it may
+   * be waiting for its writes to drain), which is what a suspend waits for (dm_rh_stop_recovery).
+   */
   private doRecovery(): void {
-    if (!this.recoveryAllowed) return;
-    this.regionHash.startRecovery();
+    if (this.recoveryAllowed) this.regionHash.startRecovery();
     for (const region of this.regionHash.takeQuiesced()) this.recover(region);
   }
 
@@ -219,6 +223,7 @@ export class MirrorTarget implements Target {
           if (writeErr & regionBit(index)) this.failLeg(leg, 'sync');
         });
         this.regionHash.recoveryDone(region, !readErr && writeErr === 0);
+        if (this.regionHash.recoveriesInFlight === 0) for (const idle of this.recoveryIdle.splice(0)) idle();
         this.wake();
       },
       undefined,

@@ -137,6 +137,27 @@ describe('mirror: resync', () => {
   });
 });
 
+describe('mirror: suspend during resync', () => {
+  it('presuspend waits for the region being copied, stops there, and resume carries on to n/n', async () => {
+    const { legs, mirror } = rigMirror({ inSync: false });
+    const gate = legs[0]!.hold(['read', 'readv']);
+    await mirror.resume();
+    await gate.whenWaiting(1);
+    let suspended = false;
+    const suspending = mirror.presuspend({ noflush: false }).then(() => (suspended = true));
+    await settle();
+    assert.equal(suspended, false, 'the copy in flight holds the suspend');
+    gate.release();
+    await suspending;
+    await settle();
+    const [inSync] = mirror.status('info').split(' ')[3]!.split('/').map(Number);
+    assert.ok(inSync! >= 1 && inSync! < REGIONS, `stopped part way (${inSync}/${REGIONS})`);
+    await mirror.resume();
+    for (let i = 0; i < 100 && !mirror.status('info').includes(`${REGIONS}/${REGIONS}`); i++) await settle(5);
+    assert.ok(legs[1]!.contents.equals(legs[0]!.contents));
+  });
+});
+
 describe('mirror: leg failures', () => {
   it('without handle_errors a failed leg write still succeeds: status D, no event', async () => {
     const { legs, events, mirror } = rigMirror();
