@@ -4,6 +4,8 @@
  *
  *   fio 4k randread / randwrite at QD 1 and QD 32 on: our `null` beside null_blk, and our `linear`
  *   over a tmpfs file beside a loop device over that file and dm-linear over that loop device;
+ *   then the snapshot family against the kernel's dm-snapshot (tools/bench-snapshot.ts: origin
+ *   random writes with 1 and 4 snapshots, sequential overwrite, merge; --no-snapshot skips it);
  *   then kcopyd against dd (dist/tools/bench-kcopyd.js).
  *
  * Prints a table of IOPS and ours/kernel ratios and writes everything as JSON (--out).
@@ -12,14 +14,19 @@ import { execFile } from 'node:child_process';
 import { mkdtempSync, mkdirSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
+import { runSnapshotBench, formatSnapshotReport, type SnapshotReport } from './bench-snapshot';
 
 const projectRoot = resolve(__dirname, '..', '..');
 const cli = join(projectRoot, 'bin', 'ublk-dm');
 
-interface Args { out: string; runtimeSeconds: number; fileMiB: number; kcopydMiB: number; skipKcopyd: boolean }
+interface Args {
+  out: string; runtimeSeconds: number; fileMiB: number; kcopydMiB: number; skipKcopyd: boolean;
+  skipSnapshot: boolean; snapshotMiB: number; snapshotRewriteMiB: number;
+}
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { out: join(projectRoot, 'bench-results', 'latest.json'), runtimeSeconds: 5, fileMiB: 512, kcopydMiB: 1024, skipKcopyd: false };
+  const args: Args = { out: join(projectRoot, 'bench-results', 'latest.json'), runtimeSeconds: 5, fileMiB: 512, kcopydMiB: 1024, skipKcopyd: false,
+    skipSnapshot: false, snapshotMiB: 128, snapshotRewriteMiB: 8 };
   for (let i = 0; i < argv.length; i++) {
     const [k, v] = [argv[i], argv[i + 1]];
     if (k === '--out') { args.out = resolve(v); i++; }
@@ -27,6 +34,9 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--file-mib') { args.fileMiB = Number(v); i++; }
     else if (k === '--kcopyd-mib') { args.kcopydMiB = Number(v); i++; }
     else if (k === '--no-kcopyd') args.skipKcopyd = true;
+    else if (k === '--no-snapshot') args.skipSnapshot = true;
+    else if (k === '--snapshot-mib') { args.snapshotMiB = Number(v); i++; }
+    else if (k === '--snapshot-rewrite-mib') { args.snapshotRewriteMiB = Number(v); i++; }
     else throw new Error(`unknown argument ${k}`);
   }
   return args;
@@ -75,6 +85,8 @@ async function main(): Promise<void> {
   const cleanups: Array<() => Promise<unknown>> = [];
   const results: FioResult[] = [];
   let daemonMemory: DaemonMemory | undefined;
+  let snapshot: SnapshotReport | null = null;
+  const killDaemon = () => sh(`kill $(cat ${join(work, 'run', 'ublk-dm.pid')}) 2>/dev/null; true`);
   try {
     const sizeSectors = (args.fileMiB * 1024 * 1024) / 512;
     await sh(`modprobe null_blk nr_devices=1 queue_mode=2 irqmode=0 gb=${Math.ceil(args.fileMiB / 1024)} bs=512 hw_queue_depth=128 submit_queues=1`);
@@ -104,10 +116,20 @@ async function main(): Promise<void> {
       }
     }
     daemonMemory = await readDaemonMemory(join(work, 'run', 'ublk-dm.pid'));
+  } catch (e) {
+    await killDaemon();
+    throw e;
   } finally {
     for (const c of cleanups.reverse()) await c().catch((e) => process.stderr.write(`cleanup: ${e.message}\n`));
-    await sh(`kill $(cat ${join(work, 'run', 'ublk-dm.pid')}) 2>/dev/null; true`);
   }
+  if (!args.skipSnapshot) {
+    // Never throws: a failure is recorded in snapshot.error beside what was measured.
+    snapshot = await runSnapshotBench({
+      dir: work, ours, oursArgv: [process.execPath, cli], env, originMiB: args.snapshotMiB, rewriteMiB: args.snapshotRewriteMiB,
+      runtimeSeconds: args.runtimeSeconds, log: (line) => process.stderr.write(`${line}\n`),
+    });
+  }
+  await killDaemon();
 
   const iops = (device: string, pattern: Pattern, qd: number) => results.find((r) => r.device === device && r.pattern === pattern && r.iodepth === qd)?.iops ?? NaN;
   const ratios: Array<{ ours: string; kernel: string; pattern: Pattern; iodepth: number; ratio: number }> = [];
@@ -126,14 +148,21 @@ async function main(): Promise<void> {
   if (daemonMemory) {
     console.log(`\ndaemon memory after the fio runs (2 devices, 1 queue x 128 tags each): RSS ${daemonMemory.rssMiB} MiB, peak ${daemonMemory.peakMiB} MiB`);
   }
+  if (snapshot) console.log(formatSnapshotReport(snapshot));
 
   let kcopyd: unknown = null;
   if (!args.skipKcopyd) {
     const kjson = join(work, 'kcopyd.json');
     const script = join(projectRoot, 'dist', 'tools', 'bench-kcopyd.js');
-    const out = await run(process.execPath, [script, '--size-mib', String(args.kcopydMiB), '--dir', work, '--json', kjson]);
-    console.log(`\n${out}`);
-    kcopyd = JSON.parse(await sh(`cat ${kjson}`));
+    try {
+      const out = await run(process.execPath, [script, '--size-mib', String(args.kcopydMiB), '--dir', work, '--json', kjson]);
+      console.log(`\n${out}`);
+      kcopyd = JSON.parse(await sh(`cat ${kjson}`));
+    } catch (e) {
+      // Keep what was measured before it in the report.
+      kcopyd = { error: (e as Error).message };
+      console.log(`\nkcopyd bench FAILED: ${(e as Error).message.split('\n')[0]}`);
+    }
   }
   const report = {
     date: new Date().toISOString(),
@@ -141,6 +170,7 @@ async function main(): Promise<void> {
     inGuest: process.env.UBLK_DM_IN_GUEST === '1',
     fio: { runtimeSeconds: args.runtimeSeconds, backingMiB: args.fileMiB, results, ratios },
     daemonMemory,
+    snapshot,
     kcopyd,
   };
   mkdirSync(dirname(args.out), { recursive: true });
