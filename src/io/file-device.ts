@@ -141,6 +141,7 @@ export class FileDevice implements BlockDevice {
   writev(bufs: Uint8Array[], sector: number, fua: boolean): Promise<IoResult> {
     const misuse = this.misuse(totalBytes(bufs));
     if (misuse) return Promise.reject(misuse);
+    if (this.beyondEnd(sector, totalBytes(bufs))) return Promise.resolve(-EIO);
     const byteOffset = sector * SECTOR_BYTES;
     const rwFlags = fua ? RWF_DSYNC : 0;
     return new Promise((resolve) =>
@@ -216,6 +217,9 @@ export class FileDevice implements BlockDevice {
   }
 
   private startWrite(buf: Uint8Array, sector: number, fua: boolean, done: IoCallback): void {
+    // A device never grows: a write past its end fails as the block layer's does ("attempt to
+    // access beyond end of device"), instead of silently extending a backing file.
+    if (this.beyondEnd(sector, buf.byteLength)) return done(-EIO);
     const byteOffset = sector * SECTOR_BYTES;
     const rwFlags = fua ? RWF_DSYNC : 0;
     this.issue(this.alignedForDirect(buf, byteOffset), (fd, ioDone) => this.ring.writeCb(fd, buf, byteOffset, rwFlags, ioDone), done);
@@ -294,6 +298,10 @@ export class FileDevice implements BlockDevice {
   }
 
   /** The programming error in a call, if any (I/O errors come back as results instead). */
+  private beyondEnd(sector: number, byteLength: number): boolean {
+    return sector * SECTOR_BYTES + byteLength > this.sizeSectors * SECTOR_BYTES;
+  }
+
   private misuse(byteLength: number): Error | undefined {
     if (this.closed) return new Error(`${this.path}: device is closed`);
     if (byteLength % SECTOR_BYTES !== 0) {

@@ -1,9 +1,9 @@
 import { strict as assert } from 'node:assert';
-import { promises as fsp } from 'node:fs';
+import { promises as fsp, statSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { EINVAL, ErrnoError } from '../../../src/base/errno';
+import { EINVAL, EIO, ErrnoError } from '../../../src/base/errno';
 import { FileDevice, openFileDevice } from '../../../src/io/file-device';
 import { allocPageAligned } from '../../../src/io/native';
 import { IoRing, type IoCallback } from '../../../src/io/ring';
@@ -129,6 +129,14 @@ describe('FileDevice over a regular file', () => {
 
   it('returns a short count for a read that crosses the end of the file', async () => {
     assert.equal(await device.read(Buffer.alloc(1024), 128), 100);
+  });
+
+  it('a write past the end fails with EIO and never grows the file (a device does not grow)', async () => {
+    const before = statSync(file).size;
+    const lastSector = device.sizeSectors - 1;
+    assert.equal(await device.write(Buffer.alloc(1024, 1), lastSector, false), -EIO);
+    assert.equal(await device.writev([Buffer.alloc(512), Buffer.alloc(512)], lastSector, false), -EIO);
+    assert.equal(statSync(file).size, before);
   });
 
   it('rejects buffers that are not whole sectors, and any I/O after close', async () => {
