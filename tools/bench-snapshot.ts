@@ -20,13 +20,15 @@
 import { execFile, spawn } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
 import { join } from 'node:path';
+import { DaemonError, sendRequestStartingDaemon } from '../src/cli/client';
+import { createSnapshot, type Send } from '../src/cli/snapshot';
+import { daemonPaths } from '../src/daemon/paths';
+import type { Request } from '../src/wire/protocol';
 
 export interface SnapshotBenchOptions {
   /** A scratch directory on tmpfs. */
   readonly dir: string;
-  /** Runs our CLI (with the bench's environment), resolving to its stdout. */
-  readonly ours: (...args: string[]) => Promise<string>;
-  /** argv of our CLI, to spawn it directly for the timed merge. */
+  /** argv of our CLI, for the timed merge (set-up and teardown talk to the daemon directly). */
   readonly oursArgv: readonly string[];
   readonly env: NodeJS.ProcessEnv;
   readonly originMiB: number;
@@ -118,7 +120,16 @@ class SnapshotBench {
   private readonly cowBytes: number;
   private readonly pristine: string;
 
+  /**
+   * To the daemon over its socket, as the CLI does (the snapshot set-up is the CLI's own
+   * createSnapshot): a node start per step costs seconds under TCG and measures nothing here.
+   */
+  readonly send: Send;
+
   constructor(private readonly o: SnapshotBenchOptions) {
+    const paths = daemonPaths(o.env);
+    const cliScript = join(__dirname, '..', 'src', 'cli', 'cli.js');
+    this.send = <R extends Request>(request: R) => sendRequestStartingDaemon(paths, cliScript, request);
     this.sectors = (o.originMiB * 1024 * 1024) / 512;
     // Every chunk copied out, plus the header and one 4 KiB metadata area per 256 exceptions, plus slack.
     const chunks = (o.originMiB * 1024 * 1024) / 4096;
@@ -136,20 +147,29 @@ class SnapshotBench {
   }
 
   async oursRig(snapshots: number): Promise<Rig> {
-    const { ours, dir, log } = this.o;
+    const { dir, log } = this.o;
+    const send = this.send;
     const file = join(dir, 'snap-ours-origin.img');
     const undo: Array<() => Promise<unknown>> = [];
     const teardown = () => SnapshotBench.unwind(undo, log);
     try {
       await sh(`cp ${this.pristine} ${file}`);
       undo.push(() => sh(`rm -f ${dir}/snap-ours-*`));
-      const origin = (await ours('create', `${OURS_PREFIX}origin`, '--table', `0 ${this.sectors} linear ${file} 0`)).trim();
+      const origin = (await send({ verb: 'create', name: `${OURS_PREFIX}origin`, table: `0 ${this.sectors} linear ${file} 0\n`, options: { readOnly: false } })).blockPath;
       const remove = (name: string) => async () => {
-        // A merge removes its snapshot: remove only what is still there.
-        const names = (JSON.parse(await ours('ls', '--json')) as Array<{ name: string }>).map((d) => d.name);
-        if (!names.includes(name)) return;
-        // Left suspended by a failed step: resume (best effort) and try again.
-        await ours('remove', name).catch(() => ours('resume', name).catch(() => undefined).then(() => ours('remove', name)));
+        for (let attempt = 1; ; attempt++) {
+          try {
+            await send({ verb: 'remove', name });
+            return;
+          } catch (e) {
+            const code = e instanceof DaemonError ? e.code : undefined;
+            if (!(await send({ verb: 'ls' })).some((d) => d.name === name)) return; // a merge removed it
+            if (attempt >= 10) throw e;
+            // Busy just after fio closed it, or left suspended by a failed step.
+            if (code !== 'EBUSY') await send({ verb: 'resume', name }).catch(() => undefined);
+            await sleep(200);
+          }
+        }
       };
       undo.push(remove(`${OURS_PREFIX}origin`));
       const snaps: string[] = [];
@@ -157,8 +177,9 @@ class SnapshotBench {
         const name = `${OURS_PREFIX}s${i}`;
         // Pushed before: a create that fails half way leaves nothing, and removing nothing is only logged.
         undo.push(remove(name));
-        snaps.push((await ours('snapshot', 'create', name, '--origin', `${OURS_PREFIX}origin`, '--cow', join(dir, `snap-ours-cow${i}.img`),
-          '--size', String(this.cowBytes), '--chunk', '4k')).trim());
+        snaps.push(await createSnapshot(send, {
+          snapshot: name, origin: `${OURS_PREFIX}origin`, cowPath: join(dir, `snap-ours-cow${i}.img`), cowBytes: this.cowBytes, chunkSectors: CHUNK_SECTORS, store: 'P',
+        }));
       }
       return { side: 'ours', origin, snapshots: snaps, teardown };
     } catch (e) {
@@ -277,7 +298,7 @@ class SnapshotBench {
   }
 
   async leftovers(): Promise<string[]> {
-    const ourNames = (JSON.parse(await this.o.ours('ls', '--json')) as Array<{ name: string }>).map((d) => d.name);
+    const ourNames = (await this.send({ verb: 'ls' })).map((d) => d.name);
     const kernelNames = (await sh('dmsetup ls')).split('\n').map((l) => l.split(/\s/)[0]!);
     return [...ourNames, ...kernelNames].filter((n) => n.startsWith(OURS_PREFIX) || n.startsWith(KERNEL_PREFIX));
   }

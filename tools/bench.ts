@@ -21,12 +21,12 @@ const cli = join(projectRoot, 'bin', 'ublk-dm');
 
 interface Args {
   out: string; runtimeSeconds: number; fileMiB: number; kcopydMiB: number; skipKcopyd: boolean;
-  skipSnapshot: boolean; snapshotMiB: number; snapshotRewriteMiB: number;
+  skipSnapshot: boolean; snapshotMiB: number; snapshotRewriteMiB: number; snapshotRuntimeSeconds: number;
 }
 
 function parseArgs(argv: string[]): Args {
   const args: Args = { out: join(projectRoot, 'bench-results', 'latest.json'), runtimeSeconds: 5, fileMiB: 512, kcopydMiB: 1024, skipKcopyd: false,
-    skipSnapshot: false, snapshotMiB: 128, snapshotRewriteMiB: 8 };
+    skipSnapshot: false, snapshotMiB: 128, snapshotRewriteMiB: 8, snapshotRuntimeSeconds: 3 };
   for (let i = 0; i < argv.length; i++) {
     const [k, v] = [argv[i], argv[i + 1]];
     if (k === '--out') { args.out = resolve(v); i++; }
@@ -37,6 +37,7 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--no-snapshot') args.skipSnapshot = true;
     else if (k === '--snapshot-mib') { args.snapshotMiB = Number(v); i++; }
     else if (k === '--snapshot-rewrite-mib') { args.snapshotRewriteMiB = Number(v); i++; }
+    else if (k === '--snapshot-runtime') { args.snapshotRuntimeSeconds = Number(v); i++; } // 16 fio runs: kept short
     else throw new Error(`unknown argument ${k}`);
   }
   return args;
@@ -125,8 +126,8 @@ async function main(): Promise<void> {
   if (!args.skipSnapshot) {
     // Never throws: a failure is recorded in snapshot.error beside what was measured.
     snapshot = await runSnapshotBench({
-      dir: work, ours, oursArgv: [process.execPath, cli], env, originMiB: args.snapshotMiB, rewriteMiB: args.snapshotRewriteMiB,
-      runtimeSeconds: args.runtimeSeconds, log: (line) => process.stderr.write(`${line}\n`),
+      dir: work, oursArgv: [process.execPath, cli], env, originMiB: args.snapshotMiB, rewriteMiB: args.snapshotRewriteMiB,
+      runtimeSeconds: args.snapshotRuntimeSeconds, log: (line) => process.stderr.write(`${line}\n`),
     });
   }
   await killDaemon();
