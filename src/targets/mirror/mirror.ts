@@ -89,6 +89,9 @@ export class MirrorTarget implements Target {
     this.maxIoSectors = log.regionSectors;
     this.regionHash = new RegionHash(log, features.handleErrors);
     this.capabilities = passthroughCapabilities(legs.map((leg) => leg.device));
+    // The kernel's worker makes its first pass at construction, before the table is live: a
+    // `nosync` log is already all in sync then, and its "in sync" event is lost (spec §4.2).
+    this.inSync = log.syncCount() === log.regionCount;
   }
 
   map(bio: Bio, done: MapDone): void {
