@@ -196,6 +196,10 @@ async function kernelDeps(paths: DaemonPaths, log: Logger): Promise<RegistryDeps
 export async function runDaemon(paths: DaemonPaths = daemonPaths(), log: Logger = createLogger()): Promise<void> {
   const registry = new DeviceRegistry(await kernelDeps(paths, log));
   const server = new DaemonServer(registry, paths, log);
+  // Held from before the socket is bound: a client may connect the instant it is, and must not
+  // be answered from an empty registry while the saved devices are still coming back.
+  let restoreSettled!: () => void;
+  server.holdRequestsUntil(new Promise<void>((resolve) => (restoreSettled = resolve)));
   await server.listen();
   log.info(`ublk-dm ${packageVersion()} listening on ${paths.socketPath} (pid ${process.pid})`);
 
@@ -206,7 +210,7 @@ export async function runDaemon(paths: DaemonPaths = daemonPaths(), log: Logger 
     // Keep serving: the devices that are not back can be created again by hand.
     (err: Error) => log.error(`cannot restore saved devices from ${paths.stateDir}: ${err.message}`),
   );
-  server.holdRequestsUntil(restored);
+  void restored.then(restoreSettled);
 
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {
