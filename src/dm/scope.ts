@@ -1,6 +1,7 @@
 import { DmError } from '../base/errno';
 import type { DeviceKey } from '../io/block-device';
 import { IoRing } from '../io/ring';
+import { systemClock, type Clock } from '../base/clock';
 import type { SuspendOptions, TargetType } from './target';
 
 /**
@@ -54,10 +55,13 @@ export interface DaemonScopeOptions {
   readonly targetTypes?: Iterable<TargetType>;
   /** The ring backing I/O goes through; default: one made on first use and closed with the scope. */
   readonly ring?: IoRing;
+  /** Time for the time-based targets (flakey, delay); default: the system's monotonic clock. */
+  readonly clock?: Clock;
 }
 
 export class DaemonScope {
   readonly targetTypes: TargetTypeRegistry;
+  readonly clock: Clock;
   private ownRing: IoRing | undefined;
   private readonly givenRing: IoRing | undefined;
   private readonly shared = new Map<ScopeKey<unknown>, unknown>();
@@ -66,6 +70,7 @@ export class DaemonScope {
   constructor(options: DaemonScopeOptions = {}) {
     this.targetTypes = new TargetTypeRegistry(options.targetTypes);
     this.givenRing = options.ring;
+    this.clock = options.clock ?? systemClock;
   }
 
   /**

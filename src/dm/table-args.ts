@@ -49,19 +49,22 @@ export async function openDeviceArea(ctx: TargetContext, deviceSpec: string, off
   return { device, deviceStartSector };
 }
 
-/** The area must fit in the device and be aligned to its logical block size. */
-export function checkDeviceArea(device: BlockDevice, ctx: TargetContext, deviceStartSector: number): void {
-  const areaEndSector = deviceStartSector + ctx.lengthSectors;
+/**
+ * The area must fit in the device and be aligned to its logical block size. It is as long as
+ * the segment unless the target spreads the segment over several devices (striped).
+ */
+export function checkDeviceArea(device: BlockDevice, ctx: TargetContext, deviceStartSector: number, areaSectors = ctx.lengthSectors): void {
+  const areaEndSector = deviceStartSector + areaSectors;
   if (areaEndSector > device.sizeSectors) {
     throw new TargetError(
       `Device too small for target: ${device.tableName} start=${deviceStartSector}, ` +
-        `len=${ctx.lengthSectors}, dev_size=${device.sizeSectors}`,
+        `len=${areaSectors}, dev_size=${device.sizeSectors}`,
     );
   }
   const blockSectors = device.logicalBlockBytes / SECTOR_BYTES;
   const misaligned: Array<[string, number]> = [
     ['start', deviceStartSector],
-    ['len', ctx.lengthSectors],
+    ['len', areaSectors],
     ['table start', ctx.startSector],
   ];
   for (const [what, sectors] of misaligned) {

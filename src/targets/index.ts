@@ -1,7 +1,10 @@
 import type { TargetType } from '../dm/target';
+import { delayTargetType } from './delay';
 import { errorTargetType } from './error';
+import { flakeyTargetType } from './flakey';
 import { linearTargetType } from './linear';
 import { nullTargetType } from './null';
+import { stripedTargetType } from './striped';
 import { zeroTargetType } from './zero';
 import { mirrorTargetType } from './mirror/mirror';
 import { snapshotMergeTargetType } from './snapshot/merge';
@@ -14,6 +17,7 @@ import { snapshotTargetType } from './snapshot/snapshot';
  */
 export const builtInTargetTypes: readonly TargetType[] = [
   linearTargetType,
+  stripedTargetType,
   zeroTargetType,
   errorTargetType,
   nullTargetType,
@@ -21,6 +25,8 @@ export const builtInTargetTypes: readonly TargetType[] = [
   snapshotTargetType,
   snapshotMergeTargetType,
   mirrorTargetType,
+  flakeyTargetType,
+  delayTargetType,
 ];
 
-export { errorTargetType, linearTargetType, mirrorTargetType, nullTargetType, snapshotMergeTargetType, snapshotOriginTargetType, snapshotTargetType, zeroTargetType };
+export { delayTargetType, errorTargetType, flakeyTargetType, linearTargetType, stripedTargetType, mirrorTargetType, nullTargetType, snapshotMergeTargetType, snapshotOriginTargetType, snapshotTargetType, zeroTargetType };

@@ -1,8 +1,8 @@
 import type { BlockDevice } from '../io/block-device';
-import { EOPNOTSUPP } from '../base/errno';
-import { IoOp, type Bio } from '../io/bio';
+import type { Bio } from '../io/bio';
 import { passthroughCapabilities, type MapDone, type StatusKind, type Target, type TargetCapabilities, type TargetContext, type TargetType } from '../dm/target';
 import { expectArgCount, openDeviceArea } from '../dm/table-args';
+import { remapToDevice } from './remap';
 
 /**
  * linear <dev> <offset>: the target's sectors map one to one onto <dev> starting at <offset>.
@@ -21,28 +21,7 @@ export class LinearTarget implements Target {
   }
 
   map(bio: Bio, done: MapDone): void {
-    const deviceSector = this.deviceStartSector + bio.sector;
-    switch (bio.op) {
-      case IoOp.Read:
-        if (this.device.readCb !== undefined) this.device.readCb(bio.data, deviceSector, done);
-        else this.device.read(bio.data, deviceSector).then(done);
-        return;
-      case IoOp.Write:
-        if (this.device.writeCb !== undefined) this.device.writeCb(bio.data, deviceSector, bio.fua, done);
-        else this.device.write(bio.data, deviceSector, bio.fua).then(done);
-        return;
-      case IoOp.Flush:
-        this.device.flush().then(done);
-        return;
-      case IoOp.Discard:
-        this.device.discard(deviceSector, bio.sectorCount).then(done);
-        return;
-      case IoOp.WriteZeroes:
-        this.device.writeZeroes(deviceSector, bio.sectorCount, bio.noUnmap).then(done);
-        return;
-      default:
-        done(-EOPNOTSUPP);
-    }
+    remapToDevice(this.device, this.deviceStartSector + bio.sector, bio, done);
   }
 
   status(kind: StatusKind): string {

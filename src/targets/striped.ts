@@ -1,0 +1,193 @@
+import { EOPNOTSUPP, type IoResult } from '../base/errno';
+import { IoOp, type Bio } from '../io/bio';
+import type { BlockDevice } from '../io/block-device';
+import { checkDeviceArea, parseSectorNumber } from '../dm/table-args';
+import {
+  passthroughCapabilities,
+  TargetError,
+  type DeviceHandle,
+  type MapDone,
+  type StatusKind,
+  type Target,
+  type TargetCapabilities,
+  type TargetContext,
+  type TargetType,
+} from '../dm/target';
+import { remapToDevice } from './remap';
+
+/** dm-stripe's DM_IO_ERROR_THRESHOLD: a stripe raises an event for each of its first 14 errors. */
+const EVENTS_PER_STRIPE = 14;
+
+/** One stripe: a device and where the stripe's area starts on it. */
+export interface Stripe {
+  readonly device: BlockDevice;
+  readonly deviceStartSector: number;
+}
+
+/** Where a target-relative sector lives: which stripe, and the sector within that stripe's area. */
+interface StripeSector {
+  readonly stripeIndex: number;
+  readonly areaSector: number;
+}
+
+/**
+ * striped <#stripes> <chunk_size> <dev> <offset>...: chunk-sized pieces dealt round robin to
+ * the stripes. The core splits reads and writes at chunk boundaries (maxIoSectors), so each
+ * goes to one stripe; a flush goes to every stripe, and a discard or write-zeroes range is cut
+ * into the part that falls on each stripe, as dm-stripe's stripe_map_range does.
+ */
+export class StripedTarget implements Target {
+  readonly type = 'striped';
+  readonly threadModel = 'any-queue';
+  readonly capabilities: TargetCapabilities;
+  readonly maxIoSectors: number;
+  /** Errors seen per stripe; a stripe with any shows D in status. */
+  private readonly errorCounts: number[];
+
+  constructor(
+    private readonly stripes: readonly Stripe[],
+    readonly chunkSectors: number,
+    private readonly deviceHandle: DeviceHandle,
+  ) {
+    this.maxIoSectors = chunkSectors;
+    this.capabilities = passthroughCapabilities(stripes.map((stripe) => stripe.device));
+    this.errorCounts = stripes.map(() => 0);
+  }
+
+  map(bio: Bio, done: MapDone): void {
+    switch (bio.op) {
+      case IoOp.Read:
+      case IoOp.Write: {
+        const { stripeIndex, areaSector } = this.locate(bio.sector);
+        this.submit(stripeIndex, areaSector, bio, done);
+        return;
+      }
+      case IoOp.Flush:
+        this.everyStripe((stripeIndex, finish) => this.submit(stripeIndex, 0, bio, finish), done);
+        return;
+      case IoOp.Discard:
+      case IoOp.WriteZeroes:
+        this.everyStripe((stripeIndex, finish) => this.submitRange(stripeIndex, bio, finish), done);
+        return;
+      default:
+        done(-EOPNOTSUPP);
+    }
+  }
+
+  status(kind: StatusKind): string {
+    if (kind === 'table') {
+      const areas = this.stripes.map((stripe) => ` ${stripe.device.tableName} ${stripe.deviceStartSector}`).join('');
+      return `${this.stripes.length} ${this.chunkSectors}${areas}`;
+    }
+    const names = this.stripes.map((stripe) => `${stripe.device.tableName} `).join('');
+    const health = this.errorCounts.map((count) => (count > 0 ? 'D' : 'A')).join('');
+    return `${this.stripes.length} ${names}1 ${health}`;
+  }
+
+  devices(): BlockDevice[] {
+    return this.stripes.map((stripe) => stripe.device);
+  }
+
+  async destroy(): Promise<void> {
+    // The devices belong to the table, which closes them.
+  }
+
+  private locate(targetSector: number): StripeSector {
+    const chunk = Math.floor(targetSector / this.chunkSectors);
+    const offsetInChunk = targetSector - chunk * this.chunkSectors;
+    const stripeIndex = chunk % this.stripes.length;
+    const chunkOnStripe = Math.floor(chunk / this.stripes.length);
+    return { stripeIndex, areaSector: chunkOnStripe * this.chunkSectors + offsetInChunk };
+  }
+
+  /**
+   * The first sector of stripe `stripeIndex`'s area at or after target sector `targetSector`
+   * (stripe_map_range_sector): the sector itself when it lies on that stripe, else the start of
+   * that stripe's chunk in the same row, or of the next row for a stripe before it.
+   */
+  private areaSectorFrom(targetSector: number, stripeIndex: number): number {
+    const at = this.locate(targetSector);
+    if (at.stripeIndex === stripeIndex) return at.areaSector;
+    const rowStart = at.areaSector - (at.areaSector % this.chunkSectors);
+    return stripeIndex < at.stripeIndex ? rowStart + this.chunkSectors : rowStart;
+  }
+
+  private submitRange(stripeIndex: number, bio: Bio, finish: (result: IoResult) => void): void {
+    const begin = this.areaSectorFrom(bio.sector, stripeIndex);
+    const end = this.areaSectorFrom(bio.sector + bio.sectorCount, stripeIndex);
+    if (begin >= end) {
+      finish(0); // none of the range falls on this stripe
+      return;
+    }
+    this.submit(stripeIndex, begin, { ...bio, sectorCount: end - begin }, finish);
+  }
+
+  private submit(stripeIndex: number, areaSector: number, bio: Bio, finish: (result: IoResult) => void): void {
+    const stripe = this.stripes[stripeIndex]!;
+    remapToDevice(stripe.device, stripe.deviceStartSector + areaSector, bio, (result) => {
+      if (result < 0 && result !== -EOPNOTSUPP) this.noteError(stripe.device);
+      finish(result);
+    });
+  }
+
+  /** stripe_end_io: the error counts against every stripe on the failing device. */
+  private noteError(device: BlockDevice): void {
+    this.stripes.forEach((stripe, index) => {
+      if (stripe.device.key !== device.key) return;
+      this.errorCounts[index]!++;
+      if (this.errorCounts[index]! <= EVENTS_PER_STRIPE) this.deviceHandle.raiseEvent();
+    });
+  }
+
+  /** Run `each` for every stripe at once; answer the first error in stripe order, else 0. */
+  private everyStripe(each: (stripeIndex: number, finish: (result: IoResult) => void) => void, done: MapDone): void {
+    const results: IoResult[] = new Array(this.stripes.length);
+    let outstanding = this.stripes.length;
+    for (let index = 0; index < this.stripes.length; index++) {
+      each(index, (result) => {
+        results[index] = result;
+        if (--outstanding === 0) done(results.find((r) => r < 0) ?? 0);
+      });
+    }
+  }
+}
+
+const UINT32_MAX = 0xffffffff;
+
+/** kstrtouint: a decimal unsigned 32-bit number, or undefined. */
+function parseUint32(text: string): number | undefined {
+  const value = parseSectorNumber(text);
+  return value !== undefined && value <= UINT32_MAX ? value : undefined;
+}
+
+export const stripedTargetType: TargetType = {
+  name: 'striped',
+  async create(ctx: TargetContext, args: string[]): Promise<Target> {
+    if (args.length < 2) throw new TargetError('Not enough arguments');
+    const stripeCount = parseUint32(args[0]!);
+    if (stripeCount === undefined || stripeCount === 0) throw new TargetError('Invalid stripe count');
+    const chunkSectors = parseUint32(args[1]!);
+    if (chunkSectors === undefined || chunkSectors === 0) throw new TargetError('Invalid chunk_size');
+    if (ctx.lengthSectors % stripeCount !== 0) throw new TargetError('Target length not divisible by number of stripes');
+    const stripeWidthSectors = ctx.lengthSectors / stripeCount;
+    if (stripeWidthSectors % chunkSectors !== 0) throw new TargetError('Target length not divisible by chunk size');
+    if (args.length !== 2 + 2 * stripeCount) throw new TargetError('Not enough destinations specified');
+
+    const stripes: Stripe[] = [];
+    for (let index = 0; index < stripeCount; index++) {
+      const deviceSpec = args[2 + 2 * index]!;
+      const deviceStartSector = parseSectorNumber(args[3 + 2 * index]!);
+      if (deviceStartSector === undefined) throw new TargetError("Couldn't parse stripe destination");
+      let device: BlockDevice;
+      try {
+        device = await ctx.openDevice(deviceSpec);
+      } catch (cause) {
+        const reason = cause instanceof Error ? cause.message : String(cause);
+        throw new TargetError(`Couldn't parse stripe destination: ${reason}`, { cause });
+      }
+      checkDeviceArea(device, ctx, deviceStartSector, stripeWidthSectors);
+      stripes.push({ device, deviceStartSector });
+    }
+    return new StripedTarget(stripes, chunkSectors, ctx.device);
+  },
+};
