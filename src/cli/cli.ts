@@ -131,6 +131,7 @@ export function buildParser(): Argv {
         .command('ls', 'list snapshots with their origin and COW usage', (c) => c.options(jsonOption))
         .demandCommand(1, 'snapshot create | merge | ls'),
     )
+    .command('dmsetup', "dmsetup's own command line (also installed as ublk-dmsetup), for scripts written for dmsetup")
     .command('daemon', 'run the daemon in the foreground (for systemd)')
     .command('version', 'print the CLI and daemon versions')
     .demandCommand(1, 'a verb is needed; see --help')
@@ -371,6 +372,8 @@ async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>
 
 /** Run the CLI on `args`; resolves to the exit code (the daemon verb resolves only once serving ends). */
 export async function main(args: readonly string[]): Promise<number> {
+  // dmsetup's own command line, passed through untouched (its options are not ours).
+  if (args[0] === 'dmsetup') return (await import('./dmsetup')).dmsetupMain(args.slice(1));
   let command: CliCommand;
   try {
     command = parseCommand(args);

@@ -182,7 +182,7 @@ async function kernelDeps(paths: DaemonPaths, log: Logger): Promise<RegistryDeps
     // One ring for the ublk queues and the backing I/O: one wakeup serves both.
     ...kernelCollaborators(new DaemonScope({ targetTypes: builtInTargetTypes })),
     store: new DeviceStore(paths.stateDir),
-    links: new DeviceLinks(paths.linkDir),
+    links: new DeviceLinks(paths.linkDir, paths.mapperDir),
     probeUsage: procUsageProbe(),
     readAheadSectors: (blockPath) => readAheadSectors(blockPath),
     log,

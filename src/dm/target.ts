@@ -125,6 +125,8 @@ export class TargetError extends DmError {
 
 export interface TargetType {
   readonly name: string;
+  /** What `dmsetup targets` shows: the kernel's version of the type this one follows. */
+  readonly version?: readonly [number, number, number];
   /** The kernel's ctr: validate `args`, open devices; throw TargetError and leave nothing behind. */
   create(ctx: TargetContext, args: string[]): Promise<Target>;
 }

@@ -160,6 +160,7 @@ async function openDelayClass(ctx: TargetContext, triple: readonly string[]): Pr
 
 export const delayTargetType: TargetType = {
   name: 'delay',
+  version: [1, 4, 0],
   async create(ctx: TargetContext, args: string[]): Promise<Target> {
     if (args.length !== 3 && args.length !== 6 && args.length !== 9) throw new TargetError('Requires exactly 3, 6 or 9 arguments');
     const read = await openDelayClass(ctx, args.slice(0, 3));

@@ -40,6 +40,7 @@ export class ErrorTarget implements Target {
 
 export const errorTargetType: TargetType = {
   name: 'error',
+  version: [1, 7, 0],
   async create(ctx, args): Promise<Target> {
     if (args.length !== 2) return new ErrorTarget(undefined);
     const area = await openDeviceArea(ctx, args[0]!, args[1]!);

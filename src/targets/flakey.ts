@@ -259,6 +259,7 @@ export function parseFlakeyFeatures(args: readonly string[]): FlakeyFeatures {
 
 export const flakeyTargetType: TargetType = {
   name: 'flakey',
+  version: [1, 5, 0],
   async create(ctx: TargetContext, args: string[]): Promise<Target> {
     if (args.length < 4) throw new TargetError('Invalid argument count');
     const deviceStartSector = parseSectorNumber(args[1]!);

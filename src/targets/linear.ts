@@ -39,6 +39,7 @@ export class LinearTarget implements Target {
 
 export const linearTargetType: TargetType = {
   name: 'linear',
+  version: [1, 4, 0],
   async create(ctx: TargetContext, args: string[]): Promise<Target> {
     expectArgCount(args, 2);
     const area = await openDeviceArea(ctx, args[0]!, args[1]!);

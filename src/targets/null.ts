@@ -29,6 +29,7 @@ export class NullTarget implements Target {
 
 export const nullTargetType: TargetType = {
   name: 'null',
+  version: [1, 0, 0],
   async create(_ctx, args): Promise<Target> {
     if (args.length !== 0) throw new TargetError('No arguments required');
     return new NullTarget();

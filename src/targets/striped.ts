@@ -162,6 +162,7 @@ function parseUint32(text: string): number | undefined {
 
 export const stripedTargetType: TargetType = {
   name: 'striped',
+  version: [1, 6, 0],
   async create(ctx: TargetContext, args: string[]): Promise<Target> {
     if (args.length < 2) throw new TargetError('Not enough arguments');
     const stripeCount = parseUint32(args[0]!);

@@ -45,6 +45,7 @@ export class ZeroTarget implements Target {
 
 export const zeroTargetType: TargetType = {
   name: 'zero',
+  version: [1, 2, 0],
   async create(_ctx, args): Promise<Target> {
     if (args.length !== 0) throw new TargetError('No arguments required');
     return new ZeroTarget();

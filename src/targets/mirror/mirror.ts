@@ -406,6 +406,7 @@ function requestFor(bio: Bio): DmIoRequest {
 /** mirror_ctr's checks, in its order and words (spec §1). */
 export const mirrorTargetType: TargetType = {
   name: 'mirror',
+  version: [1, 14, 0],
   async create(ctx: TargetContext, args: string[]): Promise<Target> {
     let mirror: MirrorTarget | undefined;
     let log: DirtyLog;

@@ -211,6 +211,7 @@ export class SnapshotMergeTarget implements Target, OriginSnapshot {
 
 export const snapshotMergeTargetType: TargetType = {
   name: 'snapshot-merge',
+  version: [1, 5, 0],
   async create(ctx: TargetContext, args: string[]): Promise<Target> {
     const parts = await loadSnapshotArgs(ctx, args, { forMerge: true });
     return new SnapshotMergeTarget(parts.origin, parts.cow, parts.store, parts.loaded, ctx.startSector, ctx.scope.get(ORIGINS));

@@ -60,6 +60,7 @@ export class SnapshotOriginTarget implements Target {
 
 export const snapshotOriginTargetType: TargetType = {
   name: 'snapshot-origin',
+  version: [1, 9, 0],
   async create(ctx: TargetContext, args: string[]): Promise<Target> {
     if (args.length !== 1) throw new TargetError('origin: incorrect number of arguments');
     let origin: BlockDevice;

@@ -334,6 +334,7 @@ export class SnapshotTarget implements Target, OriginSnapshot {
 /** snapshot_ctr: see snapshot-args.ts for the argument checks. */
 export const snapshotTargetType: TargetType = {
   name: 'snapshot',
+  version: [1, 16, 0],
   async create(ctx: TargetContext, args: string[]): Promise<Target> {
     const parts = await loadSnapshotArgs(ctx, args);
     return new SnapshotTarget(parts.origin, parts.cow, parts.store, parts.loaded, parts.features, ctx.startSector, ctx.lengthSectors, ctx.device, ctx.scope.get(ORIGINS));
