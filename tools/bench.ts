@@ -6,6 +6,8 @@
  *   over a tmpfs file beside a loop device over that file and dm-linear over that loop device;
  *   then the snapshot family against the kernel's dm-snapshot (tools/bench-snapshot.ts: origin
  *   random writes with 1 and 4 snapshots, sequential overwrite, merge; --no-snapshot skips it);
+ *   then striped over 4 files against dm-striped over loop devices (tools/bench-striped.ts: 4k
+ *   random and 1 MiB sequential; --no-striped skips it);
  *   then kcopyd against dd (dist/tools/bench-kcopyd.js).
  *
  * Prints a table of IOPS and ours/kernel ratios and writes everything as JSON (--out).
@@ -15,18 +17,19 @@ import { mkdtempSync, mkdirSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { runSnapshotBench, formatSnapshotReport, type SnapshotReport } from './bench-snapshot';
+import { runStripedBench, formatStripedReport, type StripedReport } from './bench-striped';
 
 const projectRoot = resolve(__dirname, '..', '..');
 const cli = join(projectRoot, 'bin', 'ublk-dm');
 
 interface Args {
   out: string; runtimeSeconds: number; fileMiB: number; kcopydMiB: number; skipKcopyd: boolean;
-  skipSnapshot: boolean; snapshotMiB: number; snapshotRewriteMiB: number; snapshotRuntimeSeconds: number;
+  skipSnapshot: boolean; skipStriped: boolean; snapshotMiB: number; snapshotRewriteMiB: number; snapshotRuntimeSeconds: number;
 }
 
 function parseArgs(argv: string[]): Args {
   const args: Args = { out: join(projectRoot, 'bench-results', 'latest.json'), runtimeSeconds: 5, fileMiB: 512, kcopydMiB: 1024, skipKcopyd: false,
-    skipSnapshot: false, snapshotMiB: 128, snapshotRewriteMiB: 8, snapshotRuntimeSeconds: 3 };
+    skipSnapshot: false, skipStriped: false, snapshotMiB: 128, snapshotRewriteMiB: 8, snapshotRuntimeSeconds: 3 };
   for (let i = 0; i < argv.length; i++) {
     const [k, v] = [argv[i], argv[i + 1]];
     if (k === '--out') { args.out = resolve(v); i++; }
@@ -35,6 +38,7 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--kcopyd-mib') { args.kcopydMiB = Number(v); i++; }
     else if (k === '--no-kcopyd') args.skipKcopyd = true;
     else if (k === '--no-snapshot') args.skipSnapshot = true;
+    else if (k === '--no-striped') args.skipStriped = true;
     else if (k === '--snapshot-mib') { args.snapshotMiB = Number(v); i++; }
     else if (k === '--snapshot-rewrite-mib') { args.snapshotRewriteMiB = Number(v); i++; }
     else if (k === '--snapshot-runtime') { args.snapshotRuntimeSeconds = Number(v); i++; } // 16 fio runs: kept short
@@ -87,6 +91,7 @@ async function main(): Promise<void> {
   const results: FioResult[] = [];
   let daemonMemory: DaemonMemory | undefined;
   let snapshot: SnapshotReport | null = null;
+  let striped: StripedReport | null = null;
   const killDaemon = () => sh(`kill $(cat ${join(work, 'run', 'ublk-dm.pid')}) 2>/dev/null; true`);
   try {
     const sizeSectors = (args.fileMiB * 1024 * 1024) / 512;
@@ -130,6 +135,9 @@ async function main(): Promise<void> {
       runtimeSeconds: args.snapshotRuntimeSeconds, log: (line) => process.stderr.write(`${line}\n`),
     });
   }
+  if (!args.skipStriped) {
+    striped = await runStripedBench({ dir: work, env, stripeMiB: 64, runtimeSeconds: args.runtimeSeconds, log: (line) => process.stderr.write(`${line}\n`) });
+  }
   await killDaemon();
 
   const iops = (device: string, pattern: Pattern, qd: number) => results.find((r) => r.device === device && r.pattern === pattern && r.iodepth === qd)?.iops ?? NaN;
@@ -150,6 +158,7 @@ async function main(): Promise<void> {
     console.log(`\ndaemon memory after the fio runs (2 devices, 1 queue x 128 tags each): RSS ${daemonMemory.rssMiB} MiB, peak ${daemonMemory.peakMiB} MiB`);
   }
   if (snapshot) console.log(formatSnapshotReport(snapshot));
+  if (striped) console.log(formatStripedReport(striped));
 
   let kcopyd: unknown = null;
   if (!args.skipKcopyd) {
@@ -172,6 +181,7 @@ async function main(): Promise<void> {
     fio: { runtimeSeconds: args.runtimeSeconds, backingMiB: args.fileMiB, results, ratios },
     daemonMemory,
     snapshot,
+    striped,
     kcopyd,
   };
   mkdirSync(dirname(args.out), { recursive: true });
