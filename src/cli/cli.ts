@@ -9,6 +9,7 @@ import { packageVersion } from '../base/version';
 import { createSnapshot, formatSnapshotList, listSnapshots, mergeSnapshot, parseByteSize, parseChunkSize, type MergeProgress } from './snapshot';
 import { progressReporter } from './progress';
 import { waitForResync, type ResyncProgress } from './resync';
+import { replayLog, type CheckPoint, type ReplayProgress, type ReplayResult } from './replay-log';
 
 /**
  * `ublk-dm`: dmsetup's verbs against the daemon. The CLI holds no device state: it parses,
@@ -42,6 +43,16 @@ export type CliCommand =
     }
   | { readonly verb: 'snapshot-merge'; readonly name: string; readonly wait: boolean; readonly json: boolean }
   | { readonly verb: 'snapshot-ls'; readonly json: boolean }
+  | {
+      readonly verb: 'replay-log';
+      readonly logPath: string;
+      readonly replayPath: string;
+      readonly endMark?: string;
+      readonly limit?: number;
+      readonly fsck?: string;
+      readonly checkAt: CheckPoint[];
+      readonly json: boolean;
+    }
   | { readonly verb: 'daemon' }
   | { readonly verb: 'version' }
   | { readonly verb: 'help' };
@@ -131,6 +142,17 @@ export function buildParser(): Argv {
         .command('ls', 'list snapshots with their origin and COW usage', (c) => c.options(jsonOption))
         .demandCommand(1, 'snapshot create | merge | ls'),
     )
+    .command('replay-log', 'replay a log-writes log onto a device, checking at each flush or mark', (y) =>
+      y.options({
+        log: { type: 'string', demandOption: true, describe: 'the log device or file' },
+        replay: { type: 'string', demandOption: true, describe: 'the device or file to replay onto' },
+        'end-mark': { type: 'string', describe: 'stop after this mark' },
+        limit: { type: 'number', describe: 'stop after this many entries' },
+        fsck: { type: 'string', describe: 'command run (by bash) at each check point; non-zero stops the replay' },
+        check: { type: 'string', default: 'flush,mark', describe: 'check points: any of flush, fua, mark' },
+        ...jsonOption,
+      }),
+    )
     .command('dmsetup', "dmsetup's own command line (also installed as ublk-dmsetup), for scripts written for dmsetup")
     .command('daemon', 'run the daemon in the foreground (for systemd)')
     .command('version', 'print the CLI and daemon versions')
@@ -207,6 +229,22 @@ export function parseCommand(args: readonly string[], parser: Argv = buildParser
       if (action === 'merge') return { verb: 'snapshot-merge', name: name!, wait: argv.wait === true, json };
       if (action === 'ls') return { verb: 'snapshot-ls', json };
       throw new UsageError(`unknown snapshot action ${action}`);
+    }
+    case 'replay-log': {
+      const checkAt = String(argv.check).split(',').filter((p) => p !== '');
+      for (const point of checkAt) if (!['flush', 'fua', 'mark'].includes(point)) throw new UsageError(`--check takes flush, fua or mark, not ${point}`);
+      if (argv.limit !== undefined && !(Number.isSafeInteger(argv.limit) && (argv.limit as number) > 0)) throw new UsageError('--limit must be a positive integer');
+      if (argv['end-mark'] !== undefined && argv.limit !== undefined) throw new UsageError('give --end-mark or --limit, not both');
+      return {
+        verb,
+        logPath: String(argv.log),
+        replayPath: String(argv.replay),
+        ...(argv['end-mark'] !== undefined ? { endMark: String(argv['end-mark']) } : {}),
+        ...(argv.limit !== undefined ? { limit: argv.limit as number } : {}),
+        ...(argv.fsck !== undefined ? { fsck: String(argv.fsck) } : {}),
+        checkAt: checkAt as CheckPoint[],
+        json,
+      };
     }
     case 'daemon':
       return { verb };
@@ -355,6 +393,25 @@ async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>
     case 'snapshot-ls': {
       const listings = await listSnapshots(send);
       return command.json ? asJson(listings) : formatSnapshotList(listings);
+    }
+    case 'replay-log': {
+      const reporter = progressReporter<ReplayProgress>(command.json, 'replaying [{bar}] {percentage}% | {value}/{total} entries');
+      let result: ReplayResult;
+      try {
+        result = await replayLog({
+          logPath: command.logPath,
+          replayPath: command.replayPath,
+          ...(command.endMark !== undefined ? { endMark: command.endMark } : {}),
+          ...(command.limit !== undefined ? { limit: command.limit } : {}),
+          ...(command.fsck !== undefined ? { check: { command: command.fsck, at: command.checkAt } } : {}),
+          onProgress: reporter.report,
+        });
+      } finally {
+        reporter.stop();
+      }
+      if (command.json) return asJson(result);
+      const checks = result.checks.map((c) => `checked after entry ${c.entry} (${c.mark !== undefined ? `mark ${c.mark}` : c.point}): ok\n`).join('');
+      return `${checks}replayed ${result.entriesReplayed} of ${result.entriesInLog} entries\n`;
     }
     case 'version': {
       let daemon: string;

@@ -3,6 +3,7 @@ import { delayTargetType } from './delay';
 import { errorTargetType } from './error';
 import { flakeyTargetType } from './flakey';
 import { linearTargetType } from './linear';
+import { logWritesTargetType } from './log-writes/log-writes';
 import { nullTargetType } from './null';
 import { stripedTargetType } from './striped';
 import { zeroTargetType } from './zero';
@@ -27,6 +28,7 @@ export const builtInTargetTypes: readonly TargetType[] = [
   mirrorTargetType,
   flakeyTargetType,
   delayTargetType,
+  logWritesTargetType,
 ];
 
-export { delayTargetType, errorTargetType, flakeyTargetType, linearTargetType, stripedTargetType, mirrorTargetType, nullTargetType, snapshotMergeTargetType, snapshotOriginTargetType, snapshotTargetType, zeroTargetType };
+export { delayTargetType, errorTargetType, flakeyTargetType, linearTargetType, logWritesTargetType, stripedTargetType, mirrorTargetType, nullTargetType, snapshotMergeTargetType, snapshotOriginTargetType, snapshotTargetType, zeroTargetType };

@@ -154,4 +154,59 @@ describe('fault-injection family on real devices (striped, flakey, delay, ublk-d
     assert.ok(suspendMs < 30_000, `suspend waited ${suspendMs} ms: it should release the held write at once`);
     await box.ok(['resume', 'dl']);
   });
+
+  it('log-writes records mkfs and two rounds of files; replay-log to each mark gives an fsck-clean ext4 with that mark\'s files; the kernel\'s log of the same replays too', async () => {
+    const sizeBytes = 64 * MiB;
+    const sectors = sizeBytes / 512;
+    const mnt = join(box.dir, 'lwmnt');
+    mkdirSync(mnt);
+    const cli = `${process.execPath} ${join(projectRoot, 'bin', 'ublk-dm')}`;
+    undo.push(() => sh(`umount ${mnt}; ${dmsetup} remove lw; DM_DISABLE_UDEV=1 dmsetup remove klw`, { env: box.env }));
+    const script = `
+      set -euo pipefail
+      cd ${work}
+      truncate -s ${sizeBytes} lw-dev.img
+      truncate -s 512M lw-log.img
+      record() {  # record DEVICE MESSAGE_CMD: mkfs, mark, files, mark, files, mark
+        local dev=$1 message=$2
+        mkfs.ext4 -q -F $dev
+        $message mkfs
+        for round in 1 2; do
+          mount $dev ${mnt}
+          for i in 1 2 3; do head -c 300000 /dev/urandom > ${mnt}/r$round-$i; done
+          sha256sum ${mnt}/r* | sed "s|${mnt}/||" > ${work}/sums-$round
+          umount ${mnt}
+          $message files$round
+        done
+      }
+      $DMSETUP create lw --table "0 ${sectors} log-writes ${work}/lw-dev.img ${work}/lw-log.img"
+      record ${mapperDir}/lw "$DMSETUP message lw 0 mark"
+      $DMSETUP status lw
+      $DMSETUP remove lw
+      for mark in mkfs files1 files2; do
+        truncate -s 0 replay.img; truncate -s ${sizeBytes} replay.img
+        ${cli} replay-log --log lw-log.img --replay replay.img --end-mark $mark --check mark --fsck "fsck.ext4 -fn ${work}/replay.img >/dev/null"
+        if [ $mark != mkfs ]; then
+          n=\${mark#files}
+          mount -o ro,noload replay.img ${mnt}
+          (cd ${mnt} && sha256sum -c ${work}/sums-$n)
+          umount ${mnt}
+        fi
+      done
+      # The kernel's log-writes over loop devices, replayed by ours.
+      truncate -s 0 k-dev.img k-log.img; truncate -s ${sizeBytes} k-dev.img; truncate -s 512M k-log.img
+      kdev=$(losetup -f --show k-dev.img); klog=$(losetup -f --show k-log.img)
+      DM_DISABLE_UDEV=1 dmsetup create klw --table "0 ${sectors} log-writes $kdev $klog"
+      record /dev/mapper/klw "env DM_DISABLE_UDEV=1 dmsetup message klw 0 mark"
+      DM_DISABLE_UDEV=1 dmsetup remove klw
+      losetup -d $kdev $klog
+      truncate -s 0 replay.img; truncate -s ${sizeBytes} replay.img
+      ${cli} replay-log --log k-log.img --replay replay.img --end-mark files2 --check mark --fsck "fsck.ext4 -fn ${work}/replay.img >/dev/null"
+      mount -o ro,noload replay.img ${mnt}; (cd ${mnt} && sha256sum -c ${work}/sums-2); umount ${mnt}
+    `;
+    const result = await sh(`DMSETUP="${dmsetup}"; ${script}`, { env: box.env, timeoutMs: 500_000 });
+    assert.equal(result.code, 0, `the log-writes script failed:\n${result.stdout}\n${result.stderr}`);
+    assert.equal((result.stdout.match(/checked after entry \d+ \(mark files2\): ok/g) ?? []).length, 2, result.stdout);
+    assert.match(result.stdout, /r2-3: OK/);
+  });
 });

@@ -51,8 +51,8 @@ function pattern(byteLength: number, seed: number): Buffer {
 }
 
 describe('targets: registry', () => {
-  it('the built-in types are linear, striped, zero, error, null, flakey, delay, the snapshot family and mirror', () => {
-    assert.deepEqual(new TargetTypeRegistry(builtInTargetTypes).names(), ['delay', 'error', 'flakey', 'linear', 'mirror', 'null', 'snapshot', 'snapshot-merge', 'snapshot-origin', 'striped', 'zero']);
+  it('the built-in types are linear, striped, zero, error, null, flakey, delay, log-writes, the snapshot family and mirror', () => {
+    assert.deepEqual(new TargetTypeRegistry(builtInTargetTypes).names(), ['delay', 'error', 'flakey', 'linear', 'log-writes', 'mirror', 'null', 'snapshot', 'snapshot-merge', 'snapshot-origin', 'striped', 'zero']);
   });
 
   it('refuses a second type with a registered name', () => {
