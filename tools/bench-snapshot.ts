@@ -129,7 +129,7 @@ class SnapshotBench {
   constructor(private readonly o: SnapshotBenchOptions) {
     const paths = daemonPaths(o.env);
     const cliScript = join(__dirname, '..', 'src', 'cli', 'cli.js');
-    this.send = <R extends Request>(request: R) => sendRequestStartingDaemon(paths, cliScript, request);
+    this.send = <R extends Request>(request: R) => sendRequestStartingDaemon(paths, cliScript, request, o.env);
     this.sectors = (o.originMiB * 1024 * 1024) / 512;
     // Every chunk copied out, plus the header and one 4 KiB metadata area per 256 exceptions, plus slack.
     const chunks = (o.originMiB * 1024 * 1024) / 4096;

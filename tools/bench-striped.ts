@@ -73,7 +73,7 @@ export async function runStripedBench(o: StripedBenchOptions): Promise<StripedRe
   const report: StripedReport = { stripes: STRIPES, chunkSectors: CHUNK_SECTORS, stripeMiB: o.stripeMiB, results: [], ratios: [] };
   const paths = daemonPaths(o.env);
   const send = <R extends Request>(request: R): Promise<Results[R['verb']]> =>
-    sendRequestStartingDaemon(paths, join(__dirname, '..', 'src', 'cli', 'cli.js'), request);
+    sendRequestStartingDaemon(paths, join(__dirname, '..', 'src', 'cli', 'cli.js'), request, o.env);
   const cleanups: Array<() => Promise<unknown>> = [];
   try {
     const lengthSectors = (STRIPES * o.stripeMiB * 1024 * 1024) / 512;

@@ -283,7 +283,7 @@ function positiveOption(argv: Record<string, unknown>, key: 'queues' | 'depth'):
   return { [key]: value };
 }
 
-async function readTable(source: TableSource): Promise<string> {
+async function readTable(source: TableSource, io: CliIo): Promise<string> {
   switch (source.from) {
     case 'inline':
       return source.text;
@@ -293,30 +293,54 @@ async function readTable(source: TableSource): Promise<string> {
       } catch (err) {
         throw new Error(`cannot read table file ${source.path}: ${(err as Error).message}`);
       }
-    case 'stdin': {
-      const chunks: Buffer[] = [];
-      for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
-      return Buffer.concat(chunks).toString('utf8');
-    }
+    case 'stdin':
+      return io.readStdin();
   }
 }
+
+/**
+ * Where a CLI run gets its environment and input and puts its streamed output: the process's own
+ * for `ublk-dm`, captured ones for runCli (tests run the CLI in their own process that way: a node
+ * start per call costs seconds in the TCG guest).
+ */
+export interface CliIo {
+  readonly env: NodeJS.ProcessEnv;
+  readStdin(): Promise<string>;
+  /** Output written while the command runs (progress as JSON lines), before its final text. */
+  writeOut(text: string): void;
+  /** Where a live progress bar may go: only a terminal gets one. */
+  readonly progressStream?: NodeJS.WriteStream;
+}
+
+const processIo: CliIo = {
+  env: process.env,
+  async readStdin() {
+    const chunks: Buffer[] = [];
+    for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+    return Buffer.concat(chunks).toString('utf8');
+  },
+  writeOut: (text) => void process.stdout.write(text),
+  progressStream: process.stderr,
+};
 
 const REMOVE_RETRIES = 25;
 const REMOVE_RETRY_MS = 200;
 
 /** Carry out a parsed command; returns the text for stdout. */
-async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>): Promise<string> {
-  const paths = daemonPaths();
-  const send = <R extends Request>(request: R) => sendRequestStartingDaemon(paths, __filename, request);
+async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>, io: CliIo): Promise<string> {
+  const paths = daemonPaths(io.env);
+  const send = <R extends Request>(request: R) => sendRequestStartingDaemon(paths, __filename, request, io.env);
+  const reporter = <P extends { readonly done: number; readonly total: number }>(json: boolean, format: string) =>
+    progressReporter<P>(json, format, io.progressStream, io.writeOut);
   const asJson = (value: unknown): string => JSON.stringify(value, null, 2) + '\n';
   switch (command.verb) {
     case 'create': {
-      const table = await readTable(command.source);
+      const table = await readTable(command.source, io);
       const created = await send({ verb: 'create', name: command.name, table, options: command.options });
       return `${created.blockPath}\n`;
     }
     case 'reload':
-      await send({ verb: 'reload', name: command.name, table: await readTable(command.source) });
+      await send({ verb: 'reload', name: command.name, table: await readTable(command.source, io) });
       return '';
     case 'remove':
       for (let attempt = 1; ; attempt++) {
@@ -337,11 +361,11 @@ async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>
       return '';
     case 'wait': {
       if (command.progress) {
-        const reporter = progressReporter<ResyncProgress>(command.json, 'resync of {name} [{bar}] {percentage}% | {value}/{total} regions');
+        const progress = reporter<ResyncProgress>(command.json, 'resync of {name} [{bar}] {percentage}% | {value}/{total} regions');
         try {
-          await waitForResync(send, command.name, reporter.report);
+          await waitForResync(send, command.name, progress.report);
         } finally {
-          reporter.stop();
+          progress.stop();
         }
         return '';
       }
@@ -382,11 +406,11 @@ async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>
         store: command.store,
       })}\n`;
     case 'snapshot-merge': {
-      const reporter = progressReporter<MergeProgress>(command.json, 'merging {snapshot} into {origin} [{bar}] {percentage}% | {value}/{total} sectors');
+      const progress = reporter<MergeProgress>(command.json, 'merging {snapshot} into {origin} [{bar}] {percentage}% | {value}/{total} sectors');
       try {
-        await mergeSnapshot(send, command.name, command.wait, reporter.report);
+        await mergeSnapshot(send, command.name, command.wait, progress.report);
       } finally {
-        reporter.stop();
+        progress.stop();
       }
       return '';
     }
@@ -395,7 +419,7 @@ async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>
       return command.json ? asJson(listings) : formatSnapshotList(listings);
     }
     case 'replay-log': {
-      const reporter = progressReporter<ReplayProgress>(command.json, 'replaying [{bar}] {percentage}% | {value}/{total} entries');
+      const progress = reporter<ReplayProgress>(command.json, 'replaying [{bar}] {percentage}% | {value}/{total} entries');
       let result: ReplayResult;
       try {
         result = await replayLog({
@@ -404,10 +428,10 @@ async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>
           ...(command.endMark !== undefined ? { endMark: command.endMark } : {}),
           ...(command.limit !== undefined ? { limit: command.limit } : {}),
           ...(command.fsck !== undefined ? { check: { command: command.fsck, at: command.checkAt } } : {}),
-          onProgress: reporter.report,
+          onProgress: progress.report,
         });
       } finally {
-        reporter.stop();
+        progress.stop();
       }
       if (command.json) return asJson(result);
       const checks = result.checks.map((c) => `checked after entry ${c.entry} (${c.mark !== undefined ? `mark ${c.mark}` : c.point}): ok\n`).join('');
@@ -431,25 +455,64 @@ async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>
 export async function main(args: readonly string[]): Promise<number> {
   // dmsetup's own command line, passed through untouched (its options are not ours).
   if (args[0] === 'dmsetup') return (await import('./dmsetup')).dmsetupMain(args.slice(1));
+  if (args[0] === 'daemon') {
+    let command: CliCommand;
+    try {
+      command = parseCommand(args);
+    } catch (err) {
+      process.stderr.write(`ublk-dm: ${(err as Error).message}\n`);
+      return 2;
+    }
+    if (command.verb !== 'daemon') return 0;
+    try {
+      const { runDaemon } = await import('../daemon/server');
+      await runDaemon();
+      return 0;
+    } catch (err) {
+      process.stderr.write(`ublk-dm: ${(err as Error).message}\n`);
+      return 1;
+    }
+  }
+  const result = await runCommand(args, processIo);
+  process.stdout.write(result.stdout);
+  process.stderr.write(result.stderr);
+  return result.code;
+}
+
+export interface CliResult {
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/**
+ * One CLI command other than `daemon`, with its output captured: what `ublk-dm ARGS` would print
+ * and exit with. Tests call it in their own process with their sandbox's environment.
+ */
+export async function runCli(args: readonly string[], options: { env?: NodeJS.ProcessEnv; input?: string } = {}): Promise<CliResult> {
+  let streamed = '';
+  const io: CliIo = {
+    env: options.env ?? process.env,
+    readStdin: async () => options.input ?? '',
+    writeOut: (text) => void (streamed += text),
+  };
+  const result = await runCommand(args, io);
+  return { ...result, stdout: streamed + result.stdout };
+}
+
+async function runCommand(args: readonly string[], io: CliIo): Promise<CliResult> {
   let command: CliCommand;
   try {
     command = parseCommand(args);
   } catch (err) {
-    process.stderr.write(`ublk-dm: ${(err as Error).message}\n`);
-    return 2;
+    return { code: 2, stdout: '', stderr: `ublk-dm: ${(err as Error).message}\n` };
   }
-  if (command.verb === 'help') return 0;
+  if (command.verb === 'help') return { code: 0, stdout: '', stderr: '' };
+  if (command.verb === 'daemon') return { code: 2, stdout: '', stderr: 'ublk-dm: the daemon verb runs only as its own process\n' };
   try {
-    if (command.verb === 'daemon') {
-      const { runDaemon } = await import('../daemon/server');
-      await runDaemon();
-      return 0;
-    }
-    process.stdout.write(await execute(command));
-    return 0;
+    return { code: 0, stdout: await execute(command, io), stderr: '' };
   } catch (err) {
-    process.stderr.write(`ublk-dm: ${(err as Error).message}\n`);
-    return 1;
+    return { code: 1, stdout: '', stderr: `ublk-dm: ${(err as Error).message}\n` };
   }
 }
 

@@ -63,17 +63,19 @@ export async function sendRequestStartingDaemon<R extends Request>(
   paths: DaemonPaths,
   cliScript: string,
   request: R,
+  /** The environment the daemon is started with: the one `paths` were read from. */
+  env: NodeJS.ProcessEnv = process.env,
 ): Promise<Results[R['verb']]> {
   try {
     return await sendRequest(paths.socketPath, request);
   } catch (err) {
     if (!(err instanceof DaemonAbsentError)) throw err;
   }
-  await startDaemon(paths, cliScript);
+  await startDaemon(paths, cliScript, env);
   return sendRequest(paths.socketPath, request);
 }
 
-async function startDaemon(paths: DaemonPaths, cliScript: string): Promise<void> {
+async function startDaemon(paths: DaemonPaths, cliScript: string, env: NodeJS.ProcessEnv): Promise<void> {
   try {
     await fsp.mkdir(paths.runDir, { recursive: true, mode: 0o700 });
   } catch (err) {
@@ -83,6 +85,7 @@ async function startDaemon(paths: DaemonPaths, cliScript: string): Promise<void>
   let exited: string | undefined;
   try {
     const child = spawn(process.execPath, [cliScript, 'daemon'], {
+      env,
       detached: true,
       stdio: ['ignore', log.fd, log.fd],
     });

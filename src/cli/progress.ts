@@ -13,10 +13,11 @@ export interface ProgressReporter<P extends { readonly done: number; readonly to
 export function progressReporter<P extends { readonly done: number; readonly total: number }>(
   json: boolean,
   format: string,
-  stream: NodeJS.WriteStream = process.stderr,
+  stream: NodeJS.WriteStream | undefined = process.stderr,
+  writeJson: (line: string) => void = (line) => void process.stdout.write(line),
 ): ProgressReporter<P> {
-  if (json) return { report: (p) => void process.stdout.write(`${JSON.stringify(p)}\n`), stop: () => {} };
-  if (!stream.isTTY) return { report: () => {}, stop: () => {} };
+  if (json) return { report: (p) => writeJson(`${JSON.stringify(p)}\n`), stop: () => {} };
+  if (stream === undefined || !stream.isTTY) return { report: () => {}, stop: () => {} };
   const bar = new SingleBar({ format, stream }, undefined);
   let started = false;
   return {

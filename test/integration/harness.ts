@@ -10,6 +10,7 @@ import { readFile, stat, writeFile, truncate } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { runCli } from '../../src/cli/cli';
 
 export const projectRoot = resolve(__dirname, '..', '..', '..');
 export const cliPath = join(projectRoot, 'bin', 'ublk-dm');
@@ -71,7 +72,17 @@ export class Sandbox {
   get stateDir(): string { return this.env.UBLK_DM_STATE_DIR!; }
   get linkDir(): string { return this.env.UBLK_DM_LINK_DIR!; }
 
+  /**
+   * `ublk-dm ARGS` against this sandbox, run in the test's own process (runCli: the same parsing,
+   * requests and output as the binary, without a node start per call, which costs seconds in the
+   * TCG guest). The daemon it starts is still its own process.
+   */
   cli(args: string[], input?: string): Promise<RunResult> {
+    return runCli(args, { env: this.env, ...(input !== undefined ? { input } : {}) });
+  }
+
+  /** `ublk-dm ARGS` as its own process, for what only a real process shows (exit codes, signals). */
+  cliProcess(args: string[], input?: string): Promise<RunResult> {
     return run(process.execPath, [cliPath, ...args], { env: this.env, input });
   }
 

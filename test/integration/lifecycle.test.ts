@@ -143,7 +143,8 @@ describe('integration: device lifecycle', function () {
     async function refused(args: string[], pattern: RegExp): Promise<void> {
       const nodesBefore = await ublkBlockNodes();
       const lsBefore = await box.ok(['ls']);
-      const r = await box.cli(args);
+      // The real binary: its exit status is what scripts see.
+      const r = await box.cliProcess(args);
       assert.notEqual(r.code, 0, `ublk-dm ${args.join(' ')} must fail`);
       assert.match(r.stderr, pattern);
       assert.deepEqual(await ublkBlockNodes(), nodesBefore, 'no block device was created');
