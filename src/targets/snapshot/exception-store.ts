@@ -30,8 +30,11 @@ export interface ExceptionStore {
   readonly tableText: string;
   /** The chunk size in force, in sectors: a persistent header overrides the table's. */
   readonly chunkSectors: number;
-  /** PO: a snapshot write that finds the store full marks the snapshot Overflow instead of Invalid. */
-  readonly overflowSupported: boolean;
+  /**
+   * PO: a snapshot write that finds the store full marks the snapshot Overflow instead of Invalid.
+   * Set by the table; a handover gives the destination's choice to the store it takes over.
+   */
+  overflowSupported: boolean;
   readonly mergeSupported: boolean;
 
   /**
@@ -87,6 +90,8 @@ export interface ExceptionStoreArgs {
   readonly chunkSectors: number;
   /** The characters after the store letter ("O" in "PO"). */
   readonly options: string;
+  /** A handover destination's store, never loaded: a transient one may have chunk size 0. */
+  readonly awaitingHandover?: boolean;
 }
 
 export interface ExceptionStoreType {

@@ -160,8 +160,7 @@ interface AreaCommit {
 }
 
 export class PersistentStore implements ExceptionStore {
-  readonly tableText: string;
-  readonly overflowSupported: boolean;
+  overflowSupported: boolean;
   readonly mergeSupported = true;
 
   private chunkSectorsInForce: number;
@@ -194,11 +193,14 @@ export class PersistentStore implements ExceptionStore {
     if (options.length > 0 && options[0].toUpperCase() !== 'O') {
       throw new StoreConfigError(`Unsupported persistent store option: ${options}`);
     }
-    this.tableText = this.overflowSupported ? 'PO' : 'P';
     // Until the header is read, a table chunk size of 0 means the default for a new store.
     this.chunkSectorsInForce = tableChunkSectors !== 0 ? tableChunkSectors : defaultChunkSectors(cow);
     this.perArea = exceptionsPerArea(this.chunkSectorsInForce);
     this.area = chunkBuffer(this.chunkSectorsInForce);
+  }
+
+  get tableText(): string {
+    return this.overflowSupported ? 'PO' : 'P';
   }
 
   get chunkSectors(): number {

@@ -16,7 +16,8 @@ import { checkTableChunkSize } from './store-common';
  */
 export class TransientStore implements ExceptionStore {
   readonly tableText = 'N';
-  readonly overflowSupported = false;
+  /** Kept for a handover; the transient store always prints N. */
+  overflowSupported = false;
   readonly mergeSupported = false;
 
   /** A sector counter, as the kernel keeps it: the next exception starts here. */
@@ -56,7 +57,7 @@ export const transientStoreType: ExceptionStoreType = {
   create(args: ExceptionStoreArgs): ExceptionStore {
     // Options are ignored ("Nxyz" loads and prints "N"). With no header to read it from, the
     // chunk size must come from the table.
-    if (args.chunkSectors === 0) throw new StoreConfigError('Chunk size not set');
+    if (args.chunkSectors === 0 && !args.awaitingHandover) throw new StoreConfigError('Chunk size not set');
     checkTableChunkSize(args);
     return new TransientStore(args.cow, args.chunkSectors);
   },
