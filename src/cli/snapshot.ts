@@ -178,12 +178,17 @@ export async function mergeSnapshot(send: Send, snapshot: string, wait: boolean,
     for (const step of undo) await step().catch(() => undefined);
     throw error;
   }
-  try {
-    await send({ verb: 'remove', name: snapshot });
-  } catch (error) {
-    throw new Error(`the merge of ${snapshot} into ${originName} has begun, but ${snapshot} (now Invalid) could not be removed: ${error instanceof Error ? error.message : String(error)}`);
-  }
-  if (!wait) return;
+  // The Invalid snapshot goes while the merge runs (removing a device takes a while: the kernel
+  // tears its disk down); its failure is reported once the rest is done.
+  const removal = send({ verb: 'remove', name: snapshot }).then(
+    () => undefined,
+    (error: unknown) => new Error(`the merge of ${snapshot} into ${originName} has begun, but ${snapshot} (now Invalid) could not be removed: ${error instanceof Error ? error.message : String(error)}`),
+  );
+  const removed = async (): Promise<void> => {
+    const failure = await removal;
+    if (failure !== undefined) throw failure;
+  };
+  if (!wait) return removed();
 
   let total: number | undefined;
   for (;;) {
@@ -197,6 +202,7 @@ export async function mergeSnapshot(send: Send, snapshot: string, wait: boolean,
     if (finished) break;
     await new Promise((resolve) => setTimeout(resolve, 250));
   }
+  await removed();
   await send({ verb: 'suspend', name: originName, noflush: false });
   await send({ verb: 'reload', name: originName, table: `0 ${line.lengthSectors} snapshot-origin ${line.origin}\n` });
   await send({ verb: 'resume', name: originName });
