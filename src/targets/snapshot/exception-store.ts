@@ -57,6 +57,11 @@ export interface ExceptionStore {
    */
   commitException(oldChunk: number, newChunk: number, copyValid: boolean, done: (valid: boolean) => void): void;
 
+  /**
+   * The store now belongs to another table, whose own handle on the same COW device is `cow`
+   * (a handover: the kernel re-points store->snap). The old table closes its handle when it goes.
+   */
+  useCow(cow: BlockDevice): void;
   /** Invalidate the snapshot for good (persistent: the header is rewritten with valid = 0). */
   dropSnapshot(): Promise<void>;
 

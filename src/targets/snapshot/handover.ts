@@ -1,6 +1,6 @@
 import { DmError } from '../../base/errno';
 import { TargetError } from '../../dm/target';
-import type { DeviceKey } from '../../io/block-device';
+import type { BlockDevice, DeviceKey } from '../../io/block-device';
 import { ExceptionTable } from './exception-table';
 import type { ExceptionStore } from './exception-store';
 import type { OriginRegistry, OriginSnapshot } from './origin-registry';
@@ -51,6 +51,8 @@ export class HeldExceptions {
 /** One side of a handover: a snapshot or snapshot-merge target. */
 export interface HandoverParty extends OriginSnapshot {
   readonly originKey: DeviceKey;
+  /** Its own table's handle on the COW device (each table opens, and closes, its own). */
+  readonly cowDevice: BlockDevice;
   /** Its device is suspended (the kernel's dm_suspended(ti)). */
   readonly suspended: boolean;
   held: HeldExceptions;
@@ -142,6 +144,9 @@ export async function completeHandover(registry: OriginRegistry, self: HandoverP
     const taken = source.held;
     const left = self.held;
     taken.store.overflowSupported = left.store.overflowSupported;
+    // Each store now writes through its new owner's handle: the source's table closes its own.
+    taken.store.useCow(self.cowDevice);
+    left.store.useCow(source.cowDevice);
     self.held = taken;
     source.held = left;
     left.valid = false;

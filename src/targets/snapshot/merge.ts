@@ -67,6 +67,10 @@ export class SnapshotMergeTarget implements Target, HandoverParty {
     return this.origin.key;
   }
 
+  get cowDevice(): BlockDevice {
+    return this.cow;
+  }
+
   get active(): boolean {
     return this.activated;
   }

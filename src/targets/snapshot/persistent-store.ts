@@ -183,7 +183,7 @@ export class PersistentStore implements ExceptionStore {
   private zeroChunk: Uint8Array | undefined;
 
   constructor(
-    private readonly cow: BlockDevice,
+    private cow: BlockDevice,
     private readonly originLogicalBlockBytes: number,
     tableChunkSectors: number,
     options: string,
@@ -259,6 +259,11 @@ export class PersistentStore implements ExceptionStore {
       this.area.fill(0);
     }
     if (!this.writingArea) void this.writeQueuedAreas();
+  }
+
+  useCow(cow: BlockDevice): void {
+    if (cow.key !== this.cow.key) throw new Error(`a store of ${this.cow.tableName} cannot move to ${cow.tableName}`);
+    this.cow = cow;
   }
 
   /** Invalidation for good: the header is rewritten with valid = 0 (plain write, areas untouched). */

@@ -80,6 +80,10 @@ export class SnapshotTarget implements Target, HandoverParty {
     return this.origin.key;
   }
 
+  get cowDevice(): BlockDevice {
+    return this.cow;
+  }
+
   get active(): boolean {
     return this.activated;
   }

@@ -24,7 +24,7 @@ export class TransientStore implements ExceptionStore {
   private nextFreeSector = 0;
 
   constructor(
-    private readonly cow: BlockDevice,
+    private cow: BlockDevice,
     readonly chunkSectors: number,
   ) {}
 
@@ -42,6 +42,11 @@ export class TransientStore implements ExceptionStore {
   /** Nothing to write: the record is "durable" as soon as the copy is done. */
   commitException(_oldChunk: number, _newChunk: number, copyValid: boolean, done: (valid: boolean) => void): void {
     done(copyValid);
+  }
+
+  useCow(cow: BlockDevice): void {
+    if (cow.key !== this.cow.key) throw new Error(`a store of ${this.cow.tableName} cannot move to ${cow.tableName}`);
+    this.cow = cow;
   }
 
   /** Invalidation is the snapshot's in-memory state only; there is no header to mark. */

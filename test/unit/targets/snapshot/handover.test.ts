@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { DeviceEvents } from '../../../../src/dm/mapped-device';
 import type { DaemonScope } from '../../../../src/dm/scope';
+import type { Table } from '../../../../src/dm/table';
 import type { MapOutcome, Target } from '../../../../src/dm/target';
 import { IoOp, type Bio } from '../../../../src/io/bio';
 import { MemoryDevice } from '../../../../src/testing/memory-device';
@@ -50,6 +51,8 @@ interface Rig {
   source: Target;
   sourceEvents: DeviceEvents;
   load(text: string, events?: DeviceEvents): Promise<Target>;
+  /** Destroys the table `target` belongs to: its targets, then its device handles. */
+  removeTable(target: Target): Promise<void>;
 }
 
 /**
@@ -60,7 +63,13 @@ async function rig(store = 'P'): Promise<Rig> {
   const devices = { origin: new MemoryDevice(SECTORS), cow: new MemoryDevice(SECTORS), cow2: new MemoryDevice(SECTORS) };
   for (let chunk = 0; chunk < SECTORS / CHUNK; chunk++) devices.origin.contents.fill(0x10 + chunk, chunk * CHUNK_BYTES, (chunk + 1) * CHUNK_BYTES);
   const scope = testScope();
-  const load = async (text: string, events = new DeviceEvents('t')) => (await loadMemoryTable(text, devices, { scope, device: events })).segments[0]!.target;
+  const tables = new Map<Target, Table>();
+  const load = async (text: string, events = new DeviceEvents('t')) => {
+    const table = await loadMemoryTable(text, devices, { scope, device: events });
+    tables.set(table.segments[0]!.target, table);
+    return table.segments[0]!.target;
+  };
+  const removeTable = (target: Target) => tables.get(target)!.destroy();
   const sourceEvents = new DeviceEvents('snap');
   const source = await load(`0 ${SECTORS} snapshot origin cow ${store} ${CHUNK}`, sourceEvents);
   await resume(source);
@@ -69,7 +78,7 @@ async function rig(store = 'P'): Promise<Rig> {
   assert.equal(await io(origin, IoOp.Write, 1 * CHUNK, stamp(0xa1)), CHUNK_BYTES);
   assert.equal(await io(origin, IoOp.Write, 2 * CHUNK, stamp(0xa2)), CHUNK_BYTES);
   assert.equal(await io(source, IoOp.Write, 5 * CHUNK, stamp(0xb5)), CHUNK_BYTES);
-  return { scope, devices, origin, source, sourceEvents, load };
+  return { scope, devices, origin, source, sourceEvents, load, removeTable };
 }
 
 describe('snapshot: exception handover (spec §5.3)', () => {
@@ -95,13 +104,15 @@ describe('snapshot: exception handover (spec §5.3)', () => {
     assert.deepEqual([await readChunk(dest, 1), await readChunk(dest, 2), await readChunk(dest, 3), await readChunk(dest, 5)], [0x11, 0x12, 0x13, 0xb5]);
     assert.equal(await io(r.source, IoOp.Read, 0, Buffer.alloc(512)), -5, 'the source fails its I/O (EIO)');
 
-    // Origin writes now copy out to the destination, and not again for chunks it already holds.
+    // The old table goes (closing its handles on the COW and the origin); origin writes now
+    // copy out to the destination through its own handles, and not again for chunks it holds.
+    await r.removeTable(r.source);
+    assert.notEqual(dest.status('info'), 'Invalid', 'removing the source after the handover leaves the destination alone');
     assert.equal(await io(r.origin, IoOp.Write, 3 * CHUNK, stamp(0xa3)), CHUNK_BYTES);
     assert.equal(await readChunk(dest, 3), 0x13);
     assert.equal(await io(r.origin, IoOp.Write, 1 * CHUNK, stamp(0xc1)), CHUNK_BYTES);
     assert.equal(await readChunk(dest, 1), 0x11);
-    await r.source.destroy();
-    assert.notEqual(dest.status('info'), 'Invalid', 'removing the source after the handover leaves the destination alone');
+    assert.match(dest.status('info'), /^\d+\/512 16$/, 'valid: its commits reached the COW');
   });
 
   it('the destination cannot take over until the source is suspended, and the source cannot resume meanwhile', async () => {
@@ -151,9 +162,10 @@ describe('snapshot: exception handover (spec §5.3)', () => {
     await suspend(r.source);
     await suspend(r.origin);
     const merge = await r.load(`0 ${SECTORS} snapshot-merge origin cow P ${CHUNK}`);
-    await r.origin.destroy(); // the origin device's old table, replaced by the merge table
+    await r.removeTable(r.origin); // the origin device's old table, replaced by the merge table
     await resume(merge);
     assert.equal(r.source.status('info'), 'Invalid');
+    await r.removeTable(r.source); // as `snapshot merge` does while the merge runs
     for (let i = 0; i < 200 && !/^(\d+)\/\d+ \1$/.test(merge.status('info')); i++) await new Promise((done) => setTimeout(done, 1));
     assert.match(merge.status('info'), /^16\/512 16$/, 'merged: allocated back to the metadata');
     const origin = r.devices.origin.contents;

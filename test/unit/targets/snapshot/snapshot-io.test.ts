@@ -50,6 +50,7 @@ class FakeStore implements ExceptionStore {
     if (this.holdCommits) this.heldCommits.push(commit);
     else commit();
   }
+  useCow(): void {}
   async dropSnapshot(): Promise<void> {
     this.dropped = true;
   }
