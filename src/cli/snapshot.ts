@@ -143,25 +143,52 @@ export interface MergeProgress {
 }
 
 /**
- * lvconvert --merge: the snapshot device is removed (it must not be open) and the origin's table
- * becomes snapshot-merge over the same COW; the origin shows the snapshot's contents at once.
- * With `wait`, follows the merge to its end, then puts snapshot-origin back.
+ * lvconvert --merge, as LVM does it: with the snapshot and the origin suspended, the origin's
+ * table becomes snapshot-merge over the same COW; its resume takes the live snapshot's exceptions
+ * over (exception handover, spec §5.3), so nothing is re-read from the COW and records not yet on
+ * disk are kept; the snapshot device, Invalid from then on, is removed. The origin shows the
+ * snapshot's contents at once. With `wait`, follows the merge to its end, then puts
+ * snapshot-origin back.
  */
 export async function mergeSnapshot(send: Send, snapshot: string, wait: boolean, report: (progress: MergeProgress) => void): Promise<void> {
   const [snapReport] = await send({ verb: 'table', name: snapshot, inactive: false });
   const line = snapReport!.targets.length === 1 ? snapshotLine(snapReport!.targets[0]!) : undefined;
   if (line === undefined) throw new Error(`${snapshot} is not a snapshot device (one snapshot line)`);
   const originName = await findOriginDevice(send, line.origin);
-  await send({ verb: 'suspend', name: originName, noflush: false });
+  // The snapshot device goes away once the merge has begun: refuse before anything changes.
+  const [snapInfo] = await send({ verb: 'info', name: snapshot });
+  if (snapInfo!.openCount > 0) throw new Error(`${snapshot} is open: close it before merging it`);
+  const [originInfo] = await send({ verb: 'info', name: originName });
+
+  const undo: Array<() => Promise<unknown>> = [];
   try {
-    await send({ verb: 'remove', name: snapshot });
-  } catch (error) {
+    if (!snapInfo!.suspended) {
+      await send({ verb: 'suspend', name: snapshot, noflush: false });
+      undo.unshift(() => send({ verb: 'resume', name: snapshot }));
+    }
+    if (!originInfo!.suspended) {
+      await send({ verb: 'suspend', name: originName, noflush: false });
+      undo.unshift(() => send({ verb: 'resume', name: originName }));
+    }
+    await send({ verb: 'reload', name: originName, table: `0 ${line.lengthSectors} snapshot-merge ${line.origin} ${line.cow} ${line.store} ${line.chunkSectors}\n` });
+    // A failed resume leaves the merge table live and the origin suspended: put snapshot-origin back first.
+    undo.unshift(() => send({ verb: 'reload', name: originName, table: `0 ${line.lengthSectors} snapshot-origin ${line.origin}\n` }));
     await send({ verb: 'resume', name: originName });
+  } catch (error) {
+    for (const step of undo) await step().catch(() => undefined);
     throw error;
   }
-  await send({ verb: 'reload', name: originName, table: `0 ${line.lengthSectors} snapshot-merge ${line.origin} ${line.cow} ${line.store} ${line.chunkSectors}\n` });
-  await send({ verb: 'resume', name: originName });
-  if (!wait) return;
+  // The Invalid snapshot goes while the merge runs (removing a device takes a while: the kernel
+  // tears its disk down); its failure is reported once the rest is done.
+  const removal = send({ verb: 'remove', name: snapshot }).then(
+    () => undefined,
+    (error: unknown) => new Error(`the merge of ${snapshot} into ${originName} has begun, but ${snapshot} (now Invalid) could not be removed: ${error instanceof Error ? error.message : String(error)}`),
+  );
+  const removed = async (): Promise<void> => {
+    const failure = await removal;
+    if (failure !== undefined) throw failure;
+  };
+  if (!wait) return removed();
 
   let total: number | undefined;
   for (;;) {
@@ -175,6 +202,7 @@ export async function mergeSnapshot(send: Send, snapshot: string, wait: boolean,
     if (finished) break;
     await new Promise((resolve) => setTimeout(resolve, 250));
   }
+  await removed();
   await send({ verb: 'suspend', name: originName, noflush: false });
   await send({ verb: 'reload', name: originName, table: `0 ${line.lengthSectors} snapshot-origin ${line.origin}\n` });
   await send({ verb: 'resume', name: originName });

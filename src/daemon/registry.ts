@@ -358,6 +358,12 @@ interface DeviceIdentity {
  * Saved devices ordered so that every device comes after the devices its table is built over,
  * and tables with a `snapshot` target before the others: a snapshot must be listening before its
  * origin's snapshot-origin table takes writes, or the first writes would not be copied out to it.
+ *
+ * Except a snapshot over the COW of a saved snapshot-merge table: the daemon died after the merge
+ * took its exceptions over and before the snapshot was removed. It comes last, after the merge
+ * has loaded the COW itself; it then waits to take the COW back from the running merge, which the
+ * kernel's rule refuses ("Unable to perform snapshot handover until source is suspended."), so it
+ * is not restored, as the merge command was about to remove it.
  */
 function lowersFirst(saved: readonly SavedDevice[]): SavedDevice[] {
   const byName = new Map(saved.map((device) => [device.name, device]));
@@ -373,7 +379,12 @@ function lowersFirst(saved: readonly SavedDevice[]): SavedDevice[] {
     ordered.push(device);
   };
   const isSnapshot = (device: SavedDevice): boolean => /^\s*\d+\s+\d+\s+snapshot\s/m.test(device.table);
-  for (const device of saved.filter(isSnapshot)) visit(device);
+  /** `<start> <len> snapshot[-merge] <origin> <cow> ...`: the COW as the table names it. */
+  const cowOf = (device: SavedDevice): string | undefined => device.table.trim().split(/\s+/)[4];
+  const mergedCows = new Set(saved.filter((device) => /^\s*\d+\s+\d+\s+snapshot-merge\s/m.test(device.table)).map(cowOf));
+  const handedOver = (device: SavedDevice): boolean => isSnapshot(device) && mergedCows.has(cowOf(device));
+  for (const device of saved.filter((d) => isSnapshot(d) && !handedOver(d))) visit(device);
+  for (const device of saved.filter((d) => !handedOver(d))) visit(device);
   for (const device of saved) visit(device);
   return ordered;
 }

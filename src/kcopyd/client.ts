@@ -16,8 +16,9 @@ import { THROTTLE_SLEEP_MS, type KcopydThrottle } from './throttle';
  *   callback_jobs → (moved to) complete_jobs: run callbacks, return pages, let sub-jobs take the
  *   next piece; pages_jobs: give jobs their pages, stopping at the first that cannot have them;
  *   io_jobs: issue reads and writes through dm-io.
- * I/O completions only move a job to a list and wake the worker (setImmediate), so callbacks of
- * one client never run concurrently or re-entrantly from an I/O completion.
+ * I/O completions only move a job to a list and wake the worker (a microtask: it runs once the
+ * code that woke it has returned, so callbacks of one client never run concurrently or
+ * re-entrantly from an I/O completion, yet no event-loop turn is spent per step of a copy).
  *
  * A job larger than the sub-job size is split: SPLIT_COUNT sub-jobs each take the next piece of at
  * most sub-job size, in ascending order, until the job is done or (without IGNORE_ERROR) has
@@ -241,7 +242,11 @@ export class KcopydClient {
   private wake(): void {
     if (this.workerQueued || this.throttleSleeping) return;
     this.workerQueued = true;
-    setImmediate(this.runWorker);
+    // Not setImmediate: under a loaded VM one loop turn costs as much as the I/O it starts, and a
+    // copy takes three of them (issue the read, issue the write, run the callback). The worker
+    // wakes itself only for work that moves a job forward (a sub-job's next piece, a write
+    // skipped after a failure), never to poll, so a microtask cannot starve the event loop.
+    queueMicrotask(this.runWorker);
   }
 
   private readonly runWorker = (): void => {

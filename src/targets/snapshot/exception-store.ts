@@ -30,8 +30,11 @@ export interface ExceptionStore {
   readonly tableText: string;
   /** The chunk size in force, in sectors: a persistent header overrides the table's. */
   readonly chunkSectors: number;
-  /** PO: a snapshot write that finds the store full marks the snapshot Overflow instead of Invalid. */
-  readonly overflowSupported: boolean;
+  /**
+   * PO: a snapshot write that finds the store full marks the snapshot Overflow instead of Invalid.
+   * Set by the table; a handover gives the destination's choice to the store it takes over.
+   */
+  overflowSupported: boolean;
   readonly mergeSupported: boolean;
 
   /**
@@ -54,6 +57,11 @@ export interface ExceptionStore {
    */
   commitException(oldChunk: number, newChunk: number, copyValid: boolean, done: (valid: boolean) => void): void;
 
+  /**
+   * The store now belongs to another table, whose own handle on the same COW device is `cow`
+   * (a handover: the kernel re-points store->snap). The old table closes its handle when it goes.
+   */
+  useCow(cow: BlockDevice): void;
   /** Invalidate the snapshot for good (persistent: the header is rewritten with valid = 0). */
   dropSnapshot(): Promise<void>;
 
@@ -87,6 +95,8 @@ export interface ExceptionStoreArgs {
   readonly chunkSectors: number;
   /** The characters after the store letter ("O" in "PO"). */
   readonly options: string;
+  /** A handover destination's store, never loaded: a transient one may have chunk size 0. */
+  readonly awaitingHandover?: boolean;
 }
 
 export interface ExceptionStoreType {

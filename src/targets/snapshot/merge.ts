@@ -1,13 +1,12 @@
 import { EIO } from '../../base/errno';
-import { type MapDone, type StatusKind, type Target, type TargetCapabilities, type TargetContext, type TargetType } from '../../dm/target';
+import { TargetError, type MapDone, type StatusKind, type Target, type TargetCapabilities, type TargetContext, type TargetType } from '../../dm/target';
 import { IoOp, type Bio } from '../../io/bio';
 import type { BlockDevice, DeviceKey } from '../../io/block-device';
 import { KcopydClient } from '../../kcopyd';
 import { ChunkGeometry } from './chunk';
-import { ExceptionTable } from './exception-table';
-import type { ExceptionStore } from './exception-store';
-import { ORIGINS, type OriginRegistry, type OriginSnapshot } from './origin-registry';
-import { loadSnapshotArgs, type LoadedExceptions } from './snapshot-args';
+import { cancelHandoverFrom, checkHandoverResume, completeHandover, validateHandover, type HandoverParty, type HeldExceptions } from './handover';
+import { ORIGINS, type OriginRegistry } from './origin-registry';
+import { loadSnapshotArgs } from './snapshot-args';
 
 /**
  * snapshot-merge <origin_dev> <COW_dev> P <chunk_size>: put in the origin device's table in
@@ -16,19 +15,25 @@ import { loadSnapshotArgs, type LoadedExceptions } from './snapshot-args';
  * snapshot.md §5). The merge loop is the crash-safety rule: a record is cleared from the COW
  * (flush + FUA) only after its data is in the origin and the origin has been flushed, so a crash
  * in between merges the same chunks again.
+ *
+ * Loaded over the COW of an active snapshot of the origin (LVM's way), it reads nothing at
+ * construction and takes that snapshot's exceptions and store over at resume (handover.ts).
  */
-export class SnapshotMergeTarget implements Target, OriginSnapshot {
+export class SnapshotMergeTarget implements Target, HandoverParty {
   readonly type = 'snapshot-merge';
   readonly threadModel = 'owner-thread';
+  readonly merging = true;
   /** Discards complete at once (and do nothing), as in the kernel. */
   readonly capabilities: TargetCapabilities = { discard: true, writeZeroes: false, fua: true };
+  /** A merge takes no copies of the origin, so nothing is ever pending here. */
+  readonly pendingCopies = 0;
 
-  private readonly geometry: ChunkGeometry;
-  private readonly exceptions = new ExceptionTable();
-  private readonly valid: boolean;
+  private geometryInForce: ChunkGeometry | undefined;
+  private activated = false;
+  private suspendedNow = false;
   private mergeFailed = false;
   /** Chunks of the step being merged: writes to them wait for the step's commit. */
-  private readonly merging = new Set<number>();
+  private readonly mergingChunks = new Set<number>();
   private heldWrites: Array<{ readonly bio: Bio; readonly done: MapDone }> = [];
   private readonly writesInFlight = new Map<number, number>();
   private writesDrained: (() => void) | undefined;
@@ -39,23 +44,66 @@ export class SnapshotMergeTarget implements Target, OriginSnapshot {
   constructor(
     private readonly origin: BlockDevice,
     private readonly cow: BlockDevice,
-    private readonly store: ExceptionStore,
-    loaded: LoadedExceptions,
+    /** Its exceptions, store and state: taken from the live snapshot by a handover. */
+    public held: HeldExceptions,
     private readonly startSector: number,
     private readonly registry: OriginRegistry,
   ) {
-    this.geometry = new ChunkGeometry(store.chunkSectors);
-    this.valid = loaded.valid;
-    for (const [originChunk, cowChunk] of loaded.records) this.exceptions.insert(originChunk, cowChunk);
+    if (validateHandover(registry, origin.key, cow.key, true) !== held.unloaded) {
+      throw new TargetError('Snapshot cow pairing for exception table handover failed');
+    }
     registry.add(origin.key, this);
   }
 
   get chunkSectors(): number {
-    return this.store.chunkSectors;
+    return this.held.tableChunkSectors;
   }
 
   get cowKey(): DeviceKey {
     return this.cow.key;
+  }
+
+  get originKey(): DeviceKey {
+    return this.origin.key;
+  }
+
+  get cowDevice(): BlockDevice {
+    return this.cow;
+  }
+
+  get active(): boolean {
+    return this.activated;
+  }
+
+  get suspended(): boolean {
+    return this.suspendedNow;
+  }
+
+  becomeActive(): void {
+    this.suspendedNow = false;
+    this.activated = true;
+  }
+
+  whenIdle(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  private get geometry(): ChunkGeometry {
+    const chunkSectors = this.held.store.chunkSectors;
+    if (this.geometryInForce?.chunkSectors !== chunkSectors) this.geometryInForce = new ChunkGeometry(chunkSectors);
+    return this.geometryInForce;
+  }
+
+  private get valid(): boolean {
+    return this.held.valid;
+  }
+
+  private get store() {
+    return this.held.store;
+  }
+
+  private get exceptions() {
+    return this.held.exceptions;
   }
 
   /** Split like snapshot-origin: at the smallest chunk size of the origin's snapshots. */
@@ -89,7 +137,7 @@ export class SnapshotMergeTarget implements Target, OriginSnapshot {
       this.cow.read(bio.data, cowSector).then(done, () => done(-EIO));
       return;
     }
-    if (this.merging.has(chunk)) {
+    if (this.mergingChunks.has(chunk)) {
       // Resubmitted after the step commits, when the chunk lives in the origin again.
       this.heldWrites.push({ bio, done });
       return;
@@ -108,15 +156,29 @@ export class SnapshotMergeTarget implements Target, OriginSnapshot {
   }
 
   status(kind: StatusKind): string {
-    if (kind === 'table') return `${this.origin.tableName} ${this.cow.tableName} ${this.store.tableText} ${this.store.chunkSectors}`;
+    if (kind === 'table') return `${this.origin.tableName} ${this.cow.tableName} ${this.store.tableText} ${this.held.tableChunkSectors}`;
     if (!this.valid) return 'Invalid';
     if (this.mergeFailed) return 'Merge failed';
     const usage = this.store.usage();
     return `${usage.allocatedSectors}/${usage.totalSectors} ${usage.metadataSectors}`;
   }
 
-  /** The merge runs while the table is live; a failed merge stays failed for this table (§5.2 step 7). */
+  async postsuspend(): Promise<void> {
+    this.suspendedNow = true;
+  }
+
+  /** snapshot_preresume: the handover rules of §5.3. */
+  async preresume(): Promise<void> {
+    checkHandoverResume(this.registry, this);
+  }
+
+  /**
+   * merge_resume: a handover destination first takes the live snapshot's exceptions; then the
+   * merge runs while the table is live; a failed merge stays failed for this table (§5.2 step 7).
+   */
   async resume(): Promise<void> {
+    await completeHandover(this.registry, this);
+    this.becomeActive();
     if (!this.valid || this.loop !== undefined) return;
     this.stopRequested = false;
     this.loop = this.mergeLoop().finally(() => {
@@ -135,6 +197,7 @@ export class SnapshotMergeTarget implements Target, OriginSnapshot {
   }
 
   async destroy(): Promise<void> {
+    cancelHandoverFrom(this.registry, this);
     this.stopRequested = true;
     await this.loop;
     this.registry.remove(this.origin.key, this);
@@ -167,7 +230,7 @@ export class SnapshotMergeTarget implements Target, OriginSnapshot {
       // Other snapshots keep the origin's old data before the merge overwrites it.
       await new Promise<void>((proceed) => this.registry.beforeOriginWrite(this.origin.key, destSector, sectorCount, proceed));
       const chunks = Array.from({ length: run.count }, (_, i) => firstOriginChunk + i);
-      for (const chunk of chunks) this.merging.add(chunk);
+      for (const chunk of chunks) this.mergingChunks.add(chunk);
       await this.writesDone(chunks);
 
       const copied = await this.kcopyd.copyAndWait(
@@ -182,14 +245,14 @@ export class SnapshotMergeTarget implements Target, OriginSnapshot {
         return this.fail();
       }
       for (const chunk of chunks) this.exceptions.remove(chunk);
-      this.merging.clear();
+      this.mergingChunks.clear();
       for (const { bio, done } of this.heldWrites.splice(0)) this.map(bio, done);
     }
   }
 
   private fail(): void {
     this.mergeFailed = true;
-    this.merging.clear();
+    this.mergingChunks.clear();
     for (const { done } of this.heldWrites.splice(0)) done(-EIO);
   }
 
@@ -214,6 +277,6 @@ export const snapshotMergeTargetType: TargetType = {
   version: [1, 5, 0],
   async create(ctx: TargetContext, args: string[]): Promise<Target> {
     const parts = await loadSnapshotArgs(ctx, args, { forMerge: true });
-    return new SnapshotMergeTarget(parts.origin, parts.cow, parts.store, parts.loaded, ctx.startSector, ctx.scope.get(ORIGINS));
+    return new SnapshotMergeTarget(parts.origin, parts.cow, parts.held, ctx.startSector, ctx.scope.get(ORIGINS));
   },
 };

@@ -11,7 +11,12 @@ import type { DeviceKey } from '../../io/block-device';
 
 /** What the origin write path needs from a snapshot. */
 export interface OriginSnapshot {
+  /** 0 for a handover destination until its resume (it has no store of its own yet). */
   readonly chunkSectors: number;
+  /** Its table has been resumed: origin writes copy out to it (a handover source stays active). */
+  readonly active: boolean;
+  /** A snapshot-merge target. */
+  readonly merging: boolean;
   /** The COW device's key: two live tables over one COW would each believe they own it. */
   readonly cowKey: DeviceKey;
   /**
@@ -52,6 +57,12 @@ export class OriginRegistry {
     return undefined;
   }
 
+  /** A handover changed the snapshot's chunk size: back into its place in the order. */
+  resort(origin: DeviceKey, snapshot: OriginSnapshot): void {
+    this.remove(origin, snapshot);
+    this.add(origin, snapshot);
+  }
+
   snapshotsOf(origin: DeviceKey): readonly OriginSnapshot[] {
     return this.byOrigin.get(origin) ?? [];
   }
@@ -63,8 +74,12 @@ export class OriginRegistry {
    */
   minChunkSectors(origin: DeviceKey): number | undefined {
     const list = this.byOrigin.get(origin);
-    if (list === undefined || list.length === 0) return undefined;
-    return list[list.length - 1]!.chunkSectors;
+    if (list === undefined) return undefined;
+    // From the smallest up, skipping handover destinations' 0 (the kernel's min_not_zero).
+    for (let index = list.length - 1; index >= 0; index--) {
+      if (list[index]!.chunkSectors > 0) return list[index]!.chunkSectors;
+    }
+    return undefined;
   }
 
   /**

@@ -160,8 +160,7 @@ interface AreaCommit {
 }
 
 export class PersistentStore implements ExceptionStore {
-  readonly tableText: string;
-  readonly overflowSupported: boolean;
+  overflowSupported: boolean;
   readonly mergeSupported = true;
 
   private chunkSectorsInForce: number;
@@ -184,7 +183,7 @@ export class PersistentStore implements ExceptionStore {
   private zeroChunk: Uint8Array | undefined;
 
   constructor(
-    private readonly cow: BlockDevice,
+    private cow: BlockDevice,
     private readonly originLogicalBlockBytes: number,
     tableChunkSectors: number,
     options: string,
@@ -194,11 +193,14 @@ export class PersistentStore implements ExceptionStore {
     if (options.length > 0 && options[0].toUpperCase() !== 'O') {
       throw new StoreConfigError(`Unsupported persistent store option: ${options}`);
     }
-    this.tableText = this.overflowSupported ? 'PO' : 'P';
     // Until the header is read, a table chunk size of 0 means the default for a new store.
     this.chunkSectorsInForce = tableChunkSectors !== 0 ? tableChunkSectors : defaultChunkSectors(cow);
     this.perArea = exceptionsPerArea(this.chunkSectorsInForce);
     this.area = chunkBuffer(this.chunkSectorsInForce);
+  }
+
+  get tableText(): string {
+    return this.overflowSupported ? 'PO' : 'P';
   }
 
   get chunkSectors(): number {
@@ -257,6 +259,11 @@ export class PersistentStore implements ExceptionStore {
       this.area.fill(0);
     }
     if (!this.writingArea) void this.writeQueuedAreas();
+  }
+
+  useCow(cow: BlockDevice): void {
+    if (cow.key !== this.cow.key) throw new Error(`a store of ${this.cow.tableName} cannot move to ${cow.tableName}`);
+    this.cow = cow;
   }
 
   /** Invalidation for good: the header is rewritten with valid = 0 (plain write, areas untouched). */

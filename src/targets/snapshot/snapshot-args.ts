@@ -3,6 +3,7 @@ import { parseSectorNumber } from '../../dm/table-args';
 import type { BlockDevice } from '../../io/block-device';
 import { StoreConfigError, StoreLoadError, type ExceptionStore } from './exception-store';
 import { parseStoreArg } from './store-types';
+import { HeldExceptions, validateHandover } from './handover';
 import { ORIGINS } from './origin-registry';
 
 /**
@@ -18,17 +19,11 @@ export interface SnapshotFeatures {
 
 export const NO_FEATURES: SnapshotFeatures = { discardZeroesCow: false, discardPassdownOrigin: false };
 
-/** What a store's metadata held: validity and the committed (origin chunk, COW chunk) records. */
-export interface LoadedExceptions {
-  readonly valid: boolean;
-  readonly records: ReadonlyArray<readonly [number, number]>;
-}
-
 export interface SnapshotArgs {
   readonly origin: BlockDevice;
   readonly cow: BlockDevice;
-  readonly store: ExceptionStore;
-  readonly loaded: LoadedExceptions;
+  /** The store and what it loaded, or an unloaded store awaiting a handover at resume (§5.3). */
+  readonly held: HeldExceptions;
   readonly features: SnapshotFeatures;
 }
 
@@ -40,15 +35,14 @@ export async function loadSnapshotArgs(ctx: TargetContext, args: readonly string
   const origin = await openOrExplain(ctx, originSpec, 'Cannot get origin device');
   const cow = await openOrExplain(ctx, cowSpec, 'Cannot get COW device');
   if (cow.key === origin.key) throw new TargetError('COW device cannot be the same as origin device');
-  // The kernel hands a live table's exceptions over to the new one at resume (spec §5.3); until
-  // we do, a second table over a COW in use is refused rather than left to corrupt it.
-  if (ctx.scope.get(ORIGINS).usingCow(cow.key) !== undefined) {
-    throw new TargetError('COW device is in use by another snapshot table: remove it first (exception handover is not supported)');
-  }
-
-  const store = createStore(storeText, chunkText, cow, origin);
+  // A COW in use by an active snapshot of this origin: its exceptions are handed over at resume,
+  // and the COW, whose last records may not even be on disk yet, is not read (§5.3).
+  const forMerge = options.forMerge ?? false;
+  const awaitingHandover = validateHandover(ctx.scope.get(ORIGINS), origin.key, cow.key, forMerge);
+  const store = createStore(storeText, chunkText, cow, origin, awaitingHandover);
   // The kernel checks this only on the handover path and oopses on the other (spec §1.3).
-  if (options.forMerge && !store.mergeSupported) throw new TargetError('Snapshot exception store does not support snapshot-merge.');
+  if (forMerge && !store.mergeSupported && !awaitingHandover) throw new TargetError('Snapshot exception store does not support snapshot-merge.');
+  if (awaitingHandover) return { origin, cow, held: HeldExceptions.awaitingHandover(store), features };
   const records: Array<[number, number]> = [];
   let valid: boolean;
   try {
@@ -57,7 +51,7 @@ export async function loadSnapshotArgs(ctx: TargetContext, args: readonly string
     if (cause instanceof StoreLoadError) throw new TargetError('Failed to read snapshot metadata', { cause });
     throw cause;
   }
-  return { origin, cow, store, loaded: { valid, records }, features };
+  return { origin, cow, held: HeldExceptions.loaded(store, valid, records), features };
 }
 
 /** `[<#features> <feature>...]`, parsed before any device is opened, as the kernel does. */
@@ -89,12 +83,12 @@ async function openOrExplain(ctx: TargetContext, spec: string, message: string):
  * Every store failure reads "Couldn't create exception store" as in the kernel, which overwrites
  * the store layer's reason; ours keeps it after a colon, since nobody else will log it.
  */
-function createStore(storeText: string, chunkText: string, cow: BlockDevice, origin: BlockDevice): ExceptionStore {
+function createStore(storeText: string, chunkText: string, cow: BlockDevice, origin: BlockDevice, awaitingHandover: boolean): ExceptionStore {
   try {
     const { type, options } = parseStoreArg(storeText);
     const chunkSectors = parseSectorNumber(chunkText);
     if (chunkSectors === undefined || chunkSectors > 0xffffffff) throw new StoreConfigError('Invalid chunk size');
-    return type.create({ cow, originLogicalBlockBytes: origin.logicalBlockBytes, chunkSectors, options });
+    return type.create({ cow, originLogicalBlockBytes: origin.logicalBlockBytes, chunkSectors, options, awaitingHandover });
   } catch (error) {
     if (error instanceof StoreConfigError) throw new TargetError(`Couldn't create exception store: ${error.message}`);
     throw error;

@@ -1,13 +1,12 @@
 import { EIO, EOPNOTSUPP, type IoResult } from '../../base/errno';
-import { type DeviceHandle, type MapDone, type StatusKind, type Target, type TargetCapabilities, type TargetContext, type TargetType } from '../../dm/target';
+import { TargetError, type DeviceHandle, type MapDone, type StatusKind, type Target, type TargetCapabilities, type TargetContext, type TargetType } from '../../dm/target';
 import { IoOp, type Bio } from '../../io/bio';
 import type { BlockDevice, DeviceKey } from '../../io/block-device';
 import { KcopydClient } from '../../kcopyd';
 import { ChunkGeometry } from './chunk';
-import { ExceptionTable } from './exception-table';
-import type { ExceptionStore } from './exception-store';
-import { loadSnapshotArgs, type LoadedExceptions, type SnapshotFeatures } from './snapshot-args';
-import { ORIGINS, type OriginRegistry, type OriginSnapshot } from './origin-registry';
+import { cancelHandoverFrom, checkHandoverResume, completeHandover, validateHandover, type HandoverParty, type HeldExceptions } from './handover';
+import { loadSnapshotArgs, type SnapshotFeatures } from './snapshot-args';
+import { ORIGINS, type OriginRegistry } from './origin-registry';
 import { InOrderCompleter, PendingException } from './pending-exception';
 
 /**
@@ -19,21 +18,22 @@ import { InOrderCompleter, PendingException } from './pending-exception';
  * ordering rules of §3.7 live in three places: the origin write waits on the PendingException
  * until its record is durable (pendingComplete), copies are committed in allocation order
  * (InOrderCompleter), and the store's commit is the durability point.
+ *
+ * The store, the completed exceptions, validity and overflow live in `held`, which a handover
+ * (handover.ts) moves to a new table over the same COW at that table's resume.
  */
 
-export class SnapshotTarget implements Target, OriginSnapshot {
+export class SnapshotTarget implements Target, HandoverParty {
   readonly type = 'snapshot';
   /** Its exception table and pending copies are shared state: one thread owns them. */
   readonly threadModel = 'owner-thread';
+  readonly merging = false;
   readonly capabilities: TargetCapabilities;
-  readonly maxIoSectors: number;
 
-  private readonly geometry: ChunkGeometry;
-  private valid: boolean;
-  private overflowed = false;
+  private geometryInForce: ChunkGeometry | undefined;
   /** Origin writes copy out to this snapshot only once its table has been resumed (§2). */
-  private active = false;
-  private readonly exceptions = new ExceptionTable();
+  private activated = false;
+  private suspendedNow = false;
   private readonly pending = new Map<number, PendingException>();
   private readonly completer: InOrderCompleter<PendingException>;
   private readonly trackedReads = new Map<number, number>();
@@ -44,8 +44,8 @@ export class SnapshotTarget implements Target, OriginSnapshot {
   constructor(
     private readonly origin: BlockDevice,
     private readonly cow: BlockDevice,
-    private readonly store: ExceptionStore,
-    loaded: LoadedExceptions,
+    /** Its exceptions, store and state: swapped with another table's by a handover. */
+    public held: HeldExceptions,
     private readonly features: SnapshotFeatures,
     /** Absolute device sectors of this target: [startSector, startSector + lengthSectors). */
     private readonly startSector: number,
@@ -53,21 +53,68 @@ export class SnapshotTarget implements Target, OriginSnapshot {
     private readonly device: DeviceHandle,
     private readonly registry: OriginRegistry,
   ) {
-    this.geometry = new ChunkGeometry(store.chunkSectors);
-    this.maxIoSectors = store.chunkSectors;
-    this.valid = loaded.valid;
-    for (const [originChunk, cowChunk] of loaded.records) this.exceptions.insert(originChunk, cowChunk);
     this.capabilities = { discard: features.discardZeroesCow, writeZeroes: false, fua: true };
     this.completer = new InOrderCompleter((pe) => this.commit(pe));
+    // register_snapshot: the check again, synchronously with the insert.
+    if (validateHandover(registry, origin.key, cow.key, false) !== held.unloaded) {
+      throw new TargetError('Snapshot cow pairing for exception table handover failed');
+    }
     registry.add(origin.key, this);
   }
 
+  /** 0 until a handover destination has taken its store over (the kernel's chunk_size = 0). */
   get chunkSectors(): number {
-    return this.store.chunkSectors;
+    return this.held.tableChunkSectors;
+  }
+
+  /** Bios never straddle chunks. */
+  get maxIoSectors(): number {
+    return this.held.store.chunkSectors;
   }
 
   get cowKey(): DeviceKey {
     return this.cow.key;
+  }
+
+  get originKey(): DeviceKey {
+    return this.origin.key;
+  }
+
+  get cowDevice(): BlockDevice {
+    return this.cow;
+  }
+
+  get active(): boolean {
+    return this.activated;
+  }
+
+  get suspended(): boolean {
+    return this.suspendedNow;
+  }
+
+  get pendingCopies(): number {
+    return this.pending.size;
+  }
+
+  becomeActive(): void {
+    this.suspendedNow = false;
+    this.activated = true;
+  }
+
+  whenIdle(): Promise<void> {
+    if (this.pending.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** The chunk geometry of the store in force (a handover may change it at resume). */
+  private get geometry(): ChunkGeometry {
+    const chunkSectors = this.held.store.chunkSectors;
+    if (this.geometryInForce?.chunkSectors !== chunkSectors) this.geometryInForce = new ChunkGeometry(chunkSectors);
+    return this.geometryInForce;
+  }
+
+  private get valid(): boolean {
+    return this.held.valid;
   }
 
   map(bio: Bio, done: MapDone): void {
@@ -93,12 +140,12 @@ export class SnapshotTarget implements Target, OriginSnapshot {
 
   /** The origin write path (do_origin) for this snapshot; see OriginSnapshot. */
   copyOutFor(sector: number, sectorCount: number): ((resume: () => void) => void) | undefined {
-    if (!this.active || !this.valid) return undefined;
+    if (!this.activated || !this.valid) return undefined;
     const endSector = Math.min(sector + sectorCount, this.startSector + this.lengthSectors);
     if (sector >= endSector || sector < this.startSector) return undefined;
     let waitOn: PendingException | undefined;
     for (let chunk = this.geometry.chunkOf(sector); chunk <= this.geometry.chunkOf(endSector - 1); chunk++) {
-      if (this.exceptions.lookup(chunk) !== undefined) continue;
+      if (this.held.exceptions.lookup(chunk) !== undefined) continue;
       let pe = this.pending.get(chunk);
       if (pe === undefined) {
         pe = this.allocate(chunk);
@@ -123,16 +170,27 @@ export class SnapshotTarget implements Target, OriginSnapshot {
         ...(this.features.discardPassdownOrigin ? ['discard_passdown_origin'] : []),
       ];
       const tail = features.length > 0 ? ` ${features.length} ${features.join(' ')}` : '';
-      return `${this.origin.tableName} ${this.cow.tableName} ${this.store.tableText} ${this.store.chunkSectors}${tail}`;
+      return `${this.origin.tableName} ${this.cow.tableName} ${this.held.store.tableText} ${this.held.tableChunkSectors}${tail}`;
     }
     if (!this.valid) return 'Invalid';
-    if (this.overflowed) return 'Overflow';
-    const usage = this.store.usage();
+    if (this.held.overflowed) return 'Overflow';
+    const usage = this.held.store.usage();
     return `${usage.allocatedSectors}/${usage.totalSectors} ${usage.metadataSectors}`;
   }
 
+  async postsuspend(): Promise<void> {
+    this.suspendedNow = true;
+  }
+
+  /** snapshot_preresume: the handover rules of §5.3. */
+  async preresume(): Promise<void> {
+    checkHandoverResume(this.registry, this);
+  }
+
+  /** A handover destination takes its source's exceptions first; then, re-sorted by its real chunk size, it goes active. */
   async resume(): Promise<void> {
-    this.active = true;
+    await completeHandover(this.registry, this);
+    this.becomeActive();
   }
 
   devices(): BlockDevice[] {
@@ -141,6 +199,7 @@ export class SnapshotTarget implements Target, OriginSnapshot {
 
   /** Leave the origin's list (no new copies), then wait for the copies under way to commit. */
   async destroy(): Promise<void> {
+    cancelHandoverFrom(this.registry, this);
     this.registry.remove(this.origin.key, this);
     if (this.pending.size > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
     await this.kcopyd.destroy();
@@ -149,7 +208,7 @@ export class SnapshotTarget implements Target, OriginSnapshot {
   private read(bio: Bio, sector: number, done: MapDone): void {
     if (!this.valid) return done(-EIO);
     const chunk = this.geometry.chunkOf(sector);
-    const cowChunk = this.exceptions.lookup(chunk);
+    const cowChunk = this.held.exceptions.lookup(chunk);
     if (cowChunk !== undefined) {
       this.cow.read(bio.data, this.cowSector(cowChunk, sector)).then(done, () => done(-EIO));
       return;
@@ -170,9 +229,9 @@ export class SnapshotTarget implements Target, OriginSnapshot {
   }
 
   private write(bio: Bio, sector: number, done: MapDone): void {
-    if (!this.valid || this.overflowed) return done(-EIO);
+    if (!this.valid || this.held.overflowed) return done(-EIO);
     const chunk = this.geometry.chunkOf(sector);
-    const cowChunk = this.exceptions.lookup(chunk);
+    const cowChunk = this.held.exceptions.lookup(chunk);
     if (cowChunk !== undefined) {
       this.writeToCow(bio, cowChunk, sector, done);
       return;
@@ -181,7 +240,7 @@ export class SnapshotTarget implements Target, OriginSnapshot {
     if (pe === undefined) {
       pe = this.allocate(chunk);
       if (pe === undefined) {
-        if (this.store.overflowSupported) this.overflowed = true; // in memory only: no event, no header (§3.3)
+        if (this.held.store.overflowSupported) this.held.overflowed = true; // in memory only: no event, no header (§3.3)
         else this.invalidate();
         return done(-EIO);
       }
@@ -211,7 +270,7 @@ export class SnapshotTarget implements Target, OriginSnapshot {
     if (!this.features.discardZeroesCow) return done(-EOPNOTSUPP);
     if (!this.valid) return done(-EIO);
     const chunk = this.geometry.chunkOf(sector);
-    const cowChunk = this.exceptions.lookup(chunk);
+    const cowChunk = this.held.exceptions.lookup(chunk);
     const passdown = this.features.discardPassdownOrigin ? this.origin.discard(sector, bio.sectorCount) : Promise.resolve(0);
     let own: Promise<IoResult>;
     if (cowChunk === undefined) {
@@ -238,7 +297,7 @@ export class SnapshotTarget implements Target, OriginSnapshot {
   }
 
   private allocate(originChunk: number): PendingException | undefined {
-    const cowChunk = this.store.prepareException();
+    const cowChunk = this.held.store.prepareException();
     if (cowChunk === undefined) return undefined;
     const pe = new PendingException(originChunk, cowChunk, this.completer.allocate());
     this.pending.set(originChunk, pe);
@@ -271,7 +330,7 @@ export class SnapshotTarget implements Target, OriginSnapshot {
 
   /** In allocation order: the store makes the record durable, then pendingComplete. */
   private commit(pe: PendingException): void {
-    this.store.commitException(pe.originChunk, pe.cowChunk, pe.copyOk === true, (storeValid) => this.pendingComplete(pe, storeValid));
+    this.held.store.commitException(pe.originChunk, pe.cowChunk, pe.copyOk === true, (storeValid) => this.pendingComplete(pe, storeValid));
   }
 
   /**
@@ -288,7 +347,7 @@ export class SnapshotTarget implements Target, OriginSnapshot {
       this.release(pe);
       return;
     }
-    this.exceptions.insert(pe.originChunk, pe.cowChunk);
+    this.held.exceptions.insert(pe.originChunk, pe.cowChunk);
     this.afterTrackedReads(pe.originChunk, () => {
       pe.fullChunkWrite?.done(pe.fullChunkWrite.bytes);
       for (const { bio, done } of pe.snapshotWrites) this.writeToCow(bio, pe.cowChunk, this.startSector + bio.sector, done);
@@ -305,8 +364,8 @@ export class SnapshotTarget implements Target, OriginSnapshot {
   /** For good (§3.6): status Invalid, header rewritten, a dm event; origin writes skip us from now on. */
   private invalidate(): void {
     if (!this.valid) return;
-    this.valid = false;
-    this.store.dropSnapshot().catch(() => undefined); // the snapshot is invalid in memory whatever the disk says
+    this.held.valid = false;
+    this.held.store.dropSnapshot().catch(() => undefined); // the snapshot is invalid in memory whatever the disk says
     this.device.raiseEvent();
   }
 
@@ -337,6 +396,6 @@ export const snapshotTargetType: TargetType = {
   version: [1, 16, 0],
   async create(ctx: TargetContext, args: string[]): Promise<Target> {
     const parts = await loadSnapshotArgs(ctx, args);
-    return new SnapshotTarget(parts.origin, parts.cow, parts.store, parts.loaded, parts.features, ctx.startSector, ctx.lengthSectors, ctx.device, ctx.scope.get(ORIGINS));
+    return new SnapshotTarget(parts.origin, parts.cow, parts.held, parts.features, ctx.startSector, ctx.lengthSectors, ctx.device, ctx.scope.get(ORIGINS));
   },
 };

@@ -16,14 +16,15 @@ import { checkTableChunkSize } from './store-common';
  */
 export class TransientStore implements ExceptionStore {
   readonly tableText = 'N';
-  readonly overflowSupported = false;
+  /** Kept for a handover; the transient store always prints N. */
+  overflowSupported = false;
   readonly mergeSupported = false;
 
   /** A sector counter, as the kernel keeps it: the next exception starts here. */
   private nextFreeSector = 0;
 
   constructor(
-    private readonly cow: BlockDevice,
+    private cow: BlockDevice,
     readonly chunkSectors: number,
   ) {}
 
@@ -43,6 +44,11 @@ export class TransientStore implements ExceptionStore {
     done(copyValid);
   }
 
+  useCow(cow: BlockDevice): void {
+    if (cow.key !== this.cow.key) throw new Error(`a store of ${this.cow.tableName} cannot move to ${cow.tableName}`);
+    this.cow = cow;
+  }
+
   /** Invalidation is the snapshot's in-memory state only; there is no header to mark. */
   async dropSnapshot(): Promise<void> {}
 
@@ -56,7 +62,7 @@ export const transientStoreType: ExceptionStoreType = {
   create(args: ExceptionStoreArgs): ExceptionStore {
     // Options are ignored ("Nxyz" loads and prints "N"). With no header to read it from, the
     // chunk size must come from the table.
-    if (args.chunkSectors === 0) throw new StoreConfigError('Chunk size not set');
+    if (args.chunkSectors === 0 && !args.awaitingHandover) throw new StoreConfigError('Chunk size not set');
     checkTableChunkSize(args);
     return new TransientStore(args.cow, args.chunkSectors);
   },

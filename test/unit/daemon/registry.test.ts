@@ -326,6 +326,17 @@ describe('DeviceRegistry', () => {
       assert.deepEqual((await registry.restoreSaved()).restored, ['z-snap', 'a-origin']);
     });
 
+    it('a snapshot whose COW a saved snapshot-merge is merging comes after the merge, which keeps the COW', async () => {
+      bed.memory.cow = new MemoryDevice(64);
+      bed.memory.cow2 = new MemoryDevice(64);
+      await bed.store.save({ name: 'a-merged', uuid: 'u-m', table: '0 64 snapshot mem cow P 8\n', options, lowers: [] });
+      await bed.store.save({ name: 'b-other', uuid: 'u-b', table: '0 64 snapshot mem cow2 P 8\n', options, lowers: [] });
+      await bed.store.save({ name: 'c-origin', uuid: 'u-o', table: '0 64 snapshot-merge mem cow P 8\n', options, lowers: [] });
+      const result = await registry.restoreSaved();
+      assert.deepEqual(result.restored, ['b-other', 'c-origin'], 'the other snapshot listens before the merge writes the origin');
+      assert.deepEqual(result.failed, ['a-merged']);
+    });
+
     it('a saved table that names one of our devices without recording it is not restored onto it', async () => {
       await registry.create('lower', '0 64 linear mem 0\n', options);
       asOurDevice(0, '/dev/ublkb0');

@@ -319,13 +319,35 @@ describe('kcopyd', () => {
   });
 
   describe('throttle', () => {
-    /** Simulated time: sleeping advances the clock; nothing waits for the wall clock. */
+    /**
+     * Simulated time, as a discrete-event simulation: sleepers wake in order of their wake-up
+     * time, one per event-loop turn, and the clock jumps to that time. Everything else here runs
+     * in microtasks, so when a turn comes round, all that could happen before the next wake-up
+     * has happened; nothing waits for the wall clock.
+     */
     class SimulatedClock implements ThrottleClock {
       nowMs = 0;
+      private readonly sleepers: Array<{ atMs: number; wake: () => void }> = [];
+      private turnQueued = false;
       now(): number { return this.nowMs; }
       sleep(ms: number): Promise<void> {
-        this.nowMs += ms;
-        return new Promise((resolve) => setImmediate(resolve));
+        return new Promise((wake) => {
+          this.sleepers.push({ atMs: this.nowMs + ms, wake });
+          this.queueTurn();
+        });
+      }
+      private queueTurn(): void {
+        if (this.turnQueued) return;
+        this.turnQueued = true;
+        setImmediate(() => {
+          this.turnQueued = false;
+          let next = 0;
+          for (let i = 1; i < this.sleepers.length; i++) if (this.sleepers[i]!.atMs < this.sleepers[next]!.atMs) next = i;
+          const [sleeper] = this.sleepers.splice(next, 1);
+          if (this.sleepers.length > 0) this.queueTurn();
+          this.nowMs = Math.max(this.nowMs, sleeper!.atMs);
+          sleeper!.wake();
+        });
       }
     }
 

@@ -8,6 +8,7 @@ import { submitted, testScope } from '../../../../src/testing/tables';
 import type { ExceptionStore, ExceptionStoreUsage } from '../../../../src/targets/snapshot/exception-store';
 import { SnapshotOriginTarget } from '../../../../src/targets/snapshot/origin';
 import { ORIGINS, type OriginRegistry } from '../../../../src/targets/snapshot/origin-registry';
+import { HeldExceptions } from '../../../../src/targets/snapshot/handover';
 import { InOrderCompleter } from '../../../../src/targets/snapshot/pending-exception';
 import { SnapshotTarget } from '../../../../src/targets/snapshot/snapshot';
 
@@ -49,6 +50,7 @@ class FakeStore implements ExceptionStore {
     if (this.holdCommits) this.heldCommits.push(commit);
     else commit();
   }
+  useCow(): void {}
   async dropSnapshot(): Promise<void> {
     this.dropped = true;
   }
@@ -89,7 +91,7 @@ async function rig(options: { capacity?: number; overflow?: boolean; chunk?: num
   const events = new DeviceEvents('snap');
   const registry = testScope().get(ORIGINS);
   const snapshot = new SnapshotTarget(
-    origin.open(), cow.open(), store, { valid: true, records: [] },
+    origin.open(), cow.open(), HeldExceptions.loaded(store, true, []),
     { discardZeroesCow: false, discardPassdownOrigin: false }, 0, 64 * CHUNK, events, registry,
   );
   if (options.resume ?? true) await snapshot.resume();
@@ -153,7 +155,7 @@ describe('snapshot: the origin write path', () => {
     const r = await rig({ chunk: 16 });
     assert.equal(r.originTarget.maxIoSectors, 16);
     const small = new SnapshotTarget(
-      r.origin.open(), new MemoryDevice(64 * CHUNK).open(), new FakeStore(4, 8), { valid: true, records: [] },
+      r.origin.open(), new MemoryDevice(64 * CHUNK).open(), HeldExceptions.loaded(new FakeStore(4, 8), true, []),
       { discardZeroesCow: false, discardPassdownOrigin: false }, 0, 64 * CHUNK, new DeviceEvents('s4'), r.registry,
     );
     assert.equal(r.originTarget.maxIoSectors, 4);
@@ -249,7 +251,7 @@ describe('snapshot-merge', () => {
     const store = new MergingStore(records.map(([o, n]) => [o, n]));
     const registry = testScope().get(ORIGINS);
     const { SnapshotMergeTarget } = await import('../../../../src/targets/snapshot/merge');
-    const target = new SnapshotMergeTarget(origin.open(), cow.open(), store, { valid: true, records }, 0, registry);
+    const target = new SnapshotMergeTarget(origin.open(), cow.open(), HeldExceptions.loaded(store, true, records), 0, registry);
     return { origin, cow, store, target };
   }
 
