@@ -182,7 +182,7 @@ async function kernelDeps(paths: DaemonPaths, log: Logger): Promise<RegistryDeps
   ]);
   return {
     // One ring for the ublk queues and the backing I/O: one wakeup serves both.
-    ...kernelCollaborators(new DaemonScope({ targetTypes: builtInTargetTypes })),
+    ...kernelCollaborators(new DaemonScope({ targetTypes: builtInTargetTypes, warn: (message) => log.warn(message) })),
     store: new DeviceStore(paths.stateDir),
     links: new DeviceLinks(paths.linkDir),
     probeUsage: procUsageProbe(),

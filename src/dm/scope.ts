@@ -66,6 +66,8 @@ export interface DaemonScopeOptions {
   readonly targetTypes?: Iterable<TargetType>;
   /** The ring backing I/O goes through; default: one made on first use and closed with the scope. */
   readonly ring?: IoRing;
+  /** Where targets' warnings go (the kernel's DMWARN lines in dmesg); default: dropped. */
+  readonly warn?: (message: string) => void;
 }
 
 export class DaemonScope {
@@ -75,9 +77,13 @@ export class DaemonScope {
   private readonly shared = new Map<ScopeKey<unknown>, unknown>();
   private readonly devicesByKey = new Map<DeviceKey, InternalDevice>();
 
+  /** A target's warning for the daemon's log, as the kernel's DMWARN (e.g. why a mirror log shows D). */
+  readonly warn: (message: string) => void;
+
   constructor(options: DaemonScopeOptions = {}) {
     this.targetTypes = new TargetTypeRegistry(options.targetTypes);
     this.givenRing = options.ring;
+    this.warn = options.warn ?? (() => {});
   }
 
   /**
