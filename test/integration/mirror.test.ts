@@ -431,6 +431,46 @@ describe('integration: mirror target (dm-raid1) on real devices', function () {
     assert.ok(ours.subarray(1536).equals(original.subarray(1536)), 'nothing written past the log I/O');
   });
 
+  it('a log header of an unknown version (3): like the kernel, the log shows D with one more event, every region is resynchronised, the daemon log says why, and the header keeps its version', async function () {
+    const leg0 = await file('leg0', LEG_BYTES);
+    const leg1 = await file('leg1', LEG_BYTES);
+    const log = await file('log', MiB, 'zero');
+    const v3 = Buffer.alloc(1536);
+    v3.write(headerHex(32), 'hex');
+    v3.writeUInt32LE(3, 4);
+    v3.fill(0xff, 1024, 1028); // every region clean, if the version were understood
+    await mustSh(`node -e 'require("fs").writeFileSync("${log}", Buffer.from("${v3.toString('hex')}", "hex"), { flag: "r+" })'`);
+    const kLeg0 = join(box.dir, 't', 'kleg0');
+    const kLeg1 = join(box.dir, 't', 'kleg1');
+    const kLog = join(box.dir, 't', 'klog');
+    await copyFile(leg0, kLeg0);
+    await copyFile(leg1, kLeg1);
+    await copyFile(log, kLog);
+
+    const [l0, l1, lg] = [await losetup(kLeg0), await losetup(kLeg1), await losetup(kLog)];
+    const k = await dmCreate(`0 ${LEG_SECTORS} mirror disk 2 ${lg} 1024 2 ${l0} 0 ${l1} 0`);
+    const kEnd = await kernelWaitInSync(k.name);
+    await sleep(500);
+    const kEvents = eventNumber(await mustSh(`dmsetup info ${k.name}`));
+    await mustSh(`dmsetup remove ${k.name}`);
+    await mustSh(`losetup -d ${l0} ${l1} ${lg}`);
+    assert.match(kEnd.line, / 32\/32 1 AA 3 disk \S+ D$/, 'the kernel: log device failed');
+
+    await ourCreate('m', `0 ${LEG_SECTORS} mirror disk 2 ${log} 1024 2 ${leg0} 0 ${leg1} 0`);
+    const end = await waitInSync('m');
+    await sleep(500);
+    assert.match(end.line, / 32\/32 1 AA 3 disk \S+ D$/, 'ours: log device failed, as the kernel');
+    assert.equal(eventNumber(await box.ok(['info', 'm'])), kEvents, `the same event number as the kernel (${kEvents}: log failure, in sync)`);
+    await box.ok(['remove', 'm']);
+    await assertSameFiles(leg0, leg1, 'every region was resynchronised');
+    const daemonLog = await readFile(join(box.env.UBLK_DM_RUN_DIR!, 'daemon.log'), 'utf8');
+    assert.match(daemonLog, /m: mirror: dirty region log: incompatible disk log version/, 'the daemon log says why');
+    const ours = await readFile(log);
+    const kernels = await readFile(kLog);
+    assert.equal(ours.readUInt32LE(4), 3, 'the version is written back unchanged');
+    assert.equal(ours.subarray(0, 1536).toString('hex'), kernels.subarray(0, 1536).toString('hex'), 'the same log bytes as the kernel left');
+  });
+
   // ---- 8. Daemon crash --------------------------------------------------------------------
 
   it('SIGKILL of the daemon mid-resync: the restarted daemon restores the mirror, the resync carries on from the log and ends with identical legs', async function () {
