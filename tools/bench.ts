@@ -8,6 +8,8 @@
  *   random writes with 1 and 4 snapshots, sequential overwrite, merge; --no-snapshot skips it);
  *   then striped over 4 files against dm-striped over loop devices (tools/bench-striped.ts: 4k
  *   random and 1 MiB sequential; --no-striped skips it);
+ *   then the mirror against the kernel's dm-mirror (tools/bench-mirror.ts: resync of 1 GiB, 4k
+ *   random writes at QD 1 and 32 on the mirror in sync; --no-mirror skips it);
  *   then kcopyd against dd (dist/tools/bench-kcopyd.js).
  *
  * Prints a table of IOPS and ours/kernel ratios and writes everything as JSON (--out).
@@ -18,6 +20,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { runSnapshotBench, formatSnapshotReport, type SnapshotReport } from './bench-snapshot';
 import { runStripedBench, formatStripedReport, type StripedReport } from './bench-striped';
+import { runMirrorBench, formatMirrorReport, type MirrorReport } from './bench-mirror';
 
 const projectRoot = resolve(__dirname, '..', '..');
 const cli = join(projectRoot, 'bin', 'ublk-dm');
@@ -25,11 +28,13 @@ const cli = join(projectRoot, 'bin', 'ublk-dm');
 interface Args {
   out: string; runtimeSeconds: number; fileMiB: number; kcopydMiB: number; skipKcopyd: boolean;
   skipSnapshot: boolean; skipStriped: boolean; snapshotMiB: number; snapshotRewriteMiB: number; snapshotRuntimeSeconds: number;
+  skipMirror: boolean; mirrorMiB: number; mirrorRegionSectors: number; skipBasic: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
   const args: Args = { out: join(projectRoot, 'bench-results', 'latest.json'), runtimeSeconds: 5, fileMiB: 512, kcopydMiB: 1024, skipKcopyd: false,
-    skipSnapshot: false, skipStriped: false, snapshotMiB: 128, snapshotRewriteMiB: 8, snapshotRuntimeSeconds: 3 };
+    skipSnapshot: false, skipStriped: false, snapshotMiB: 128, snapshotRewriteMiB: 8, snapshotRuntimeSeconds: 3,
+    skipMirror: false, mirrorMiB: 1024, mirrorRegionSectors: 1024, skipBasic: false };
   for (let i = 0; i < argv.length; i++) {
     const [k, v] = [argv[i], argv[i + 1]];
     if (k === '--out') { args.out = resolve(v); i++; }
@@ -39,6 +44,10 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--no-kcopyd') args.skipKcopyd = true;
     else if (k === '--no-snapshot') args.skipSnapshot = true;
     else if (k === '--no-striped') args.skipStriped = true;
+    else if (k === '--no-mirror') args.skipMirror = true;
+    else if (k === '--mirror-mib') { args.mirrorMiB = Number(v); i++; }
+    else if (k === '--mirror-region') { args.mirrorRegionSectors = Number(v); i++; }
+    else if (k === '--no-basic') args.skipBasic = true; // only the target parts (snapshot, mirror, kcopyd)
     else if (k === '--snapshot-mib') { args.snapshotMiB = Number(v); i++; }
     else if (k === '--snapshot-rewrite-mib') { args.snapshotRewriteMiB = Number(v); i++; }
     else if (k === '--snapshot-runtime') { args.snapshotRuntimeSeconds = Number(v); i++; } // 16 fio runs: kept short
@@ -92,8 +101,9 @@ async function main(): Promise<void> {
   let daemonMemory: DaemonMemory | undefined;
   let snapshot: SnapshotReport | null = null;
   let striped: StripedReport | null = null;
+  let mirror: MirrorReport | null = null;
   const killDaemon = () => sh(`kill $(cat ${join(work, 'run', 'ublk-dm.pid')}) 2>/dev/null; true`);
-  try {
+  if (!args.skipBasic) try {
     const sizeSectors = (args.fileMiB * 1024 * 1024) / 512;
     await sh(`modprobe null_blk nr_devices=1 queue_mode=2 irqmode=0 gb=${Math.ceil(args.fileMiB / 1024)} bs=512 hw_queue_depth=128 submit_queues=1`);
     cleanups.push(() => sh('rmmod null_blk'));
@@ -138,6 +148,12 @@ async function main(): Promise<void> {
   if (!args.skipStriped) {
     striped = await runStripedBench({ dir: work, env, stripeMiB: 64, runtimeSeconds: args.runtimeSeconds, log: (line) => process.stderr.write(`${line}\n`) });
   }
+  if (!args.skipMirror) {
+    mirror = await runMirrorBench({
+      dir: work, env, legMiB: args.mirrorMiB, regionSectors: args.mirrorRegionSectors, runtimeSeconds: args.runtimeSeconds,
+      log: (line) => process.stderr.write(`${line}\n`),
+    });
+  }
   await killDaemon();
 
   const iops = (device: string, pattern: Pattern, qd: number) => results.find((r) => r.device === device && r.pattern === pattern && r.iodepth === qd)?.iops ?? NaN;
@@ -159,6 +175,7 @@ async function main(): Promise<void> {
   }
   if (snapshot) console.log(formatSnapshotReport(snapshot));
   if (striped) console.log(formatStripedReport(striped));
+  if (mirror) console.log(formatMirrorReport(mirror));
 
   let kcopyd: unknown = null;
   if (!args.skipKcopyd) {
@@ -182,6 +199,7 @@ async function main(): Promise<void> {
     daemonMemory,
     snapshot,
     striped,
+    mirror,
     kcopyd,
   };
   mkdirSync(dirname(args.out), { recursive: true });

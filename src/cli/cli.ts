@@ -53,7 +53,8 @@ export type CliCommand =
       readonly checkAt: CheckPoint[];
       readonly json: boolean;
     }
-  | { readonly verb: 'daemon' }
+  | { readonly verb: 'param'; readonly name?: string; readonly value?: string; readonly json: boolean }
+  | { readonly verb: 'daemon'; readonly params: ReadonlyArray<{ readonly name: string; readonly value: string }> }
   | { readonly verb: 'version' }
   | { readonly verb: 'help' };
 
@@ -154,7 +155,15 @@ export function buildParser(): Argv {
       }),
     )
     .command('dmsetup', "dmsetup's own command line (also installed as ublk-dmsetup), for scripts written for dmsetup")
-    .command('daemon', 'run the daemon in the foreground (for systemd)')
+    .command('param [name] [value]', "show the daemon's target parameters, or one, or set one (like a kernel module's parameters)", (y) =>
+      y
+        .positional('name', { type: 'string', describe: 'e.g. raid1_resync_throttle' })
+        .positional('value', { type: 'string', describe: 'the new value' })
+        .options(jsonOption),
+    )
+    .command('daemon', 'run the daemon in the foreground (for systemd)', (y) =>
+      y.option('param', { type: 'string', array: true, default: [], describe: 'NAME=VALUE: set a target parameter before the saved devices come back' }),
+    )
     .command('version', 'print the CLI and daemon versions')
     .demandCommand(1, 'a verb is needed; see --help')
     .strict()
@@ -246,13 +255,22 @@ export function parseCommand(args: readonly string[], parser: Argv = buildParser
         json,
       };
     }
+    case 'param':
+      return { verb, ...(name !== undefined ? { name } : {}), ...(argv.value !== undefined ? { value: String(argv.value) } : {}), json };
     case 'daemon':
-      return { verb };
+      return { verb, params: (argv.param as unknown[]).map((text) => parseParamSetting(String(text))) };
     case 'version':
       return { verb };
     default:
       throw new UsageError(`unknown verb ${verb}`);
   }
+}
+
+/** `NAME=VALUE` of `daemon --param`. */
+function parseParamSetting(text: string): { name: string; value: string } {
+  const match = /^([A-Za-z0-9_]+)=(.*)$/.exec(text);
+  if (!match) throw new UsageError(`--param wants NAME=VALUE, got ${JSON.stringify(text)}`);
+  return { name: match[1]!, value: match[2]! };
 }
 
 /** A value parser's complaint is a usage error (exit 2). */
@@ -396,6 +414,14 @@ async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>
       if (command.json) return asJson(command.name !== undefined ? infos[0] : infos);
       return formatInfo(infos, command.name === undefined);
     }
+    case 'param': {
+      const settings = await send({ verb: 'param', ...(command.name !== undefined ? { name: command.name } : {}), ...(command.value !== undefined ? { value: command.value } : {}) });
+      if (command.json) return asJson(command.name !== undefined ? settings[0] : settings);
+      if (command.value !== undefined) return '';
+      // One parameter: its value alone, as reading it from /sys/module/*/parameters/ gives.
+      if (command.name !== undefined) return `${settings[0]!.value}\n`;
+      return settings.map((setting) => `${setting.name} ${setting.value}\n`).join('');
+    }
     case 'snapshot-create':
       return `${await createSnapshot(send, {
         snapshot: command.name,
@@ -466,7 +492,7 @@ export async function main(args: readonly string[]): Promise<number> {
     if (command.verb !== 'daemon') return 0;
     try {
       const { runDaemon } = await import('../daemon/server');
-      await runDaemon();
+      await runDaemon(undefined, undefined, command.params);
       return 0;
     } catch (err) {
       process.stderr.write(`ublk-dm: ${(err as Error).message}\n`);

@@ -11,7 +11,7 @@ import type { DeviceKey } from '../io/block-device';
 import type { DeviceHandle, SuspendOptions } from '../dm/target';
 import type { DeviceLinks } from './links';
 import type { Logger } from '../base/log';
-import type { CreatedDevice, DeviceInfo, DeviceListEntry, DeviceOptions, TableReport } from '../wire/protocol';
+import type { CreatedDevice, DeviceInfo, DeviceListEntry, DeviceOptions, ParameterSetting, TableReport } from '../wire/protocol';
 import type { DeviceStore, LowerDevice, SavedDevice } from './store';
 import { parseTableText } from '../dm/table';
 import { randomUUID } from 'node:crypto';
@@ -169,6 +169,15 @@ export class DeviceRegistry {
 
   message(name: string, sector: number, words: string[]): Promise<string> {
     return this.serialized(name, () => this.get(name).message(sector, words));
+  }
+
+  /** Target type parameters of this daemon: all, one, or one set to `value` (then its new value). */
+  parameters(name?: string, value?: string): ParameterSetting[] {
+    if (value === undefined) return this.deps.scope.parameterSettings(name);
+    if (name === undefined) throw new DeviceError('a parameter value needs a parameter name', 'EINVAL');
+    const setting = this.deps.scope.setParameter(name, value);
+    this.deps.log.info(`parameter ${name} = ${setting.value}`);
+    return [setting];
   }
 
   list(targetType?: string): DeviceListEntry[] {

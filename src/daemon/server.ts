@@ -48,6 +48,8 @@ export async function serveRequest(registry: DeviceRegistry, request: Request): 
       return registry.tables(request.name, 'info');
     case 'info':
       return registry.info(request.name);
+    case 'param':
+      return registry.parameters(request.name, request.value);
     case 'version':
       return { version: packageVersion(), protocol: PROTOCOL_VERSION };
   }
@@ -180,7 +182,7 @@ async function kernelDeps(paths: DaemonPaths, log: Logger): Promise<RegistryDeps
   ]);
   return {
     // One ring for the ublk queues and the backing I/O: one wakeup serves both.
-    ...kernelCollaborators(new DaemonScope({ targetTypes: builtInTargetTypes })),
+    ...kernelCollaborators(new DaemonScope({ targetTypes: builtInTargetTypes, warn: (message) => log.warn(message) })),
     store: new DeviceStore(paths.stateDir),
     links: new DeviceLinks(paths.linkDir, paths.mapperDir),
     probeUsage: procUsageProbe(),
@@ -193,8 +195,14 @@ async function kernelDeps(paths: DaemonPaths, log: Logger): Promise<RegistryDeps
  * `ublk-dm daemon`: serve until SIGTERM/SIGINT, then remove every kernel device (their saved
  * tables stay, so the next start brings them back) and exit 0.
  */
-export async function runDaemon(paths: DaemonPaths = daemonPaths(), log: Logger = createLogger()): Promise<void> {
+export async function runDaemon(
+  paths: DaemonPaths = daemonPaths(),
+  log: Logger = createLogger(),
+  /** `--param NAME=VALUE`: set before the socket is bound and the saved devices come back. */
+  params: ReadonlyArray<{ readonly name: string; readonly value: string }> = [],
+): Promise<void> {
   const registry = new DeviceRegistry(await kernelDeps(paths, log));
+  for (const { name, value } of params) registry.parameters(name, value);
   const server = new DaemonServer(registry, paths, log);
   // Held from before the socket is bound: a client may connect the instant it is, and must not
   // be answered from an empty registry while the saved devices are still coming back.

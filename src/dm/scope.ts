@@ -2,7 +2,7 @@ import { DmError } from '../base/errno';
 import type { DeviceKey } from '../io/block-device';
 import { IoRing } from '../io/ring';
 import { systemClock, type Clock } from '../base/clock';
-import type { SuspendOptions, TargetType } from './target';
+import type { SuspendOptions, TargetParameter, TargetType } from './target';
 
 /**
  * DaemonScope: the state one daemon (or one test) shares between its devices, handed to every
@@ -49,6 +49,18 @@ export class TargetTypeRegistry {
   names(): string[] {
     return [...this.types.keys()].sort();
   }
+
+  /** Every registered type's parameters, by name. */
+  parameters(): TargetParameter[] {
+    return [...this.types.values()].flatMap((type) => type.parameters ?? []).sort((a, b) => a.name.localeCompare(b.name));
+  }
+}
+
+/** A parameter and its value in one scope. */
+export interface ParameterSetting {
+  readonly name: string;
+  readonly value: string;
+  readonly description: string;
 }
 
 export interface DaemonScopeOptions {
@@ -57,6 +69,8 @@ export interface DaemonScopeOptions {
   readonly ring?: IoRing;
   /** Time for the time-based targets (flakey, delay); default: the system's monotonic clock. */
   readonly clock?: Clock;
+  /** Where targets' warnings go (the kernel's DMWARN lines in dmesg); default: dropped. */
+  readonly warn?: (message: string) => void;
 }
 
 export class DaemonScope {
@@ -67,10 +81,14 @@ export class DaemonScope {
   private readonly shared = new Map<ScopeKey<unknown>, unknown>();
   private readonly devicesByKey = new Map<DeviceKey, InternalDevice>();
 
+  /** A target's warning for the daemon's log, as the kernel's DMWARN (e.g. why a mirror log shows D). */
+  readonly warn: (message: string) => void;
+
   constructor(options: DaemonScopeOptions = {}) {
     this.targetTypes = new TargetTypeRegistry(options.targetTypes);
     this.givenRing = options.ring;
     this.clock = options.clock ?? systemClock;
+    this.warn = options.warn ?? (() => {});
   }
 
   /**
@@ -91,6 +109,25 @@ export class DaemonScope {
       this.shared.set(key, value);
     }
     return value;
+  }
+
+  /** The target types' parameters with their values here; `name` picks one (ENOENT if none has it). */
+  parameterSettings(name?: string): ParameterSetting[] {
+    const chosen = name === undefined ? this.targetTypes.parameters() : [this.parameter(name)];
+    return chosen.map((parameter) => ({ name: parameter.name, value: parameter.get(this), description: parameter.description }));
+  }
+
+  /** Set a parameter from its text (the parameter checks it and throws for a bad one). */
+  setParameter(name: string, value: string): ParameterSetting {
+    const parameter = this.parameter(name);
+    parameter.set(this, value);
+    return { name, value: parameter.get(this), description: parameter.description };
+  }
+
+  private parameter(name: string): TargetParameter {
+    const parameter = this.targetTypes.parameters().find((candidate) => candidate.name === name);
+    if (parameter === undefined) throw new DmError(`no parameter ${JSON.stringify(name)} (ublk-dm param lists them)`, 'ENOENT');
+    return parameter;
   }
 
   /** Make a running mapped device findable by its block device's key. */

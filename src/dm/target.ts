@@ -129,6 +129,21 @@ export interface TargetType {
   readonly version?: readonly [number, number, number];
   /** The kernel's ctr: validate `args`, open devices; throw TargetError and leave nothing behind. */
   create(ctx: TargetContext, args: string[]): Promise<Target>;
+  /**
+   * Tunables shared by every device of the type in one daemon, as the kernel's module parameters
+   * (`/sys/module/dm_mirror/parameters/raid1_resync_throttle`); read and set with `ublk-dm param`.
+   */
+  readonly parameters?: readonly TargetParameter[];
+}
+
+/** One tunable of a target type; its value lives in the DaemonScope (under the type's ScopeKey). */
+export interface TargetParameter {
+  /** Unique across types; the kernel's parameter name where there is one. */
+  readonly name: string;
+  readonly description: string;
+  get(scope: DaemonScope): string;
+  /** Throws TargetError for a value it refuses, changing nothing. */
+  set(scope: DaemonScope, value: string): void;
 }
 
 /**

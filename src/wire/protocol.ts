@@ -29,11 +29,13 @@ export type Request =
   | { readonly verb: 'status'; readonly name?: string }
   | { readonly verb: 'info'; readonly name?: string }
   | { readonly verb: 'message'; readonly name: string; readonly sector: number; readonly words: string[] }
+  /** Target type parameters: all, one (`name`), or set one (`name` and `value`). */
+  | { readonly verb: 'param'; readonly name?: string; readonly value?: string }
   | { readonly verb: 'version' };
 
 export type Verb = Request['verb'];
 export const VERBS: readonly Verb[] = [
-  'create', 'reload', 'remove', 'suspend', 'wait', 'resume', 'ls', 'table', 'status', 'info', 'message', 'version',
+  'create', 'reload', 'remove', 'suspend', 'wait', 'resume', 'ls', 'table', 'status', 'info', 'message', 'param', 'version',
 ];
 
 export interface CreatedDevice {
@@ -84,6 +86,13 @@ export interface DeviceInfo {
   readonly depth: number;
 }
 
+/** A target type parameter and its value in the daemon (`ublk-dm param`). */
+export interface ParameterSetting {
+  readonly name: string;
+  readonly value: string;
+  readonly description: string;
+}
+
 export interface VersionInfo {
   readonly version: string;
   readonly protocol: number;
@@ -102,6 +111,7 @@ export interface Results {
   status: TableReport[];
   info: DeviceInfo[];
   message: { name: string; reply: string };
+  param: ParameterSetting[];
   version: VersionInfo;
 }
 
@@ -162,6 +172,11 @@ export function decodeRequest(line: string): Request {
         throw new ProtocolError('"words" must be a non-empty array of strings');
       }
       return { verb, name: str(msg, 'name'), sector: count(msg, 'sector'), words: words as string[] };
+    }
+    case 'param': {
+      const value = optional(msg, 'value');
+      if (value !== undefined && optional(msg, 'name') === undefined) throw new ProtocolError('"value" needs a "name"');
+      return { verb, ...optionalName(msg), ...(value === undefined ? {} : { value: str(msg, 'value') }) };
     }
     case 'version':
       return { verb };

@@ -8,6 +8,7 @@ import { KCOPYD_IGNORE_ERROR, KcopydClient } from '../../kcopyd';
 import { DirtyLogError, type DirtyLog } from './dirty-log';
 import { parseLogPart } from './log-types';
 import { RegionHash, RegionState } from './region-hash';
+import { RESYNC_THROTTLE, resyncThrottleParameter } from './resync-throttle';
 
 /**
  * mirror <log_type> <#log_args> <log_args...> <#mirrors> <dev> <offset>... [<#features> <feature>...]
@@ -61,7 +62,6 @@ export class MirrorTarget implements Target {
   readonly capabilities: TargetCapabilities;
 
   private readonly regionHash: RegionHash;
-  private readonly kcopyd = new KcopydClient();
   private defaultLeg = 0;
   /** Set when every region is in sync; cleared by a failed write (status event logic, §6). */
   private inSync = false;
@@ -85,6 +85,8 @@ export class MirrorTarget implements Target {
     /** The target's length: the last region may be shorter than the others. */
     private readonly targetSectors: number,
     private readonly device: DeviceHandle,
+    /** Resync copies; the daemon's shares the per-daemon resync throttle. */
+    private readonly kcopyd: KcopydClient = new KcopydClient(),
   ) {
     this.maxIoSectors = log.regionSectors;
     this.regionHash = new RegionHash(log, features.handleErrors);
@@ -186,8 +188,14 @@ export class MirrorTarget implements Target {
 
   /** do_mirror: one pass in the kernel's order. */
   private async pass(): Promise<void> {
-    await this.regionHash.updateStates();
+    // update_states settles regions in memory at once and then flushes the log. The next
+    // region's copy starts while that flush runs, not after it (the kernel waits): the copy
+    // touches nothing the flush writes, and its own clean bit can only be written by a later
+    // flush, which flushes the legs first. One region in flight as in the kernel; the copy and
+    // the log's leg flush + log write + log device flush overlap instead of adding up.
+    const statesFlushed = this.regionHash.updateStates();
     this.doRecovery();
+    await statesFlushed;
     this.doReads();
     await this.doWrites();
     this.doFailures();
@@ -421,6 +429,7 @@ export const mirrorTargetType: TargetType = {
         // The log calls back only once the mirror exists (flushes happen from resume on).
         flushLegs: () => mirror!.flushLegs(),
         raiseEvent: () => ctx.device.raiseEvent(),
+        warn: (message) => ctx.scope.warn(`${ctx.device.name}: mirror: dirty region log: ${message}`),
       });
     } catch (error) {
       // Every log failure reads the same to the user, as in the kernel; ours keeps the detail.
@@ -449,9 +458,10 @@ export const mirrorTargetType: TargetType = {
     }
     rest = rest.slice(legCount * 2);
     const features = parseFeatures(rest);
-    mirror = new MirrorTarget(legs, log, features, ctx.lengthSectors, ctx.device);
+    mirror = new MirrorTarget(legs, log, features, ctx.lengthSectors, ctx.device, new KcopydClient({ throttle: ctx.scope.get(RESYNC_THROTTLE) }));
     return mirror;
   },
+  parameters: [resyncThrottleParameter],
 };
 
 function parseFeatures(rest: readonly string[]): MirrorFeatures {

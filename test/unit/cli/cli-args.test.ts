@@ -73,8 +73,18 @@ describe('CLI arguments', () => {
   });
 
   it('parses daemon and version', () => {
-    assert.deepEqual(parseCommand(['daemon']), { verb: 'daemon' });
+    assert.deepEqual(parseCommand(['daemon']), { verb: 'daemon', params: [] });
+    assert.deepEqual(parseCommand(['daemon', '--param', 'raid1_resync_throttle=30', '--param', 'x_y=']), {
+      verb: 'daemon', params: [{ name: 'raid1_resync_throttle', value: '30' }, { name: 'x_y', value: '' }],
+    });
+    usageError(['daemon', '--param', 'raid1_resync_throttle'], /--param wants NAME=VALUE/);
     assert.deepEqual(parseCommand(['version']), { verb: 'version' });
+  });
+
+  it('parses param [NAME [VALUE]]', () => {
+    assert.deepEqual(parseCommand(['param']), { verb: 'param', json: false });
+    assert.deepEqual(parseCommand(['param', 'raid1_resync_throttle', '--json']), { verb: 'param', name: 'raid1_resync_throttle', json: true });
+    assert.deepEqual(parseCommand(['param', 'raid1_resync_throttle', '50']), { verb: 'param', name: 'raid1_resync_throttle', value: '50', json: false });
   });
 
   it('rejects unknown verbs, unknown options and missing names as usage errors', () => {

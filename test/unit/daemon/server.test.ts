@@ -53,6 +53,22 @@ describe('DaemonServer over a unix socket', () => {
     assert.equal((await fsp.readFile(paths.pidFilePath, 'utf8')).trim(), String(process.pid));
   });
 
+  it('serves param: every target parameter, one, and a new value; a bad value or name changes nothing', async () => {
+    const all = await sendRequest(paths.socketPath, { verb: 'param' });
+    assert.deepEqual(all.map((p) => [p.name, p.value]), [['raid1_resync_throttle', '100']]);
+    assert.match(all[0]!.description, /resync/);
+    assert.deepEqual((await sendRequest(paths.socketPath, { verb: 'param', name: 'raid1_resync_throttle', value: '20' })).map((p) => p.value), ['20']);
+    await assert.rejects(
+      sendRequest(paths.socketPath, { verb: 'param', name: 'raid1_resync_throttle', value: 'lots' }),
+      (err) => err instanceof DaemonError && err.code === 'EINVAL' && /not a percentage/.test(err.message),
+    );
+    await assert.rejects(
+      sendRequest(paths.socketPath, { verb: 'param', name: 'nope', value: '1' }),
+      (err) => err instanceof DaemonError && err.code === 'ENOENT',
+    );
+    assert.deepEqual((await sendRequest(paths.socketPath, { verb: 'param', name: 'raid1_resync_throttle' })).map((p) => p.value), ['20']);
+  });
+
   it('serves create, table, info, ls and remove', async () => {
     const created = await sendRequest(paths.socketPath, { verb: 'create', name: 'vol0', table: '0 8 zero\n', options: { readOnly: false } });
     assert.equal(created.blockPath, '/dev/ublkb0');

@@ -31,6 +31,9 @@ describe('protocol', () => {
     { verb: 'status', name: 'vol0' },
     { verb: 'info' },
     { verb: 'message', name: 'vol0', sector: 0, words: ['drop_writes'] },
+    { verb: 'param' },
+    { verb: 'param', name: 'raid1_resync_throttle' },
+    { verb: 'param', name: 'raid1_resync_throttle', value: '50' },
     { verb: 'version' },
   ];
 
@@ -75,6 +78,8 @@ describe('protocol', () => {
     rejects(JSON.stringify({ v, verb: 'message', name: 'a', sector: -1, words: ['x'] }), /"sector"/);
     rejects(JSON.stringify({ v, verb: 'message', name: 'a', sector: 0, words: [] }), /"words"/);
     rejects(JSON.stringify({ v, verb: 'message', name: 'a', sector: 0, words: [1] }), /"words"/);
+    rejects(JSON.stringify({ v, verb: 'param', value: '5' }), /"value" needs a "name"/);
+    rejects(JSON.stringify({ v, verb: 'param', name: 'raid1_resync_throttle', value: 5 }), /"value"/);
   });
 
   it('rejects responses without a proper envelope', () => {

@@ -9,93 +9,14 @@
  * delay, whatever the speed of the machine, while reads from leg 0 stay fast.
  */
 import { strict as assert } from 'node:assert';
-import { spawn } from 'node:child_process';
 import { readFile, copyFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Sandbox, requireRealUblk, makeBackingFile, mustSh, sh, sha256OfFile, sha256, sleep, randomName } from './harness';
+import { background, blockOf, cleanBits, eventNumber, headerHex, parseMirrorStatus, stamp, stampCommand, type Background, type SyncStatus } from './mirror-support';
 
 const MiB = 1 << 20;
 const LEG_BYTES = 16 * MiB;
 const LEG_SECTORS = LEG_BYTES / 512; // 32768
-const THROTTLE = '/sys/module/dm_mirror/parameters/raid1_resync_throttle';
-
-interface SyncStatus {
-  inSync: number;
-  regions: number;
-  legChars: string;
-  line: string;
-}
-
-/** `<in_sync>/<regions> 1 <leg chars>` out of a mirror status line (ours or dmsetup's). */
-function parseMirrorStatus(line: string): SyncStatus {
-  const m = / (\d+)\/(\d+) 1 ([A-Z]+) /.exec(line);
-  if (!m) throw new Error(`not a mirror status line: ${JSON.stringify(line)}`);
-  return { inSync: Number(m[1]), regions: Number(m[2]), legChars: m[3]!, line: line.trim() };
-}
-
-function eventNumber(info: string): number {
-  const m = /^Event number:\s+(\d+)$/m.exec(info);
-  if (!m) throw new Error(`no "Event number:" in ${JSON.stringify(info)}`);
-  return Number(m[1]);
-}
-
-/** A process in the background whose end can be awaited or polled. */
-interface Background {
-  readonly pid: number;
-  readonly exited: Promise<{ code: number; stderr: string; stdout: string }>;
-  finished(): boolean;
-  kill(): void;
-}
-
-function background(command: string): Background {
-  const child = spawn('bash', ['-c', command], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-  let stdout = '';
-  let stderr = '';
-  let done = false;
-  child.stdout!.on('data', (d) => { stdout += d; });
-  child.stderr!.on('data', (d) => { stderr += d; });
-  const exited = new Promise<{ code: number; stderr: string; stdout: string }>((resolve) => {
-    child.on('exit', (code, signal) => {
-      done = true;
-      resolve({ code: code ?? (signal ? 128 : -1), stderr, stdout });
-    });
-  });
-  return {
-    pid: child.pid!,
-    exited,
-    finished: () => done,
-    kill: () => { if (!done) try { process.kill(-child.pid!, 'SIGKILL'); } catch { /* gone */ } },
-  };
-}
-
-/** `<letter><block number, 7 digits>` padded with zeroes to 4 KiB: what `stampCommand` writes. */
-function stamp(letter: string, block: number): Buffer {
-  const b = Buffer.alloc(4096);
-  b.write(`${letter}${String(block).padStart(7, '0')}`, 'latin1');
-  return b;
-}
-
-function stampCommand(dev: string, letter: string, block: number): string {
-  return `printf '${letter}%07d' ${block} | dd of=${dev} bs=4096 seek=${block} count=1 conv=sync,notrunc oflag=direct status=none`;
-}
-
-async function blockOf(file: string, block: number): Promise<Buffer> {
-  return (await readFile(file)).subarray(block * 4096, (block + 1) * 4096);
-}
-
-/** The disk log's first 16 bytes, hex: magic "rRiM", le32 version 2, le64 nr_regions (spec §9.1). */
-function headerHex(regions: number): string {
-  const b = Buffer.alloc(16);
-  b.writeUInt32LE(0x4d695272, 0);
-  b.writeUInt32LE(2, 4);
-  b.writeBigUInt64LE(BigInt(regions), 8);
-  return b.toString('hex');
-}
-
-/** Clean bits of a disk log: bit r of byte 1024 + r/8 (spec §9.2). */
-function cleanBits(log: Buffer, regions: number): boolean[] {
-  return Array.from({ length: regions }, (_, r) => ((log[1024 + (r >> 3)]! >> (r & 7)) & 1) === 1);
-}
 
 describe('integration: mirror target (dm-raid1) on real devices', function () {
   let box: Sandbox;
@@ -406,16 +327,17 @@ describe('integration: mirror target (dm-raid1) on real devices', function () {
     await mustSh(`node -e 'const fs=require("fs");const fd=fs.openSync("${leg1}","r+");for(const r of ${JSON.stringify(clean.flatMap((c, r) => (c ? [r] : [])))})fs.writeSync(fd,Buffer.from("MARK"+r),0,undefined,r*${regionBytes}+100);fs.closeSync(fd)'`);
     const marked = await readFile(leg1);
 
-    const [l0, l1, lg] = [await losetup(leg0), await losetup(leg1), await losetup(log)];
-    await mustSh(`echo 1 > ${THROTTLE}`);
-    undo.push(() => sh(`echo 100 > ${THROTTLE}`));
-    const k = await dmCreate(`0 ${LEG_SECTORS} mirror disk 2 ${lg} 256 2 ${l0} 0 ${l1} 0`);
+    // Leg 1 behind dm-delay here too: each region copy of the kernel's takes >= 200 ms, so its
+    // first status comes before the dirty regions are done (raid1_resync_throttle is no help:
+    // the kernel accounts it in jiffies, and loop I/O on tmpfs finishes within one).
+    const [l0, lg] = [await losetup(leg0), await losetup(log)];
+    const kSlow = await slowLeg(leg1, 100);
+    const k = await dmCreate(`0 ${LEG_SECTORS} mirror disk 2 ${lg} 256 2 ${l0} 0 ${kSlow.path} 0`);
     const first = parseMirrorStatus(await mustSh(`dmsetup status ${k.name}`));
-    await mustSh(`echo 100 > ${THROTTLE}`);
     assert.ok(first.inSync >= cleanCount && first.inSync < regions, `the kernel starts from the ${cleanCount} clean regions: ${first.line}`);
     await kernelWaitInSync(k.name);
     await mustSh(`dmsetup remove ${k.name}`);
-    await mustSh(`losetup -d ${l0} ${l1} ${lg}`);
+    await mustSh(`dmsetup remove --retry ${kSlow.name} && losetup -d ${kSlow.loop} ${l0} ${lg}`);
     const after = await readFile(leg1);
     for (let r = 0; r < regions; r++) {
       if (clean[r]) assert.ok(region(after, r).equals(region(marked, r)), `clean region ${r}: the kernel left leg 1 alone`);
@@ -507,6 +429,46 @@ describe('integration: mirror target (dm-raid1) on real devices', function () {
     assert.ok(ours.subarray(16, 1024).equals(original.subarray(16, 1024)), 'bytes 16-1023 written back as read');
     assert.equal(sha256(ours.subarray(0, 1536)), sha256(kernels.subarray(0, 1536)), `same log I/O as the kernel's:\nours   ${ours.subarray(1024, 1040).toString('hex')}\nkernel ${kernels.subarray(1024, 1040).toString('hex')}`);
     assert.ok(ours.subarray(1536).equals(original.subarray(1536)), 'nothing written past the log I/O');
+  });
+
+  it('a log header of an unknown version (3): like the kernel, the log shows D with one more event, every region is resynchronised, the daemon log says why, and the header keeps its version', async function () {
+    const leg0 = await file('leg0', LEG_BYTES);
+    const leg1 = await file('leg1', LEG_BYTES);
+    const log = await file('log', MiB, 'zero');
+    const v3 = Buffer.alloc(1536);
+    v3.write(headerHex(32), 'hex');
+    v3.writeUInt32LE(3, 4);
+    v3.fill(0xff, 1024, 1028); // every region clean, if the version were understood
+    await mustSh(`node -e 'require("fs").writeFileSync("${log}", Buffer.from("${v3.toString('hex')}", "hex"), { flag: "r+" })'`);
+    const kLeg0 = join(box.dir, 't', 'kleg0');
+    const kLeg1 = join(box.dir, 't', 'kleg1');
+    const kLog = join(box.dir, 't', 'klog');
+    await copyFile(leg0, kLeg0);
+    await copyFile(leg1, kLeg1);
+    await copyFile(log, kLog);
+
+    const [l0, l1, lg] = [await losetup(kLeg0), await losetup(kLeg1), await losetup(kLog)];
+    const k = await dmCreate(`0 ${LEG_SECTORS} mirror disk 2 ${lg} 1024 2 ${l0} 0 ${l1} 0`);
+    const kEnd = await kernelWaitInSync(k.name);
+    await sleep(500);
+    const kEvents = eventNumber(await mustSh(`dmsetup info ${k.name}`));
+    await mustSh(`dmsetup remove ${k.name}`);
+    await mustSh(`losetup -d ${l0} ${l1} ${lg}`);
+    assert.match(kEnd.line, / 32\/32 1 AA 3 disk \S+ D$/, 'the kernel: log device failed');
+
+    await ourCreate('m', `0 ${LEG_SECTORS} mirror disk 2 ${log} 1024 2 ${leg0} 0 ${leg1} 0`);
+    const end = await waitInSync('m');
+    await sleep(500);
+    assert.match(end.line, / 32\/32 1 AA 3 disk \S+ D$/, 'ours: log device failed, as the kernel');
+    assert.equal(eventNumber(await box.ok(['info', 'm'])), kEvents, `the same event number as the kernel (${kEvents}: log failure, in sync)`);
+    await box.ok(['remove', 'm']);
+    await assertSameFiles(leg0, leg1, 'every region was resynchronised');
+    const daemonLog = await readFile(join(box.env.UBLK_DM_RUN_DIR!, 'daemon.log'), 'utf8');
+    assert.match(daemonLog, /m: mirror: dirty region log: incompatible disk log version/, 'the daemon log says why');
+    const ours = await readFile(log);
+    const kernels = await readFile(kLog);
+    assert.equal(ours.readUInt32LE(4), 3, 'the version is written back unchanged');
+    assert.equal(ours.subarray(0, 1536).toString('hex'), kernels.subarray(0, 1536).toString('hex'), 'the same log bytes as the kernel left');
   });
 
   // ---- 8. Daemon crash --------------------------------------------------------------------
