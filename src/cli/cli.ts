@@ -42,7 +42,7 @@ export type CliCommand =
     }
   | { readonly verb: 'snapshot-merge'; readonly name: string; readonly wait: boolean; readonly json: boolean }
   | { readonly verb: 'snapshot-ls'; readonly json: boolean }
-  | { readonly verb: 'daemon' }
+  | { readonly verb: 'daemon'; readonly recovery?: false }
   | { readonly verb: 'version' }
   | { readonly verb: 'help' };
 
@@ -131,7 +131,13 @@ export function buildParser(): Argv {
         .command('ls', 'list snapshots with their origin and COW usage', (c) => c.options(jsonOption))
         .demandCommand(1, 'snapshot create | merge | ls'),
     )
-    .command('daemon', 'run the daemon in the foreground (for systemd)')
+    .command('daemon', 'run the daemon in the foreground (for systemd)', (y) =>
+      y.option('recovery', {
+        type: 'boolean',
+        describe:
+          'make devices that survive a daemon crash (ublk user recovery; default on, also off with UBLK_DM_RECOVERY=off); --no-recovery: they die with the daemon',
+      }),
+    )
     .command('version', 'print the CLI and daemon versions')
     .demandCommand(1, 'a verb is needed; see --help')
     .strict()
@@ -208,7 +214,7 @@ export function parseCommand(args: readonly string[], parser: Argv = buildParser
       throw new UsageError(`unknown snapshot action ${action}`);
     }
     case 'daemon':
-      return { verb };
+      return argv.recovery === false ? { verb, recovery: false } : { verb };
     case 'version':
       return { verb };
     default:
@@ -382,7 +388,7 @@ export async function main(args: readonly string[]): Promise<number> {
   try {
     if (command.verb === 'daemon') {
       const { runDaemon } = await import('../daemon/server');
-      await runDaemon();
+      await runDaemon(undefined, undefined, { recovery: command.recovery ?? process.env.UBLK_DM_RECOVERY !== 'off' });
       return 0;
     }
     process.stdout.write(await execute(command));
