@@ -2,7 +2,7 @@ import { Dispatcher } from '../dm/dispatcher';
 import type { DispatcherFactory, UblkFactory } from '../dm/mapped-device';
 import type { DaemonScope } from '../dm/scope';
 import { loadTable } from '../dm/table';
-import type { DeviceHandle } from '../dm/target';
+import type { DeviceHandle, RebuiltTable } from '../dm/target';
 import { UblkDevice } from '../ublk/device';
 import type { KernelUblkDevice, RecoveryDeps, RegistryDeps } from './registry';
 import { UblkDevState } from '../ublk/abi';
@@ -26,7 +26,8 @@ export function kernelCollaborators(scope: DaemonScope): Pick<RegistryDeps, 'sco
       : UblkDevice.create({ ...options, ring: scope.ring }, handler);
   return {
     scope,
-    buildTable: (text: string, device: DeviceHandle) => loadTable(text, { scope, device }),
+    buildTable: (text: string, device: DeviceHandle, rebuilt?: RebuiltTable) =>
+      loadTable(text, { scope, device, ...(rebuilt ? { rebuilt } : {}) }),
     createDispatcher,
     createUblk,
   };

@@ -10,7 +10,7 @@ import {
 import { isMarkedBy, newDeviceMark } from './ownership';
 import type { DaemonScope } from '../dm/scope';
 import type { DeviceKey } from '../io/block-device';
-import type { DeviceHandle, SuspendOptions } from '../dm/target';
+import type { DeviceHandle, RebuiltTable, SuspendOptions } from '../dm/target';
 import type { DeviceLinks } from './links';
 import type { Logger } from '../base/log';
 import type { CreatedDevice, DeviceInfo, DeviceListEntry, DeviceOptions, TableReport } from '../wire/protocol';
@@ -23,7 +23,7 @@ import { busyReason, openCount, type UsageProbe } from './usage';
 /** Everything the registry needs from the outside world; tests pass fakes for the kernel parts. */
 export interface RegistryDeps {
   /** Parse and construct a table for `device` (dm/table.ts); throws with the offending line named. */
-  readonly buildTable: (text: string, device: DeviceHandle) => Promise<DeviceTable>;
+  readonly buildTable: (text: string, device: DeviceHandle, rebuilt?: RebuiltTable) => Promise<DeviceTable>;
   /** Where running devices are made findable by key, for targets that drive other devices. */
   readonly scope: DaemonScope;
   readonly createDispatcher: DispatcherFactory;
@@ -340,8 +340,10 @@ export class DeviceRegistry {
   /** Build the table and check the devices of ours it names (see startDevice). */
   private async buildChecked(saved: StartRequest, events: DeviceEvents): Promise<{ table: DeviceTable; lowers: readonly LowerDevice[] }> {
     const { name } = saved;
-    const buildText = saved.lowers === undefined ? saved.table : this.overCurrentLowers(saved.table, saved.lowers);
-    const table = await this.deps.buildTable(buildText, events);
+    const restoring = saved.lowers !== undefined;
+    const buildText = restoring ? this.overCurrentLowers(saved.table, saved.lowers!) : saved.table;
+    const rebuilt: RebuiltTable | undefined = restoring ? { warn: (message) => this.deps.log.warn(`${name}: ${message}`) } : undefined;
+    const table = await this.deps.buildTable(buildText, events, rebuilt);
     let lowers: readonly LowerDevice[];
     try {
       const found = this.lowersOf(name, table);

@@ -420,6 +420,7 @@ export const mirrorTargetType: TargetType = {
         // The log calls back only once the mirror exists (flushes happen from resume on).
         flushLegs: () => mirror!.flushLegs(),
         raiseEvent: () => ctx.device.raiseEvent(),
+        ...(ctx.rebuilt ? { rebuilt: ctx.rebuilt } : {}),
       });
     } catch (error) {
       // Every log failure reads the same to the user, as in the kernel; ours keeps the detail.

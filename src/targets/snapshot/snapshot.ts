@@ -9,6 +9,7 @@ import type { ExceptionStore } from './exception-store';
 import { loadSnapshotArgs, type LoadedExceptions, type SnapshotFeatures } from './snapshot-args';
 import { ORIGINS, type OriginRegistry, type OriginSnapshot } from './origin-registry';
 import { InOrderCompleter, PendingException } from './pending-exception';
+import { TransientStore } from './transient-store';
 
 /**
  * snapshot <origin_dev> <COW_dev> <P|PO|N> <chunk_size> [<#features> <feature>...]
@@ -336,6 +337,13 @@ export const snapshotTargetType: TargetType = {
   name: 'snapshot',
   async create(ctx: TargetContext, args: string[]): Promise<Target> {
     const parts = await loadSnapshotArgs(ctx, args);
-    return new SnapshotTarget(parts.origin, parts.cow, parts.store, parts.loaded, parts.features, ctx.startSector, ctx.lengthSectors, ctx.device, ctx.scope.get(ORIGINS));
+    let loaded = parts.loaded;
+    if (ctx.rebuilt !== undefined && parts.store instanceof TransientStore) {
+      // Its exceptions lived in the previous daemon's memory: served empty it would read as the
+      // origin does now, a point in time it never was.
+      ctx.rebuilt.warn('snapshot: a transient (N) snapshot lived in the previous daemon\'s memory and did not survive it: it is Invalid');
+      loaded = { ...loaded, valid: false };
+    }
+    return new SnapshotTarget(parts.origin, parts.cow, parts.store, loaded, parts.features, ctx.startSector, ctx.lengthSectors, ctx.device, ctx.scope.get(ORIGINS));
   },
 };
