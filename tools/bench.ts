@@ -6,7 +6,9 @@
  *   over a tmpfs file beside a loop device over that file and dm-linear over that loop device;
  *   then the snapshot family against the kernel's dm-snapshot (tools/bench-snapshot.ts: origin
  *   random writes with 1 and 4 snapshots, sequential overwrite, merge; --no-snapshot skips it);
- *   then kcopyd against dd (dist/tools/bench-kcopyd.js).
+ *   then the recovery latency (tools/bench-recovery.ts: SIGKILL of the daemon under a writer, time
+ *   until I/O flows again; --no-recovery-bench skips it); then kcopyd against dd
+ *   (dist/tools/bench-kcopyd.js).
  *
  * Prints a table of IOPS and ours/kernel ratios and writes everything as JSON (--out).
  */
@@ -15,6 +17,7 @@ import { mkdtempSync, mkdirSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { runSnapshotBench, formatSnapshotReport, type SnapshotReport } from './bench-snapshot';
+import { runRecoveryBench, formatRecoveryReport, type RecoveryReport } from './bench-recovery';
 
 const projectRoot = resolve(__dirname, '..', '..');
 const cli = join(projectRoot, 'bin', 'ublk-dm');
@@ -22,11 +25,12 @@ const cli = join(projectRoot, 'bin', 'ublk-dm');
 interface Args {
   out: string; runtimeSeconds: number; fileMiB: number; kcopydMiB: number; skipKcopyd: boolean;
   skipSnapshot: boolean; snapshotMiB: number; snapshotRewriteMiB: number; snapshotRuntimeSeconds: number;
+  skipRecovery: boolean; recoveryRounds: number;
 }
 
 function parseArgs(argv: string[]): Args {
   const args: Args = { out: join(projectRoot, 'bench-results', 'latest.json'), runtimeSeconds: 5, fileMiB: 512, kcopydMiB: 1024, skipKcopyd: false,
-    skipSnapshot: false, snapshotMiB: 128, snapshotRewriteMiB: 8, snapshotRuntimeSeconds: 3 };
+    skipSnapshot: false, snapshotMiB: 128, snapshotRewriteMiB: 8, snapshotRuntimeSeconds: 3, skipRecovery: false, recoveryRounds: 3 };
   for (let i = 0; i < argv.length; i++) {
     const [k, v] = [argv[i], argv[i + 1]];
     if (k === '--out') { args.out = resolve(v); i++; }
@@ -35,6 +39,8 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--kcopyd-mib') { args.kcopydMiB = Number(v); i++; }
     else if (k === '--no-kcopyd') args.skipKcopyd = true;
     else if (k === '--no-snapshot') args.skipSnapshot = true;
+    else if (k === '--no-recovery-bench') args.skipRecovery = true;
+    else if (k === '--recovery-rounds') { args.recoveryRounds = Number(v); i++; }
     else if (k === '--snapshot-mib') { args.snapshotMiB = Number(v); i++; }
     else if (k === '--snapshot-rewrite-mib') { args.snapshotRewriteMiB = Number(v); i++; }
     else if (k === '--snapshot-runtime') { args.snapshotRuntimeSeconds = Number(v); i++; } // 16 fio runs: kept short
@@ -87,6 +93,7 @@ async function main(): Promise<void> {
   const results: FioResult[] = [];
   let daemonMemory: DaemonMemory | undefined;
   let snapshot: SnapshotReport | null = null;
+  let recovery: RecoveryReport | null = null;
   const killDaemon = () => sh(`kill $(cat ${join(work, 'run', 'ublk-dm.pid')}) 2>/dev/null; true`);
   try {
     const sizeSectors = (args.fileMiB * 1024 * 1024) / 512;
@@ -130,6 +137,12 @@ async function main(): Promise<void> {
       runtimeSeconds: args.snapshotRuntimeSeconds, log: (line) => process.stderr.write(`${line}\n`),
     });
   }
+  if (!args.skipRecovery) {
+    // Never throws either; it SIGKILLs the daemon and starts the next one itself.
+    recovery = await runRecoveryBench({
+      dir: work, oursArgv: [process.execPath, cli], env, rounds: args.recoveryRounds, log: (line) => process.stderr.write(`${line}\n`),
+    });
+  }
   await killDaemon();
 
   const iops = (device: string, pattern: Pattern, qd: number) => results.find((r) => r.device === device && r.pattern === pattern && r.iodepth === qd)?.iops ?? NaN;
@@ -150,6 +163,7 @@ async function main(): Promise<void> {
     console.log(`\ndaemon memory after the fio runs (2 devices, 1 queue x 128 tags each): RSS ${daemonMemory.rssMiB} MiB, peak ${daemonMemory.peakMiB} MiB`);
   }
   if (snapshot) console.log(formatSnapshotReport(snapshot));
+  if (recovery) console.log(formatRecoveryReport(recovery));
 
   let kcopyd: unknown = null;
   if (!args.skipKcopyd) {
@@ -172,6 +186,7 @@ async function main(): Promise<void> {
     fio: { runtimeSeconds: args.runtimeSeconds, backingMiB: args.fileMiB, results, ratios },
     daemonMemory,
     snapshot,
+    recovery,
     kcopyd,
   };
   mkdirSync(dirname(args.out), { recursive: true });

@@ -205,6 +205,25 @@ describe('integration: the daemon dies, the devices do not (ublk user recovery)'
     assert.deepEqual((await kernelUblkIds()).filter((id) => !baseline.includes(id)), [], 'every kernel device is gone');
   });
 
+  it('a transient (N) snapshot cannot survive the daemon: after a SIGKILL it comes back Invalid, with a warning, its origin intact', async function () {
+    const originFile = await makeBackingFile(box.dir, 'tso.img', 4 * MiB);
+    const originSum = await sha256OfFile(originFile);
+    await box.create('tso', `0 ${(4 * MiB) / 512} linear ${originFile} 0`);
+    await box.ok(['snapshot', 'create', 'tsnap', '--origin', 'tso', '--cow', join(box.dir, 'tso.cow'), '--size', '2m', '--chunk', '4k', '--store', 'N']);
+    assert.match(await box.ok(['status', 'tsnap']), /^0 8192 snapshot \d+\/\d+ \d+\n$/, 'valid before the crash');
+    const [originDev] = (await listed(box)).filter((d) => d.name === 'tso').map((d) => d.blockPath);
+    await killDaemon(box);
+    const back = await listed(box);
+    assert.deepEqual(back.map((d) => d.name), ['tso', 'tsnap']);
+    assert.equal(back[0]!.blockPath, originDev, 'the origin is reattached');
+    assert.equal(await box.ok(['status', 'tsnap']), '0 8192 snapshot Invalid\n', 'its exceptions were in the dead daemon\'s memory');
+    const log = await readFile(join(box.env.UBLK_DM_RUN_DIR!, 'daemon.log'), 'utf8');
+    assert.match(log, /warn: tsnap: snapshot: a transient \(N\) snapshot .* did not survive it: it is Invalid/);
+    assert.equal(await sha256OfFile(originDev!), originSum, 'the origin reads as before');
+    await box.ok(['remove', 'tsnap']);
+    await box.ok(['remove', 'tso']);
+  });
+
   it('a daemon run with --no-recovery: its SIGKILLed device dies, the next daemon makes it anew and deletes the dead one', async function () {
     await box.stopDaemon();
     box.env.UBLK_DM_RECOVERY = 'off';
