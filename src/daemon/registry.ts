@@ -183,7 +183,8 @@ export class DeviceRegistry {
     const deleted: number[] = [];
     for (const kernel of await this.kernelDevices()) {
       if (!isMarkedBy(kernel.serverFlags, recovery.installation) || ours.has(kernel.id)) continue;
-      if (kernel.state === 'live' && recovery.processIsAlive(kernel.serverPid)) {
+      // Our own pid on a device we do not serve is a dead predecessor's, reused.
+      if (kernel.state === 'live' && kernel.serverPid !== process.pid && recovery.processIsAlive(kernel.serverPid)) {
         this.deps.log.warn(`ublk device ${kernel.id} carries this daemon's mark but process ${kernel.serverPid} serves it: left alone`);
         continue;
       }

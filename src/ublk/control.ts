@@ -60,8 +60,8 @@ const CANCEL_GRACE_MS = 5_000;
 const FEATURES_BYTES = 8;
 const BUFFER_ALIGNMENT = 64;
 
-/** One control command at a time per process: a FIFO of commands waiting for the kernel. */
-class ControlLane {
+/** @internal One control command at a time per process: a FIFO of commands waiting for the kernel. */
+export class ControlLane {
   private tail: Promise<void> = Promise.resolve();
 
   /** Runs `submit` once every earlier command has completed; `submit` resolves when the lane may move on. */

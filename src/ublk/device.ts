@@ -637,7 +637,8 @@ async function waitUntilRecoverable(control: UblkControl, options: UblkRecoverOp
     if ((info.flags & RECOVERY_FEATURES) !== RECOVERY_FEATURES) throw new ErrnoError(`${what} was created without user recovery`, EINVAL);
     if (info.state === UblkDevState.Quiesced) return info;
     if (info.state !== UblkDevState.Live) throw new ErrnoError(`${what} is ${UblkDevState[info.state] ?? info.state}, not recoverable`, EINVAL);
-    if (info.serverPid === process.pid || processIsAlive(info.serverPid)) {
+    // Our own pid can only be a dead predecessor's that was reused: we serve no device we have not reattached.
+    if (info.serverPid !== process.pid && processIsAlive(info.serverPid)) {
       throw new ErrnoError(`${what} is live, served by process ${info.serverPid}`, EBUSY);
     }
     if (Date.now() >= deadline) throw new ErrnoError(`${what}: its server ${info.serverPid} is gone but the kernel has not quiesced it`, ETIMEDOUT);
