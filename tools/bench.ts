@@ -10,7 +10,9 @@
  *   random and 1 MiB sequential; --no-striped skips it);
  *   then the mirror against the kernel's dm-mirror (tools/bench-mirror.ts: resync of 1 GiB, 4k
  *   random writes at QD 1 and 32 on the mirror in sync; --no-mirror skips it);
- *   then kcopyd against dd (dist/tools/bench-kcopyd.js).
+ *   then the recovery latency (tools/bench-recovery.ts: SIGKILL of the daemon under a writer, time
+ *   until I/O flows again; --no-recovery-bench skips it); then kcopyd against dd
+ *   (dist/tools/bench-kcopyd.js).
  *
  * Prints a table of IOPS and ours/kernel ratios and writes everything as JSON (--out).
  */
@@ -21,6 +23,7 @@ import { dirname, join, resolve } from 'node:path';
 import { runSnapshotBench, formatSnapshotReport, type SnapshotReport } from './bench-snapshot';
 import { runStripedBench, formatStripedReport, type StripedReport } from './bench-striped';
 import { runMirrorBench, formatMirrorReport, type MirrorReport } from './bench-mirror';
+import { runRecoveryBench, formatRecoveryReport, type RecoveryReport } from './bench-recovery';
 
 const projectRoot = resolve(__dirname, '..', '..');
 const cli = join(projectRoot, 'bin', 'ublk-dm');
@@ -29,12 +32,13 @@ interface Args {
   out: string; runtimeSeconds: number; fileMiB: number; kcopydMiB: number; skipKcopyd: boolean;
   skipSnapshot: boolean; skipStriped: boolean; snapshotMiB: number; snapshotRewriteMiB: number; snapshotRuntimeSeconds: number;
   skipMirror: boolean; mirrorMiB: number; mirrorRegionSectors: number; skipBasic: boolean;
+  skipRecovery: boolean; recoveryRounds: number;
 }
 
 function parseArgs(argv: string[]): Args {
   const args: Args = { out: join(projectRoot, 'bench-results', 'latest.json'), runtimeSeconds: 5, fileMiB: 512, kcopydMiB: 1024, skipKcopyd: false,
     skipSnapshot: false, skipStriped: false, snapshotMiB: 128, snapshotRewriteMiB: 8, snapshotRuntimeSeconds: 3,
-    skipMirror: false, mirrorMiB: 1024, mirrorRegionSectors: 1024, skipBasic: false };
+    skipMirror: false, mirrorMiB: 1024, mirrorRegionSectors: 1024, skipBasic: false, skipRecovery: false, recoveryRounds: 3 };
   for (let i = 0; i < argv.length; i++) {
     const [k, v] = [argv[i], argv[i + 1]];
     if (k === '--out') { args.out = resolve(v); i++; }
@@ -48,6 +52,8 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--mirror-mib') { args.mirrorMiB = Number(v); i++; }
     else if (k === '--mirror-region') { args.mirrorRegionSectors = Number(v); i++; }
     else if (k === '--no-basic') args.skipBasic = true; // only the target parts (snapshot, mirror, kcopyd)
+    else if (k === '--no-recovery-bench') args.skipRecovery = true;
+    else if (k === '--recovery-rounds') { args.recoveryRounds = Number(v); i++; }
     else if (k === '--snapshot-mib') { args.snapshotMiB = Number(v); i++; }
     else if (k === '--snapshot-rewrite-mib') { args.snapshotRewriteMiB = Number(v); i++; }
     else if (k === '--snapshot-runtime') { args.snapshotRuntimeSeconds = Number(v); i++; } // 16 fio runs: kept short
@@ -102,6 +108,7 @@ async function main(): Promise<void> {
   let snapshot: SnapshotReport | null = null;
   let striped: StripedReport | null = null;
   let mirror: MirrorReport | null = null;
+  let recovery: RecoveryReport | null = null;
   const killDaemon = () => sh(`kill $(cat ${join(work, 'run', 'ublk-dm.pid')}) 2>/dev/null; true`);
   if (!args.skipBasic) try {
     const sizeSectors = (args.fileMiB * 1024 * 1024) / 512;
@@ -154,6 +161,12 @@ async function main(): Promise<void> {
       log: (line) => process.stderr.write(`${line}\n`),
     });
   }
+  if (!args.skipRecovery) {
+    // Never throws either; it SIGKILLs the daemon and starts the next one itself.
+    recovery = await runRecoveryBench({
+      dir: work, oursArgv: [process.execPath, cli], env, rounds: args.recoveryRounds, log: (line) => process.stderr.write(`${line}\n`),
+    });
+  }
   await killDaemon();
 
   const iops = (device: string, pattern: Pattern, qd: number) => results.find((r) => r.device === device && r.pattern === pattern && r.iodepth === qd)?.iops ?? NaN;
@@ -176,6 +189,7 @@ async function main(): Promise<void> {
   if (snapshot) console.log(formatSnapshotReport(snapshot));
   if (striped) console.log(formatStripedReport(striped));
   if (mirror) console.log(formatMirrorReport(mirror));
+  if (recovery) console.log(formatRecoveryReport(recovery));
 
   let kcopyd: unknown = null;
   if (!args.skipKcopyd) {
@@ -200,6 +214,7 @@ async function main(): Promise<void> {
     snapshot,
     striped,
     mirror,
+    recovery,
     kcopyd,
   };
   mkdirSync(dirname(args.out), { recursive: true });

@@ -54,7 +54,7 @@ export type CliCommand =
       readonly json: boolean;
     }
   | { readonly verb: 'param'; readonly name?: string; readonly value?: string; readonly json: boolean }
-  | { readonly verb: 'daemon'; readonly params: ReadonlyArray<{ readonly name: string; readonly value: string }> }
+  | { readonly verb: 'daemon'; readonly params: ReadonlyArray<{ readonly name: string; readonly value: string }>; readonly recovery?: false }
   | { readonly verb: 'version' }
   | { readonly verb: 'help' };
 
@@ -162,7 +162,14 @@ export function buildParser(): Argv {
         .options(jsonOption),
     )
     .command('daemon', 'run the daemon in the foreground (for systemd)', (y) =>
-      y.option('param', { type: 'string', array: true, default: [], describe: 'NAME=VALUE: set a target parameter before the saved devices come back' }),
+      y.options({
+        param: { type: 'string', array: true, default: [], describe: 'NAME=VALUE: set a target parameter before the saved devices come back' },
+        recovery: {
+          type: 'boolean',
+          describe:
+            'make devices that survive a daemon crash (ublk user recovery; default on, also off with UBLK_DM_RECOVERY=off); --no-recovery: they die with the daemon',
+        },
+      }),
     )
     .command('version', 'print the CLI and daemon versions')
     .demandCommand(1, 'a verb is needed; see --help')
@@ -258,7 +265,11 @@ export function parseCommand(args: readonly string[], parser: Argv = buildParser
     case 'param':
       return { verb, ...(name !== undefined ? { name } : {}), ...(argv.value !== undefined ? { value: String(argv.value) } : {}), json };
     case 'daemon':
-      return { verb, params: (argv.param as unknown[]).map((text) => parseParamSetting(String(text))) };
+      return {
+        verb,
+        params: (argv.param as unknown[]).map((text) => parseParamSetting(String(text))),
+        ...(argv.recovery === false ? { recovery: false as const } : {}),
+      };
     case 'version':
       return { verb };
     default:
@@ -492,7 +503,7 @@ export async function main(args: readonly string[]): Promise<number> {
     if (command.verb !== 'daemon') return 0;
     try {
       const { runDaemon } = await import('../daemon/server');
-      await runDaemon(undefined, undefined, command.params);
+      await runDaemon(undefined, undefined, { recovery: command.recovery ?? process.env.UBLK_DM_RECOVERY !== 'off', params: command.params });
       return 0;
     } catch (err) {
       process.stderr.write(`ublk-dm: ${(err as Error).message}\n`);

@@ -2,9 +2,12 @@ import { Dispatcher } from '../dm/dispatcher';
 import type { DispatcherFactory, UblkFactory } from '../dm/mapped-device';
 import type { DaemonScope } from '../dm/scope';
 import { loadTable } from '../dm/table';
-import type { DeviceHandle } from '../dm/target';
+import type { DeviceHandle, RebuiltTable } from '../dm/target';
 import { UblkDevice } from '../ublk/device';
-import type { RegistryDeps } from './registry';
+import type { KernelUblkDevice, RecoveryDeps, RegistryDeps } from './registry';
+import { UblkDevState } from '../ublk/abi';
+import { deleteUblkDevice, listUblkDevices } from '../ublk/inventory';
+import { processIsAlive } from '../ublk/processes';
 
 /**
  * The collaborators that touch the kernel (real tables over real files, the dispatcher, real
@@ -14,11 +17,42 @@ import type { RegistryDeps } from './registry';
 export function kernelCollaborators(scope: DaemonScope): Pick<RegistryDeps, 'scope' | 'buildTable' | 'createDispatcher' | 'createUblk'> {
   const createDispatcher: DispatcherFactory = (table) => new Dispatcher(table, { suspended: true });
   // A ublk request is a Bio: the dispatcher takes it as it comes, no copy, no promise.
-  const createUblk: UblkFactory = (options, handler) => UblkDevice.create({ ...options, ring: scope.ring }, handler);
+  const createUblk: UblkFactory = ({ recoverFrom, ...options }, handler) =>
+    recoverFrom !== undefined
+      ? UblkDevice.recover(
+          { ring: scope.ring, devId: recoverFrom.id, serverFlags: recoverFrom.serverFlags, sizeSectors: options.sizeSectors },
+          handler,
+        )
+      : UblkDevice.create({ ...options, ring: scope.ring }, handler);
   return {
     scope,
-    buildTable: (text: string, device: DeviceHandle) => loadTable(text, { scope, device }),
+    buildTable: (text: string, device: DeviceHandle, rebuilt?: RebuiltTable) =>
+      loadTable(text, { scope, device, ...(rebuilt ? { rebuilt } : {}) }),
     createDispatcher,
     createUblk,
+  };
+}
+
+const STATE_NAMES: Record<UblkDevState, KernelUblkDevice['state']> = {
+  [UblkDevState.Dead]: 'dead',
+  [UblkDevState.Live]: 'live',
+  [UblkDevState.Quiesced]: 'quiesced',
+  [UblkDevState.FailIo]: 'fail-io',
+};
+
+/** The kernel side of recovery: the ublk devices that exist, and deleting a dead one. */
+export function kernelRecovery(installation: number, enabled: boolean): RecoveryDeps {
+  return {
+    installation,
+    enabled,
+    listKernelDevices: async () =>
+      (await listUblkDevices()).map((info) => ({
+        id: info.devId,
+        state: STATE_NAMES[info.state as UblkDevState] ?? 'dead',
+        serverPid: info.serverPid,
+        serverFlags: info.serverFlags,
+      })),
+    deleteKernelDevice: deleteUblkDevice,
+    processIsAlive,
   };
 }

@@ -4,11 +4,13 @@ import {
   MappedDevice,
   type DeviceTable,
   type DispatcherFactory,
+  type UblkCreateOptions,
   type UblkFactory,
 } from '../dm/mapped-device';
+import { isMarkedBy, newDeviceMark } from './ownership';
 import type { DaemonScope } from '../dm/scope';
 import type { DeviceKey } from '../io/block-device';
-import type { DeviceHandle, SuspendOptions } from '../dm/target';
+import type { DeviceHandle, RebuiltTable, SuspendOptions } from '../dm/target';
 import type { DeviceLinks } from './links';
 import type { Logger } from '../base/log';
 import type { CreatedDevice, DeviceInfo, DeviceListEntry, DeviceOptions, ParameterSetting, TableReport } from '../wire/protocol';
@@ -21,7 +23,7 @@ import { busyReason, openCount, type UsageProbe } from './usage';
 /** Everything the registry needs from the outside world; tests pass fakes for the kernel parts. */
 export interface RegistryDeps {
   /** Parse and construct a table for `device` (dm/table.ts); throws with the offending line named. */
-  readonly buildTable: (text: string, device: DeviceHandle) => Promise<DeviceTable>;
+  readonly buildTable: (text: string, device: DeviceHandle, rebuilt?: RebuiltTable) => Promise<DeviceTable>;
   /** Where running devices are made findable by key, for targets that drive other devices. */
   readonly scope: DaemonScope;
   readonly createDispatcher: DispatcherFactory;
@@ -32,6 +34,42 @@ export interface RegistryDeps {
   /** Read-ahead for `info`; undefined leaves the line out, as dmsetup does when unknown. */
   readonly readAheadSectors?: (blockPath: string) => Promise<number | undefined>;
   readonly log: Logger;
+  /**
+   * Devices that outlive the daemon (ublk user recovery) and the sweep of dead kernel devices
+   * at start. Absent (the in-process library): devices die with the process.
+   */
+  readonly recovery?: RecoveryDeps;
+}
+
+/** A ublk device as the kernel reports it (GET_DEV_INFO), whoever made it. */
+export interface KernelUblkDevice {
+  readonly id: number;
+  readonly state: 'dead' | 'live' | 'quiesced' | 'fail-io';
+  /** The pid that started or recovered it; -1 once stopped. */
+  readonly serverPid: number;
+  /** The mark its maker stored (ublksrv_flags): see ownership.ts. */
+  readonly serverFlags: bigint;
+}
+
+export interface RecoveryDeps {
+  /** This installation's mark (ownership.ts): which kernel devices are ours. */
+  readonly installation: number;
+  /** Make new devices recoverable (default on; `ublk-dm daemon --no-recovery` turns it off). */
+  readonly enabled: boolean;
+  listKernelDevices(): Promise<KernelUblkDevice[]>;
+  /** STOP_DEV + DEL_DEV of a device nobody serves; I/O queued on it fails. */
+  deleteKernelDevice(id: number): Promise<void>;
+  processIsAlive(pid: number): boolean;
+}
+
+/** What a daemon start did with the saved devices and the kernel's. */
+export interface RestoreReport {
+  readonly restored: string[];
+  /** Of `restored`: reattached to the kernel device they had, I/O queued meanwhile going on. */
+  readonly recovered: string[];
+  readonly failed: string[];
+  /** Dead kernel devices of ours that no saved device could take back, deleted. */
+  readonly deletedKernelDevices: number[];
 }
 
 const NAME_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9_.+:@-]{0,126}$/;
@@ -89,23 +127,76 @@ export class DeviceRegistry {
    * size): device numbers are handed out anew, and the number it was written with may now be
    * another device's. One that fails is logged and its file kept.
    */
-  async restoreSaved(): Promise<{ restored: string[]; failed: string[] }> {
+  async restoreSaved(): Promise<RestoreReport> {
     const { devices, failures } = await this.deps.store.loadAll();
     for (const failure of failures) this.deps.log.error(`cannot read saved device ${failure.file}: ${failure.error.message}`);
+    const kernelDevices = await this.kernelDevices();
     const restored: string[] = [];
+    const recovered: string[] = [];
     const failed = failures.map((f) => f.file);
     for (const saved of lowersFirst(devices)) {
       try {
         validateDeviceName(saved.name);
-        await this.serialized(saved.name, () => this.startDevice(saved));
+        const candidate = saved.ublk && kernelDevices.find((k) => k.id === saved.ublk!.id && k.serverFlags === saved.ublk!.serverFlags);
+        const how = await this.serialized(saved.name, async () => {
+          const started = await this.startDevice(saved, candidate);
+          // The kernel device may be a new one: what the next daemon needs to find it.
+          await this.deps.store.save(this.record(saved.name));
+          return started;
+        });
         restored.push(saved.name);
-        this.deps.log.info(`restored ${saved.name} as ${this.get(saved.name).blockPath}`);
+        if (how === 'recovered') {
+          recovered.push(saved.name);
+          this.deps.log.info(`recovered ${saved.name} on ${this.get(saved.name).blockPath}: the I/O it queued while no daemon ran goes on`);
+        } else {
+          this.deps.log.info(`restored ${saved.name} as ${this.get(saved.name).blockPath}`);
+        }
       } catch (err) {
         failed.push(saved.name);
         this.deps.log.error(`cannot restore ${saved.name}: ${(err as Error).message}`);
       }
     }
-    return { restored, failed };
+    const deletedKernelDevices = await this.deleteDeadKernelDevices();
+    return { restored, recovered, failed, deletedKernelDevices };
+  }
+
+  /** The kernel's ublk devices, when this registry deals with them; a failure to list is logged, not fatal. */
+  private async kernelDevices(): Promise<KernelUblkDevice[]> {
+    if (!this.deps.recovery) return [];
+    try {
+      return await this.deps.recovery.listKernelDevices();
+    } catch (err) {
+      this.deps.log.error(`cannot list the kernel's ublk devices: ${(err as Error).message}`);
+      return [];
+    }
+  }
+
+  /**
+   * Delete the kernel devices of this installation that no running device uses and no live
+   * process serves: what a crashed daemon left (a device made but not yet saved, one whose
+   * saved table could not be restored, one that was not recoverable). Their queued I/O fails.
+   */
+  private async deleteDeadKernelDevices(): Promise<number[]> {
+    const recovery = this.deps.recovery;
+    if (!recovery) return [];
+    const ours = new Set([...this.devices.values()].map((device) => device.ublkId));
+    const deleted: number[] = [];
+    for (const kernel of await this.kernelDevices()) {
+      if (!isMarkedBy(kernel.serverFlags, recovery.installation) || ours.has(kernel.id)) continue;
+      // Our own pid on a device we do not serve is a dead predecessor's, reused.
+      if (kernel.state === 'live' && kernel.serverPid !== process.pid && recovery.processIsAlive(kernel.serverPid)) {
+        this.deps.log.warn(`ublk device ${kernel.id} carries this daemon's mark but process ${kernel.serverPid} serves it: left alone`);
+        continue;
+      }
+      try {
+        await recovery.deleteKernelDevice(kernel.id);
+        deleted.push(kernel.id);
+        this.deps.log.warn(`deleted dead ublk device ${kernel.id} (${kernel.state}) left by an earlier daemon: no saved device could take it back`);
+      } catch (err) {
+        this.deps.log.error(`cannot delete dead ublk device ${kernel.id}: ${(err as Error).message}`);
+      }
+    }
+    return deleted;
   }
 
   /** `reload`: a table that fails to build leaves both slots as they were. */
@@ -218,12 +309,51 @@ export class DeviceRegistry {
    * Build the table and start the device. `lowers` undefined: a new table, whose own devices
    * are found now; given: a restore, over exactly those devices.
    */
-  private async startDevice(saved: Omit<SavedDevice, 'lowers'> & { readonly lowers: readonly LowerDevice[] | undefined }): Promise<void> {
+  private async startDevice(saved: StartRequest, candidate?: KernelUblkDevice): Promise<'recovered' | 'created'> {
     const { name } = saved;
     if (this.devices.has(name)) throw new DeviceError(`device ${name} already exists`, 'EEXIST');
     const events = new DeviceEvents(name);
-    const buildText = saved.lowers === undefined ? saved.table : this.overCurrentLowers(saved.table, saved.lowers);
-    const table = await this.deps.buildTable(buildText, events);
+    let built = await this.buildChecked(saved, events);
+    if (candidate && this.deps.recovery) {
+      const recovery = this.deps.recovery;
+      const what = `${name}'s ublk device ${candidate.id}`;
+      const serverGone = candidate.serverPid === process.pid || !recovery.processIsAlive(candidate.serverPid);
+      if (candidate.state === 'quiesced' || (candidate.state === 'live' && serverGone)) {
+        try {
+          await this.startOn(saved, events, built, { recoverFrom: saved.ublk! });
+          return 'recovered';
+        } catch (err) {
+          this.deps.log.warn(`cannot reattach to ${what}: ${(err as Error).message}; deleting it (I/O queued on it fails) and making a new device`);
+        }
+        built = await this.buildChecked(saved, events);
+      } else if (candidate.state === 'live') {
+        await built.table.destroy();
+        throw new DeviceError(`${what} is live, served by process ${candidate.serverPid}`, 'EBUSY');
+      } else {
+        this.deps.log.warn(`${what} is ${candidate.state}, not recoverable: deleting it and making a new device`);
+      }
+      await recovery.deleteKernelDevice(candidate.id).catch((err: Error) => this.deps.log.error(`cannot delete ${what}: ${err.message}`));
+    }
+    await this.startOn(saved, events, built, this.newUblkOptions());
+    return 'created';
+  }
+
+  /**
+   * How a new kernel device is asked for: marked as ours (so a later daemon can find it, or
+   * delete it if it died), and recoverable unless recovery is turned off.
+   */
+  private newUblkOptions(): Pick<UblkCreateOptions, 'serverFlags' | 'recovery'> {
+    const recovery = this.deps.recovery;
+    return recovery ? { serverFlags: newDeviceMark(recovery.installation), recovery: recovery.enabled } : {};
+  }
+
+  /** Build the table and check the devices of ours it names (see startDevice). */
+  private async buildChecked(saved: StartRequest, events: DeviceEvents): Promise<{ table: DeviceTable; lowers: readonly LowerDevice[] }> {
+    const { name } = saved;
+    const restoring = saved.lowers !== undefined;
+    const buildText = restoring ? this.overCurrentLowers(saved.table, saved.lowers!) : saved.table;
+    const rebuilt: RebuiltTable | undefined = restoring ? { warn: (message) => this.deps.log.warn(`${name}: ${message}`) } : undefined;
+    const table = await this.deps.buildTable(buildText, events, rebuilt);
     let lowers: readonly LowerDevice[];
     try {
       const found = this.lowersOf(name, table);
@@ -239,8 +369,19 @@ export class DeviceRegistry {
       await table.destroy();
       throw err;
     }
+    return { table, lowers };
+  }
+
+  /** Serve a built table on a ublk device (new or reattached), link and register it; the table is the device's from here on. */
+  private async startOn(
+    saved: StartRequest,
+    events: DeviceEvents,
+    { table, lowers }: { table: DeviceTable; lowers: readonly LowerDevice[] },
+    ublkOptions: Pick<UblkCreateOptions, 'serverFlags' | 'recovery' | 'recoverFrom'>,
+  ): Promise<void> {
+    const { name } = saved;
     // The device keeps the text as the user gave it: that is what is saved, with its lowers.
-    const device = await MappedDevice.start(events, table, saved.table, saved.options, this.deps.createUblk, this.deps.createDispatcher);
+    const device = await MappedDevice.start(events, table, saved.table, saved.options, this.deps.createUblk, this.deps.createDispatcher, ublkOptions);
     try {
       await this.deps.links.create(name, device.blockPath);
     } catch (err) {
@@ -296,7 +437,8 @@ export class DeviceRegistry {
   private record(name: string): SavedDevice {
     const device = this.get(name);
     const identity = this.identities.get(name)!;
-    return { name, uuid: identity.uuid, table: device.liveTableText, options: device.options, lowers: identity.lowers };
+    const ublk = device.ublkIdentity;
+    return { name, uuid: identity.uuid, table: device.liveTableText, options: device.options, lowers: identity.lowers, ...(ublk ? { ublk } : {}) };
   }
 
   /** Stop the kernel device, release the tables, drop the link; the saved table is not touched. */
@@ -355,6 +497,9 @@ export class DeviceRegistry {
     return result;
   }
 }
+
+/** A device to start: a saved one (lowers known), or a new one (lowers undefined: found from its table). */
+type StartRequest = Omit<SavedDevice, 'lowers'> & { readonly lowers: readonly LowerDevice[] | undefined };
 
 interface DeviceIdentity {
   readonly uuid: string;

@@ -18,6 +18,8 @@ import { DeviceRegistry, type RegistryDeps } from './registry';
 import { DeviceStore } from './store';
 import { procUsageProbe, readAheadSectors } from './usage';
 import { packageVersion } from '../base/version';
+import { installationMark } from './ownership';
+import * as path from 'node:path';
 
 /** Carry out one request; the answer's shape is fixed per verb by `Results`. */
 export async function serveRequest(registry: DeviceRegistry, request: Request): Promise<Results[Request['verb']]> {
@@ -174,13 +176,14 @@ export class DaemonServer {
  * The daemon's collaborators, loaded only here so that the CLI and the tests never load the
  * native addon. The scope is built here, once per daemon: this is the composition root.
  */
-async function kernelDeps(paths: DaemonPaths, log: Logger): Promise<RegistryDeps> {
-  const [{ kernelCollaborators }, { DaemonScope }, { builtInTargetTypes }] = await Promise.all([
+async function kernelDeps(paths: DaemonPaths, log: Logger, options: DaemonOptions): Promise<RegistryDeps> {
+  const [{ kernelCollaborators, kernelRecovery }, { DaemonScope }, { builtInTargetTypes }] = await Promise.all([
     import('./kernel'),
     import('../dm/scope'),
     import('../targets'),
   ]);
   return {
+    recovery: kernelRecovery(installationMark(path.resolve(paths.stateDir)), options.recovery),
     // One ring for the ublk queues and the backing I/O: one wakeup serves both.
     ...kernelCollaborators(new DaemonScope({ targetTypes: builtInTargetTypes, warn: (message) => log.warn(message) })),
     store: new DeviceStore(paths.stateDir),
@@ -195,14 +198,20 @@ async function kernelDeps(paths: DaemonPaths, log: Logger): Promise<RegistryDeps
  * `ublk-dm daemon`: serve until SIGTERM/SIGINT, then remove every kernel device (their saved
  * tables stay, so the next start brings them back) and exit 0.
  */
+export interface DaemonOptions {
+  /** Make new devices recoverable after a daemon crash (ublk user recovery, where the kernel offers it). */
+  readonly recovery: boolean;
+  /** `--param NAME=VALUE`: set before the socket is bound and the saved devices come back. */
+  readonly params?: ReadonlyArray<{ readonly name: string; readonly value: string }>;
+}
+
 export async function runDaemon(
   paths: DaemonPaths = daemonPaths(),
   log: Logger = createLogger(),
-  /** `--param NAME=VALUE`: set before the socket is bound and the saved devices come back. */
-  params: ReadonlyArray<{ readonly name: string; readonly value: string }> = [],
+  options: DaemonOptions = { recovery: true },
 ): Promise<void> {
-  const registry = new DeviceRegistry(await kernelDeps(paths, log));
-  for (const { name, value } of params) registry.parameters(name, value);
+  const registry = new DeviceRegistry(await kernelDeps(paths, log, options));
+  for (const { name, value } of options.params ?? []) registry.parameters(name, value);
   const server = new DaemonServer(registry, paths, log);
   // Held from before the socket is bound: a client may connect the instant it is, and must not
   // be answered from an empty registry while the saved devices are still coming back.
@@ -212,8 +221,13 @@ export async function runDaemon(
   log.info(`ublk-dm ${packageVersion()} listening on ${paths.socketPath} (pid ${process.pid})`);
 
   const restored = registry.restoreSaved().then(
-    ({ restored: names, failed }) => {
-      log.info(`restored ${names.length} device(s)${failed.length ? `, ${failed.length} failed` : ''}`);
+    ({ restored: names, recovered, failed, deletedKernelDevices }) => {
+      log.info(
+        `restored ${names.length} device(s)` +
+          (recovered.length ? ` (${recovered.length} reattached)` : '') +
+          (failed.length ? `, ${failed.length} failed` : '') +
+          (deletedKernelDevices.length ? `; deleted dead ublk device(s) ${deletedKernelDevices.join(', ')}` : ''),
+      );
     },
     // Keep serving: the devices that are not back can be created again by hand.
     (err: Error) => log.error(`cannot restore saved devices from ${paths.stateDir}: ${err.message}`),

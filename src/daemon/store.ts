@@ -2,6 +2,7 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import type { DeviceOptions } from '../wire/protocol';
+import type { UblkIdentity } from '../dm/mapped-device';
 
 /**
  * One of our own devices that a saved table names. Device numbers are handed out again at every
@@ -27,6 +28,11 @@ export interface SavedDevice {
   readonly options: DeviceOptions;
   /** Our own devices the table names; empty when it names none. */
   readonly lowers: readonly LowerDevice[];
+  /**
+   * The kernel device serving it, when the kernel can keep it across a daemon crash (ublk user
+   * recovery): the next daemon reattaches to it instead of making a new one.
+   */
+  readonly ublk?: UblkIdentity;
 }
 
 export interface StoreLoadResult {
@@ -49,7 +55,8 @@ export class DeviceStore {
     await fsp.mkdir(this.dir, { recursive: true, mode: 0o700 });
     const finalPath = this.fileFor(device.name);
     const tempPath = path.join(this.dir, `.${device.name}${SUFFIX}.${process.pid}.tmp`);
-    const body = JSON.stringify({ format: FILE_FORMAT, ...device }, null, 2) + '\n';
+    const { ublk, ...rest } = device;
+    const body = JSON.stringify({ format: FILE_FORMAT, ...rest, ...(ublk ? { ublk: encodeUblk(ublk) } : {}) }, null, 2) + '\n';
     const file = await fsp.open(tempPath, 'w', 0o600);
     try {
       await file.writeFile(body);
@@ -128,6 +135,7 @@ function parseSaved(text: string, expectedName: string): SavedDevice {
     uuid: typeof raw.uuid === 'string' && raw.uuid !== '' ? raw.uuid : randomUUID(),
     table: raw.table,
     lowers: parseLowers(raw.lowers),
+    ...(raw.ublk !== undefined ? { ublk: parseUblk(raw.ublk) } : {}),
     options: {
       readOnly: options.readOnly === true,
       ...(queues !== undefined ? { queues } : {}),
@@ -146,4 +154,20 @@ function parseLowers(value: unknown): LowerDevice[] {
     }
     return { spec, name, uuid, sizeSectors: sizeSectors as number };
   });
+}
+
+/** bigints as hex strings: JSON has no 64-bit integers. */
+function encodeUblk(ublk: UblkIdentity): Record<string, unknown> {
+  return { ...ublk, serverFlags: `0x${ublk.serverFlags.toString(16)}`, features: `0x${ublk.features.toString(16)}` };
+}
+
+function parseUblk(value: unknown): UblkIdentity {
+  const entry = (value ?? {}) as Record<string, unknown>;
+  const { id, serverFlags, queues, depth, maxIoBytes, features } = entry;
+  const hex = (v: unknown): v is string => typeof v === 'string' && /^0x[0-9a-f]{1,16}$/.test(v);
+  const count = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+  if (!count(id) || !hex(serverFlags) || !count(queues) || !count(depth) || !count(maxIoBytes) || !hex(features)) {
+    throw new Error(`"ublk" needs id, serverFlags, queues, depth, maxIoBytes and features: ${JSON.stringify(value)}`);
+  }
+  return { id, serverFlags: BigInt(serverFlags), queues, depth, maxIoBytes, features: BigInt(features) };
 }

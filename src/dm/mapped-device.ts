@@ -42,6 +42,25 @@ export interface UblkCreateOptions {
   /** Advertise discard / write-zeroes: only when every target of the table takes them. */
   readonly discard: boolean;
   readonly writeZeroes: boolean;
+  /** The mark the kernel keeps with the device (ublksrv_flags), so that a later process knows it for its own. */
+  readonly serverFlags?: bigint;
+  /** Make a device that survives this process (ublk user recovery, when the kernel offers it). */
+  readonly recovery?: boolean;
+  /** Reattach to this existing device, whose server died, instead of making a new one. */
+  readonly recoverFrom?: UblkIdentity;
+}
+
+/** What a later process needs to reattach to a ublk device whose server died; saved with the table. */
+export interface UblkIdentity {
+  /** The ublk device id: /dev/ublkbN, /dev/ublkcN. */
+  readonly id: number;
+  /** The mark the kernel keeps with the device (ublksrv_flags): checked before reattaching. */
+  readonly serverFlags: bigint;
+  readonly queues: number;
+  readonly depth: number;
+  readonly maxIoBytes: number;
+  /** UBLK_F_* flags the kernel granted. */
+  readonly features: bigint;
 }
 
 /** A started ublk device (ublk/device.ts `UblkDevice`). */
@@ -52,6 +71,8 @@ export interface UblkHandle {
   /** Hardware queues and tags per queue the kernel granted. */
   readonly queues: number;
   readonly depth: number;
+  /** Set when the device can be reattached to after this process dies (user recovery granted). */
+  readonly identity?: UblkIdentity;
   /** STOP_DEV + DEL_DEV; the handler must keep answering until this settles. */
   stop(): Promise<void>;
 }
@@ -148,6 +169,7 @@ export class MappedDevice {
     options: MappedDeviceOptions,
     createUblk: UblkFactory,
     createDispatcher: DispatcherFactory,
+    ublkOptions: Pick<UblkCreateOptions, 'serverFlags' | 'recovery' | 'recoverFrom'> = {},
   ): Promise<MappedDevice> {
     try {
       if (table.sizeSectors <= 0) throw new DeviceError('table is empty', 'EINVAL');
@@ -164,6 +186,7 @@ export class MappedDevice {
           writeZeroes: table.capabilities.writeZeroes,
           ...(options.queues !== undefined ? { queues: options.queues } : {}),
           ...(options.depth !== undefined ? { depth: options.depth } : {}),
+          ...ublkOptions,
         },
         (bio, done) => dispatcher.submit(bio, done),
       );
@@ -192,6 +215,16 @@ export class MappedDevice {
 
   get depth(): number {
     return this.ublk.depth;
+  }
+
+  /** The ublk device id (N of /dev/ublkbN). */
+  get ublkId(): number {
+    return this.ublk.id;
+  }
+
+  /** What a later daemon needs to reattach to this device if this one dies; undefined if it cannot. */
+  get ublkIdentity(): UblkIdentity | undefined {
+    return this.ublk.identity;
   }
 
   get suspended(): boolean {

@@ -158,6 +158,8 @@ export interface TableBuildContext {
   readonly device: DeviceHandle;
   /** Default: real files and block devices through the scope's ring. */
   readonly openDevice?: DeviceOpener;
+  /** A saved table rebuilt by a new daemon (TargetContext.rebuilt). */
+  readonly rebuilt?: import('./target').RebuiltTable;
 }
 
 /**
@@ -181,6 +183,7 @@ export async function buildTable(lines: readonly TableLine[], context: TableBuil
         scope,
         device: context.device,
         openDevice: (spec) => devices.open(spec),
+        ...(context.rebuilt ? { rebuilt: context.rebuilt } : {}),
       };
       const target = await constructTarget(scope.targetTypes.get(line.type)!, targetContext, line);
       segments.push({ startSector: line.startSector, lengthSectors: line.lengthSectors, target });

@@ -114,6 +114,17 @@ export interface TargetContext {
    * segments of one table and closed when the table is destroyed, so targets do not close them.
    */
   openDevice(spec: string): Promise<BlockDevice>;
+  /**
+   * Present when a new daemon rebuilds a saved table (after a restart or a crash): whatever the
+   * previous daemon held only in memory is gone, and a target that kept state there must say
+   * what it lost (`warn`, which the daemon logs) and come back in a state that does not lie (a
+   * transient snapshot Invalid, a core-log mirror out of sync).
+   */
+  readonly rebuilt?: RebuiltTable;
+}
+
+export interface RebuiltTable {
+  warn(message: string): void;
 }
 
 /** A constructor failure: `message` is what the user sees, like the kernel's ti->error. */

@@ -3,7 +3,7 @@ import type { Bio } from '../io/bio';
 import { DeviceEvents } from '../dm/mapped-device';
 import { DaemonScope } from '../dm/scope';
 import { buildTable, parseTableText, type DeviceOpener, type Table } from '../dm/table';
-import type { DeviceHandle, TargetType } from '../dm/target';
+import type { DeviceHandle, RebuiltTable, TargetType } from '../dm/target';
 import { builtInTargetTypes } from '../targets';
 import { memoryDeviceOpener, type MemoryDevice } from './memory-device';
 
@@ -23,6 +23,8 @@ export interface MemoryTableOptions {
   readonly device?: DeviceHandle;
   /** Default: the `devices` by name. */
   readonly openDevice?: DeviceOpener;
+  /** Build it as a new daemon rebuilds a saved table (TargetContext.rebuilt). Default: a new table. */
+  readonly rebuilt?: RebuiltTable;
 }
 
 /** A scope with the built-in target types and `types`: what a daemon's scope would hold. */
@@ -40,6 +42,7 @@ export function loadMemoryTable(
     scope: options.scope ?? testScope(options.types),
     device: options.device ?? new DeviceEvents('test'),
     openDevice: options.openDevice ?? memoryDeviceOpener(devices),
+    ...(options.rebuilt ? { rebuilt: options.rebuilt } : {}),
   });
 }
 

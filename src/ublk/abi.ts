@@ -31,6 +31,8 @@ export const UBLK_U_CMD_START_DEV = iowr(0x06);
 export const UBLK_U_CMD_STOP_DEV = iowr(0x07);
 export const UBLK_U_CMD_SET_PARAMS = iowr(0x08);
 export const UBLK_U_CMD_GET_PARAMS = ior(0x09);
+export const UBLK_U_CMD_START_USER_RECOVERY = iowr(0x10);
+export const UBLK_U_CMD_END_USER_RECOVERY = iowr(0x11);
 export const UBLK_U_CMD_GET_FEATURES = ior(0x13);
 
 /** I/O commands (sent to /dev/ublkcN). */
@@ -101,6 +103,8 @@ export interface DevInfoRequest {
   maxIoBufBytes: number;
   devId: number;
   flags: bigint;
+  /** Opaque to the kernel, stored and returned by GET_DEV_INFO: the server's own mark. Default 0. */
+  serverFlags?: bigint;
 }
 
 export interface DevInfo {
@@ -111,6 +115,8 @@ export interface DevInfo {
   devId: number;
   serverPid: number;
   flags: bigint;
+  /** ublksrv_flags: what the creating server stored (DevInfoRequest.serverFlags). */
+  serverFlags: bigint;
   ownerUid: number;
   ownerGid: number;
 }
@@ -123,6 +129,7 @@ export function encodeDevInfo(request: DevInfoRequest, into: Uint8Array = new Ui
   view.setUint32(8, request.maxIoBufBytes, true);
   view.setUint32(12, request.devId, true);
   view.setBigUint64(24, request.flags, true);
+  view.setBigUint64(32, request.serverFlags ?? 0n, true);
   return into;
 }
 
@@ -136,6 +143,7 @@ export function decodeDevInfo(bytes: Uint8Array): DevInfo {
     devId: view.getUint32(12, true),
     serverPid: view.getInt32(16, true),
     flags: view.getBigUint64(24, true),
+    serverFlags: view.getBigUint64(32, true),
     ownerUid: view.getUint32(40, true),
     ownerGid: view.getUint32(44, true),
   };

@@ -1,6 +1,6 @@
 import { promises as fsp } from 'node:fs';
 
-import { EINVAL, EIO, ENODEV, ENOENT, EOPNOTSUPP, ETIMEDOUT, ErrnoError, type IoResult } from '../base/errno';
+import { EBUSY, EINVAL, EIO, ENODEV, ENOENT, EOPNOTSUPP, ETIMEDOUT, ErrnoError, type IoResult } from '../base/errno';
 import { allocPageAligned, native } from '../io/native';
 import type { IoRing } from '../io/ring';
 import { IoOp, NO_DATA, carriesData, type Bio, type IoDone } from '../io/bio';
@@ -10,18 +10,23 @@ import {
   UBLK_ATTR_FUA,
   UBLK_ATTR_READ_ONLY,
   UBLK_ATTR_VOLATILE_CACHE,
+  UBLK_F_USER_RECOVERY,
+  UBLK_F_USER_RECOVERY_REISSUE,
   UBLK_IO_F_FUA,
   UBLK_IO_F_NOUNMAP,
   UBLK_IO_RES_OK,
   UBLK_U_IO_COMMIT_AND_FETCH_REQ,
   UBLK_U_IO_FETCH_REQ,
+  UblkDevState,
   decodeIoDesc,
   descriptorMmapByteLength,
   descriptorMmapByteOffset,
   type BasicParams,
+  type DevInfo,
   type DiscardParams,
 } from './abi';
 import { UblkControl } from './control';
+import { processIsAlive } from './processes';
 
 /**
  * UblkDevice: the server side of one ublk device. It posts a FETCH for every tag of every queue
@@ -68,13 +73,48 @@ export interface UblkDeviceOptions {
   discard?: boolean;
   /** Advertise write-zeroes (the backing can zero a range without a data buffer). Default false. */
   writeZeroes?: boolean;
+  /**
+   * Ask for UBLK_F_USER_RECOVERY with REISSUE when the kernel offers both: if this process dies
+   * the kernel keeps the block device and queues its I/O (the requests the dead server held are
+   * issued again) until a new server calls UblkDevice.recover. Default false: the device dies
+   * with this process. See `features` for what the kernel granted.
+   */
+  recovery?: boolean;
+  /** Stored by the kernel with the device (ublksrv_flags) and checked by recover(): whose device it is. Default 0. */
+  serverFlags?: bigint;
 }
+
+/** What recover() needs to find the device again and know it is the one it means. */
+export interface UblkRecoverOptions {
+  ring: IoRing;
+  devId: number;
+  /** The serverFlags the device was created with: any other value means someone else's device. */
+  serverFlags: bigint;
+  /** The size the table being served has: the kernel's device must have it. */
+  sizeSectors: number;
+  /** How long to wait for the kernel to finish quiescing after the old server died. Default 15 s. */
+  waitMs?: number;
+}
+
+export interface UblkDeviceIdentity {
+  readonly id: number;
+  readonly serverFlags: bigint;
+  readonly queues: number;
+  readonly depth: number;
+  readonly maxIoBytes: number;
+  readonly features: bigint;
+}
+
+/** Both recovery bits: queue I/O while no server, and re-issue what the dead server held. */
+export const RECOVERY_FEATURES = UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE;
 
 const DEFAULT_DEPTH = 128;
 const DEFAULT_MAX_IO_BYTES = 512 * 1024;
 const CHAR_DEVICE_WAIT_MS = 5_000;
 const CHAR_DEVICE_POLL_MS = 10;
 const ABORT_WAIT_MS = 10_000;
+const RECOVERY_WAIT_MS = 15_000;
+const RECOVERY_POLL_MS = 50;
 const DISCARD_GRANULARITY_BYTES = 4096;
 /** As libublksrv: UINT_MAX bytes' worth of sectors, so byte counts never overflow a u32. */
 const MAX_DISCARD_SECTORS = 0xffffffff >>> 9;
@@ -112,15 +152,18 @@ export class UblkDevice {
     let devId: number | undefined;
     let device: UblkDevice | undefined;
     try {
-      // We rely on no optional feature (no USER_COPY, no recovery, no NEED_GET_DATA); the probe
-      // only tells us the kernel speaks the ioctl-encoded protocol (6.5+).
-      await control.getFeatures();
+      // We rely on no optional feature (no USER_COPY, no NEED_GET_DATA) and take user recovery
+      // when asked and offered; the probe also tells us the kernel speaks the ioctl-encoded
+      // protocol (6.5+).
+      const offered = await control.getFeatures();
+      const recovery = config.recovery && (offered & RECOVERY_FEATURES) === RECOVERY_FEATURES;
       const info = await control.addDevice({
         queues: config.queues,
         depth: config.depth,
         maxIoBufBytes: config.maxIoBytes,
         devId: config.devId,
-        flags: 0n,
+        flags: recovery ? RECOVERY_FEATURES : 0n,
+        serverFlags: config.serverFlags,
       });
       devId = info.devId;
       if (info.maxIoBufBytes < config.maxIoBytes || info.queues !== config.queues || info.depth !== config.depth) {
@@ -149,6 +192,67 @@ export class UblkDevice {
         await device.stop().catch(() => undefined);
       } else {
         if (devId !== undefined) await control.deleteDevice(devId).catch(() => undefined);
+        await control.close().catch(() => undefined);
+      }
+      throw error;
+    }
+  }
+
+  /**
+   * Reattach to a device whose server died (state QUIESCED, its I/O queued by the kernel):
+   * START_USER_RECOVERY, open the char device, post every FETCH, END_USER_RECOVERY with our pid;
+   * the queued requests then arrive at `handler`. The device keeps its id, /dev/ublkbN and
+   * numbers. Refuses, touching nothing, a device that is not the one described (serverFlags,
+   * size), that another live process serves, or that cannot be recovered (DEAD, no
+   * USER_RECOVERY); a failure after START_USER_RECOVERY stops and deletes the device.
+   */
+  static async recover(options: UblkRecoverOptions, handler: UblkHandler): Promise<UblkDevice> {
+    const control = await UblkControl.open();
+    let device: UblkDevice | undefined;
+    let started = false;
+    try {
+      const info = await waitUntilRecoverable(control, options);
+      const params = await control.getParams(options.devId);
+      const basic = params.basic;
+      if (basic === undefined || basic.devSectors !== options.sizeSectors) {
+        throw new ErrnoError(
+          `ublk device ${options.devId} is ${basic?.devSectors ?? 'of unknown size in'} sectors, the table ${options.sizeSectors}`,
+          EINVAL,
+        );
+      }
+      await startRecoveryWhenReleased(control, options.devId, deadlineOf(options));
+      started = true;
+      const config = validate({
+        ring: options.ring,
+        sizeSectors: basic.devSectors,
+        queues: info.queues,
+        depth: info.depth,
+        maxIoBytes: info.maxIoBufBytes,
+        logicalBlockBytes: 2 ** basic.logicalBlockShift,
+        readOnly: (basic.attrs & UBLK_ATTR_READ_ONLY) !== 0,
+        devId: options.devId,
+        discard: (params.discard?.maxDiscardSectors ?? 0) > 0,
+        writeZeroes: (params.discard?.maxWriteZeroesSectors ?? 0) > 0,
+        recovery: true,
+        serverFlags: info.serverFlags,
+      });
+      const charHandle = await openWhenCreated(`/dev/ublkc${options.devId}`);
+      try {
+        device = new UblkDevice(control, charHandle, options.devId, config, info.flags, handler);
+      } catch (error) {
+        await charHandle.close();
+        throw error;
+      }
+      device.postFetches();
+      await control.endUserRecovery(options.devId, process.pid);
+      const devt = (await control.getParams(options.devId)).devt;
+      if (devt) device.devnoValue = { major: devt.diskMajor, minor: devt.diskMinor };
+      return device;
+    } catch (error) {
+      if (device) {
+        await device.stop().catch(() => undefined);
+      } else {
+        if (started) await control.deleteDevice(options.devId).catch(() => undefined);
         await control.close().catch(() => undefined);
       }
       throw error;
@@ -200,6 +304,23 @@ export class UblkDevice {
 
   get queues(): number {
     return this.config.queues;
+  }
+
+  /** Bytes per request buffer the kernel granted. */
+  get maxIoBytes(): number {
+    return this.config.maxIoBytes;
+  }
+
+  /** The mark stored with the device (UblkDeviceOptions.serverFlags). */
+  get serverFlags(): bigint {
+    return this.config.serverFlags;
+  }
+
+  /** What recover() needs, when a later process can reattach if this one dies (user recovery granted). */
+  get identity(): UblkDeviceIdentity | undefined {
+    if ((this.features & RECOVERY_FEATURES) !== RECOVERY_FEATURES) return undefined;
+    const { queues, depth, maxIoBytes, serverFlags } = this.config;
+    return { id: this.id, serverFlags, queues, depth, maxIoBytes, features: this.features };
   }
 
   get depth(): number {
@@ -430,6 +551,8 @@ function validate(options: UblkDeviceOptions): Required<UblkDeviceOptions> {
     devId: options.devId ?? ANY_DEV_ID,
     discard: options.discard ?? false,
     writeZeroes: options.writeZeroes ?? false,
+    recovery: options.recovery ?? false,
+    serverFlags: options.serverFlags ?? 0n,
   };
   const fail = (message: string): never => {
     throw new ErrnoError(`ublk device: ${message}`, EINVAL);
@@ -490,5 +613,48 @@ async function openWhenCreated(charPath: string): Promise<fsp.FileHandle> {
       }
     }
     await new Promise((resolve) => setTimeout(resolve, CHAR_DEVICE_POLL_MS));
+  }
+}
+
+function deadlineOf(options: UblkRecoverOptions): number {
+  return Date.now() + (options.waitMs ?? RECOVERY_WAIT_MS);
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * GET_DEV_INFO until the device is QUIESCED: right after its server died it is still LIVE for
+ * as long as the kernel takes to cancel the dead server's commands and requeue its requests.
+ */
+async function waitUntilRecoverable(control: UblkControl, options: UblkRecoverOptions): Promise<DevInfo> {
+  const deadline = deadlineOf(options);
+  for (;;) {
+    const info = await control.getDeviceInfo(options.devId);
+    const what = `ublk device ${options.devId}`;
+    if (info.serverFlags !== options.serverFlags) {
+      throw new ErrnoError(`${what} is not ours (mark ${info.serverFlags.toString(16)}, expected ${options.serverFlags.toString(16)})`, EINVAL);
+    }
+    if ((info.flags & RECOVERY_FEATURES) !== RECOVERY_FEATURES) throw new ErrnoError(`${what} was created without user recovery`, EINVAL);
+    if (info.state === UblkDevState.Quiesced) return info;
+    if (info.state !== UblkDevState.Live) throw new ErrnoError(`${what} is ${UblkDevState[info.state] ?? info.state}, not recoverable`, EINVAL);
+    // Our own pid can only be a dead predecessor's that was reused: we serve no device we have not reattached.
+    if (info.serverPid !== process.pid && processIsAlive(info.serverPid)) {
+      throw new ErrnoError(`${what} is live, served by process ${info.serverPid}`, EBUSY);
+    }
+    if (Date.now() >= deadline) throw new ErrnoError(`${what}: its server ${info.serverPid} is gone but the kernel has not quiesced it`, ETIMEDOUT);
+    await sleep(RECOVERY_POLL_MS);
+  }
+}
+
+/** START_USER_RECOVERY answers EBUSY until the dead server's char device is released (its ring torn down). */
+async function startRecoveryWhenReleased(control: UblkControl, devId: number, deadline: number): Promise<void> {
+  for (;;) {
+    try {
+      await control.startUserRecovery(devId);
+      return;
+    } catch (error) {
+      if ((error as ErrnoError).errno !== EBUSY || Date.now() >= deadline) throw error;
+    }
+    await sleep(RECOVERY_POLL_MS);
   }
 }

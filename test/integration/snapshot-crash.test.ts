@@ -36,7 +36,9 @@ describe('integration: a snapshot across a daemon crash', function () {
     await box.ok(['snapshot', 'create', 'snap', '--origin', 'base', '--cow', join(box.dir, 'cow.img'), '--size', '24m', '--chunk', '4k']);
     const base = JSON.parse(await box.ok(['ls', '--json'])).find((d: { name: string }) => d.name === 'base').blockPath as string;
 
-    // Four writers stamping N<block> over random blocks with O_DIRECT, until the device dies under them.
+    // Four writers stamping N<block> over random blocks with O_DIRECT. The kill does not fail
+    // their writes: the kernel holds them (ublk user recovery) until the next daemon serves them,
+    // and the writers' SIGKILL takes effect once the write they wait on completes.
     const writer = spawn('bash', ['-c', `for w in 1 2 3 4; do (while true; do i=$((RANDOM % ${BLOCKS})); printf 'N%07d' $i | dd of=${base} bs=4096 seek=$i count=1 conv=sync oflag=direct status=none 2>/dev/null || exit 0; done) & done; wait`], { stdio: 'ignore', detached: true });
     await sleep(4000);
     const pid = Number((await readFile(join(box.env.UBLK_DM_RUN_DIR!, 'ublk-dm.pid'), 'utf8')).trim());
@@ -44,9 +46,11 @@ describe('integration: a snapshot across a daemon crash', function () {
     await sleep(500);
     process.kill(-writer.pid!, 'SIGKILL');
 
-    // The next CLI call starts a daemon, which restores both devices from their saved tables.
+    // The next CLI call starts a daemon, which reattaches to both devices and rebuilds their
+    // tables from what is saved (the snapshot's exceptions from its COW).
     const listed = JSON.parse(await box.ok(['ls', '--json'])) as Array<{ name: string; blockPath: string }>;
     assert.deepEqual(listed.map((d) => d.name), ['base', 'snap']);
+    assert.equal(listed.find((d) => d.name === 'base')!.blockPath, base, 'the origin is the same device');
     const status = (await box.ok(['status', 'snap'])).trim();
     assert.match(status, /^0 32768 snapshot \d+\/49152 \d+$/, 'valid, with exceptions');
     const snap = listed.find((d) => d.name === 'snap')!.blockPath;

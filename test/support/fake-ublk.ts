@@ -1,14 +1,14 @@
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { UblkCreateOptions, UblkFactory, UblkHandle } from '../../src/dm/mapped-device';
+import type { UblkCreateOptions, UblkFactory, UblkHandle, UblkIdentity } from '../../src/dm/mapped-device';
 import type { Bio, IoDone } from '../../src/io/bio';
 import { Dispatcher } from '../../src/dm/dispatcher';
 import type { IoResult } from '../../src/base/errno';
 import { DeviceLinks } from '../../src/daemon/links';
 import { silentLogger } from '../../src/base/log';
 import { MemoryDevice } from '../../src/testing/memory-device';
-import type { RegistryDeps } from '../../src/daemon/registry';
+import type { KernelUblkDevice, RecoveryDeps, RegistryDeps } from '../../src/daemon/registry';
 import { DeviceStore } from '../../src/daemon/store';
 import { Table } from '../../src/dm/table';
 import { loadMemoryTable, testScope } from '../../src/testing/tables';
@@ -39,6 +39,13 @@ export class FakeUblkDevice implements UblkHandle {
     return this.options.depth ?? 128;
   }
 
+  /** As the kernel grants it: recoverable when asked for, with the mark it was given. */
+  get identity(): UblkIdentity | undefined {
+    if (this.options.recoverFrom) return this.options.recoverFrom;
+    if (!this.options.recovery || this.options.serverFlags === undefined) return undefined;
+    return { id: this.id, serverFlags: this.options.serverFlags, queues: this.queues, depth: this.depth, maxIoBytes: 524288, features: 0x18n };
+  }
+
   /** What the kernel would get back for `request`. */
   submit(request: Omit<Bio, 'fua' | 'noUnmap'> & { fua?: boolean }): Promise<IoResult> {
     if (this.stopped) throw new Error('I/O submitted to a stopped device');
@@ -55,7 +62,9 @@ export class FakeUblkDevice implements UblkHandle {
 export class FakeUblk {
   readonly devices: FakeUblkDevice[] = [];
   failNext: Error | undefined;
-  private nextId = 0;
+  /** Fail every reattach (UblkDevice.recover) with this. */
+  failRecover: Error | undefined;
+  nextId = 0;
 
   readonly factory: UblkFactory = async (options, handler) => {
     if (this.failNext) {
@@ -63,13 +72,39 @@ export class FakeUblk {
       this.failNext = undefined;
       throw err;
     }
-    const device = new FakeUblkDevice(this.nextId++, options, handler);
+    if (options.recoverFrom && this.failRecover) throw this.failRecover;
+    const id = options.recoverFrom ? options.recoverFrom.id : this.nextId++;
+    const device = new FakeUblkDevice(id, options, handler);
     this.devices.push(device);
     return device;
   };
 
   get live(): FakeUblkDevice[] {
     return this.devices.filter((d) => !d.stopped);
+  }
+}
+
+/** The kernel's list of ublk devices as a test sets it, and what the registry deleted from it. */
+export class FakeKernel implements RecoveryDeps {
+  devices: KernelUblkDevice[] = [];
+  readonly deleted: number[] = [];
+  /** Pids that count as running. */
+  readonly alivePids = new Set<number>();
+  enabled = true;
+
+  constructor(readonly installation: number) {}
+
+  async listKernelDevices(): Promise<KernelUblkDevice[]> {
+    return this.devices.map((d) => ({ ...d }));
+  }
+
+  async deleteKernelDevice(id: number): Promise<void> {
+    this.deleted.push(id);
+    this.devices = this.devices.filter((d) => d.id !== id);
+  }
+
+  processIsAlive(pid: number): boolean {
+    return this.alivePids.has(pid);
   }
 }
 

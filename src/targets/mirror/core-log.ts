@@ -148,6 +148,8 @@ export abstract class RegionLog implements DirtyLog {
   protected constructor(
     geometry: RegionLogGeometry,
     protected readonly cleanBits: Uint8Array,
+    /** Start with no region in sync whatever the sync word says (a core log rebuilt after its daemon died). */
+    nothingInSync = false,
   ) {
     this.regionSectors = geometry.regionSectors;
     this.regionCount = geometry.regionCount;
@@ -156,8 +158,9 @@ export abstract class RegionLog implements DirtyLog {
     // The kernel's construction: every region clean; in sync only with nosync (bits past the
     // last region included, as its memset does; nothing reads them).
     cleanBits.fill(0xff, 0, byteLength);
-    this.syncBits = new Uint8Array(byteLength).fill(this.syncMode === 'nosync' ? 0xff : 0);
-    this.syncRegions = this.syncMode === 'nosync' ? this.regionCount : 0;
+    const allInSync = this.syncMode === 'nosync' && !nothingInSync;
+    this.syncBits = new Uint8Array(byteLength).fill(allInSync ? 0xff : 0);
+    this.syncRegions = allInSync ? this.regionCount : 0;
     this.recoveringBits = new Uint8Array(byteLength);
   }
 
@@ -256,8 +259,8 @@ export abstract class RegionLog implements DirtyLog {
 export class CoreLog extends RegionLog {
   readonly type = 'core';
 
-  constructor(geometry: RegionLogGeometry) {
-    super(geometry, new Uint8Array(bitmapBytes(geometry.regionCount)));
+  constructor(geometry: RegionLogGeometry, nothingInSync = false) {
+    super(geometry, new Uint8Array(bitmapBytes(geometry.regionCount)), nothingInSync);
   }
 
   /** Nothing is persisted, so nothing to order: the kernel's core_flush is a no-op. */
@@ -285,6 +288,16 @@ export class CoreLog extends RegionLog {
 export const coreLogType: DirtyLogType = {
   name: 'core',
   async create(args: DirtyLogArgs): Promise<DirtyLog> {
-    return new CoreLog(parseRegionLogArgs(args.args, args.targetSectors));
+    const geometry = parseRegionLogArgs(args.args, args.targetSectors);
+    if (args.rebuilt !== undefined) {
+      // Which regions a write had dirtied lived in the previous daemon's memory: after a crash
+      // the legs may differ anywhere, so every region is out of sync, nosync or not.
+      args.rebuilt.warn(
+        `mirror: a core log lived in the previous daemon's memory and did not survive it: all ${geometry.regionCount} regions are out of sync` +
+          (geometry.syncMode === 'nosync' ? ' despite nosync' : '') +
+          ' and resynchronise from the default leg',
+      );
+    }
+    return new CoreLog(geometry, args.rebuilt !== undefined);
   },
 };

@@ -61,6 +61,8 @@ export interface DirtyLogArgs {
    * disk log reports `D` ("incompatible disk log version"). Absent: dropped.
    */
   warn?(message: string): void;
+  /** A saved table rebuilt by a new daemon: what lived only in the old daemon's memory is gone (TargetContext.rebuilt). */
+  readonly rebuilt?: { warn(message: string): void };
 }
 
 /** A log's construction failure: the mirror reports "Error creating mirror dirty log", this is the detail. */

@@ -430,6 +430,7 @@ export const mirrorTargetType: TargetType = {
         flushLegs: () => mirror!.flushLegs(),
         raiseEvent: () => ctx.device.raiseEvent(),
         warn: (message) => ctx.scope.warn(`${ctx.device.name}: mirror: dirty region log: ${message}`),
+        ...(ctx.rebuilt ? { rebuilt: ctx.rebuilt } : {}),
       });
     } catch (error) {
       // Every log failure reads the same to the user, as in the kernel; ours keeps the detail.

@@ -8,6 +8,7 @@ import { cancelHandoverFrom, checkHandoverResume, completeHandover, validateHand
 import { loadSnapshotArgs, type SnapshotFeatures } from './snapshot-args';
 import { ORIGINS, type OriginRegistry } from './origin-registry';
 import { InOrderCompleter, PendingException } from './pending-exception';
+import { TransientStore } from './transient-store';
 
 /**
  * snapshot <origin_dev> <COW_dev> <P|PO|N> <chunk_size> [<#features> <feature>...]
@@ -396,6 +397,12 @@ export const snapshotTargetType: TargetType = {
   version: [1, 16, 0],
   async create(ctx: TargetContext, args: string[]): Promise<Target> {
     const parts = await loadSnapshotArgs(ctx, args);
+    if (ctx.rebuilt !== undefined && parts.held.store instanceof TransientStore) {
+      // Its exceptions lived in the previous daemon's memory: served empty it would read as the
+      // origin does now, a point in time it never was.
+      ctx.rebuilt.warn('snapshot: a transient (N) snapshot lived in the previous daemon\'s memory and did not survive it: it is Invalid');
+      parts.held.valid = false;
+    }
     return new SnapshotTarget(parts.origin, parts.cow, parts.held, parts.features, ctx.startSector, ctx.lengthSectors, ctx.device, ctx.scope.get(ORIGINS));
   },
 };

@@ -206,7 +206,7 @@ describe('DeviceRegistry', () => {
       assert.equal((await bed.store.loadAll()).devices.length, 2);
 
       const next = new DeviceRegistry(bed.deps());
-      assert.deepEqual(await next.restoreSaved(), { restored: ['a', 'b'], failed: [] });
+      assert.deepEqual(await next.restoreSaved(), { restored: ['a', 'b'], recovered: [], failed: [], deletedKernelDevices: [] });
       assert.deepEqual(next.list().map((d) => d.name), ['a', 'b']);
       assert.deepEqual(bed.ublk.live.map((d) => d.options), [
         { sizeSectors: 8, logicalBlockBytes: 512, readOnly: false, discard: true, writeZeroes: false },
@@ -218,7 +218,7 @@ describe('DeviceRegistry', () => {
     it('goes on with the others when a saved device cannot come back, and keeps its file', async () => {
       await bed.store.save({ name: 'bad', table: '0 8 linear gone 0\n', options, uuid: 'u-bad', lowers: [] });
       await bed.store.save({ name: 'good', table: ZERO_8, options, uuid: 'u-good', lowers: [] });
-      assert.deepEqual(await registry.restoreSaved(), { restored: ['good'], failed: ['bad'] });
+      assert.deepEqual(await registry.restoreSaved(), { restored: ['good'], recovered: [], failed: ['bad'], deletedKernelDevices: [] });
       assert.deepEqual((await bed.store.loadAll()).devices.map((d) => d.name), ['bad', 'good']);
     });
   });
@@ -303,7 +303,7 @@ describe('DeviceRegistry', () => {
       await bed.store.delete('lower');
       const builds = bed.builtTables.length;
       const next = new DeviceRegistry(bed.deps());
-      assert.deepEqual(await next.restoreSaved(), { restored: [], failed: ['upper'] });
+      assert.deepEqual(await next.restoreSaved(), { restored: [], recovered: [], failed: ['upper'], deletedKernelDevices: [] });
       assert.equal(bed.builtTables.length, builds, 'no table was built');
     });
 

@@ -61,6 +61,25 @@ describe('DeviceStore', () => {
     assert.ok(await fsp.stat(path.join(store.dir, 'broken.json')));
   });
 
+  it('keeps the ublk identity a later daemon reattaches with, 64-bit values exact (hex in the file)', async () => {
+    const ublk = { id: 7, serverFlags: 0xfedc_ba98_7654_3210n, queues: 2, depth: 128, maxIoBytes: 524288, features: 0x58n };
+    await store.save({ name: 'a', table: '0 8 zero\n', options: { readOnly: false }, uuid: 'u-1', lowers: [], ublk });
+    const raw = JSON.parse(await fsp.readFile(path.join(store.dir, 'a.json'), 'utf8'));
+    assert.deepEqual(raw.ublk, { id: 7, serverFlags: '0xfedcba9876543210', queues: 2, depth: 128, maxIoBytes: 524288, features: '0x58' });
+    assert.deepEqual((await store.loadAll()).devices[0]!.ublk, ublk);
+  });
+
+  it('reports a file whose ublk identity is malformed, and keeps it', async () => {
+    await fsp.mkdir(store.dir, { recursive: true });
+    await fsp.writeFile(
+      path.join(store.dir, 'a.json'),
+      JSON.stringify({ format: 1, name: 'a', table: '0 8 zero\n', ublk: { id: 7, serverFlags: 12, queues: 1, depth: 1, maxIoBytes: 4096, features: '0x18' } }),
+    );
+    const { devices, failures } = await store.loadAll();
+    assert.deepEqual(devices, []);
+    assert.match(failures[0]!.error.message, /"ublk" needs id, serverFlags/);
+  });
+
   it('deletes a saved device, and deleting an unknown one is not an error', async () => {
     await store.save({ name: 'a', table: '0 8 zero\n', options: { readOnly: false }, uuid: 'u-1', lowers: [] });
     await store.delete('a');

@@ -17,6 +17,8 @@ describe('ublk ABI encoding (spec ublk.md)', () => {
     assert.equal(abi.UBLK_U_CMD_STOP_DEV, 0xc0207507);
     assert.equal(abi.UBLK_U_CMD_SET_PARAMS, 0xc0207508);
     assert.equal(abi.UBLK_U_CMD_GET_PARAMS, 0x80207509);
+    assert.equal(abi.UBLK_U_CMD_START_USER_RECOVERY, 0xc0207510);
+    assert.equal(abi.UBLK_U_CMD_END_USER_RECOVERY, 0xc0207511);
     assert.equal(abi.UBLK_U_CMD_GET_FEATURES, 0x80207513);
     assert.equal(abi.UBLK_U_IO_FETCH_REQ, 0xc0107520);
     assert.equal(abi.UBLK_U_IO_COMMIT_AND_FETCH_REQ, 0xc0107521);
@@ -35,7 +37,9 @@ describe('ublk ABI encoding (spec ublk.md)', () => {
   });
 
   it('ublksrv_ctrl_dev_info encodes the request fields and decodes the kernel answer (§4.2)', () => {
-    const bytes = abi.encodeDevInfo({ queues: 2, depth: 128, maxIoBufBytes: 524288, devId: 0xffffffff, flags: 0x40n });
+    const bytes = abi.encodeDevInfo({
+      queues: 2, depth: 128, maxIoBufBytes: 524288, devId: 0xffffffff, flags: 0x40n, serverFlags: 0x1234_5678_9abc_def0n,
+    });
     assert.equal(bytes.byteLength, 64);
     const v = view(bytes);
     assert.equal(v.getUint16(0, true), 2);
@@ -45,6 +49,7 @@ describe('ublk ABI encoding (spec ublk.md)', () => {
     assert.equal(v.getUint32(12, true), 0xffffffff);
     assert.equal(v.getInt32(16, true), 0);
     assert.equal(v.getBigUint64(24, true), 0x40n);
+    assert.equal(v.getBigUint64(32, true), 0x1234_5678_9abc_def0n, 'ublksrv_flags@32: the server\'s own mark');
 
     v.setUint16(4, 1, true);
     v.setUint32(12, 3, true);
@@ -60,6 +65,7 @@ describe('ublk ABI encoding (spec ublk.md)', () => {
       devId: 3,
       serverPid: -1,
       flags: 0x40n,
+      serverFlags: 0x1234_5678_9abc_def0n,
       ownerUid: 1000,
       ownerGid: 1001,
     });

@@ -1,0 +1,59 @@
+import { promises as fsp } from 'node:fs';
+
+import { ENODEV, ErrnoError } from '../base/errno';
+import type { DevInfo } from './abi';
+import { UblkControl } from './control';
+
+/**
+ * The ublk devices the kernel holds, whoever made them: ids from sysfs (every device has a
+ * char device, /sys/class/ublk-char/ublkcN, from ADD_DEV to DEL_DEV), and what GET_DEV_INFO
+ * says of each. What to do with them is the caller's business.
+ */
+
+const SYSFS_CLASS = '/sys/class/ublk-char';
+const DEV_DIR = '/dev';
+const CHAR_NAME = /^ublkc(\d+)$/;
+
+/** Ids of the ublk devices that exist now, ascending. */
+export async function ublkDeviceIds(): Promise<number[]> {
+  const names = await fsp.readdir(SYSFS_CLASS).catch(async () => fsp.readdir(DEV_DIR));
+  return names
+    .map((name) => CHAR_NAME.exec(name)?.[1])
+    .filter((id): id is string => id !== undefined)
+    .map(Number)
+    .sort((a, b) => a - b);
+}
+
+/** GET_DEV_INFO of every device; one deleted meanwhile is left out. */
+export async function listUblkDevices(): Promise<DevInfo[]> {
+  const control = await UblkControl.open();
+  try {
+    const infos: DevInfo[] = [];
+    for (const id of await ublkDeviceIds()) {
+      try {
+        infos.push(await control.getDeviceInfo(id));
+      } catch (error) {
+        if ((error as ErrnoError).errno !== ENODEV) throw error;
+      }
+    }
+    return infos;
+  } finally {
+    await control.close();
+  }
+}
+
+/**
+ * STOP_DEV then DEL_DEV of a device nobody serves (a dead server's leftover): with no server,
+ * STOP_DEV fails whatever I/O the kernel queued for it. Gone already is not an error.
+ */
+export async function deleteUblkDevice(devId: number): Promise<void> {
+  const control = await UblkControl.open();
+  try {
+    await control.stopDevice(devId);
+    await control.deleteDevice(devId);
+  } catch (error) {
+    if ((error as ErrnoError).errno !== ENODEV) throw error;
+  } finally {
+    await control.close();
+  }
+}

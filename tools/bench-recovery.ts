@@ -1,0 +1,132 @@
+/**
+ * Recovery latency: how long I/O stops when the daemon is SIGKILLed and the next one (started
+ * at once, as systemd's Restart=always does) reattaches to the device.
+ *
+ * A QD 1 4 KiB random writer (fio, O_DIRECT) runs on a linear device over a tmpfs file; the
+ * daemon is SIGKILLed in the middle, and a new `ublk-dm daemon` is spawned as soon as the old
+ * process is gone. The write in flight across the kill waits in the kernel until the new daemon
+ * serves it: its completion latency (fio's max clat) is the time from the kill to I/O flowing
+ * again, give or take one ordinary write (well under a millisecond). Also timed: from the kill to
+ * the new daemon logging the device as recovered. Several rounds; the median is reported.
+ */
+import { execFile, spawn } from 'node:child_process';
+import { existsSync, openSync, readFileSync, closeSync } from 'node:fs';
+import { join } from 'node:path';
+
+export interface RecoveryBenchOptions {
+  readonly dir: string;
+  /** How to run our CLI: [node, bin/ublk-dm]. */
+  readonly oursArgv: readonly string[];
+  readonly env: NodeJS.ProcessEnv;
+  readonly rounds: number;
+  readonly log: (line: string) => void;
+}
+
+export interface RecoveryRound {
+  /** fio's largest write completion latency across the kill: kill → I/O flowing again (upper bound, within one write). */
+  readonly ioStallMs: number;
+  /** Kill → the new daemon's log says the device is back. */
+  readonly killToRecoveredLogMs: number;
+  readonly fioErrors: number;
+}
+
+export interface RecoveryReport {
+  readonly rounds: RecoveryRound[];
+  readonly medianIoStallMs: number;
+  readonly medianKillToRecoveredLogMs: number;
+  readonly error?: string;
+}
+
+function run(file: string, args: readonly string[], env: NodeJS.ProcessEnv): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(file, [...args], { env, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`${file} ${args.join(' ')}: ${err.message}\n${stderr}`));
+      else resolve(stdout);
+    });
+  });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function exited(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z';
+  } catch {
+    return true;
+  }
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted.length === 0 ? NaN : sorted[Math.floor((sorted.length - 1) / 2)]!;
+}
+
+export async function runRecoveryBench(o: RecoveryBenchOptions): Promise<RecoveryReport> {
+  const [node, ...cliArgs] = o.oursArgv;
+  const ours = (...args: string[]) => run(node!, [...cliArgs, ...args], o.env);
+  const runDir = o.env.UBLK_DM_RUN_DIR!;
+  const pidFile = join(runDir, 'ublk-dm.pid');
+  const rounds: RecoveryRound[] = [];
+  const img = join(o.dir, 'recovery.img');
+  let error: string | undefined;
+  try {
+    await run('/bin/bash', ['-c', `truncate -s 64M ${img}`], o.env);
+    const dev = (await ours('create', 'bench-recovery', '--table', `0 ${(64 << 20) / 512} linear ${img} 0`)).trim();
+    try {
+      for (let round = 0; round < o.rounds; round++) {
+        const fio = run('fio', [
+          '--name=stall', `--filename=${dev}`, '--allow_file_create=0', '--ioengine=psync', '--direct=1', '--rw=randwrite',
+          '--bs=4k', '--iodepth=1', '--time_based', '--runtime=8', '--size=100%', '--output-format=json',
+        ], o.env);
+        await sleep(3000);
+        const oldPid = Number(readFileSync(pidFile, 'utf8').trim());
+        const daemonLog = join(runDir, `recovery-bench-${round}.log`);
+        const killedAt = Date.now();
+        process.kill(oldPid, 'SIGKILL');
+        while (!exited(oldPid)) await sleep(5);
+        // What systemd's Restart=always does: the next daemon at once.
+        const logFd = openSync(daemonLog, 'w');
+        const daemon = spawn(node!, [...cliArgs, 'daemon'], { env: o.env, detached: true, stdio: ['ignore', 'ignore', logFd] });
+        daemon.unref();
+        closeSync(logFd);
+        let recoveredAt = NaN;
+        for (let i = 0; i < 6000 && Number.isNaN(recoveredAt); i++) {
+          if (existsSync(daemonLog) && /recovered bench-recovery/.test(readFileSync(daemonLog, 'utf8'))) recoveredAt = Date.now();
+          else await sleep(5);
+        }
+        const out = await fio;
+        const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
+        const r: RecoveryRound = {
+          ioStallMs: Math.round(job.write.clat_ns.max / 1e5) / 10,
+          killToRecoveredLogMs: recoveredAt - killedAt,
+          fioErrors: job.error,
+        };
+        rounds.push(r);
+        o.log(`  recovery round ${round + 1}: I/O stalled ${r.ioStallMs} ms, kill → "recovered" logged ${r.killToRecoveredLogMs} ms, fio errors ${r.fioErrors}`);
+      }
+    } finally {
+      await ours('remove', 'bench-recovery');
+    }
+  } catch (e) {
+    error = (e as Error).message;
+    o.log(`  recovery bench FAILED: ${error.split('\n')[0]}`);
+  }
+  return {
+    rounds,
+    medianIoStallMs: median(rounds.map((r) => r.ioStallMs)),
+    medianKillToRecoveredLogMs: median(rounds.map((r) => r.killToRecoveredLogMs)),
+    ...(error !== undefined ? { error } : {}),
+  };
+}
+
+export function formatRecoveryReport(report: RecoveryReport): string {
+  const lines = ['', 'recovery: SIGKILL of the daemon under a QD 1 4k random writer, next daemon started at once'];
+  if (report.error) lines.push(`  FAILED: ${report.error.split('\n')[0]}`);
+  if (report.rounds.length > 0) {
+    lines.push(`  SIGKILL → I/O flowing again: median ${report.medianIoStallMs} ms (rounds: ${report.rounds.map((r) => r.ioStallMs).join(', ')} ms)`);
+    lines.push(`  SIGKILL → new daemon logs the device recovered: median ${report.medianKillToRecoveredLogMs} ms`);
+    lines.push(`  fio errors across the kills: ${report.rounds.reduce((n, r) => n + r.fioErrors, 0)}`);
+  }
+  return lines.join('\n');
+}
