@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import { EIO } from '../../../src/base/errno';
 import { IoOp, NO_DATA, type Bio } from '../../../src/io/bio';
 import { TableError } from '../../../src/dm/table';
@@ -190,5 +191,49 @@ describe('replay-log', () => {
     writeFileSync(foreign, newer);
     await assert.rejects(replayLog({ logPath: foreign, replayPath: replayFile }), /unsupported log version 2/);
     assert.deepEqual(readFileSync(replayFile), before, 'a refused log writes nothing');
+  });
+});
+
+describe('log-writes against a log the 6.12 kernel wrote (test/golden/log-writes)', () => {
+  const golden = path.join(__dirname, '..', '..', '..', '..', 'test', 'golden', 'log-writes');
+  const gunzip = (name: string): Buffer => zlib.gunzipSync(readFileSync(path.join(golden, name)));
+  /** The K pattern of tools/golden/make-log-writes-golden.sh: 4 KiB block b holds "K%07d" repeated. */
+  const kBlock = (block: number): Buffer => Buffer.alloc(4096, `K${String(block).padStart(7, '0')}`, 'latin1');
+
+  it('our target, given the golden maker\'s sequence, writes the same log bytes as the kernel', async () => {
+    const kernelLog = gunzip('kernel.log.gz');
+    const { log, target } = await logWrites(2048, kernelLog.byteLength / 512);
+    await mapped(target, bio(IoOp.Write, 24, 8, kBlock(3)));
+    await mapped(target, bio(IoOp.Write, 32, 8, kBlock(4)));
+    await mapped(target, bio(IoOp.Flush, 0, 0));
+    await target.message!(['mark', 'one']);
+    await mapped(target, bio(IoOp.Write, 128, 8, kBlock(16)));
+    await mapped(target, bio(IoOp.Discard, 256, 128));
+    await mapped(target, bio(IoOp.Flush, 0, 0));
+    await target.message!(['mark', 'two']);
+    await mapped(target, bio(IoOp.Write, 64, 8, kBlock(8)));
+    await target.destroy();
+    const ours = readLog(log.contents);
+    const kernel = readLog(kernelLog);
+    assert.deepEqual(ours.entries.map((e) => [e.block, e.blockCount, e.flags, e.mark]), kernel.entries.map((e) => [e.block, e.blockCount, e.flags, e.mark]));
+    assert.ok(log.contents.equals(kernelLog), 'the logs are byte for byte the same');
+  });
+
+  it('replay-log replays the kernel\'s log to each mark: the device as the kernel left it', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'replay-golden-'));
+    try {
+      const logFile = path.join(dir, 'kernel.log');
+      writeFileSync(logFile, gunzip('kernel.log.gz'));
+      const replayFile = path.join(dir, 'replay');
+      writeFileSync(replayFile, Buffer.alloc(1 << 20));
+      const result = await replayLog({ logPath: logFile, replayPath: replayFile });
+      assert.deepEqual(result.marks, ['one', 'two', 'dm-log-writes-end']);
+      const device = gunzip('kernel-dev.img.gz');
+      const replayed = readFileSync(replayFile);
+      for (const block of [3, 4, 8, 16]) assert.ok(replayed.subarray(block * 4096, (block + 1) * 4096).equals(device.subarray(block * 4096, (block + 1) * 4096)), `4 KiB block ${block}`);
+      assert.ok(replayed.equals(device), 'the whole replayed device equals the kernel\'s');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
