@@ -74,6 +74,8 @@ describe('CLI arguments', () => {
 
   it('parses daemon and version', () => {
     assert.deepEqual(parseCommand(['daemon']), { verb: 'daemon' });
+    assert.deepEqual(parseCommand(['daemon', '--no-recovery']), { verb: 'daemon', recovery: false }, 'devices that die with the daemon');
+    assert.deepEqual(parseCommand(['daemon', '--recovery']), { verb: 'daemon' });
     assert.deepEqual(parseCommand(['version']), { verb: 'version' });
   });
 
