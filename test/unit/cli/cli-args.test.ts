@@ -78,6 +78,8 @@ describe('CLI arguments', () => {
       verb: 'daemon', params: [{ name: 'raid1_resync_throttle', value: '30' }, { name: 'x_y', value: '' }],
     });
     usageError(['daemon', '--param', 'raid1_resync_throttle'], /--param wants NAME=VALUE/);
+    assert.deepEqual(parseCommand(['daemon', '--no-recovery']), { verb: 'daemon', params: [], recovery: false }, 'devices that die with the daemon');
+    assert.deepEqual(parseCommand(['daemon', '--recovery']), { verb: 'daemon', params: [] });
     assert.deepEqual(parseCommand(['version']), { verb: 'version' });
   });
 
