@@ -590,6 +590,55 @@ describe(`integration: dm-snapshot (snapshot-origin + snapshot, persistent store
     assert.equal(await deviceSha(base), kOriginSha, 'our origin bytes = kernel origin bytes');
   });
 
+  it('exception handover: LVM\'s merge by reload (snapshot and origin suspended, origin loaded as snapshot-merge over the COW) takes the live exceptions; the source turns Invalid with chunk 0, no events', async function () {
+    const size = 8 * MiB;
+    const sectors = size / 512;
+    const gen1 = new Image(size, 1);
+    const origin = await dm.dev(await writeImageFile(work, 'origin.img', gen1));
+    const cowFile = await makeBackingFile(work, 'cow.img', 4 * MiB, 'zero');
+    const cow = await dm.dev(cowFile);
+    const base = await createOrigin(origin, sectors);
+    const snap = await takeSnapshot('snap', origin, cow, sectors, 8, true);
+    await fioStamp(base, 2, 1 * MiB, 1 * MiB, { qd: 8 });
+    const snapImage = gen1.clone();
+    const written = Buffer.alloc(BLOCK);
+    stampInto(written, 0, 3, 3 * MiB, BLOCK);
+    assert.equal((await ddWrite(work, snap, 3 * MiB, written)).code, 0);
+    snapImage.put(3 * MiB, written);
+    const statusBefore = await dm.status('snap');
+
+    // A second table over the live COW cannot take over while its source runs.
+    const refused = await dm.tryCreate('snapx', `0 ${sectors} snapshot ${origin} ${cow} P 8`);
+    assert.notEqual(refused.code, 0, 'the handover needs the source suspended');
+    assert.match(refused.text, /Unable to perform snapshot handover until source is suspended\./);
+    if ((await dm.names()).includes('snapx')) await dm.remove('snapx'); // the kernel leaves the device, suspended
+    assert.equal(await dm.status('snap'), statusBefore, 'the source is untouched by the refused handover');
+
+    await dm.suspend('snap');
+    await dm.suspend('base');
+    await dm.reload('base', `0 ${sectors} snapshot-merge ${origin} ${cow} P 8`);
+    await dm.resume('base');
+    assert.equal(await dm.status('snap'), `0 ${sectors} snapshot Invalid\n`, 'the source is Invalid after the handover (§9.6)');
+    assert.match(await dm.table('snap'), new RegExp(`^0 ${sectors} snapshot \\S+ \\S+ P 0\\n$`), 'and shows chunk size 0');
+    assert.deepEqual([await dm.eventNumber('snap'), await dm.eventNumber('base')], [0, 0], 'a handover raises no event');
+
+    let status = '';
+    for (let i = 0; i < 600; i++) {
+      status = await dm.status('base');
+      const m = /snapshot-merge (\d+)\/\d+ (\d+)$/.exec(status.trim());
+      if (m && m[1] === m[2]) break;
+      await sleep(250);
+    }
+    assert.equal(status, `0 ${sectors} snapshot-merge 16/8192 16\n`, 'the merge finished');
+    assert.equal(await dm.eventNumber('base'), 0, 'and raised no event');
+    await dm.remove('snap');
+    assertImage(await readDevice(work, base), snapImage, 'the origin after the merge holds the snapshot image');
+    await dm.suspend('base');
+    await dm.reload('base', `0 ${sectors} snapshot-origin ${origin}`);
+    await dm.resume('base');
+    assertImage(await readDevice(work, base), snapImage, 'and keeps it under snapshot-origin');
+  });
+
   describe('bad snapshot tables: clear error, non-zero exit, no device, COW and origin untouched', function () {
     interface BadCase {
       what: string;
