@@ -37,16 +37,22 @@ export async function openDeviceArea(ctx: TargetContext, deviceSpec: string, off
   const deviceStartSector = parseSectorNumber(offsetText);
   if (deviceStartSector === undefined) throw new TargetError('Invalid device sector');
 
-  let device: BlockDevice;
-  try {
-    device = await ctx.openDevice(deviceSpec);
-  } catch (cause) {
-    const reason = cause instanceof Error ? cause.message : String(cause);
-    throw new TargetError(`Device lookup failed: ${reason}`, { cause });
-  }
-
+  const device = await lookupDevice(ctx, deviceSpec);
   checkDeviceArea(device, ctx, deviceStartSector);
   return { device, deviceStartSector };
+}
+
+/**
+ * Open a table's device, failing with the target's message (the kernel's ti->error, default
+ * "Device lookup failed") followed by why, since we have no dmesg to send the reason to.
+ */
+export async function lookupDevice(ctx: TargetContext, deviceSpec: string, error = 'Device lookup failed'): Promise<BlockDevice> {
+  try {
+    return await ctx.openDevice(deviceSpec);
+  } catch (cause) {
+    const reason = cause instanceof Error ? cause.message : String(cause);
+    throw new TargetError(`${error}: ${reason}`, { cause });
+  }
 }
 
 /**

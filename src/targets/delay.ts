@@ -2,7 +2,7 @@ import type { IoResult } from '../base/errno';
 import type { Clock } from '../base/clock';
 import { IoOp, type Bio } from '../io/bio';
 import type { BlockDevice } from '../io/block-device';
-import { checkDeviceArea, parseSectorNumber } from '../dm/table-args';
+import { checkDeviceArea, lookupDevice, parseSectorNumber } from '../dm/table-args';
 import { TargetError, type MapDone, type StatusKind, type Target, type TargetCapabilities, type TargetContext, type TargetType } from '../dm/target';
 import { remapToDevice } from './remap';
 
@@ -147,13 +147,7 @@ async function openDelayClass(ctx: TargetContext, triple: readonly string[]): Pr
   if (deviceStartSector === undefined) throw new TargetError('Invalid device sector');
   const delayMs = parseSectorNumber(triple[2]!);
   if (delayMs === undefined || delayMs > UINT32_MAX) throw new TargetError('Invalid delay');
-  let device: BlockDevice;
-  try {
-    device = await ctx.openDevice(triple[0]!);
-  } catch (cause) {
-    const reason = cause instanceof Error ? cause.message : String(cause);
-    throw new TargetError(`Device lookup failed: ${reason}`, { cause });
-  }
+  const device = await lookupDevice(ctx, triple[0]!);
   checkDeviceArea(device, ctx, deviceStartSector);
   return { device, deviceStartSector, delayMs };
 }

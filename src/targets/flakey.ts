@@ -3,7 +3,7 @@ import { EIO } from '../base/errno';
 import type { Clock } from '../base/clock';
 import { IoOp, type Bio } from '../io/bio';
 import type { BlockDevice } from '../io/block-device';
-import { checkDeviceArea, parseSectorNumber } from '../dm/table-args';
+import { checkDeviceArea, lookupDevice, parseSectorNumber } from '../dm/table-args';
 import { passthroughCapabilities, TargetError, type MapDone, type StatusKind, type Target, type TargetCapabilities, type TargetContext, type TargetType } from '../dm/target';
 import { remapToDevice } from './remap';
 
@@ -270,13 +270,7 @@ export const flakeyTargetType: TargetType = {
     if (upSeconds + downSeconds > UINT32_MAX) throw new TargetError('Interval overflow');
     const features = parseFlakeyFeatures(args.slice(4));
 
-    let device: BlockDevice;
-    try {
-      device = await ctx.openDevice(args[0]!);
-    } catch (cause) {
-      const reason = cause instanceof Error ? cause.message : String(cause);
-      throw new TargetError(`Device lookup failed: ${reason}`, { cause });
-    }
+    const device = await lookupDevice(ctx, args[0]!);
     checkDeviceArea(device, ctx, deviceStartSector);
     return new FlakeyTarget(device, deviceStartSector, { upSeconds, downSeconds }, features, ctx.scope.clock);
   },

@@ -1,7 +1,7 @@
 import { EOPNOTSUPP, type IoResult } from '../base/errno';
 import { IoOp, type Bio } from '../io/bio';
 import type { BlockDevice } from '../io/block-device';
-import { checkDeviceArea, parseSectorNumber } from '../dm/table-args';
+import { checkDeviceArea, lookupDevice, parseSectorNumber } from '../dm/table-args';
 import {
   passthroughCapabilities,
   TargetError,
@@ -179,13 +179,7 @@ export const stripedTargetType: TargetType = {
       const deviceSpec = args[2 + 2 * index]!;
       const deviceStartSector = parseSectorNumber(args[3 + 2 * index]!);
       if (deviceStartSector === undefined) throw new TargetError("Couldn't parse stripe destination");
-      let device: BlockDevice;
-      try {
-        device = await ctx.openDevice(deviceSpec);
-      } catch (cause) {
-        const reason = cause instanceof Error ? cause.message : String(cause);
-        throw new TargetError(`Couldn't parse stripe destination: ${reason}`, { cause });
-      }
+      const device = await lookupDevice(ctx, deviceSpec, "Couldn't parse stripe destination");
       checkDeviceArea(device, ctx, deviceStartSector, stripeWidthSectors);
       stripes.push({ device, deviceStartSector });
     }

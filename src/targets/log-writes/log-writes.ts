@@ -4,6 +4,7 @@ import type { BlockDevice } from '../../io/block-device';
 import { SECTOR_BYTES } from '../../base/units';
 import { TargetError, type MapDone, type StatusKind, type Target, type TargetCapabilities, type TargetContext, type TargetType } from '../../dm/target';
 import { remapToDevice } from '../remap';
+import { lookupDevice } from '../../dm/table-args';
 import { LOG_ENTRY_BYTES, LogFlag, encodeEntry, encodeSuper } from './log-format';
 
 /**
@@ -200,15 +201,8 @@ export const logWritesTargetType: TargetType = {
   version: [1, 1, 0],
   async create(ctx: TargetContext, args: string[]): Promise<Target> {
     if (args.length < 2) throw new TargetError('Invalid argument count');
-    const lookup = async (spec: string, error: string): Promise<BlockDevice> => {
-      try {
-        return await ctx.openDevice(spec);
-      } catch (cause) {
-        throw new TargetError(`${error}: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
-      }
-    };
-    const device = await lookup(args[0]!, 'Device lookup failed');
-    const logDevice = await lookup(args[1]!, 'Log device lookup failed');
+    const device = await lookupDevice(ctx, args[0]!);
+    const logDevice = await lookupDevice(ctx, args[1]!, 'Log device lookup failed');
     if (ctx.startSector + ctx.lengthSectors > device.sizeSectors) {
       throw new TargetError(`Device too small for target: ${device.tableName} start=${ctx.startSector}, len=${ctx.lengthSectors}, dev_size=${device.sizeSectors}`);
     }
