@@ -1,6 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import yargs, { type Argv } from 'yargs';
-import { DaemonAbsentError, DaemonError, sendRequest, sendRequestStartingDaemon } from './client';
+import { DaemonAbsentError, removeDevice, sendRequest, sendRequestStartingDaemon } from './client';
 import { formatDeviceList, formatInfo, formatTableReports } from './format';
 import { daemonPaths } from '../daemon/paths';
 import type { DeviceOptions, Request } from '../wire/protocol';
@@ -352,8 +352,6 @@ const processIo: CliIo = {
   progressStream: process.stderr,
 };
 
-const REMOVE_RETRIES = 25;
-const REMOVE_RETRY_MS = 200;
 
 /** Carry out a parsed command; returns the text for stdout. */
 async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>, io: CliIo): Promise<string> {
@@ -372,16 +370,8 @@ async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>
       await send({ verb: 'reload', name: command.name, table: await readTable(command.source, io) });
       return '';
     case 'remove':
-      for (let attempt = 1; ; attempt++) {
-        try {
-          await send({ verb: 'remove', name: command.name });
-          return '';
-        } catch (err) {
-          const busy = err instanceof DaemonError && err.code === 'EBUSY';
-          if (!busy || !command.retry || attempt >= REMOVE_RETRIES) throw err;
-          await new Promise((resolve) => setTimeout(resolve, REMOVE_RETRY_MS));
-        }
-      }
+      await removeDevice(send, command.name, command.retry);
+      return '';
     case 'suspend':
       await send({ verb: 'suspend', name: command.name, noflush: command.noflush });
       return '';

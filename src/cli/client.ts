@@ -109,6 +109,26 @@ async function startDaemon(paths: DaemonPaths, cliScript: string, env: NodeJS.Pr
   throw new Error(`could not start the daemon: ${why}; see ${paths.daemonLogPath}`);
 }
 
+const REMOVE_RETRIES = 25;
+const REMOVE_RETRY_MS = 200;
+
+/**
+ * Remove a device; with `retry`, keep trying for 5 s while it is busy (a last close racing the
+ * removal, as dmsetup's --retry allows for udev).
+ */
+export async function removeDevice(send: (request: { verb: 'remove'; name: string }) => Promise<unknown>, name: string, retry: boolean): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await send({ verb: 'remove', name });
+      return;
+    } catch (err) {
+      const busy = err instanceof DaemonError && err.code === 'EBUSY';
+      if (!busy || !retry || attempt >= REMOVE_RETRIES) throw err;
+      await new Promise((resolve) => setTimeout(resolve, REMOVE_RETRY_MS));
+    }
+  }
+}
+
 /** True if something accepts connections on the socket. */
 export function socketAccepts(socketPath: string): Promise<boolean> {
   return new Promise((resolve) => {

@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import yargs from 'yargs';
-import { DaemonAbsentError, DaemonError, sendRequest, sendRequestStartingDaemon } from './client';
+import { DaemonAbsentError, removeDevice, sendRequest, sendRequestStartingDaemon } from './client';
 import { formatDeviceList, formatInfo, formatTableReports, NO_DEVICES } from './format';
 import { daemonPaths } from '../daemon/paths';
 import { packageVersion } from '../base/version';
@@ -274,25 +274,13 @@ async function readTable(table: TableGiven): Promise<string> {
   }
 }
 
-const REMOVE_RETRIES = 25;
-const REMOVE_RETRY_MS = 200;
-
 async function removeOne(send: Send, name: string, retry: boolean, force: boolean): Promise<void> {
   if (force) {
     const [info] = await send({ verb: 'info', name });
     await send({ verb: 'reload', name, table: errorTable(info!.sizeSectors) });
     await send({ verb: 'resume', name });
   }
-  for (let attempt = 1; ; attempt++) {
-    try {
-      await send({ verb: 'remove', name });
-      return;
-    } catch (err) {
-      const busy = err instanceof DaemonError && err.code === 'EBUSY';
-      if (!busy || !retry || attempt >= REMOVE_RETRIES) throw err;
-      await new Promise((resolve) => setTimeout(resolve, REMOVE_RETRY_MS));
-    }
-  }
+  await removeDevice(send, name, retry);
 }
 
 /** Carry out one command; returns stdout text. Throws for a failed command (exit 1). */
