@@ -299,9 +299,19 @@ export class DeviceRegistry {
    */
   async shutdown(): Promise<void> {
     await Promise.allSettled([...this.locks.values()]);
-    const results = await Promise.allSettled(this.sorted().map((device) => this.discard(device)));
-    for (const result of results) {
-      if (result.status === 'rejected') this.deps.log.error(`stopping a device failed: ${(result.reason as Error).message}`);
+    // Upper devices before the devices they are built on, one level at a time: a lower device
+    // stopped while an upper one still sends it I/O waits on that I/O (and control commands go
+    // to the kernel one at a time, so the upper's stop would queue behind it).
+    let left = this.sorted();
+    while (left.length > 0) {
+      const held = new Set(left.flatMap((device) => (this.identities.get(device.name)?.lowers ?? []).map((lower) => lower.name)));
+      let wave = left.filter((device) => !held.has(device.name));
+      if (wave.length === 0) wave = left; // a cycle cannot be saved, but never loop on one
+      const results = await Promise.allSettled(wave.map((device) => this.discard(device)));
+      for (const result of results) {
+        if (result.status === 'rejected') this.deps.log.error(`stopping a device failed: ${(result.reason as Error).message}`);
+      }
+      left = left.filter((device) => !wave.includes(device));
     }
   }
 

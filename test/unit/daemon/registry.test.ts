@@ -295,6 +295,23 @@ describe('DeviceRegistry', () => {
       await next.shutdown();
     });
 
+    it('shutdown stops upper devices before the devices they are built on, not all at once', async () => {
+      await registry.create('a-lower', '0 64 linear mem 0\n', options);
+      asOurDevice(0, '/dev/ublkb0');
+      await registry.create('b-upper', '0 64 linear /dev/ublkb0 0\n', options);
+      const order: string[] = [];
+      const [lowerDevice, upperDevice] = bed.ublk.devices;
+      lowerDevice!.duringStop = async () => {
+        order.push(`lower begins (upper stopped: ${upperDevice!.stopped})`);
+      };
+      upperDevice!.duringStop = async () => {
+        order.push('upper begins');
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      };
+      await registry.shutdown();
+      assert.deepEqual(order, ['upper begins', 'lower begins (upper stopped: true)']);
+    });
+
     it('refuses to restore a table whose lower device is missing, and builds nothing over anything else', async () => {
       await registry.create('lower', '0 64 linear mem 0\n', options);
       asOurDevice(0, '/dev/ublkb0');
