@@ -10,6 +10,8 @@ import { createSnapshot, formatSnapshotList, listSnapshots, mergeSnapshot, parse
 import { progressReporter } from './progress';
 import { waitForResync, type ResyncProgress } from './resync';
 import { replayLog, type CheckPoint, type ReplayProgress, type ReplayResult } from './replay-log';
+import { formatShutdown, shutdownDaemon, takeOverFromRunningDaemon } from './shutdown';
+import { DoctorFoundProblems, formatDoctorReport, runDoctor } from './doctor';
 
 /**
  * `ublk-dm`: dmsetup's verbs against the daemon. The CLI holds no device state: it parses,
@@ -54,7 +56,15 @@ export type CliCommand =
       readonly json: boolean;
     }
   | { readonly verb: 'param'; readonly name?: string; readonly value?: string; readonly json: boolean }
-  | { readonly verb: 'daemon'; readonly params: ReadonlyArray<{ readonly name: string; readonly value: string }>; readonly recovery?: false }
+  | {
+      readonly verb: 'daemon';
+      readonly params: ReadonlyArray<{ readonly name: string; readonly value: string }>;
+      readonly recovery?: false;
+      /** Take the devices over from the running daemon (it leaves them and exits) instead of refusing to start. */
+      readonly restart?: true;
+    }
+  | { readonly verb: 'shutdown'; readonly removeDevices: boolean; readonly json: boolean }
+  | { readonly verb: 'doctor'; readonly json: boolean }
   | { readonly verb: 'version' }
   | { readonly verb: 'help' };
 
@@ -169,8 +179,19 @@ export function buildParser(): Argv {
           describe:
             'make devices that survive a daemon crash (ublk user recovery; default on, also off with UBLK_DM_RECOVERY=off); --no-recovery: they die with the daemon',
         },
+        restart: {
+          type: 'boolean',
+          default: false,
+          describe: 'replace the running daemon without removing its devices: it leaves them to this one and exits (an upgrade never unmounts anything)',
+        },
       }),
     )
+    .command('shutdown', 'stop the daemon; devices stay (their I/O waits) for the next daemon to take back', (y) =>
+      y
+        .option('remove-devices', { type: 'boolean', default: false, describe: 'remove the kernel devices instead (their saved tables stay)' })
+        .options(jsonOption),
+    )
+    .command('doctor', 'look for dead ublk devices, stale links and saved tables that cannot be read or restored; exit 1 if any', (y) => y.options(jsonOption))
     .command('version', 'print the CLI and daemon versions')
     .demandCommand(1, 'a verb is needed; see --help')
     .strict()
@@ -269,7 +290,12 @@ export function parseCommand(args: readonly string[], parser: Argv = buildParser
         verb,
         params: (argv.param as unknown[]).map((text) => parseParamSetting(String(text))),
         ...(argv.recovery === false ? { recovery: false as const } : {}),
+        ...(argv.restart === true ? { restart: true as const } : {}),
       };
+    case 'shutdown':
+      return { verb, removeDevices: argv['remove-devices'] === true, json };
+    case 'doctor':
+      return { verb, json };
     case 'version':
       return { verb };
     default:
@@ -398,7 +424,9 @@ async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>
     }
     case 'ls': {
       const devices = await send(command.target === undefined ? { verb: 'ls' } : { verb: 'ls', target: command.target });
-      return command.json ? asJson(devices) : formatDeviceList(devices);
+      // A device that did not come back has no table, so no target type to match.
+      const failed = command.target === undefined ? await send({ verb: 'failures' }) : [];
+      return command.json ? asJson([...devices, ...failed]) : formatDeviceList(devices, failed);
     }
     case 'table':
     case 'status': {
@@ -411,9 +439,23 @@ async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>
       return formatTableReports(reports, command.name === undefined);
     }
     case 'info': {
-      const infos = await send(command.name !== undefined ? { verb: 'info', name: command.name } : { verb: 'info' });
-      if (command.json) return asJson(command.name !== undefined ? infos[0] : infos);
-      return formatInfo(infos, command.name === undefined);
+      const failed = (await send({ verb: 'failures' })).filter((f) => command.name === undefined || f.name === command.name);
+      const infos = command.name !== undefined && failed.length > 0 ? [] : await send(command.name !== undefined ? { verb: 'info', name: command.name } : { verb: 'info' });
+      if (command.json) return asJson(command.name !== undefined ? (infos[0] ?? failed[0]) : [...infos, ...failed]);
+      return formatInfo(infos, command.name === undefined, failed, paths.stateDir);
+    }
+    case 'shutdown': {
+      const result = await shutdownDaemon(paths, { removeDevices: command.removeDevices, cliScript: __filename, env: io.env });
+      if (result !== undefined && result.failed.length > 0) {
+        throw new Error(`the daemon stopped, but: ${result.failed.map((f) => `${f.name}: ${f.error}`).join('; ')}`);
+      }
+      return command.json ? asJson(result ?? null) : formatShutdown(result);
+    }
+    case 'doctor': {
+      const report = await runDoctor(paths);
+      io.writeOut(command.json ? asJson(report) : formatDoctorReport(report));
+      if (report.problems.length > 0) throw new DoctorFoundProblems();
+      return '';
     }
     case 'param': {
       const settings = await send({ verb: 'param', ...(command.name !== undefined ? { name: command.name } : {}), ...(command.value !== undefined ? { value: command.value } : {}) });
@@ -492,6 +534,10 @@ export async function main(args: readonly string[]): Promise<number> {
     }
     if (command.verb !== 'daemon') return 0;
     try {
+      if (command.restart) {
+        const previous = await takeOverFromRunningDaemon(daemonPaths());
+        if (previous !== undefined) process.stderr.write(`ublk-dm: took over from daemon ${previous.pid}: ${previous.handedOver.length} device(s) to reattach\n`);
+      }
       const { runDaemon } = await import('../daemon/server');
       await runDaemon(undefined, undefined, { recovery: command.recovery ?? process.env.UBLK_DM_RECOVERY !== 'off', params: command.params });
       return 0;
@@ -539,6 +585,8 @@ async function runCommand(args: readonly string[], io: CliIo): Promise<CliResult
   try {
     return { code: 0, stdout: await execute(command, io), stderr: '' };
   } catch (err) {
+    // The doctor's report is already out; its exit status says there were problems.
+    if (err instanceof DoctorFoundProblems) return { code: 1, stdout: '', stderr: '' };
     return { code: 1, stdout: '', stderr: `ublk-dm: ${(err as Error).message}\n` };
   }
 }

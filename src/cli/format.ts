@@ -1,4 +1,5 @@
-import type { DeviceInfo, DeviceListEntry, TableReport, TargetLine } from '../wire/protocol';
+import * as path from 'node:path';
+import type { DeviceInfo, DeviceListEntry, FailedDevice, TableReport, TargetLine } from '../wire/protocol';
 
 /**
  * dmsetup's text output, byte for byte (lvm2 libdm/dm-tools/dmsetup.c): the CLI renders the
@@ -26,16 +27,28 @@ export function formatTableReports(reports: readonly TableReport[], allDevices: 
   return out;
 }
 
-/** `ls`: `<name>\t(<major>:<minor>)` per device. */
-export function formatDeviceList(entries: readonly DeviceListEntry[]): string {
-  if (entries.length === 0) return NO_DEVICES;
-  return entries.map((e) => `${e.name}\t(${e.major}:${e.minor})\n`).join('');
+/**
+ * `ls`: `<name>\t(<major>:<minor>)` per device; then, ours only, each saved device that did not
+ * come back, with why in place of the numbers it does not have.
+ */
+export function formatDeviceList(entries: readonly DeviceListEntry[], failed: readonly FailedDevice[] = []): string {
+  if (entries.length === 0 && failed.length === 0) return NO_DEVICES;
+  return entries.map((e) => `${e.name}\t(${e.major}:${e.minor})\n`).join('') + failed.map((f) => `${f.name}\t(not restored: ${f.reason})\n`).join('');
 }
 
-/** `info` long form, one block per device, each followed by a blank line. */
-export function formatInfo(infos: readonly DeviceInfo[], allDevices: boolean): string {
-  if (allDevices && infos.length === 0) return NO_DEVICES;
-  return infos.map(formatInfoBlock).join('');
+/**
+ * `info` long form, one block per device, each followed by a blank line; a saved device that
+ * did not come back gets a block of its own saying why (`stateDir`: where its table is saved).
+ */
+export function formatInfo(infos: readonly DeviceInfo[], allDevices: boolean, failed: readonly FailedDevice[] = [], stateDir?: string): string {
+  if (allDevices && infos.length === 0 && failed.length === 0) return NO_DEVICES;
+  return infos.map(formatInfoBlock).join('') + failed.map((f) => formatFailedBlock(f, stateDir)).join('');
+}
+
+function formatFailedBlock(failed: FailedDevice, stateDir: string | undefined): string {
+  const lines = [`Name:              ${failed.name}`, 'State:             NOT RESTORED', `Reason:            ${failed.reason}`];
+  if (stateDir !== undefined) lines.push(`Saved table:       ${path.join(stateDir, `${failed.name}.json`)}`);
+  return lines.join('\n') + '\n\n';
 }
 
 function formatInfoBlock(info: DeviceInfo): string {

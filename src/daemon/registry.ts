@@ -13,10 +13,11 @@ import type { DeviceKey } from '../io/block-device';
 import type { DeviceHandle, RebuiltTable, SuspendOptions } from '../dm/target';
 import type { DeviceLinks } from './links';
 import type { Logger } from '../base/log';
-import type { CreatedDevice, DeviceInfo, DeviceListEntry, DeviceOptions, ParameterSetting, TableReport } from '../wire/protocol';
+import type { CreatedDevice, DeviceInfo, DeviceListEntry, DeviceOptions, FailedDevice, ParameterSetting, ShutdownReport, TableReport } from '../wire/protocol';
 import type { DeviceStore, LowerDevice, SavedDevice } from './store';
 import { parseTableText } from '../dm/table';
 import { randomUUID } from 'node:crypto';
+import * as path from 'node:path';
 import type { StatusKind } from '../dm/target';
 import { busyReason, openCount, type UsageProbe } from './usage';
 
@@ -57,8 +58,11 @@ export interface RecoveryDeps {
   /** Make new devices recoverable (default on; `ublk-dm daemon --no-recovery` turns it off). */
   readonly enabled: boolean;
   listKernelDevices(): Promise<KernelUblkDevice[]>;
-  /** STOP_DEV + DEL_DEV of a device nobody serves; I/O queued on it fails. */
-  deleteKernelDevice(id: number): Promise<void>;
+  /**
+   * STOP_DEV + DEL_DEV of a device nobody serves; I/O queued on it fails. Refused (left alone)
+   * if the device with that id no longer carries `serverFlags`: the id went to another device.
+   */
+  deleteKernelDevice(id: number, serverFlags: bigint): Promise<void>;
   processIsAlive(pid: number): boolean;
 }
 
@@ -98,6 +102,11 @@ export class DeviceRegistry {
   /** Per running device: what its saved record says about identity and the devices under it. */
   private readonly identities = new Map<string, DeviceIdentity>();
   private readonly locks = new Map<string, Promise<unknown>>();
+  /**
+   * Saved devices this daemon could not bring back, by name, with why: shown by `ls`/`info`
+   * until `remove` forgets them, and never overwritten by a `create` of the same name.
+   */
+  private readonly notRestored = new Map<string, string>();
 
   constructor(private readonly deps: RegistryDeps) {}
 
@@ -108,6 +117,10 @@ export class DeviceRegistry {
   async create(name: string, tableText: string, options: DeviceOptions): Promise<CreatedDevice> {
     validateDeviceName(name);
     return this.serialized(name, async () => {
+      const failure = this.notRestored.get(name);
+      if (failure !== undefined) {
+        throw new DeviceError(`a saved device ${name} could not be restored (${failure}); \`remove ${name}\` forgets it`, 'EEXIST');
+      }
       await this.startDevice({ name, uuid: randomUUID(), table: tableText, options, lowers: undefined });
       const device = this.get(name);
       try {
@@ -129,7 +142,10 @@ export class DeviceRegistry {
    */
   async restoreSaved(): Promise<RestoreReport> {
     const { devices, failures } = await this.deps.store.loadAll();
-    for (const failure of failures) this.deps.log.error(`cannot read saved device ${failure.file}: ${failure.error.message}`);
+    for (const failure of failures) {
+      this.deps.log.error(`cannot read saved device ${failure.file}: ${failure.error.message}`);
+      this.notRestored.set(path.basename(failure.file, '.json'), `its saved table ${failure.file} cannot be read: ${failure.error.message}`);
+    }
     const kernelDevices = await this.kernelDevices();
     const restored: string[] = [];
     const recovered: string[] = [];
@@ -153,6 +169,7 @@ export class DeviceRegistry {
         }
       } catch (err) {
         failed.push(saved.name);
+        this.notRestored.set(saved.name, (err as Error).message);
         this.deps.log.error(`cannot restore ${saved.name}: ${(err as Error).message}`);
       }
     }
@@ -189,7 +206,7 @@ export class DeviceRegistry {
         continue;
       }
       try {
-        await recovery.deleteKernelDevice(kernel.id);
+        await recovery.deleteKernelDevice(kernel.id, kernel.serverFlags);
         deleted.push(kernel.id);
         this.deps.log.warn(`deleted dead ublk device ${kernel.id} (${kernel.state}) left by an earlier daemon: no saved device could take it back`);
       } catch (err) {
@@ -246,9 +263,18 @@ export class DeviceRegistry {
     });
   }
 
-  /** Refused while anything uses the device; otherwise gone from the kernel, /dev and the store. */
+  /**
+   * Refused while anything uses the device; otherwise gone from the kernel, /dev and the store.
+   * A saved device that could not be restored is forgotten: its saved table is deleted.
+   */
   remove(name: string): Promise<void> {
     return this.serialized(name, async () => {
+      if (!this.devices.has(name) && this.notRestored.has(name)) {
+        await this.deps.store.delete(name);
+        this.notRestored.delete(name);
+        this.deps.log.info(`forgot ${name}, which could not be restored: its saved table is deleted`);
+        return;
+      }
       const device = this.get(name);
       const reason = busyReason(await this.deps.probeUsage(device.blockPath, device.devno));
       if (reason) throw new DeviceError(`device ${name} is busy: ${reason}`, 'EBUSY');
@@ -286,31 +312,76 @@ export class DeviceRegistry {
     return Promise.all(this.selected(name).map((device) => this.infoOf(device)));
   }
 
-  /** The device called `name`, or ENOENT. */
+  /** Saved devices this daemon could not bring back, with why. */
+  failures(): FailedDevice[] {
+    return [...this.notRestored].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([name, reason]) => ({ name, state: 'failed' as const, reason }));
+  }
+
+  /** The device called `name`, or ENOENT (saying why, when it is a saved device that did not come back). */
   get(name: string): MappedDevice {
     const device = this.devices.get(name);
-    if (!device) throw new DeviceError(`device ${name} does not exist`, 'ENOENT');
-    return device;
+    if (device) return device;
+    const failure = this.notRestored.get(name);
+    throw new DeviceError(`device ${name} does not exist${failure === undefined ? '' : `: it could not be restored (${failure})`}`, 'ENOENT');
   }
 
   /**
-   * Daemon shutdown: every kernel device goes away, the saved tables stay so the next start
-   * brings them back. Waits for operations already running.
+   * Daemon shutdown; waits for operations already running. The saved tables stay either way.
+   * `handOver`: every device a later daemon can reattach to (user recovery granted) is left
+   * to it: suspended (its in-flight I/O completes, its targets write their state out), its
+   * tables released, its ublk device and link kept; the kernel quiesces it when this process
+   * exits. Other devices, and all of them without `handOver`, are removed from the kernel.
    */
-  async shutdown(): Promise<void> {
+  async shutdown(options: { readonly handOver: boolean } = { handOver: false }): Promise<ShutdownReport> {
     await Promise.allSettled([...this.locks.values()]);
-    // Upper devices before the devices they are built on, one level at a time: a lower device
-    // stopped while an upper one still sends it I/O waits on that I/O (and control commands go
-    // to the kernel one at a time, so the upper's stop would queue behind it).
+    const kept = new Set(options.handOver ? this.sorted().filter((device) => device.ublkIdentity !== undefined) : []);
+    const report: { handedOver: string[]; removed: string[]; failed: { name: string; error: string }[] } = { handedOver: [], removed: [], failed: [] };
+    const fail = (device: MappedDevice, err: unknown, what: string): void => {
+      report.failed.push({ name: device.name, error: (err as Error).message });
+      this.deps.log.error(`${what} ${device.name} failed: ${(err as Error).message}`);
+    };
+    // Nothing is detached until every kept device is suspended: a snapshot's table released
+    // while its origin still takes writes would miss their copy-outs.
+    await this.upperFirst(async (device) => {
+      if (!kept.has(device)) {
+        await this.discard(device).then(() => report.removed.push(device.name), (err) => fail(device, err, 'stopping'));
+      } else if (!device.suspended) {
+        // noflush: I/O a target pushes back (a mirror's held writes) waits for the next daemon instead of failing.
+        await device.suspend({ noflush: true }).catch((err) => {
+          kept.delete(device);
+          fail(device, err, 'suspending');
+          this.deps.log.warn(`${device.name} is left as a crash leaves it: the next daemon re-issues its unanswered I/O`);
+        });
+      }
+    });
+    for (const device of kept) {
+      this.deps.scope.removeDevice(blockKey(device), device);
+      this.devices.delete(device.name);
+      this.identities.delete(device.name);
+      try {
+        await device.detach();
+        report.handedOver.push(device.name);
+        this.deps.log.info(`left ${device.name} on ${device.blockPath} for the next daemon`);
+      } catch (err) {
+        fail(device, err, 'detaching');
+      }
+    }
+    return report;
+  }
+
+  /**
+   * Run `step` on every device, upper devices before the devices they are built on, one level
+   * at a time: a lower device stopped or suspended while an upper one still sends it I/O would
+   * wait on that I/O (and control commands go to the kernel one at a time, so the upper's stop
+   * would queue behind it).
+   */
+  private async upperFirst(step: (device: MappedDevice) => Promise<void>): Promise<void> {
     let left = this.sorted();
     while (left.length > 0) {
       const held = new Set(left.flatMap((device) => (this.identities.get(device.name)?.lowers ?? []).map((lower) => lower.name)));
       let wave = left.filter((device) => !held.has(device.name));
       if (wave.length === 0) wave = left; // a cycle cannot be saved, but never loop on one
-      const results = await Promise.allSettled(wave.map((device) => this.discard(device)));
-      for (const result of results) {
-        if (result.status === 'rejected') this.deps.log.error(`stopping a device failed: ${(result.reason as Error).message}`);
-      }
+      await Promise.all(wave.map(step));
       left = left.filter((device) => !wave.includes(device));
     }
   }
@@ -342,7 +413,7 @@ export class DeviceRegistry {
       } else {
         this.deps.log.warn(`${what} is ${candidate.state}, not recoverable: deleting it and making a new device`);
       }
-      await recovery.deleteKernelDevice(candidate.id).catch((err: Error) => this.deps.log.error(`cannot delete ${what}: ${err.message}`));
+      await recovery.deleteKernelDevice(candidate.id, candidate.serverFlags).catch((err: Error) => this.deps.log.error(`cannot delete ${what}: ${err.message}`));
     }
     await this.startOn(saved, events, built, this.newUblkOptions());
     return 'created';

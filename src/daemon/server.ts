@@ -20,9 +20,13 @@ import { procUsageProbe, readAheadSectors } from './usage';
 import { packageVersion } from '../base/version';
 import { installationMark } from './ownership';
 import * as path from 'node:path';
+import { DmError } from '../base/errno';
+
+/** A request about devices (`shutdown` is the server's own: see DaemonControl). */
+export type DeviceRequest = Exclude<Request, { verb: 'shutdown' }>;
 
 /** Carry out one request; the answer's shape is fixed per verb by `Results`. */
-export async function serveRequest(registry: DeviceRegistry, request: Request): Promise<Results[Request['verb']]> {
+export async function serveRequest(registry: DeviceRegistry, request: DeviceRequest): Promise<Results[DeviceRequest['verb']]> {
   switch (request.verb) {
     case 'create':
       return registry.create(request.name, request.table, request.options);
@@ -54,7 +58,17 @@ export async function serveRequest(registry: DeviceRegistry, request: Request): 
       return registry.parameters(request.name, request.value);
     case 'version':
       return { version: packageVersion(), protocol: PROTOCOL_VERSION };
+    case 'failures':
+      return registry.failures();
   }
+}
+
+/** How the server stops its daemon when a client asks (`ublk-dm shutdown`). */
+export interface DaemonControl {
+  /** Stop serving and deal with the devices; what it did is the answer. */
+  shutdown(removeDevices: boolean): Promise<Results['shutdown']>;
+  /** The answer is written: the daemon can go. */
+  exit(): void;
 }
 
 /** Errors cross the socket as {message, code}; anything without an errno name is EINVAL (bad table, bad args). */
@@ -74,13 +88,21 @@ export class DaemonServer {
   private readonly server: net.Server;
   private readonly connections = new Map<net.Socket, Promise<void>>();
   private ready: Promise<void> = Promise.resolve();
+  /** Set once the daemon is stopping: requests are refused from then on. */
+  private stopping = false;
 
   constructor(
     private readonly registry: DeviceRegistry,
     private readonly paths: DaemonPaths,
     private readonly log: Logger,
+    private control?: DaemonControl,
   ) {
     this.server = net.createServer((socket) => this.accept(socket));
+  }
+
+  /** Who carries out a `shutdown` request (the daemon, which owns the process). */
+  setControl(control: DaemonControl): void {
+    this.control = control;
   }
 
   /** Take the socket: refuse if a live daemon answers on it, replace it if stale. */
@@ -111,9 +133,20 @@ export class DaemonServer {
     );
   }
 
+  /**
+   * No new connections, and requests on open ones are refused: the daemon is stopping. Those
+   * already running go on (the registry's shutdown waits for them).
+   */
+  stopAccepting(): void {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.server.close();
+  }
+
   /** Stop accepting, let running requests answer, drop the connections, remove socket and pid file. */
   async close(): Promise<void> {
-    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.stopping = true;
+    const closed = new Promise<void>((resolve) => (this.server.listening ? this.server.close(() => resolve()) : resolve()));
     await Promise.allSettled([...this.connections.values()]);
     for (const socket of this.connections.keys()) socket.destroy();
     await closed;
@@ -159,16 +192,25 @@ export class DaemonServer {
 
   private async answer(socket: net.Socket, line: string): Promise<void> {
     let response: Response;
+    let request: Request | undefined;
     try {
-      const request = decodeRequest(line);
+      request = decodeRequest(line);
       await this.ready;
       this.log.debug(`request ${request.verb}`);
-      response = { ok: true, result: await serveRequest(this.registry, request) };
+      response = { ok: true, result: await this.serve(request) };
     } catch (err) {
       response = { ok: false, error: toWireError(err) };
       this.log.info(`request failed: ${response.error.message}`);
     }
-    if (!socket.destroyed) socket.write(encodeResponse(response));
+    if (!socket.destroyed) await new Promise<void>((resolve) => socket.write(encodeResponse(response), () => resolve()));
+    if (request?.verb === 'shutdown' && response.ok) this.control!.exit();
+  }
+
+  private serve(request: Request): Promise<unknown> {
+    if (this.stopping) throw new DmError('the daemon is shutting down', 'ESHUTDOWN');
+    if (request.verb !== 'shutdown') return serveRequest(this.registry, request);
+    if (!this.control) throw new DmError('this server cannot be shut down by a request', 'EOPNOTSUPP');
+    return this.control.shutdown(request.removeDevices);
   }
 }
 
@@ -195,8 +237,10 @@ async function kernelDeps(paths: DaemonPaths, log: Logger, options: DaemonOption
 }
 
 /**
- * `ublk-dm daemon`: serve until SIGTERM/SIGINT, then remove every kernel device (their saved
- * tables stay, so the next start brings them back) and exit 0.
+ * `ublk-dm daemon`: serve until SIGTERM/SIGINT or a `shutdown` request, then exit 0. Devices a
+ * later daemon can reattach to (ublk user recovery) are left to it, suspended, their I/O waiting
+ * in the kernel, so a restart never unmounts anything; `shutdown --remove-devices` (and devices
+ * made without recovery) remove the kernel devices instead. Saved tables stay either way.
  */
 export interface DaemonOptions {
   /** Make new devices recoverable after a daemon crash (ublk user recovery, where the kernel offers it). */
@@ -234,21 +278,40 @@ export async function runDaemon(
   );
   void restored.then(restoreSettled);
 
-  let stopping = false;
-  const stop = async (signal: string): Promise<void> => {
+  let stopping: Promise<Results['shutdown']> | undefined;
+  const stop = (why: string, removeDevices: boolean): Promise<Results['shutdown']> => {
     if (stopping) {
-      log.warn(`${signal} while stopping; still draining`);
-      return;
+      log.warn(`${why} while stopping; still stopping`);
+      return stopping;
     }
-    stopping = true;
-    log.info(`${signal}: stopping; saved tables are kept`);
-    await restored;
+    stopping = (async () => {
+      log.info(`${why}: stopping; ${removeDevices ? 'removing the kernel devices' : 'leaving recoverable devices to the next daemon'}; saved tables are kept`);
+      server.stopAccepting();
+      await restored;
+      const report = await registry.shutdown({ handOver: !removeDevices });
+      log.info(
+        `stopped: ${report.handedOver.length} device(s) left for the next daemon, ${report.removed.length} removed` +
+          (report.failed.length ? `, ${report.failed.length} failed` : ''),
+      );
+      return { ...report, pid: process.pid };
+    })();
+    return stopping;
+  };
+  const exit = async (): Promise<void> => {
     await server.close();
-    await registry.shutdown();
-    log.info('stopped');
+    // The completions of the last requests served queued their COMMIT_AND_FETCH on the ring;
+    // two turns of the event loop let its flush submit them, so the kernel gets every answer
+    // before the ring goes with the process (none is re-issued to the next daemon).
+    await new Promise((resolve) => setImmediate(resolve));
+    await new Promise((resolve) => setImmediate(resolve));
     process.exit(0);
   };
-  process.on('SIGTERM', () => void stop('SIGTERM'));
-  process.on('SIGINT', () => void stop('SIGINT'));
+  const onSignal = (signal: string): void => void stop(signal, false).then(exit, (err: Error) => {
+    log.error(`stopping failed: ${err.message}`);
+    process.exit(1);
+  });
+  server.setControl({ shutdown: (removeDevices) => stop(`shutdown request${removeDevices ? ' (--remove-devices)' : ''}`, removeDevices), exit: () => void exit() });
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  process.on('SIGINT', () => onSignal('SIGINT'));
   await restored;
 }

@@ -336,6 +336,22 @@ export class MappedDevice {
     this.inactive = undefined;
     await Promise.all([this.live.table.destroy(), inactive?.table.destroy()]);
   }
+
+  /**
+   * Handover to the next daemon: release the tables of a suspended device and leave its ublk
+   * device running. Suspend first (the registry does, every device before any is detached: a
+   * snapshot must not stop copying out while its origin still takes writes). Requests that
+   * arrive from now on wait unmapped in the dispatcher; when this process exits the kernel
+   * takes them back (requeued: ublk REISSUE, so nothing half-done is repeated) and keeps the
+   * device quiesced until UblkDevice.recover.
+   */
+  async detach(): Promise<void> {
+    if (!this.dispatcher.suspended) throw new DeviceError(`device ${this.name} must be suspended before it is detached`, 'EBUSY');
+    this.events.close();
+    const inactive = this.inactive;
+    this.inactive = undefined;
+    await Promise.all([this.live.table.destroy(), inactive?.table.destroy()]);
+  }
 }
 
 /**

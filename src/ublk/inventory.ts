@@ -1,6 +1,6 @@
 import { promises as fsp } from 'node:fs';
 
-import { ENODEV, ErrnoError } from '../base/errno';
+import { EEXIST, ENODEV, ErrnoError } from '../base/errno';
 import type { DevInfo } from './abi';
 import { UblkControl } from './control';
 
@@ -44,11 +44,18 @@ export async function listUblkDevices(): Promise<DevInfo[]> {
 
 /**
  * STOP_DEV then DEL_DEV of a device nobody serves (a dead server's leftover): with no server,
- * STOP_DEV fails whatever I/O the kernel queued for it. Gone already is not an error.
+ * STOP_DEV fails whatever I/O the kernel queued for it. Gone already is not an error. The
+ * device is looked at first and left alone unless it still carries `serverFlags`: ids are
+ * reused, and the one listed a moment ago may since have been deleted and its id handed to a
+ * new device of someone else.
  */
-export async function deleteUblkDevice(devId: number): Promise<void> {
+export async function deleteUblkDevice(devId: number, serverFlags: bigint): Promise<void> {
   const control = await UblkControl.open();
   try {
+    const info = await control.getDeviceInfo(devId);
+    if (info.serverFlags !== serverFlags) {
+      throw new ErrnoError(`ublk device ${devId} now carries mark ${info.serverFlags.toString(16)}, not ${serverFlags.toString(16)}: another device took its id; left alone`, EEXIST);
+    }
     await control.stopDevice(devId);
     await control.deleteDevice(devId);
   } catch (error) {

@@ -31,11 +31,19 @@ export type Request =
   | { readonly verb: 'message'; readonly name: string; readonly sector: number; readonly words: string[] }
   /** Target type parameters: all, one (`name`), or set one (`name` and `value`). */
   | { readonly verb: 'param'; readonly name?: string; readonly value?: string }
-  | { readonly verb: 'version' };
+  | { readonly verb: 'version' }
+  /** Saved devices the daemon could not bring back at its start. */
+  | { readonly verb: 'failures' }
+  /**
+   * Stop the daemon. Devices a later daemon can reattach to are left to it (their I/O waits)
+   * unless `removeDevices`; the answer comes once that is done, and then the daemon exits.
+   */
+  | { readonly verb: 'shutdown'; readonly removeDevices: boolean };
 
 export type Verb = Request['verb'];
 export const VERBS: readonly Verb[] = [
   'create', 'reload', 'remove', 'suspend', 'wait', 'resume', 'ls', 'table', 'status', 'info', 'message', 'param', 'version',
+  'failures', 'shutdown',
 ];
 
 export interface CreatedDevice {
@@ -86,6 +94,23 @@ export interface DeviceInfo {
   readonly depth: number;
 }
 
+/** A saved device the daemon could not bring back when it started; `remove NAME` forgets it. */
+export interface FailedDevice {
+  readonly name: string;
+  readonly state: 'failed';
+  /** Why: the error its restore met, or why its saved file could not be read. */
+  readonly reason: string;
+}
+
+/** What a daemon shutdown did with each device. */
+export interface ShutdownReport {
+  /** Left in the kernel for the next daemon to reattach to; their I/O waits meanwhile. */
+  readonly handedOver: string[];
+  /** Removed from the kernel (their saved tables stay). */
+  readonly removed: string[];
+  readonly failed: ReadonlyArray<{ readonly name: string; readonly error: string }>;
+}
+
 /** A target type parameter and its value in the daemon (`ublk-dm param`). */
 export interface ParameterSetting {
   readonly name: string;
@@ -113,6 +138,9 @@ export interface Results {
   message: { name: string; reply: string };
   param: ParameterSetting[];
   version: VersionInfo;
+  failures: FailedDevice[];
+  /** With the pid of the daemon, which exits after answering. */
+  shutdown: ShutdownReport & { pid: number };
 }
 
 export interface WireError {
@@ -179,7 +207,10 @@ export function decodeRequest(line: string): Request {
       return { verb, ...optionalName(msg), ...(value === undefined ? {} : { value: str(msg, 'value') }) };
     }
     case 'version':
+    case 'failures':
       return { verb };
+    case 'shutdown':
+      return { verb, removeDevices: bool(msg, 'removeDevices') };
     default:
       throw new ProtocolError(`unknown verb ${JSON.stringify(verb)}`);
   }

@@ -98,7 +98,9 @@ export class FakeKernel implements RecoveryDeps {
     return this.devices.map((d) => ({ ...d }));
   }
 
-  async deleteKernelDevice(id: number): Promise<void> {
+  async deleteKernelDevice(id: number, serverFlags: bigint): Promise<void> {
+    const device = this.devices.find((d) => d.id === id);
+    if (device && device.serverFlags !== serverFlags) throw new Error(`ublk device ${id} now carries another mark`);
     this.deleted.push(id);
     this.devices = this.devices.filter((d) => d.id !== id);
   }

@@ -80,6 +80,14 @@ describe('CLI arguments', () => {
     usageError(['daemon', '--param', 'raid1_resync_throttle'], /--param wants NAME=VALUE/);
     assert.deepEqual(parseCommand(['daemon', '--no-recovery']), { verb: 'daemon', params: [], recovery: false }, 'devices that die with the daemon');
     assert.deepEqual(parseCommand(['daemon', '--recovery']), { verb: 'daemon', params: [] });
+    assert.deepEqual(parseCommand(['daemon', '--restart']), { verb: 'daemon', params: [], restart: true }, 'take the devices over from the running daemon');
+  });
+
+  it('parses shutdown and doctor', () => {
+    assert.deepEqual(parseCommand(['shutdown']), { verb: 'shutdown', removeDevices: false, json: false }, 'by default the devices stay for the next daemon');
+    assert.deepEqual(parseCommand(['shutdown', '--remove-devices', '--json']), { verb: 'shutdown', removeDevices: true, json: true });
+    assert.deepEqual(parseCommand(['doctor', '--json']), { verb: 'doctor', json: true });
+    usageError(['shutdown', 'extra'], /Unknown argument|extra/);
     assert.deepEqual(parseCommand(['version']), { verb: 'version' });
   });
 
