@@ -109,7 +109,8 @@ async function main(): Promise<void> {
   let striped: StripedReport | null = null;
   let mirror: MirrorReport | null = null;
   let recovery: RecoveryReport | null = null;
-  const killDaemon = () => sh(`kill $(cat ${join(work, 'run', 'ublk-dm.pid')}) 2>/dev/null; true`);
+  // Removing: a plain SIGTERM would leave the devices in the kernel for a next daemon.
+  const killDaemon = () => ours('shutdown', '--remove-devices').catch(() => '');
   if (!args.skipBasic) try {
     const sizeSectors = (args.fileMiB * 1024 * 1024) / 512;
     await sh(`modprobe null_blk nr_devices=1 queue_mode=2 irqmode=0 gb=${Math.ceil(args.fileMiB / 1024)} bs=512 hw_queue_depth=128 submit_queues=1`);

@@ -9,7 +9,8 @@ step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 cleanup() {
   umount "$work/mnt" 2>/dev/null || true
   for n in demo-linear demo-mixed demo-error; do ublk_dm remove "$n" >/dev/null 2>&1 || true; done
-  [[ -f $work/run/ublk-dm.pid ]] && kill "$(cat "$work/run/ublk-dm.pid")" 2>/dev/null || true
+  # Removing: a plain SIGTERM would leave the devices in the kernel for a next daemon.
+  ublk_dm shutdown --remove-devices >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT

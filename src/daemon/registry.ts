@@ -345,7 +345,10 @@ export class DeviceRegistry {
     await this.upperFirst(async (device) => {
       if (!kept.has(device)) {
         await this.discard(device).then(() => report.removed.push(device.name), (err) => fail(device, err, 'stopping'));
-      } else if (!device.suspended) {
+      } else if (device.hasInactiveTable) {
+        this.deps.log.warn(`${device.name}: its inactive table is not saved; the next daemon serves its live table`);
+      }
+      if (kept.has(device) && !device.suspended) {
         // noflush: I/O a target pushes back (a mirror's held writes) waits for the next daemon instead of failing.
         await device.suspend({ noflush: true }).catch((err) => {
           kept.delete(device);

@@ -6,7 +6,7 @@
  */
 import { execFile, spawn, ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { readFile, stat, writeFile, truncate } from 'node:fs/promises';
+import { stat, writeFile, truncate } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -57,7 +57,6 @@ export async function mustSh(command: string, opts: { env?: NodeJS.ProcessEnv; t
 export class Sandbox {
   readonly dir: string;
   readonly env: NodeJS.ProcessEnv;
-  private daemon?: ChildProcess;
 
   constructor(label: string) {
     this.dir = mkdtempSync(join(tmpdir(), `ublkdm-${label}-`));
@@ -105,7 +104,6 @@ export class Sandbox {
     const child = spawn(process.execPath, [cliPath, 'daemon'], { env: this.env, stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr!.on('data', (d) => { stderr += d; });
-    this.daemon = child;
     const sock = join(this.env.UBLK_DM_RUN_DIR!, 'ublk-dm.sock');
     for (let i = 0; i < 1200; i++) {
       if (existsSync(sock)) return child;
@@ -115,18 +113,15 @@ export class Sandbox {
     throw new Error(`daemon did not come up: ${stderr}`);
   }
 
-  /** SIGTERM to the daemon (whoever started it) and wait for it to exit. */
+  /**
+   * Stop the daemon (whoever started it) removing its kernel devices, and wait for it to exit:
+   * `ublk-dm shutdown --remove-devices`. (A plain SIGTERM or `shutdown` leaves recoverable
+   * devices in the kernel for the next daemon, which would carry them into the next test.)
+   * The saved tables stay, so the next start brings the devices back.
+   */
   async stopDaemon(): Promise<void> {
-    const pidFile = join(this.env.UBLK_DM_RUN_DIR!, 'ublk-dm.pid');
-    let pid: number | undefined = this.daemon?.pid;
-    if (existsSync(pidFile)) pid = Number((await readFile(pidFile, 'utf8')).trim());
-    if (!pid) return;
-    try { process.kill(pid, 'SIGTERM'); } catch { return; }
-    for (let i = 0; i < 600; i++) {
-      try { process.kill(pid, 0); } catch { this.daemon = undefined; return; }
-      await sleep(50);
-    }
-    throw new Error(`daemon ${pid} did not exit within 30 s of SIGTERM`);
+    const r = await this.cli(['shutdown', '--remove-devices']);
+    if (r.code !== 0) throw new Error(`ublk-dm shutdown --remove-devices exited ${r.code}: ${r.stderr}${r.stdout}`);
   }
 
   /** Removes every device left behind, stops the daemon and deletes the directories. */

@@ -111,13 +111,13 @@ describe('integration: device lifecycle', function () {
     assert.ok(!existsSync(dev));
   });
 
-  it('a daemon stopped with SIGTERM removes its kernel devices and brings them back on restart', async function () {
+  it('a daemon stopped with shutdown --remove-devices removes its kernel devices and brings them back on restart', async function () {
     const backing = await makeBackingFile(box.dir, 'restart.img', 8 * MiB);
     const dev = await box.create('restart', `0 ${(8 * MiB) / 512} linear ${backing} 0`, ['--queues', '2']);
     await mustSh(`dd if=/dev/urandom of=${dev} bs=64k count=16 oflag=direct conv=fsync`);
     const sum = await sha256OfFile(backing);
     await box.stopDaemon();
-    assert.ok(!existsSync(dev), 'SIGTERM removed the kernel device');
+    assert.ok(!existsSync(dev), 'shutdown --remove-devices removed the kernel device');
     assert.ok((await readdir(box.stateDir)).length > 0, 'the saved table is kept');
     await box.startDaemon();
     const ls = JSON.parse(await box.ok(['ls', '--json'])) as Array<{ name: string; blockPath: string }>;

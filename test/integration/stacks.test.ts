@@ -19,6 +19,9 @@ interface Info {
   major: number;
   minor: number;
   blockPath: string;
+  /** Only on a saved device that did not come back, with why. */
+  state?: 'failed';
+  reason?: string;
 }
 
 /** Every device as `info --json` reports it (one CLI call: each costs seconds in the TCG guest). */
@@ -70,8 +73,8 @@ function captureLog(child: ChildProcess): () => string {
 }
 
 /**
- * SIGTERM the daemon (that removes every kernel device and keeps the saved tables, which go with
- * the sandbox); if it does not stop, remove the devices one by one. Never throws.
+ * Stop the daemon removing every kernel device (`shutdown --remove-devices`; the saved tables,
+ * which go with the sandbox, are kept); if it does not stop, remove the devices one by one. Never throws.
  */
 async function teardown(box: Sandbox | undefined, topDown: string[]): Promise<void> {
   if (!box) return;
@@ -139,7 +142,7 @@ describe('integration: stacks of our own devices across a daemon restart', funct
     const unrelatedSum = await sha256OfFile(unrelatedImg);
 
     await box.stopDaemon();
-    assert.ok(!existsSync(topDev), 'SIGTERM removed the kernel devices');
+    assert.ok(!existsSync(topDev), 'shutdown --remove-devices removed the kernel devices');
     await box.startDaemon();
 
     // 1. Every device is back, each upper over the same device as before (by MAJ:MIN from info --json).
@@ -188,9 +191,14 @@ describe('integration: stacks of our own devices across a daemon restart', funct
     await rename(lowerImg, away);
     const log = captureLog(await box.startDaemon());
 
-    const names = (await infos(box)).map((d) => d.name);
-    assert.deepEqual(names, ['aaa-other'], 'with z-lower missing, p-upper stays down instead of being built over another device');
+    const listed = await infos(box);
+    assert.deepEqual(listed.filter((d) => d.state !== 'failed').map((d) => d.name), ['aaa-other'], 'with z-lower missing, p-upper stays down instead of being built over another device');
     assert.match(log(), /(error|warn): .*p-upper/, `the daemon's log says why p-upper is not back:\n${log()}`);
+    const notBack = new Map(listed.filter((d) => d.state === 'failed').map((d) => [d.name, d.reason ?? '']));
+    assert.deepEqual([...notBack.keys()], ['p-upper', 'z-lower'], '`info` shows both devices that did not come back');
+    assert.match(notBack.get('p-upper')!, /z-lower/, 'p-upper: its lower device is not there');
+    assert.match(notBack.get('z-lower')!, /z-lower\.img/, 'z-lower: its backing file is missing');
+    assert.match(await box.ok(['ls']), /^p-upper\t\(not restored: .*z-lower/m, '`ls` shows it too, with why');
     assert.equal(await sha256OfFile(otherImg), otherSum, 'aaa-other.img is unchanged');
     assert.equal(await sha256OfFile(away), lowerSum, 'z-lower.img is unchanged');
     const saved = await readdir(box.stateDir);

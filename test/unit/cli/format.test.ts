@@ -70,6 +70,23 @@ describe('format (dmsetup output)', () => {
     assert.equal(formatDeviceList([]), NO_DEVICES);
   });
 
+  it('lists a saved device that was not restored after the live ones, with why in place of its numbers', () => {
+    const failed = [{ name: 'gone', state: 'failed' as const, reason: 'cannot open /img/gone.img: ENOENT' }];
+    assert.equal(
+      formatDeviceList([{ name: 'a', major: 259, minor: 0, blockPath: '/dev/ublkb0' }], failed),
+      'a\t(259:0)\ngone\t(not restored: cannot open /img/gone.img: ENOENT)\n',
+    );
+    assert.equal(formatDeviceList([], failed), 'gone\t(not restored: cannot open /img/gone.img: ENOENT)\n', 'not "No devices found"');
+    assert.equal(
+      formatInfo([], true, failed, '/var/lib/ublk-dm'),
+      'Name:              gone\n' +
+        'State:             NOT RESTORED\n' +
+        'Reason:            cannot open /img/gone.img: ENOENT\n' +
+        'Saved table:       /var/lib/ublk-dm/gone.json\n' +
+        '\n',
+    );
+  });
+
   it('prints the info long form with dmsetup field names and alignment', () => {
     assert.equal(
       formatInfo([info], false),

@@ -127,4 +127,43 @@ describe('DaemonServer over a unix socket', () => {
     await server.listen();
     assert.deepEqual(await sendRequest(paths.socketPath, { verb: 'ls' }), []);
   });
+
+  it('a shutdown request: the daemon stops serving, answers with what it did, and only then exits', async () => {
+    const events: string[] = [];
+    server.setControl({
+      shutdown: async (removeDevices) => {
+        events.push(`shutdown removeDevices=${removeDevices}`);
+        server.stopAccepting();
+        return { pid: 4242, handedOver: ['a'], removed: [], failed: [] };
+      },
+      exit: () => events.push('exit'),
+    });
+    const answer = await sendRequest(paths.socketPath, { verb: 'shutdown', removeDevices: false });
+    assert.deepEqual(answer, { pid: 4242, handedOver: ['a'], removed: [], failed: [] });
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(events, ['shutdown removeDevices=false', 'exit']);
+  });
+
+  it('refuses requests once stopping, and a shutdown it has nobody to carry out', async () => {
+    await assert.rejects(sendRequest(paths.socketPath, { verb: 'shutdown', removeDevices: true }), (err: DaemonError) => err.code === 'EOPNOTSUPP');
+    const socket = net.connect(paths.socketPath);
+    await new Promise((resolve) => socket.once('connect', resolve));
+    server.stopAccepting();
+    const answer = await new Promise<string>((resolve) => {
+      let received = '';
+      socket.setEncoding('utf8');
+      socket.on('data', (chunk: string) => {
+        received += chunk;
+        if (received.includes('\n')) resolve(received);
+      });
+      socket.write(JSON.stringify({ v: PROTOCOL_VERSION, verb: 'ls' }) + '\n');
+    });
+    socket.destroy();
+    assert.match(answer, /"code":"ESHUTDOWN"/);
+    await assert.rejects(sendRequest(paths.socketPath, { verb: 'ls' }), DaemonAbsentError, 'no new connections');
+  });
+
+  it('serves failures: the saved devices that did not come back', async () => {
+    assert.deepEqual(await sendRequest(paths.socketPath, { verb: 'failures' }), []);
+  });
 });

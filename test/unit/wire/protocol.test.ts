@@ -35,6 +35,9 @@ describe('protocol', () => {
     { verb: 'param', name: 'raid1_resync_throttle' },
     { verb: 'param', name: 'raid1_resync_throttle', value: '50' },
     { verb: 'version' },
+    { verb: 'failures' },
+    { verb: 'shutdown', removeDevices: false },
+    { verb: 'shutdown', removeDevices: true },
   ];
 
   for (const request of requests) {
@@ -51,6 +54,10 @@ describe('protocol', () => {
     assert.deepEqual(decodeResponse(ok), { ok: true, result: [{ name: 'a', major: 259, minor: 0 }] });
     const failed = encodeResponse({ ok: false, error: { message: 'device a is busy: mounted (1 mount)', code: 'EBUSY' } });
     assert.deepEqual(decodeResponse(failed), { ok: false, error: { message: 'device a is busy: mounted (1 mount)', code: 'EBUSY' } });
+  });
+
+  it('refuses a shutdown that does not say whether to remove the devices', () => {
+    rejects(JSON.stringify({ v: PROTOCOL_VERSION, verb: 'shutdown' }), /"removeDevices" must be a boolean/);
   });
 
   it('rejects lines that are not JSON objects', () => {

@@ -1,0 +1,187 @@
+/**
+ * Upgrades never unmount anything: a daemon that is asked to stop (SIGTERM, `ublk-dm shutdown`,
+ * `ublk-dm daemon --restart`) leaves its recoverable devices in the kernel, suspended cleanly
+ * (nothing in flight, the targets' state written out), and the next daemon reattaches to them
+ * by the recovery path. `shutdown --remove-devices` keeps the old meaning. And `ublk-dm doctor`
+ * reports what is wrong meanwhile.
+ */
+import { strict as assert } from 'node:assert';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Sandbox, cliPath, makeBackingFile, mustSh, requireRealUblk, sh, sleep } from './harness';
+
+const MiB = 1 << 20;
+
+interface Listed {
+  name: string;
+  blockPath: string;
+}
+
+async function daemonPid(box: Sandbox): Promise<number> {
+  return Number((await readFile(join(box.env.UBLK_DM_RUN_DIR!, 'ublk-dm.pid'), 'utf8')).trim());
+}
+
+function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/** A foreground `ublk-dm daemon ARGS` whose log the test reads. */
+function foregroundDaemon(box: Sandbox, args: string[]): { child: ChildProcess; log: () => string } {
+  const child = spawn(process.execPath, [cliPath, 'daemon', ...args], { env: box.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  child.stdout!.on('data', (d) => (log += d));
+  child.stderr!.on('data', (d) => (log += d));
+  return { child, log: () => log };
+}
+
+async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await sleep(100);
+  }
+}
+
+/** Runs a command in the background; resolves with its exit code and output. */
+function background(command: string): { child: ChildProcess; done: Promise<{ code: number; output: string }> } {
+  const child = spawn('bash', ['-c', command], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout!.on('data', (d) => (output += d));
+  child.stderr!.on('data', (d) => (output += d));
+  const done = new Promise<{ code: number; output: string }>((resolve) => child.on('exit', (code) => resolve({ code: code ?? -1, output })));
+  return { child, done };
+}
+
+async function dmesgLines(): Promise<number> {
+  return Number((await mustSh('dmesg | wc -l')).trim());
+}
+
+async function newDmesgErrors(since: number, device: string): Promise<string[]> {
+  const lines = (await mustSh('dmesg')).split('\n').slice(since);
+  const name = device.replace('/dev/', '');
+  return lines.filter((line) => line.includes(name) && /error|EXT4-fs.*(abort|shut)|JBD2/i.test(line));
+}
+
+/** A writer that fsyncs each file before recording its checksum, until `stop` exists. */
+function fsyncingWriter(mnt: string, sums: string, stop: string): ReturnType<typeof background> {
+  return background(
+    `i=0; while [ ! -e ${stop} ]; do ` +
+      `dd if=/dev/urandom of=${mnt}/f$i bs=64k count=4 conv=fsync status=none || { echo "write f$i failed"; exit 1; }; ` +
+      `sha256sum ${mnt}/f$i >> ${sums} || exit 1; i=$((i+1)); done; echo "wrote $i files"`,
+  );
+}
+
+async function lineCount(file: string): Promise<number> {
+  return (await readFile(file, 'utf8')).split('\n').filter(Boolean).length;
+}
+
+describe('integration: restart handover (the daemon stops, the devices stay)', function () {
+  let box: Sandbox;
+  let mnt: string;
+  let dev: string;
+  const daemons: ChildProcess[] = [];
+
+  before(async function () {
+    requireRealUblk();
+    box = new Sandbox('handover');
+    mnt = join(box.dir, 'mnt');
+    const backing = await makeBackingFile(box.dir, 'fs.img', 64 * MiB, 'zero');
+    dev = await box.create('fs', `0 ${(64 * MiB) / 512} linear ${backing} 0`, ['--queues', '2']);
+    await mustSh(`mkfs.ext4 -q -F ${dev} && mkdir -p ${mnt} && mount ${dev} ${mnt}`);
+  });
+  after(async function () {
+    if (mnt) await sh(`umount ${mnt}`);
+    await box?.cleanup();
+    for (const child of daemons) if (child.exitCode === null) child.kill('SIGKILL');
+  });
+
+  it('Upgrade path: restart handover under a mounted filesystem (daemon --restart while a writer fsyncs files: same device, no error, every file intact, fsck clean)', async function () {
+    const oldPid = await daemonPid(box);
+    const sums = join(box.dir, 'restart.sums');
+    const stop = join(box.dir, 'restart.stop');
+    const dmesgBefore = await dmesgLines();
+    const writer = fsyncingWriter(mnt, sums, stop);
+    await until('the writer has written a few files', async () => existsSync(sums) && (await lineCount(sums)) >= 3);
+
+    const next = foregroundDaemon(box, ['--restart']);
+    daemons.push(next.child);
+    await until('the new daemon has taken over', async () => !alive(oldPid) && existsSync(join(box.env.UBLK_DM_RUN_DIR!, 'ublk-dm.sock')) && (await daemonPid(box).catch(() => 0)) === next.child.pid);
+    const listed = JSON.parse(await box.ok(['ls', '--json'])) as Listed[];
+    assert.deepEqual(listed.map((d) => [d.name, d.blockPath]), [['fs', dev]], 'the same device, same number');
+    assert.match(next.log(), /took over from daemon \d+: 1 device\(s\) to reattach/, next.log());
+    await until('the new daemon says the device is reattached', () => /recovered fs on /.test(next.log()));
+    const atTakeover = await lineCount(sums);
+    await until('the writer goes on after the takeover', async () => (await lineCount(sums)) >= atTakeover + 3);
+    await mustSh(`touch ${stop}`);
+    const result = await writer.done;
+    assert.equal(result.code, 0, `the writer saw an error: ${result.output}`);
+    await mustSh(`sha256sum --quiet -c ${sums}`);
+    assert.deepEqual(await newDmesgErrors(dmesgBefore, dev), [], 'no I/O error, no ext4 or JBD2 complaint in the kernel log');
+    assert.equal(JSON.parse(await box.ok(['info', 'fs', '--json'])).queues, 2, 'with its queues');
+    // The filesystem is consistent on disk: check it unmounted, then mount it again for the next test.
+    await mustSh(`umount ${mnt} && fsck.ext4 -fn ${dev} && mount ${dev} ${mnt}`);
+  });
+
+  it('SIGTERM leaves the mounted device quiesced (doctor says it waits for a daemon); the next CLI call reattaches it and the mount goes on', async function () {
+    await mustSh(`dd if=/dev/urandom of=${mnt}/before bs=64k count=8 conv=fsync status=none && sha256sum ${mnt}/before > ${box.dir}/before.sum`);
+    const pid = await daemonPid(box);
+    process.kill(pid, 'SIGTERM');
+    await until('the daemon exits', () => !alive(pid));
+    assert.ok(existsSync(`/sys/block/${dev.replace('/dev/', '')}`), 'the kernel keeps the block device');
+    assert.ok(!existsSync(join(box.env.UBLK_DM_RUN_DIR!, 'ublk-dm.sock')), 'the socket is gone with the daemon');
+
+    const doctor = await box.cliProcess(['doctor', '--json']);
+    assert.equal(doctor.code, 1, `doctor exits 1 when it finds problems: ${doctor.stdout}${doctor.stderr}`);
+    const problems = (JSON.parse(doctor.stdout) as { problems: Array<{ kind: string; id?: number; owner?: string; state?: string; detail?: string }> }).problems;
+    const id = Number(dev.replace('/dev/ublkb', ''));
+    const ours = problems.find((p) => p.kind === 'dead-ublk-device' && p.id === id);
+    assert.ok(ours, `doctor lists the device: ${JSON.stringify(problems)}`);
+    assert.equal(ours.owner, 'this installation');
+    assert.equal(ours.state, 'quiesced', 'quiesced by the kernel when the daemon exited (not stopped)');
+    assert.match(ours.detail!, /waiting for the next daemon/);
+
+    // A write while no daemon runs waits in the kernel, and completes once one is back.
+    const waiting = background(`dd if=/dev/urandom of=${mnt}/during bs=64k count=4 conv=fsync status=none && sha256sum ${mnt}/during > ${box.dir}/during.sum`);
+    await sleep(1000);
+    assert.equal(waiting.child.exitCode, null, 'the write waits for a daemon instead of failing');
+    const listed = JSON.parse(await box.ok(['ls', '--json'])) as Listed[]; // starts the next daemon
+    assert.deepEqual(listed.map((d) => d.blockPath), [dev]);
+    const wrote = await waiting.done;
+    assert.equal(wrote.code, 0, wrote.output);
+    await mustSh(`sha256sum --quiet -c ${box.dir}/before.sum && sha256sum --quiet -c ${box.dir}/during.sum`);
+    const healthy = await box.cliProcess(['doctor']);
+    assert.equal(healthy.code, 0, `no problems once the device is served again: ${healthy.stdout}${healthy.stderr}`);
+    assert.equal(healthy.stdout, 'no problems found\n');
+  });
+
+  it('shutdown --remove-devices removes the devices (refusing nothing: the old meaning) and keeps the saved tables', async function () {
+    await mustSh(`umount ${mnt}`);
+    const out = await box.ok(['shutdown', '--remove-devices']);
+    assert.match(out, /removed from the kernel: fs/);
+    assert.ok(!existsSync(dev), 'the kernel device is gone');
+    const back = JSON.parse(await box.ok(['ls', '--json'])) as Listed[];
+    assert.deepEqual(back.map((d) => d.name), ['fs'], 'the next daemon brings it back from its saved table');
+    await mustSh(`mount ${back[0]!.blockPath} ${mnt} && sha256sum --quiet -c ${box.dir}/before.sum; umount ${mnt}`);
+  });
+
+  it('doctor lists a stale link and an unreadable saved table', async function () {
+    await mkdir(box.linkDir, { recursive: true });
+    await symlink('/dev/ublkb999', join(box.linkDir, 'gone'));
+    await writeFile(join(box.stateDir, 'torn.json'), '{"format": 1, "na');
+    try {
+      const r = await box.cliProcess(['doctor']);
+      assert.equal(r.code, 1, r.stdout + r.stderr);
+      assert.match(r.stdout, new RegExp(`^stale link ${join(box.linkDir, 'gone')} -> /dev/ublkb999: /dev/ublkb999 does not exist$`, 'm'));
+      assert.match(r.stdout, new RegExp(`^unreadable saved table ${join(box.stateDir, 'torn.json')}: `, 'm'));
+    } finally {
+      await sh(`rm -f ${join(box.linkDir, 'gone')} ${join(box.stateDir, 'torn.json')}`);
+    }
+  });
+});
