@@ -1,9 +1,9 @@
 import { promises as fsp } from 'node:fs';
 import yargs, { type Argv } from 'yargs';
-import { DaemonAbsentError, removeDevice, sendRequest, sendRequestStartingDaemon } from './client';
+import { DaemonAbsentError, DaemonError, removeDevice, sendRequest, sendRequestStartingDaemon } from './client';
 import { formatDeviceList, formatInfo, formatTableReports } from './format';
 import { daemonPaths } from '../daemon/paths';
-import type { DeviceOptions, Request } from '../wire/protocol';
+import type { DeviceOptions, FailedDevice, Request } from '../wire/protocol';
 import { PROTOCOL_VERSION } from '../wire/protocol';
 import { packageVersion } from '../base/version';
 import { createSnapshot, formatSnapshotList, listSnapshots, mergeSnapshot, parseByteSize, parseChunkSize, type MergeProgress } from './snapshot';
@@ -379,6 +379,19 @@ const processIo: CliIo = {
 };
 
 
+/**
+ * The saved devices the daemon could not bring back. A daemon older than this CLI (upgraded but
+ * not yet restarted) does not know the verb: it then has none to tell of, and `ls` still works.
+ */
+async function notRestored(send: (request: { verb: 'failures' }) => Promise<FailedDevice[]>): Promise<FailedDevice[]> {
+  try {
+    return await send({ verb: 'failures' });
+  } catch (err) {
+    if (err instanceof DaemonError && err.code === 'EPROTO' && /unknown verb/.test(err.message)) return [];
+    throw err;
+  }
+}
+
 /** Carry out a parsed command; returns the text for stdout. */
 async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>, io: CliIo): Promise<string> {
   const paths = daemonPaths(io.env);
@@ -425,7 +438,7 @@ async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>
     case 'ls': {
       const devices = await send(command.target === undefined ? { verb: 'ls' } : { verb: 'ls', target: command.target });
       // A device that did not come back has no table, so no target type to match.
-      const failed = command.target === undefined ? await send({ verb: 'failures' }) : [];
+      const failed = command.target === undefined ? await notRestored(send) : [];
       return command.json ? asJson([...devices, ...failed]) : formatDeviceList(devices, failed);
     }
     case 'table':
@@ -439,7 +452,7 @@ async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>
       return formatTableReports(reports, command.name === undefined);
     }
     case 'info': {
-      const failed = (await send({ verb: 'failures' })).filter((f) => command.name === undefined || f.name === command.name);
+      const failed = (await notRestored(send)).filter((f) => command.name === undefined || f.name === command.name);
       const infos = command.name !== undefined && failed.length > 0 ? [] : await send(command.name !== undefined ? { verb: 'info', name: command.name } : { verb: 'info' });
       if (command.json) return asJson(command.name !== undefined ? (infos[0] ?? failed[0]) : [...infos, ...failed]);
       return formatInfo(infos, command.name === undefined, failed, paths.stateDir);

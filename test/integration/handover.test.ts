@@ -7,29 +7,17 @@
  */
 import { strict as assert } from 'node:assert';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Sandbox, cliPath, makeBackingFile, mustSh, requireRealUblk, sh, sleep } from './harness';
+import { Sandbox, background, cliPath, daemonPid, dmesgLineCount, makeBackingFile, mustSh, newDmesgErrors, processExited, requireRealUblk, sh, sha256OfFile, sleep } from './harness';
+import { cleanBits, parseMirrorStatus } from './mirror-support';
 
 const MiB = 1 << 20;
 
 interface Listed {
   name: string;
   blockPath: string;
-}
-
-async function daemonPid(box: Sandbox): Promise<number> {
-  return Number((await readFile(join(box.env.UBLK_DM_RUN_DIR!, 'ublk-dm.pid'), 'utf8')).trim());
-}
-
-function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
 }
 
 /** A foreground `ublk-dm daemon ARGS` whose log the test reads. */
@@ -47,26 +35,6 @@ async function until(what: string, check: () => boolean | Promise<boolean>, time
     if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
     await sleep(100);
   }
-}
-
-/** Runs a command in the background; resolves with its exit code and output. */
-function background(command: string): { child: ChildProcess; done: Promise<{ code: number; output: string }> } {
-  const child = spawn('bash', ['-c', command], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  child.stdout!.on('data', (d) => (output += d));
-  child.stderr!.on('data', (d) => (output += d));
-  const done = new Promise<{ code: number; output: string }>((resolve) => child.on('exit', (code) => resolve({ code: code ?? -1, output })));
-  return { child, done };
-}
-
-async function dmesgLines(): Promise<number> {
-  return Number((await mustSh('dmesg | wc -l')).trim());
-}
-
-async function newDmesgErrors(since: number, device: string): Promise<string[]> {
-  const lines = (await mustSh('dmesg')).split('\n').slice(since);
-  const name = device.replace('/dev/', '');
-  return lines.filter((line) => line.includes(name) && /error|EXT4-fs.*(abort|shut)|JBD2/i.test(line));
 }
 
 /** A writer that fsyncs each file before recording its checksum, until `stop` exists. */
@@ -106,13 +74,13 @@ describe('integration: restart handover (the daemon stops, the devices stay)', f
     const oldPid = await daemonPid(box);
     const sums = join(box.dir, 'restart.sums');
     const stop = join(box.dir, 'restart.stop');
-    const dmesgBefore = await dmesgLines();
+    const dmesgBefore = await dmesgLineCount();
     const writer = fsyncingWriter(mnt, sums, stop);
     await until('the writer has written a few files', async () => existsSync(sums) && (await lineCount(sums)) >= 3);
 
     const next = foregroundDaemon(box, ['--restart']);
     daemons.push(next.child);
-    await until('the new daemon has taken over', async () => !alive(oldPid) && existsSync(join(box.env.UBLK_DM_RUN_DIR!, 'ublk-dm.sock')) && (await daemonPid(box).catch(() => 0)) === next.child.pid);
+    await until('the new daemon has taken over', async () => processExited(oldPid) && existsSync(join(box.env.UBLK_DM_RUN_DIR!, 'ublk-dm.sock')) && (await daemonPid(box).catch(() => 0)) === next.child.pid);
     const listed = JSON.parse(await box.ok(['ls', '--json'])) as Listed[];
     assert.deepEqual(listed.map((d) => [d.name, d.blockPath]), [['fs', dev]], 'the same device, same number');
     assert.match(next.log(), /took over from daemon \d+: 1 device\(s\) to reattach/, next.log());
@@ -133,7 +101,7 @@ describe('integration: restart handover (the daemon stops, the devices stay)', f
     await mustSh(`dd if=/dev/urandom of=${mnt}/before bs=64k count=8 conv=fsync status=none && sha256sum ${mnt}/before > ${box.dir}/before.sum`);
     const pid = await daemonPid(box);
     process.kill(pid, 'SIGTERM');
-    await until('the daemon exits', () => !alive(pid));
+    await until('the daemon exits', () => processExited(pid));
     assert.ok(existsSync(`/sys/block/${dev.replace('/dev/', '')}`), 'the kernel keeps the block device');
     assert.ok(!existsSync(join(box.env.UBLK_DM_RUN_DIR!, 'ublk-dm.sock')), 'the socket is gone with the daemon');
 
@@ -161,7 +129,7 @@ describe('integration: restart handover (the daemon stops, the devices stay)', f
     assert.equal(healthy.stdout, 'no problems found\n');
   });
 
-  it('shutdown --remove-devices removes the devices (refusing nothing: the old meaning) and keeps the saved tables', async function () {
+  it('shutdown --remove-devices removes the devices (the old meaning) and keeps the saved tables', async function () {
     await mustSh(`umount ${mnt}`);
     const out = await box.ok(['shutdown', '--remove-devices']);
     assert.match(out, /removed from the kernel: fs/);
@@ -169,6 +137,46 @@ describe('integration: restart handover (the daemon stops, the devices stay)', f
     const back = JSON.parse(await box.ok(['ls', '--json'])) as Listed[];
     assert.deepEqual(back.map((d) => d.name), ['fs'], 'the next daemon brings it back from its saved table');
     await mustSh(`mount ${back[0]!.blockPath} ${mnt} && sha256sum --quiet -c ${box.dir}/before.sum; umount ${mnt}`);
+  });
+
+  it('a disk-log mirror under writes: the handover leaves its log all clean and its legs identical (nothing to resync), and the writes go on', async function () {
+    const legBytes = 8 * MiB;
+    const regions = legBytes / 512 / 256;
+    const leg0 = await makeBackingFile(box.dir, 'leg0.img', legBytes, 'zero');
+    const leg1 = await makeBackingFile(box.dir, 'leg1.img', legBytes, 'zero');
+    const log = await makeBackingFile(box.dir, 'mlog.img', MiB, 'zero');
+    const m = await box.create('m', `0 ${legBytes / 512} mirror disk 2 ${log} 256 2 ${leg0} 0 ${leg1} 0`);
+    await until('the mirror is in sync', async () => parseMirrorStatus(await box.ok(['status', 'm'])).inSync === regions);
+    const stop = join(box.dir, 'm.stop');
+    // Two writers stamping 4 KiB blocks with O_DIRECT over the whole mirror; any failed write fails them.
+    const writer = background(
+      `for w in 0 1; do (while [ ! -e ${stop} ]; do i=$((RANDOM % ${legBytes / 4096})); ` +
+        `printf 'W%07d' $i | dd of=${m} bs=4096 seek=$i count=1 conv=sync,notrunc,nocreat oflag=direct status=none || { echo "write $i failed"; exit 1; }; done) & done; wait`,
+    );
+    try {
+      await until('writes leave dirty regions in the log', async () => cleanBits(await readFile(log), regions).some((clean) => !clean), 30_000);
+      const pid = await daemonPid(box);
+      process.kill(pid, 'SIGTERM');
+      await until('the daemon exits', () => processExited(pid));
+      const clean = cleanBits(await readFile(log), regions);
+      assert.deepEqual(clean.flatMap((c, r) => (c ? [] : [r])), [], 'every region is clean in the log: the writes finished and the log was written out');
+      assert.equal(await sha256OfFile(leg0), await sha256OfFile(leg1), 'the legs are identical');
+      assert.equal(writer.child.exitCode, null, 'the writers wait for the next daemon');
+
+      const back = JSON.parse(await box.ok(['ls', '--json'])) as Listed[];
+      assert.equal(back.find((d) => d.name === 'm')?.blockPath, m, 'the same device');
+      const status = parseMirrorStatus(await box.ok(['status', 'm']));
+      assert.deepEqual([status.inSync, status.legChars], [regions, 'AA'], `in sync at once, both legs alive: ${status.line}`);
+      await sleep(1000);
+    } finally {
+      await mustSh(`touch ${stop}`);
+    }
+    const result = await writer.done;
+    assert.equal(result.code, 0, `a write failed: ${result.output}`);
+    await box.ok(['suspend', 'm']);
+    assert.equal(await sha256OfFile(leg0), await sha256OfFile(leg1), 'the legs are identical after the writes went on');
+    await box.ok(['resume', 'm']);
+    await box.ok(['remove', 'm']);
   });
 
   it('doctor lists a stale link and an unreadable saved table', async function () {

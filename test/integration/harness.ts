@@ -5,8 +5,8 @@
  * when this machine has no ublk), they never skip.
  */
 import { execFile, spawn, ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { stat, writeFile, truncate } from 'node:fs/promises';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { readFile, stat, writeFile, truncate } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -136,6 +136,43 @@ export class Sandbox {
     await this.stopDaemon();
     rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/** The pid in the sandbox's pid file: the daemon serving it now. */
+export async function daemonPid(box: Sandbox): Promise<number> {
+  return Number((await readFile(join(box.env.UBLK_DM_RUN_DIR!, 'ublk-dm.pid'), 'utf8')).trim());
+}
+
+/** Gone, or a zombie: either way it has let go of its rings and char devices. */
+export function processExited(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z';
+  } catch {
+    return true;
+  }
+}
+
+/** Runs a command in the background; resolves with its exit code and output. */
+export function background(command: string): { child: ChildProcess; done: Promise<{ code: number; output: string }> } {
+  const child = spawn('bash', ['-c', command], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout!.on('data', (d) => (output += d));
+  child.stderr!.on('data', (d) => (output += d));
+  const done = new Promise<{ code: number; output: string }>((resolve) => child.on('exit', (code) => resolve({ code: code ?? -1, output })));
+  return { child, done };
+}
+
+/** How many lines the kernel log has now: where newDmesgErrors starts reading. */
+export async function dmesgLineCount(): Promise<number> {
+  return Number((await mustSh('dmesg | wc -l')).trim());
+}
+
+/** Kernel log lines since `since` that report an I/O, ext4 or JBD2 error on `device`. */
+export async function newDmesgErrors(since: number, device: string): Promise<string[]> {
+  const lines = (await mustSh('dmesg')).split('\n').slice(since);
+  const name = device.replace('/dev/', '');
+  return lines.filter((line) => line.includes(name) && /error|EXT4-fs.*(abort|shut)|JBD2/i.test(line));
 }
 
 export function sleep(ms: number): Promise<void> {

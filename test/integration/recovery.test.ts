@@ -5,11 +5,10 @@
  * not by a failed or crowded create.
  */
 import { strict as assert } from 'node:assert';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Sandbox, makeBackingFile, mustSh, requireRealUblk, sh, sha256OfFile, sleep } from './harness';
+import { Sandbox, background, daemonPid, dmesgLineCount, makeBackingFile, mustSh, newDmesgErrors, processExited, requireRealUblk, sh, sha256OfFile, sleep } from './harness';
 
 const MiB = 1 << 20;
 
@@ -18,26 +17,12 @@ interface Listed {
   blockPath: string;
 }
 
-async function daemonPid(box: Sandbox): Promise<number> {
-  return Number((await readFile(join(box.env.UBLK_DM_RUN_DIR!, 'ublk-dm.pid'), 'utf8')).trim());
-}
-
-/** Gone, or a zombie: either way it has let go of its rings and char devices. */
-function exited(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z';
-  } catch {
-    return true;
-  }
-}
-
 /** SIGKILL the daemon and wait until it is gone. */
 async function killDaemon(box: Sandbox): Promise<void> {
   const pid = await daemonPid(box);
   process.kill(pid, 'SIGKILL');
-  for (let i = 0; i < 200 && !exited(pid); i++) await sleep(50);
-  assert.ok(exited(pid), `daemon ${pid} survived SIGKILL`);
+  for (let i = 0; i < 200 && !processExited(pid); i++) await sleep(50);
+  assert.ok(processExited(pid), `daemon ${pid} survived SIGKILL`);
 }
 
 /** The ublk devices the kernel holds (every one has a char device from ADD_DEV to DEL_DEV). */
@@ -59,16 +44,6 @@ async function listed(box: Sandbox): Promise<Listed[]> {
   return JSON.parse(await box.ok(['ls', '--json'])) as Listed[];
 }
 
-/** Runs a command in the background; resolves with its exit code and output. */
-function background(command: string): { child: ChildProcess; done: Promise<{ code: number; output: string }> } {
-  const child = spawn('bash', ['-c', command], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  child.stdout!.on('data', (d) => (output += d));
-  child.stderr!.on('data', (d) => (output += d));
-  const done = new Promise<{ code: number; output: string }>((resolve) => child.on('exit', (code) => resolve({ code: code ?? -1, output })));
-  return { child, done };
-}
-
 /**
  * fio writing `size` of 4 KiB blocks with crc32c headers, then reading every block back to
  * verify. The rate keeps the write phase a few seconds long whatever the guest's speed, so a
@@ -85,16 +60,6 @@ function assertFioClean(result: { code: number; output: string }): void {
   assert.equal(result.code, 0, `fio failed:\n${result.output}`);
   const terse = result.output.trim().split('\n').pop()!.split(';');
   assert.equal(terse[4], '0', `fio reported errors:\n${result.output}`);
-}
-
-async function dmesgLines(): Promise<number> {
-  return Number((await mustSh('dmesg | wc -l')).trim());
-}
-
-async function newDmesgErrors(since: number, device: string): Promise<string[]> {
-  const lines = (await mustSh('dmesg')).split('\n').slice(since);
-  const name = device.replace('/dev/', '');
-  return lines.filter((line) => line.includes(name) && /error|EXT4-fs.*(abort|shut)|JBD2/i.test(line));
 }
 
 describe('integration: the daemon dies, the devices do not (ublk user recovery)', function () {
@@ -142,7 +107,7 @@ describe('integration: the daemon dies, the devices do not (ublk user recovery)'
     const sums = join(box.dir, 'fs.sums');
     const stop = join(box.dir, 'fs.stop');
     await mustSh(`mkfs.ext4 -q -F ${dev} && mkdir -p ${mnt} && mount ${dev} ${mnt}`);
-    const dmesgBefore = await dmesgLines();
+    const dmesgBefore = await dmesgLineCount();
     try {
       // Every file is fsynced before its checksum is recorded: each recorded file must read back so.
       const writer = background(
