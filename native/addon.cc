@@ -10,6 +10,7 @@ namespace ublkdm {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Ring", Ring::Define(env));
+  exports.Set("createEventFd", Napi::Function::New(env, CreateEventFd, "createEventFd"));
   exports.Set("allocAligned", Napi::Function::New(env, AllocAligned, "allocAligned"));
   exports.Set("addressOf", Napi::Function::New(env, AddressOf, "addressOf"));
   exports.Set("mmapReadOnly", Napi::Function::New(env, MmapReadOnly, "mmapReadOnly"));

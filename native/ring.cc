@@ -46,6 +46,16 @@ uint64_t ToByteOffset(Napi::Value value) { return static_cast<uint64_t>(value.As
 
 }  // namespace
 
+Napi::Value CreateEventFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (fd < 0) {
+    ThrowErrno(env, "eventfd", errno);
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, fd);
+}
+
 Napi::Function Ring::Define(Napi::Env env) {
   return DefineClass(env, "Ring",
                      {
@@ -61,6 +71,7 @@ Napi::Function Ring::Define(Napi::Env env) {
                          InstanceMethod("prepCancel", &Ring::PrepCancel),
                          InstanceMethod("submit", &Ring::Submit),
                          InstanceMethod("reap", &Ring::Reap),
+                         InstanceMethod("wait", &Ring::Wait),
                          InstanceMethod("close", &Ring::Close),
                      });
 }
@@ -71,7 +82,7 @@ Ring::Ring(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Ring>(info) {
       !info[3].IsTypedArray() || !info[4].IsFunction() ||
       info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
       info[3].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
-    ThrowType(env, "new Ring(entries, sqe128, tokens: Float64Array, results: Int32Array, onCompletions)");
+    ThrowType(env, "new Ring(entries, sqe128, tokens: Float64Array, results: Int32Array, onCompletions[, callerDriven])");
     return;
   }
   unsigned entries = info[0].As<Napi::Number>().Uint32Value();
@@ -84,12 +95,32 @@ Ring::Ring(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Ring>(info) {
     return;
   }
 
-  io_uring_params params{};
-  params.flags = IORING_SETUP_CQSIZE | (sqe128_ ? IORING_SETUP_SQE128 : 0);
-  params.cq_entries = entries * kCqPerSqEntries;
-  int err = io_uring_queue_init_params(entries, &ring_, &params);
+  callerDriven_ = info.Length() > 5 && info[5].IsBoolean() && info[5].As<Napi::Boolean>().Value();
+
+  // A caller-driven ring is used by one thread only and reaped only from Wait(), which enters
+  // the kernel for events: completion task work can then wait for that entry instead of
+  // interrupting the thread (DEFER_TASKRUN, which needs SINGLE_ISSUER). Kernels before 6.1
+  // refuse the flags; such a ring works without them, at the cost of those interruptions.
+  unsigned baseFlags = IORING_SETUP_CQSIZE | (sqe128_ ? IORING_SETUP_SQE128 : 0);
+  const unsigned callerDrivenFlags[] = {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, IORING_SETUP_COOP_TASKRUN, 0};
+  int err = -EINVAL;
+  for (unsigned extra : callerDrivenFlags) {
+    if (!callerDriven_ && extra != 0) continue;
+    io_uring_params params{};
+    params.flags = baseFlags | extra;
+    params.cq_entries = entries * kCqPerSqEntries;
+    err = io_uring_queue_init_params(entries, &ring_, &params);
+    if (err != -EINVAL) break;
+  }
   if (err < 0) {
     ThrowErrno(env, "io_uring_queue_init_params", -err);
+    return;
+  }
+  if (callerDriven_) {
+    tokens_ = Napi::Persistent(tokens);
+    results_ = Napi::Persistent(results);
+    cqes_.resize(capacity);
+    open_ = true;
     return;
   }
   eventFd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -128,12 +159,14 @@ Ring::~Ring() { Teardown(); }
 void Ring::Teardown() {
   if (!open_) return;
   open_ = false;
-  uv_poll_stop(poll_);
-  uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* handle) { delete reinterpret_cast<uv_poll_t*>(handle); });
-  poll_ = nullptr;
-  io_uring_unregister_eventfd(&ring_);
+  if (poll_ != nullptr) {
+    uv_poll_stop(poll_);
+    uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* handle) { delete reinterpret_cast<uv_poll_t*>(handle); });
+    poll_ = nullptr;
+    io_uring_unregister_eventfd(&ring_);
+  }
   io_uring_queue_exit(&ring_);
-  close(eventFd_);
+  if (eventFd_ >= 0) close(eventFd_);
   eventFd_ = -1;
   iovecsInFlight_.clear();
   inFlight_ = 0;
@@ -159,7 +192,7 @@ io_uring_sqe* Ring::NextSqe(Napi::Env env) {
 
 void Ring::Track(io_uring_sqe* sqe, uint64_t token) {
   io_uring_sqe_set_data64(sqe, token);
-  if (inFlight_++ == 0) uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
+  if (inFlight_++ == 0 && poll_ != nullptr) uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
 }
 
 Napi::Value Ring::PrepRead(const Napi::CallbackInfo& info) {
@@ -410,13 +443,44 @@ unsigned Ring::CollectBatch() {
   }
   io_uring_cq_advance(&ring_, ready);
   inFlight_ = inFlight_ > ready ? inFlight_ - ready : 0;
-  if (inFlight_ == 0) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+  if (inFlight_ == 0 && poll_ != nullptr) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
   return ready;
 }
 
 Napi::Value Ring::Reap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!open_) return Napi::Number::New(env, 0);
+  return Napi::Number::New(env, CollectBatch());
+}
+
+// wait(minComplete, timeoutMs): submit what is queued and block until minComplete completions
+// are ready or timeoutMs (-1: no limit) has passed, in one io_uring_enter; then collect up to a
+// batch like reap(). A signal or the timeout just returns what is ready (maybe 0).
+Napi::Value Ring::Wait(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!ArgsAreNumbers(info, 2)) {
+    ThrowType(env, "wait(minComplete, timeoutMs)");
+    return env.Undefined();
+  }
+  if (!open_) return Napi::Number::New(env, 0);
+  unsigned minComplete = info[0].As<Napi::Number>().Uint32Value();
+  int64_t timeoutMs = info[1].As<Napi::Number>().Int64Value();
+  int err;
+  if (minComplete == 0 || io_uring_cq_ready(&ring_) >= minComplete) {
+    err = io_uring_submit(&ring_);
+  } else if (timeoutMs < 0) {
+    err = io_uring_submit_and_wait(&ring_, minComplete);
+  } else {
+    __kernel_timespec timeout{};
+    timeout.tv_sec = timeoutMs / 1000;
+    timeout.tv_nsec = (timeoutMs % 1000) * 1000000;
+    io_uring_cqe* cqe = nullptr;
+    err = io_uring_submit_and_wait_timeout(&ring_, &cqe, minComplete, &timeout, nullptr);
+  }
+  if (err < 0 && err != -ETIME && err != -EINTR && err != -EAGAIN && err != -EBUSY) {
+    ThrowErrno(env, "io_uring_enter", -err);
+    return env.Undefined();
+  }
   return Napi::Number::New(env, CollectBatch());
 }
 

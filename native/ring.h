@@ -1,5 +1,6 @@
-// One io_uring, owned by one JS object. Completions are reaped when the ring's eventfd becomes
-// readable on the libuv loop and handed to JS in batches through two shared typed arrays.
+// One io_uring, owned by one JS object. Completions are handed to JS in batches through two
+// shared typed arrays, either when the ring's eventfd becomes readable on the libuv loop, or,
+// for a ring driven by its caller (a queue thread with nothing else to wait on), from Wait().
 #pragma once
 
 #include <liburing.h>
@@ -13,6 +14,10 @@
 #include <vector>
 
 namespace ublkdm {
+
+// createEventFd(): a non-blocking, close-on-exec eventfd, for a thread waiting in its ring to be
+// woken by another (a read of it sits in the ring; the other thread writes it).
+Napi::Value CreateEventFd(const Napi::CallbackInfo& info);
 
 class Ring : public Napi::ObjectWrap<Ring> {
  public:
@@ -34,6 +39,7 @@ class Ring : public Napi::ObjectWrap<Ring> {
   Napi::Value PrepCancel(const Napi::CallbackInfo& info);
   Napi::Value Submit(const Napi::CallbackInfo& info);
   Napi::Value Reap(const Napi::CallbackInfo& info);
+  Napi::Value Wait(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   // Shared by readv/writev: builds the iovec array kept until the request completes.
@@ -58,6 +64,8 @@ class Ring : public Napi::ObjectWrap<Ring> {
   io_uring ring_{};
   bool open_ = false;
   bool sqe128_ = false;
+  // No eventfd and no uv_poll: the owner blocks in Wait() instead of the libuv loop.
+  bool callerDriven_ = false;
   int eventFd_ = -1;
   uv_poll_t* poll_ = nullptr;  // freed by uv_close's callback, which may outlive this object
   uint64_t inFlight_ = 0;

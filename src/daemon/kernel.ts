@@ -8,22 +8,30 @@ import type { KernelUblkDevice, RecoveryDeps, RegistryDeps } from './registry';
 import { UblkDevState } from '../ublk/abi';
 import { deleteUblkDevice, listUblkDevices } from '../ublk/inventory';
 import { processIsAlive } from '../ublk/processes';
+import { QUEUE_THREADS, ThreadedDispatcher, queueLoopFromEnvironment, type QueueLoop } from './queue-threads';
 
 /**
  * The collaborators that touch the kernel (real tables over real files, the dispatcher, real
  * ublk devices), wired to one scope. The daemon and the in-process library both use them; unit
  * tests replace them with fakes.
  */
-export function kernelCollaborators(scope: DaemonScope): Pick<RegistryDeps, 'scope' | 'buildTable' | 'createDispatcher' | 'createUblk'> {
-  const createDispatcher: DispatcherFactory = (table) => new Dispatcher(table, { suspended: true });
-  // A ublk request is a Bio: the dispatcher takes it as it comes, no copy, no promise.
-  const createUblk: UblkFactory = ({ recoverFrom, ...options }, handler) =>
-    recoverFrom !== undefined
+export function kernelCollaborators(
+  scope: DaemonScope,
+  queueLoop: QueueLoop = queueLoopFromEnvironment(),
+): Pick<RegistryDeps, 'scope' | 'buildTable' | 'createDispatcher' | 'createUblk'> {
+  const createDispatcher: DispatcherFactory = (table) =>
+    queueLoop === 'threads' ? new ThreadedDispatcher(table, scope.get(QUEUE_THREADS)) : new Dispatcher(table, { suspended: true });
+  const createUblk: UblkFactory = ({ recoverFrom, ...options }, handler, dispatcher) => {
+    // A ublk request is a Bio: the dispatcher takes it as it comes, no copy, no promise; or the
+    // queue threads serve it, with the dispatcher here for what they forward.
+    const serve = dispatcher instanceof ThreadedDispatcher ? dispatcher.queueServer(options.sizeSectors) : handler;
+    return recoverFrom !== undefined
       ? UblkDevice.recover(
           { ring: scope.ring, devId: recoverFrom.id, serverFlags: recoverFrom.serverFlags, sizeSectors: options.sizeSectors },
-          handler,
+          serve,
         )
-      : UblkDevice.create({ ...options, ring: scope.ring }, handler);
+      : UblkDevice.create({ ...options, ring: scope.ring }, serve);
+  };
   return {
     scope,
     buildTable: (text: string, device: DeviceHandle, rebuilt?: RebuiltTable) =>

@@ -92,8 +92,12 @@ export class Dispatcher<T extends DispatchTable = DispatchTable> {
    * dm_suspend without the freeze: presuspend hooks; then new requests are deferred and the
    * ones already mapped drain; then postsuspend hooks. If a presuspend hook throws, the targets
    * already presuspended get their resume hook back and the dispatcher stays active.
+   *
+   * `beforeBlocking` runs after the presuspend hooks, while requests are still mapped: queue
+   * threads that forward I/O here drain their own through it (a failure counts as a presuspend
+   * failure).
    */
-  async suspend(options: SuspendOptions = { noflush: false }): Promise<void> {
+  async suspend(options: SuspendOptions = { noflush: false }, beforeBlocking?: () => Promise<void>): Promise<void> {
     if (this.state === 'suspended') throw new ErrnoError('device is already suspended', EINVAL);
     if (this.state !== 'active') throw new ErrnoError(`device is busy (${this.state})`, EBUSY);
     const table = this.liveTable;
@@ -106,6 +110,7 @@ export class Dispatcher<T extends DispatchTable = DispatchTable> {
         await segment.target.presuspend?.(options);
         presuspended.push(segment.target);
       }
+      await beforeBlocking?.();
     } catch (error) {
       this.state = 'active';
       this.noflush = false;

@@ -77,7 +77,12 @@ export interface UblkHandle {
   stop(): Promise<void>;
 }
 
-export type UblkFactory = (options: UblkCreateOptions, handler: (bio: Bio, done: IoDone) => void) => Promise<UblkHandle>;
+/** `dispatcher`: the device's, for a factory that serves queues elsewhere and must keep it informed. */
+export type UblkFactory = (
+  options: UblkCreateOptions,
+  handler: (bio: Bio, done: IoDone) => void,
+  dispatcher?: DeviceDispatcher,
+) => Promise<UblkHandle>;
 
 /** Makes the dispatcher for a new device's first table: suspended, so that start() resumes it. */
 export type DispatcherFactory = (table: DeviceTable) => DeviceDispatcher;
@@ -189,6 +194,7 @@ export class MappedDevice {
           ...ublkOptions,
         },
         (bio, done) => dispatcher.submit(bio, done),
+        dispatcher,
       );
       return new MappedDevice(events, options, table.sizeSectors, dispatcher, ublk, { table, text: tableText });
     } catch (err) {

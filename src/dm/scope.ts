@@ -19,6 +19,8 @@ import type { SuspendOptions, TargetParameter, TargetType } from './target';
 export interface ScopeKey<T> {
   readonly name: string;
   create(scope: DaemonScope): T;
+  /** Release the state when the scope closes (threads, descriptors). */
+  dispose?(value: T): void;
 }
 
 /** A mapped device as another device's target may drive it (snapshot handover suspends the origin). */
@@ -144,8 +146,10 @@ export class DaemonScope {
     return this.devicesByKey.get(key);
   }
 
-  /** Release what the scope made itself. */
+  /** Release what the scope made itself, and the family state that asks to be released. */
   close(): void {
+    for (const [key, value] of this.shared) key.dispose?.(value);
+    this.shared.clear();
     this.ownRing?.close();
     this.ownRing = undefined;
   }

@@ -44,6 +44,12 @@ export interface NativeRing {
    * overflow, pending task work). Never waits; onCompletions is not called.
    */
   reap(): number;
+  /**
+   * Caller-driven rings: submit what is queued, then block the thread until `minComplete`
+   * completions are ready or `timeoutMs` passed (-1: no limit), and collect up to a batch as
+   * reap() does. Returns how many were collected (0 after a timeout or a signal).
+   */
+  wait(minComplete: number, timeoutMs: number): number;
   /** Stop watching the ring and tear it down. Pending requests are abandoned. */
   close(): void;
 }
@@ -55,11 +61,15 @@ export interface NativeRingConstructor {
     tokens: Float64Array,
     results: Int32Array,
     onCompletions: (count: number) => void,
+    /** No eventfd and no libuv watcher: the owner calls wait() (a queue thread). */
+    callerDriven?: boolean,
   ): NativeRing;
 }
 
 export interface NativeAddon {
   Ring: NativeRingConstructor;
+  /** A non-blocking eventfd (a doorbell another thread rings to wake a thread waiting in its ring). */
+  createEventFd(): number;
   /** A page-aligned, zero-filled buffer of `byteLength` bytes, outside the V8 heap; freed on GC. */
   allocAligned(byteLength: number, alignment: number): ArrayBuffer;
   /** The address of a view's first byte (for ublk command `addr` fields). */

@@ -23,6 +23,12 @@ export interface IoRingOptions {
   entries?: number;
   /** 128-byte SQEs (ublk control commands need them). */
   sqe128?: boolean;
+  /**
+   * 'event-loop' (default): completions arrive through libuv and submission is batched per
+   * microtask. 'caller': a thread that has nothing else to wait on (a queue thread) drives the
+   * ring itself with waitAndDispatch(), which submits and waits in one io_uring_enter.
+   */
+  drivenBy?: 'event-loop' | 'caller';
 }
 
 /** pwritev2 flag: this write is durable before it completes (FUA). */
@@ -64,16 +70,45 @@ export class IoRing {
   private closed = false;
 
   static create(options: IoRingOptions = {}): IoRing {
-    return new IoRing(options.entries ?? DEFAULT_ENTRIES, options.sqe128 ?? false);
+    return new IoRing(options.entries ?? DEFAULT_ENTRIES, options.sqe128 ?? false, options.drivenBy === 'caller');
   }
 
-  private constructor(entries: number, sqe128: boolean) {
+  private constructor(
+    entries: number,
+    sqe128: boolean,
+    private readonly callerDriven: boolean,
+  ) {
     this.completedTokens = new Float64Array(COMPLETIONS_PER_BATCH);
     this.completedResults = new Int32Array(COMPLETIONS_PER_BATCH);
     const Ring = native().Ring;
-    this.ring = new Ring(entries, sqe128, this.completedTokens, this.completedResults, (count) =>
-      this.onCompletions(count),
+    this.ring = new Ring(
+      entries,
+      sqe128,
+      this.completedTokens,
+      this.completedResults,
+      (count) => this.onCompletions(count),
+      callerDriven,
     );
+  }
+
+  /**
+   * Caller-driven rings only: submit everything queued and wait until at least one request
+   * completes or `timeoutMs` passes (-1: no limit), then run the callbacks of every completion
+   * ready. Returns how many callbacks ran. What they queue is submitted by the next call.
+   */
+  waitAndDispatch(timeoutMs: number): number {
+    if (!this.callerDriven) throw new Error('waitAndDispatch: this ring is driven by the event loop');
+    if (this.closed) return 0;
+    this.unsubmittedCount = 0;
+    let total = this.ring.wait(1, timeoutMs);
+    let count = total;
+    while (count > 0) {
+      this.onCompletions(count);
+      if (this.closed || count < COMPLETIONS_PER_BATCH) break;
+      count = this.ring.reap();
+      total += count;
+    }
+    return total;
   }
 
   /** Requests submitted or queued and not yet completed. */
@@ -272,7 +307,7 @@ export class IoRing {
 
   /** Soon (a microtask) while this turn's budget lasts, else on the next turn; `yieldFirst`: next turn. */
   private scheduleFlush(yieldFirst = false): void {
-    if (this.flushScheduled) return;
+    if (this.flushScheduled || this.callerDriven) return;
     this.flushScheduled = true;
     if (yieldFirst || this.microtaskFlushes >= MICROTASK_FLUSHES_PER_TURN) {
       setImmediate(this.flush);

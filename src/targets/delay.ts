@@ -34,7 +34,8 @@ interface HeldBio {
  */
 export class DelayTarget implements Target {
   readonly type = 'delay';
-  readonly threadModel = 'any-queue';
+  /** It holds I/O on one timer, counts what it holds for status, and releases all of it at presuspend: one instance. */
+  readonly threadModel = 'owner-thread';
   readonly capabilities: TargetCapabilities;
   /** Arrival order: released in this order among the pieces that are due. */
   private held: HeldBio[] = [];

@@ -51,7 +51,8 @@ export interface FlakeySchedule {
  */
 export class FlakeyTarget implements Target {
   readonly type = 'flakey';
-  readonly threadModel = 'any-queue';
+  /** Its up/down schedule counts from one construction, and its corruption counters are shared: one instance. */
+  readonly threadModel = 'owner-thread';
   readonly capabilities: TargetCapabilities;
   private readonly constructedMs: number;
 

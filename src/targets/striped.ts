@@ -38,7 +38,8 @@ interface StripeSector {
  */
 export class StripedTarget implements Target {
   readonly type = 'striped';
-  readonly threadModel = 'any-queue';
+  /** Its per-stripe error counts (status `D`, events) must see every request: one instance. */
+  readonly threadModel = 'owner-thread';
   readonly capabilities: TargetCapabilities;
   readonly maxIoSectors: number;
   /** Errors seen per stripe; a stripe with any shows D in status. */

@@ -1,9 +1,7 @@
 import { promises as fsp } from 'node:fs';
 
-import { EBUSY, EINVAL, EIO, ENODEV, ENOENT, EOPNOTSUPP, ETIMEDOUT, ErrnoError, type IoResult } from '../base/errno';
-import { allocPageAligned, native } from '../io/native';
+import { EBUSY, EINVAL, EIO, ENOENT, ETIMEDOUT, ErrnoError } from '../base/errno';
 import type { IoRing } from '../io/ring';
-import { IoOp, NO_DATA, carriesData, type Bio, type IoDone } from '../io/bio';
 import { PAGE_BYTES, SECTOR_BYTES } from '../base/units';
 import {
   ANY_DEV_ID,
@@ -12,40 +10,26 @@ import {
   UBLK_ATTR_VOLATILE_CACHE,
   UBLK_F_USER_RECOVERY,
   UBLK_F_USER_RECOVERY_REISSUE,
-  UBLK_IO_F_FUA,
-  UBLK_IO_F_NOUNMAP,
-  UBLK_IO_RES_OK,
-  UBLK_U_IO_COMMIT_AND_FETCH_REQ,
-  UBLK_U_IO_FETCH_REQ,
   UblkDevState,
-  decodeIoDesc,
-  descriptorMmapByteLength,
-  descriptorMmapByteOffset,
   type BasicParams,
   type DevInfo,
   type DiscardParams,
 } from './abi';
 import { UblkControl } from './control';
 import { processIsAlive } from './processes';
+import { ThreadQueues, type QueueServer, type UblkHandler } from './queue';
+
+export type { UblkHandler, UblkRequest } from './queue';
 
 /**
- * UblkDevice: the server side of one ublk device. It posts a FETCH for every tag of every queue
- * on the ring the caller gives it, turns each delivered descriptor into a UblkRequest for the handler,
- * and answers with COMMIT_AND_FETCH. It knows nothing about what the handler does.
+ * UblkDevice: the server side of one ublk device: its life through the control commands (ADD_DEV
+ * ... START_DEV, user recovery, STOP_DEV, DEL_DEV). Its queues are served by a QueueServer:
+ * given a handler, on the ring the caller gives it (ThreadQueues); or by queue threads. It
+ * knows nothing about what the handler does.
  */
 
-/** A request as the kernel delivered it: a Bio (device-relative) and where it came from. */
-export interface UblkRequest extends Bio {
-  readonly queueId: number;
-  readonly tag: number;
-}
-
-/**
- * Serves one request: `done` takes bytes moved (Read/Write) or 0, or -errno; calls after the
- * first are ignored, and so are calls for a request already answered. A throw completes the
- * request with -EIO.
- */
-export type UblkHandler = (req: UblkRequest, done: IoDone) => void;
+/** A handler (its queues served on options.ring) or whoever serves them. */
+export type UblkServe = UblkHandler | QueueServer;
 
 export interface UblkDeviceOptions {
   /**
@@ -119,16 +103,6 @@ const DISCARD_GRANULARITY_BYTES = 4096;
 /** As libublksrv: UINT_MAX bytes' worth of sectors, so byte counts never overflow a u32. */
 const MAX_DISCARD_SECTORS = 0xffffffff >>> 9;
 
-/** Where a tag is in its FETCH → handle → COMMIT_AND_FETCH cycle. */
-const enum TagPhase {
-  /** A FETCH or COMMIT_AND_FETCH is posted; the kernel owns the tag. */
-  Posted,
-  /** The handler owns the request. */
-  Serving,
-  /** The kernel completed the tag's command with ABORT (or an error): it is never re-posted. */
-  Retired,
-}
-
 type Devno = { major: number; minor: number };
 
 export class UblkDevice {
@@ -136,17 +110,10 @@ export class UblkDevice {
   readonly charPath: string;
   private devnoValue: Devno = { major: 0, minor: 0 };
 
-  private readonly tags: TagSlot[] = [];
-  private readonly descriptorMappings: ArrayBuffer[] = [];
-  private readonly descriptorWords: Uint32Array[] = [];
-  private readonly tagBuffers: Uint8Array[] = [];
-  private retiredTags = 0;
-  private firstCommandError: number | undefined;
-  private onAllRetired: (() => void) | undefined;
   private stopping: Promise<void> | undefined;
 
   /** Create, configure and start a device; on any failure nothing is left in the kernel. */
-  static async create(options: UblkDeviceOptions, handler: UblkHandler): Promise<UblkDevice> {
+  static async create(options: UblkDeviceOptions, serve: UblkServe): Promise<UblkDevice> {
     const config = validate(options);
     const control = await UblkControl.open();
     let devId: number | undefined;
@@ -177,12 +144,12 @@ export class UblkDevice {
       const charPath = `/dev/ublkc${devId}`;
       const charHandle = await openWhenCreated(charPath);
       try {
-        device = new UblkDevice(control, charHandle, devId, config, info.flags, handler);
+        device = new UblkDevice(control, charHandle, devId, config, info.flags, queueServerOf(serve, config.ring));
       } catch (error) {
         await charHandle.close(); // DEL_DEV would wait for this reference forever
         throw error;
       }
-      device.postFetches();
+      await device.startQueues();
       await control.startDevice(devId, process.pid);
       const devt = (await control.getParams(devId)).devt;
       if (devt) device.devnoValue = { major: devt.diskMajor, minor: devt.diskMinor };
@@ -206,7 +173,7 @@ export class UblkDevice {
    * size), that another live process serves, or that cannot be recovered (DEAD, no
    * USER_RECOVERY); a failure after START_USER_RECOVERY stops and deletes the device.
    */
-  static async recover(options: UblkRecoverOptions, handler: UblkHandler): Promise<UblkDevice> {
+  static async recover(options: UblkRecoverOptions, serve: UblkServe): Promise<UblkDevice> {
     const control = await UblkControl.open();
     let device: UblkDevice | undefined;
     let started = false;
@@ -238,12 +205,12 @@ export class UblkDevice {
       });
       const charHandle = await openWhenCreated(`/dev/ublkc${options.devId}`);
       try {
-        device = new UblkDevice(control, charHandle, options.devId, config, info.flags, handler);
+        device = new UblkDevice(control, charHandle, options.devId, config, info.flags, queueServerOf(serve, config.ring));
       } catch (error) {
         await charHandle.close();
         throw error;
       }
-      device.postFetches();
+      await device.startQueues();
       await control.endUserRecovery(options.devId, process.pid);
       const devt = (await control.getParams(options.devId)).devt;
       if (devt) device.devnoValue = { major: devt.diskMajor, minor: devt.diskMinor };
@@ -266,40 +233,16 @@ export class UblkDevice {
     private readonly config: Required<UblkDeviceOptions>,
     /** Negotiated UBLK_F_* flags (ADD_DEV's answer). */
     readonly features: bigint,
-    private readonly handler: UblkHandler,
+    private readonly queueServer: QueueServer,
   ) {
     this.charPath = `/dev/ublkc${id}`;
     this.blockPath = `/dev/ublkb${id}`;
-    const addon = native();
-    try {
-      for (let queueId = 0; queueId < config.queues; queueId++) {
-        const mapping = addon.mmapReadOnly(
-          charHandle.fd,
-          descriptorMmapByteOffset(queueId),
-          descriptorMmapByteLength(config.depth),
-        );
-        this.descriptorMappings.push(mapping);
-        this.descriptorWords.push(new Uint32Array(mapping));
-        const queueBuffer = new Uint8Array(allocPageAligned(config.depth * config.maxIoBytes));
-        this.tagBuffers.push(queueBuffer);
-        const queueAddress = addon.addressOf(queueBuffer);
-        for (let tag = 0; tag < config.depth; tag++) {
-          const byteOffset = tag * config.maxIoBytes;
-          this.tags.push(
-            new TagSlot(
-              this,
-              queueId,
-              tag,
-              queueBuffer.subarray(byteOffset, byteOffset + config.maxIoBytes),
-              queueAddress + byteOffset,
-            ),
-          );
-        }
-      }
-    } catch (error) {
-      this.unmapDescriptors();
-      throw error;
-    }
+  }
+
+  /** Post every queue's FETCHes (START_DEV and END_USER_RECOVERY wait for them). */
+  private startQueues(): Promise<void> {
+    const { queues, depth, maxIoBytes } = this.config;
+    return this.queueServer.start({ devId: this.id, charFd: this.charHandle.fd, queues, depth, maxIoBytes });
   }
 
   get queues(): number {
@@ -347,196 +290,18 @@ export class UblkDevice {
       firstError ??= error;
     };
     await this.control.stopDevice(this.id).catch(remember);
-    await this.allTagsRetired(ABORT_WAIT_MS).catch(remember);
-    this.unmapDescriptors();
+    await this.queueServer.retired(ABORT_WAIT_MS).catch(remember);
+    await this.queueServer.close().catch(remember);
     await this.charHandle.close().catch(remember);
     await this.control.deleteDevice(this.id).catch(remember);
     await this.control.close().catch(remember);
     if (firstError !== undefined) throw firstError;
   }
 
-  private postFetches(): void {
-    for (const slot of this.tags) slot.post(UBLK_U_IO_FETCH_REQ, 0);
-  }
-
-  /** @internal The ring every queue of this device posts its commands on (options.ring). */
-  get ring(): IoRing {
-    return this.config.ring;
-  }
-
-  /** @internal */
-  get charFd(): number {
-    return this.charHandle.fd;
-  }
-
-  /** @internal A FETCH/COMMIT completed with a request: hand it to the handler. */
-  dispatch(slot: TagSlot): void {
-    const desc = decodeIoDesc(this.descriptorWords[slot.queueId], slot.tag);
-    const op = knownOp(desc.op);
-    if (op === undefined) {
-      slot.commit(-EOPNOTSUPP);
-      return;
-    }
-    const withData = carriesData(op);
-    const byteLength = desc.sectorCount * SECTOR_BYTES;
-    if (withData && byteLength > slot.buffer.byteLength) {
-      slot.commit(-EIO); // the kernel never sends more than max_sectors; refuse rather than overrun
-      return;
-    }
-    const done = slot.begin(op, withData ? byteLength : 0);
-    const request: UblkRequest = {
-      queueId: slot.queueId,
-      tag: slot.tag,
-      op,
-      fua: (desc.flags & UBLK_IO_F_FUA) !== 0,
-      noUnmap: (desc.flags & UBLK_IO_F_NOUNMAP) !== 0,
-      sector: desc.sector,
-      sectorCount: desc.sectorCount,
-      data: withData ? slot.buffer.subarray(0, byteLength) : NO_DATA,
-    };
-    try {
-      this.handler(request, done);
-    } catch {
-      done(-EIO);
-    }
-  }
-
-  /** @internal The tag's command completed without a request (ABORT, or a rejected command). */
-  retire(result: IoResult): void {
-    if (result !== -ENODEV) this.firstCommandError ??= result;
-    this.retiredTags++;
-    if (this.retiredTags === this.tags.length) this.onAllRetired?.();
-  }
-
-  private allTagsRetired(timeoutMs: number): Promise<void> {
-    if (this.retiredTags === this.tags.length) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.onAllRetired = undefined;
-        const detail = this.firstCommandError === undefined ? '' : ` (a command failed with ${this.firstCommandError})`;
-        reject(
-          new ErrnoError(
-            `ublk device ${this.id}: ${this.tags.length - this.retiredTags} tags not aborted after stop${detail}`,
-            ETIMEDOUT,
-          ),
-        );
-      }, timeoutMs);
-      this.onAllRetired = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-    });
-  }
-
-  private unmapDescriptors(): void {
-    const addon = native();
-    for (const mapping of this.descriptorMappings.splice(0)) addon.unmap(mapping);
-  }
 }
 
-/** @internal What a TagSlot needs of its device; an interface so unit tests can stand in for it. */
-export interface TagOwner {
-  readonly ring: Pick<IoRing, 'ublkIoCmdCb' | 'isClosed'>;
-  readonly charFd: number;
-  dispatch(slot: TagSlot): void;
-  retire(result: IoResult): void;
-}
-
-/** @internal One (queue, tag): its buffer and the callbacks of its cycle, bound once. */
-export class TagSlot {
-  private phase = TagPhase.Posted;
-  private op = IoOp.Read;
-  private dataByteLength = 0;
-  /** Counts the requests delivered to this tag; names the one being served. */
-  private generation = 0;
-
-  constructor(
-    private readonly device: TagOwner,
-    readonly queueId: number,
-    readonly tag: number,
-    /** maxIoBytes of page-aligned memory the kernel copies request data to and from. */
-    readonly buffer: Uint8Array,
-    private readonly bufAddress: number,
-  ) {}
-
-  post(cmdOp: number, result: IoResult): void {
-    this.phase = TagPhase.Posted;
-    try {
-      this.device.ring.ublkIoCmdCb(
-        this.device.charFd,
-        cmdOp,
-        this.queueId,
-        this.tag,
-        result,
-        this.bufAddress,
-        this.onCommandDone,
-      );
-    } catch {
-      // A full SQ the kernel would not take (EBUSY/EAGAIN) is passing: completions being reaped
-      // meanwhile make room. Giving the tag up instead would leave the kernel's request
-      // unanswered forever, and STOP_DEV waiting behind it; so keep the command and its result
-      // and try again on the next turn. Only a closed ring is final.
-      if (this.device.ring.isClosed) this.retire(-EIO);
-      else setImmediate(() => this.post(cmdOp, result));
-    }
-  }
-
-  /**
-   * The kernel delivered a request: the handler owns the tag until the returned `done` is
-   * called. Each delivery has its own generation, and `done` is bound to it, so a late or
-   * repeated call for an earlier request cannot answer the one the tag serves now.
-   */
-  begin(op: IoOp, dataByteLength: number): IoDone {
-    this.phase = TagPhase.Serving;
-    this.op = op;
-    this.dataByteLength = dataByteLength;
-    const generation = ++this.generation;
-    return (result) => this.handled(generation, result);
-  }
-
-  commit(result: IoResult): void {
-    this.post(UBLK_U_IO_COMMIT_AND_FETCH_REQ, result);
-  }
-
-  readonly onCommandDone = (result: IoResult): void => {
-    if (result === UBLK_IO_RES_OK) {
-      this.device.dispatch(this);
-    } else {
-      this.retire(result);
-    }
-  };
-
-  private handled(generation: number, result: IoResult): void {
-    if (generation !== this.generation || this.phase !== TagPhase.Serving) return; // stale, or answered
-    if (typeof result !== 'number' || !Number.isInteger(result)) {
-      this.commit(-EIO);
-    } else if (result < 0) {
-      this.commit(result);
-    } else if (carriesData(this.op)) {
-      this.commit(Math.min(result, this.dataByteLength));
-    } else {
-      this.commit(0);
-    }
-  }
-
-  private retire(result: IoResult): void {
-    if (this.phase === TagPhase.Retired) return;
-    this.phase = TagPhase.Retired;
-    this.device.retire(result);
-  }
-}
-
-function knownOp(op: number): IoOp | undefined {
-  switch (op) {
-    case IoOp.Read:
-    case IoOp.Write:
-    case IoOp.Flush:
-    case IoOp.Discard:
-    case IoOp.WriteZeroes:
-      return op;
-    default:
-      return undefined;
-  }
+function queueServerOf(serve: UblkServe, ring: IoRing): QueueServer {
+  return typeof serve === 'function' ? new ThreadQueues(ring, serve) : serve;
 }
 
 function validate(options: UblkDeviceOptions): Required<UblkDeviceOptions> {

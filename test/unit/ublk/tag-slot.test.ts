@@ -4,7 +4,7 @@ import { EIO, type IoResult } from '../../../src/base/errno';
 import { IoOp, type IoDone } from '../../../src/io/bio';
 import type { IoCallback } from '../../../src/io/ring';
 import { UBLK_IO_RES_OK, UBLK_U_IO_COMMIT_AND_FETCH_REQ, UBLK_U_IO_FETCH_REQ } from '../../../src/ublk/abi';
-import { TagSlot, type TagOwner } from '../../../src/ublk/device';
+import { TagSlot, type TagOwner } from '../../../src/ublk/queue';
 
 interface PostedCommand {
   cmdOp: number;

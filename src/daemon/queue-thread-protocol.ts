@@ -1,0 +1,77 @@
+import type { MessagePort } from 'node:worker_threads';
+import type { IoOp } from '../io/bio';
+import type { DeviceKey } from '../io/block-device';
+
+/**
+ * The messages between the daemon thread and its queue threads (daemon/queue-threads.ts and
+ * daemon/queue-thread.ts). Queue thread k serves queue k of every device served by threads.
+ * Messages to a queue thread go through a MessagePort it reads with receiveMessageOnPort when
+ * its doorbell (an eventfd read sitting in its ring) rings, since it waits in io_uring_enter,
+ * not in libuv.
+ */
+
+/**
+ * A table a queue thread builds its own copy of: the live table's `dmsetup table` text, and the
+ * identity of every device it names, which the copy must find again (so a path that now names
+ * another file is refused rather than written to).
+ */
+export interface TablePlan {
+  readonly text: string;
+  readonly devices: ReadonlyArray<{ readonly spec: string; readonly key: DeviceKey }>;
+}
+
+export interface QueueThreadData {
+  /** The eventfd the daemon thread writes after posting to `port`. */
+  readonly doorbellFd: number;
+  readonly port: MessagePort;
+  /** Set to 1 by the daemon thread when the thread must stop waiting in its ring for good. */
+  readonly stopFlag: Int32Array;
+}
+
+type Sequenced = { readonly seq: number };
+
+/**
+ * `table`: a plan to serve requests from a local copy, or null to forward every request to the
+ * daemon thread (tables with stateful targets, whose one instance must see all I/O).
+ */
+export type AttachMessage = Sequenced & {
+  readonly kind: 'attach';
+  readonly devId: number;
+  readonly queueId: number;
+  readonly charFd: number;
+  readonly queues: number;
+  readonly depth: number;
+  readonly maxIoBytes: number;
+  readonly sizeSectors: number;
+  readonly table: TablePlan | null;
+};
+
+export type ToQueueThread =
+  | AttachMessage
+  /** Suspend the local copy (no-op while forwarding: the daemon thread's dispatcher holds the I/O). */
+  | (Sequenced & { readonly kind: 'suspend'; readonly devId: number; readonly noflush: boolean })
+  /** Resume; with `swap`, first replace the local table (or start/stop forwarding). */
+  | (Sequenced & { readonly kind: 'resume'; readonly devId: number; readonly swap?: TablePlan | null })
+  | { readonly kind: 'io-done'; readonly devId: number; readonly id: number; readonly result: number; readonly data?: Uint8Array }
+  | { readonly kind: 'exit' };
+
+/** Whether a queue now serves from a local table copy (false: it forwards). */
+export type Reply = { readonly kind: 'reply'; readonly seq: number; readonly error?: string; readonly local?: boolean };
+
+export type FromQueueThread =
+  | Reply
+  | {
+      readonly kind: 'io';
+      readonly devId: number;
+      readonly id: number;
+      readonly op: IoOp;
+      readonly sector: number;
+      readonly sectorCount: number;
+      readonly fua: boolean;
+      readonly noUnmap: boolean;
+      /** Write data (a copy), absent for other operations. */
+      readonly data?: Uint8Array;
+    }
+  | { readonly kind: 'retired'; readonly devId: number; readonly queueId: number; readonly error?: string }
+  | { readonly kind: 'event'; readonly devId: number }
+  | { readonly kind: 'warn'; readonly message: string };

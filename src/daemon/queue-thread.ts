@@ -1,0 +1,276 @@
+import { receiveMessageOnPort, workerData } from 'node:worker_threads';
+
+import { ENODEV, type IoResult } from '../base/errno';
+import { IoOp, carriesData, type Bio } from '../io/bio';
+import { openFileDevice } from '../io/file-device';
+import { IoRing } from '../io/ring';
+import { Dispatcher } from '../dm/dispatcher';
+import { DaemonScope } from '../dm/scope';
+import { Table, loadTable } from '../dm/table';
+import { ALL_CAPABILITIES, type MapDone, type Target, type DeviceHandle } from '../dm/target';
+import { builtInTargetTypes } from '../targets';
+import { UblkQueue } from '../ublk/queue';
+import type { AttachMessage, FromQueueThread, QueueThreadData, TablePlan, ToQueueThread } from './queue-thread-protocol';
+
+/**
+ * A queue thread (a worker_thread): serves queue k of every device the daemon hands it, on its
+ * own io_uring, and waits in io_uring_enter rather than in libuv, as a C ublk server's queue
+ * thread does: a request goes from its CQE to the target and its COMMIT_AND_FETCH goes back in
+ * the same io_uring_enter as the backing I/O it caused, with no eventfd, epoll or callback
+ * into JS from the loop in between.
+ *
+ * A device whose table is stateless ('any-queue' targets: linear, zero, error, null) is served
+ * from a copy of the table built here; any other is forwarded to the daemon thread, where the
+ * one instance of its targets lives (design.md: 'owner-thread').
+ */
+
+const RING_ENTRIES = 512;
+/** While a control step awaits something outside the ring (opening files), wait at most this long in it. */
+const ASYNC_POLL_MS = 1;
+/**
+ * An idle wait still ends now and then: a thread blocked in the kernel cannot be terminated, so
+ * this bounds how long a dying process waits for it even if its doorbell is never rung.
+ */
+const IDLE_WAIT_MS = 1000;
+const ONE_DOORBELL_READ_BYTES = 8;
+
+const { doorbellFd, port, stopFlag } = workerData as QueueThreadData;
+const ring = IoRing.create({ entries: RING_ENTRIES, drivenBy: 'caller' });
+const scope = new DaemonScope({ targetTypes: builtInTargetTypes, ring, warn: (message) => send({ kind: 'warn', message }) });
+const doorbellBuffer = new Uint8Array(ONE_DOORBELL_READ_BYTES);
+/** Control steps in progress that wait on libuv (file opens and closes): the loop must let it run. */
+let asyncSteps = 0;
+let exiting = false;
+
+function send(message: FromQueueThread, transfer?: ArrayBuffer[]): void {
+  port.postMessage(message, transfer);
+}
+
+/** Forwards every request to the daemon thread; its answer arrives as an 'io-done' message. */
+class ForwardTarget implements Target {
+  readonly type = 'forward';
+  readonly threadModel = 'owner-thread';
+  readonly capabilities = ALL_CAPABILITIES;
+  private nextId = 0;
+  private readonly waiting = new Map<number, { readonly bio: Bio; readonly done: MapDone }>();
+
+  constructor(private readonly devId: number) {}
+
+  map(bio: Bio, done: MapDone): void {
+    const id = this.nextId++;
+    this.waiting.set(id, { bio, done });
+    // A view of the tag buffer would clone the whole queue buffer: copy the request's bytes.
+    const data = bio.op === IoOp.Write ? bio.data.slice() : undefined;
+    send(
+      { kind: 'io', devId: this.devId, id, op: bio.op, sector: bio.sector, sectorCount: bio.sectorCount, fua: bio.fua, noUnmap: bio.noUnmap, ...(data ? { data } : {}) },
+      data ? [data.buffer as ArrayBuffer] : undefined,
+    );
+  }
+
+  answered(id: number, result: IoResult, data: Uint8Array | undefined): void {
+    const request = this.waiting.get(id);
+    if (request === undefined) return;
+    this.waiting.delete(id);
+    if (data !== undefined && result > 0 && carriesData(request.bio.op)) request.bio.data.set(data.subarray(0, Math.min(result, request.bio.data.byteLength)));
+    request.done(result);
+  }
+
+  /** The queue is going away: nobody will answer. */
+  abandon(): void {
+    for (const { done } of this.waiting.values()) done(-ENODEV);
+    this.waiting.clear();
+  }
+
+  status(): string {
+    return '';
+  }
+
+  devices(): [] {
+    return [];
+  }
+
+  async destroy(): Promise<void> {}
+}
+
+/** One device's queue on this thread, and what it serves requests with. */
+class DeviceQueue {
+  readonly queue: UblkQueue;
+  readonly dispatcher: Dispatcher<Table>;
+  readonly forward: ForwardTarget;
+  private readonly forwardTable: Table;
+
+  constructor(attach: AttachMessage, initial: Table | undefined) {
+    this.forward = new ForwardTarget(attach.devId);
+    this.forwardTable = new Table([{ startSector: 0, lengthSectors: attach.sizeSectors, target: this.forward }], []);
+    this.dispatcher = new Dispatcher<Table>(initial ?? this.forwardTable);
+    const { devId, charFd, queues, depth, maxIoBytes } = attach;
+    this.queue = new UblkQueue(ring, { devId, charFd, queues, depth, maxIoBytes }, attach.queueId, (request, done) =>
+      this.dispatcher.submit(request, done),
+    );
+  }
+
+  get local(): boolean {
+    return this.dispatcher.table !== this.forwardTable;
+  }
+
+  /** Serve from `next` (a local copy) or, when undefined, forward. The dispatcher must be suspended. */
+  replaceTable(next: Table | undefined): Table | undefined {
+    const previous = this.dispatcher.swapTable(next ?? this.forwardTable);
+    return previous === this.forwardTable ? undefined : previous;
+  }
+}
+
+const devices = new Map<number, DeviceQueue>();
+
+/**
+ * A local copy of a planned table, or undefined when it cannot be made exactly (a device whose
+ * identity changed, a target that is not stateless): the queue then forwards instead, which is
+ * always correct.
+ */
+async function buildCopy(plan: TablePlan | null, devId: number): Promise<Table | undefined> {
+  if (plan === null) return undefined;
+  const name = `ublk device ${devId}`;
+  const expected = new Map(plan.devices.map((device) => [device.spec, device.key]));
+  const handle: DeviceHandle = { name, raiseEvent: () => send({ kind: 'event', devId }) };
+  try {
+    const table = await loadTable(plan.text, {
+      scope,
+      device: handle,
+      openDevice: async (spec) => {
+        const device = await openFileDevice(spec, { ring });
+        if (expected.get(spec) !== device.key) {
+          await device.close();
+          throw new Error(`${spec} is no longer the device the table was loaded with`);
+        }
+        return device;
+      },
+    });
+    if (table.segments.every((segment) => segment.target.threadModel === 'any-queue')) return table;
+    await table.destroy();
+  } catch (error) {
+    send({ kind: 'warn', message: `queue thread: ${name} forwards its I/O: ${String(error)}` });
+  }
+  return undefined;
+}
+
+async function attach(message: AttachMessage): Promise<boolean> {
+  const copy = await buildCopy(message.table, message.devId);
+  let device: DeviceQueue;
+  try {
+    device = new DeviceQueue(message, copy);
+  } catch (error) {
+    await copy?.destroy();
+    throw error;
+  }
+  devices.set(message.devId, device);
+  device.queue.onRetired = () => void retire(message.devId, message.queueId);
+  device.queue.postFetches();
+  return device.local;
+}
+
+/** Every tag of the queue was aborted (STOP_DEV): release it and tell the daemon thread. */
+async function retire(devId: number, queueId: number): Promise<void> {
+  const device = devices.get(devId);
+  if (device === undefined) return;
+  devices.delete(devId);
+  device.forward.abandon();
+  device.queue.unmap();
+  let error: string | undefined;
+  try {
+    await device.dispatcher.table.destroy();
+  } catch (cause) {
+    error = String(cause);
+  }
+  send({ kind: 'retired', devId, queueId, ...(error ? { error } : {}) });
+}
+
+async function resume(devId: number, swap: TablePlan | null | undefined): Promise<boolean> {
+  const device = deviceOf(devId);
+  if (swap === undefined) {
+    if (device.dispatcher.suspended) await device.dispatcher.resume();
+    return device.local;
+  }
+  const copy = await buildCopy(swap, devId);
+  // A forwarding queue was left running through the daemon's suspend (the daemon thread held
+  // its I/O); it drains now, through the daemon thread, which is running again.
+  if (!device.dispatcher.suspended) await device.dispatcher.suspend();
+  const previous = device.replaceTable(copy);
+  await device.dispatcher.resume();
+  await previous?.destroy();
+  return device.local;
+}
+
+function deviceOf(devId: number): DeviceQueue {
+  const device = devices.get(devId);
+  if (device === undefined) throw new Error(`queue thread serves no ublk device ${devId}`);
+  return device;
+}
+
+async function control(message: Exclude<ToQueueThread, { kind: 'io-done' } | { kind: 'exit' }>): Promise<void> {
+  asyncSteps++;
+  try {
+    let local: boolean;
+    switch (message.kind) {
+      case 'attach':
+        local = await attach(message);
+        break;
+      case 'suspend': {
+        const device = deviceOf(message.devId);
+        if (device.local && !device.dispatcher.suspended) await device.dispatcher.suspend({ noflush: message.noflush });
+        local = device.local;
+        break;
+      }
+      case 'resume':
+        local = await resume(message.devId, message.swap);
+        break;
+    }
+    send({ kind: 'reply', seq: message.seq, local });
+  } catch (error) {
+    send({ kind: 'reply', seq: message.seq, error: error instanceof Error ? error.message : String(error) });
+  } finally {
+    asyncSteps--;
+  }
+}
+
+function handle(message: ToQueueThread): void {
+  switch (message.kind) {
+    case 'io-done':
+      devices.get(message.devId)?.forward.answered(message.id, message.result, message.data);
+      return;
+    case 'exit':
+      exiting = true;
+      return;
+    default:
+      void control(message);
+  }
+}
+
+/** The doorbell rang: read every message waiting, then wait for the next ring. */
+function onDoorbell(): void {
+  for (let received = receiveMessageOnPort(port); received !== undefined; received = receiveMessageOnPort(port)) {
+    handle(received.message as ToQueueThread);
+  }
+  if (!exiting) ring.readCb(doorbellFd, doorbellBuffer, 0, onDoorbell);
+}
+
+/**
+ * One turn: wait in the ring and run what completed. Each turn is its own macrotask, so the
+ * promise continuations a turn started (a control step, a flush's `.then`) have all run before
+ * the thread waits again; and libuv gets a look in between turns.
+ */
+function turn(): void {
+  if (exiting || Atomics.load(stopFlag, 0) !== 0) {
+    ring.close();
+    port.close();
+    return;
+  }
+  try {
+    ring.waitAndDispatch(asyncSteps > 0 ? ASYNC_POLL_MS : IDLE_WAIT_MS);
+  } catch (error) {
+    send({ kind: 'warn', message: `queue thread: a completion callback threw: ${String(error)}` });
+  }
+  setImmediate(turn);
+}
+
+onDoorbell();
+setImmediate(turn);

@@ -1,0 +1,362 @@
+import { writeSync, closeSync } from 'node:fs';
+import * as path from 'node:path';
+import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
+
+import { ETIMEDOUT, ErrnoError } from '../base/errno';
+import { NO_DATA, IoOp, carriesData, type Bio, type IoDone } from '../io/bio';
+import { allocPageAligned, native } from '../io/native';
+import { SECTOR_BYTES } from '../base/units';
+import { Dispatcher } from '../dm/dispatcher';
+import type { DeviceDispatcher, DeviceTable } from '../dm/mapped-device';
+import type { ScopeKey } from '../dm/scope';
+import type { SuspendOptions } from '../dm/target';
+import type { QueueServer, UblkQueueGeometry } from '../ublk/queue';
+import type { FromQueueThread, QueueThreadData, Reply, TablePlan, ToQueueThread } from './queue-thread-protocol';
+
+/**
+ * The daemon thread's side of queue threads (daemon/queue-thread.ts): the pool of threads (thread
+ * k serves queue k of every device), the QueueServer a device's UblkDevice starts its queues
+ * with, and the dispatcher that keeps a device's suspend, resume and table swaps in step across
+ * the threads.
+ *
+ * Which way a device goes is decided per table: a table of stateless targets is copied into each
+ * queue thread, which then serves it alone; any other table stays here, and the queue threads
+ * forward its requests to this thread's dispatcher. The daemon thread's copy of a stateless table
+ * still answers `status` and `table`.
+ */
+
+/** How the daemon serves queues: on its own event loop, or in queue threads. */
+export type QueueLoop = 'main' | 'threads';
+
+/** UBLK_DM_QUEUE_LOOP=main|threads; threads unless told otherwise. */
+export function queueLoopFromEnvironment(env: NodeJS.ProcessEnv = process.env): QueueLoop {
+  const value = env.UBLK_DM_QUEUE_LOOP;
+  if (value === undefined || value === '' || value === 'threads') return 'threads';
+  if (value === 'main') return 'main';
+  throw new ErrnoError(`UBLK_DM_QUEUE_LOOP must be "main" or "threads", not ${JSON.stringify(value)}`, 22);
+}
+
+const CONTROL_TIMEOUT_MS = 60_000;
+const DOORBELL = new Uint8Array(new BigUint64Array([1n]).buffer);
+
+/** A thread waiting in its ring is woken to see it must stop, so that the process can end. */
+const livePools = new Set<QueueThreadPool>();
+process.once('exit', () => {
+  for (const pool of [...livePools]) pool.close();
+});
+
+/** The pool, one per scope (daemon), closed with it. */
+export const QUEUE_THREADS: ScopeKey<QueueThreadPool> = {
+  name: 'queue-threads',
+  create: (scope) => new QueueThreadPool(scope.warn),
+  dispose: (pool) => pool.close(),
+};
+
+export class QueueThreadPool {
+  private readonly threads: QueueThread[] = [];
+  private readonly servers = new Map<number, RemoteQueues>();
+  private closed = false;
+
+  constructor(readonly warn: (message: string) => void) {
+    livePools.add(this);
+  }
+
+  /** The thread serving queue `queueId` of every device, started on first use. */
+  thread(queueId: number): QueueThread {
+    if (this.closed) throw new Error('queue threads are closed');
+    while (this.threads.length <= queueId) this.threads.push(new QueueThread(this));
+    return this.threads[queueId]!;
+  }
+
+  register(devId: number, server: RemoteQueues): void {
+    this.servers.set(devId, server);
+  }
+
+  unregister(devId: number, server: RemoteQueues): void {
+    if (this.servers.get(devId) === server) this.servers.delete(devId);
+  }
+
+  /** @internal A queue thread's message about a device. */
+  deliver(thread: QueueThread, message: Exclude<FromQueueThread, Reply | { kind: 'warn' }>): void {
+    this.servers.get(message.devId)?.receive(thread, message);
+  }
+
+  /** Stop every thread (devices still attached stop being served). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    livePools.delete(this);
+    for (const thread of this.threads.splice(0)) thread.stop();
+  }
+}
+
+/** One queue thread, as the daemon thread talks to it. */
+export class QueueThread {
+  private readonly worker: Worker;
+  private readonly port: MessagePort;
+  private readonly doorbellFd: number;
+  private readonly stopFlag = new Int32Array(new SharedArrayBuffer(4));
+  private nextSeq = 0;
+  private readonly replies = new Map<number, { readonly resolve: (reply: Reply) => void; readonly reject: (error: Error) => void }>();
+  private exited = false;
+
+  constructor(private readonly pool: QueueThreadPool) {
+    const { port1, port2 } = new MessageChannel();
+    this.doorbellFd = native().createEventFd();
+    this.port = port1;
+    const data: QueueThreadData = { doorbellFd: this.doorbellFd, port: port2, stopFlag: this.stopFlag };
+    this.worker = new Worker(path.join(__dirname, 'queue-thread.js'), { workerData: data, transferList: [port2] });
+    // Neither keeps the daemon alive: it lives as long as its socket, and exits with its devices.
+    this.worker.unref();
+    this.port.unref();
+    this.port.on('message', (message: FromQueueThread) => this.receive(message));
+    this.worker.on('error', (error) => pool.warn(`queue thread failed: ${error.stack ?? String(error)}`));
+    this.worker.on('exit', () => this.onExit());
+  }
+
+  /** Post and ring the doorbell: the thread is waiting in its ring, not on the port. */
+  post(message: ToQueueThread, transfer?: ArrayBuffer[]): void {
+    if (this.exited) return;
+    this.port.postMessage(message, transfer);
+    writeSync(this.doorbellFd, DOORBELL);
+  }
+
+  /** A control step, answered with whether the queue now serves from a local table copy. */
+  request(message: DistributiveOmit<Extract<ToQueueThread, { seq: number }>, 'seq'>): Promise<boolean> {
+    const seq = this.nextSeq++;
+    return new Promise<boolean>((resolve, reject) => {
+      if (this.exited) {
+        reject(new Error('the queue thread has exited'));
+        return;
+      }
+      const timer = setTimeout(() => {
+        this.replies.delete(seq);
+        reject(new ErrnoError(`queue thread did not answer ${message.kind} in ${CONTROL_TIMEOUT_MS / 1000} s`, ETIMEDOUT));
+      }, CONTROL_TIMEOUT_MS);
+      this.replies.set(seq, {
+        resolve: (reply) => {
+          clearTimeout(timer);
+          if (reply.error !== undefined) reject(new Error(reply.error));
+          else resolve(reply.local ?? false);
+        },
+        reject: (error) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      });
+      this.post({ ...message, seq } as ToQueueThread);
+    });
+  }
+
+  stop(): void {
+    Atomics.store(this.stopFlag, 0, 1);
+    this.post({ kind: 'exit' });
+  }
+
+  private receive(message: FromQueueThread): void {
+    switch (message.kind) {
+      case 'reply': {
+        const waiter = this.replies.get(message.seq);
+        this.replies.delete(message.seq);
+        waiter?.resolve(message);
+        return;
+      }
+      case 'warn':
+        this.pool.warn(message.message);
+        return;
+      default:
+        this.pool.deliver(this, message);
+    }
+  }
+
+  private onExit(): void {
+    this.exited = true;
+    for (const waiter of this.replies.values()) waiter.reject(new Error('the queue thread has exited'));
+    this.replies.clear();
+    try {
+      closeSync(this.doorbellFd);
+    } catch {
+      // already closed
+    }
+  }
+}
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+/**
+ * The stateless tables a queue thread can serve from its own copy: every target 'any-queue'.
+ * The copy is built from the table's own `table` text, with the identity of each device.
+ */
+export function tablePlan(table: DeviceTable): TablePlan | null {
+  if (!table.segments.every((segment) => segment.target.threadModel === 'any-queue')) return null;
+  const text = table.segments
+    .map((segment) => `${segment.startSector} ${segment.lengthSectors} ${segment.target.type} ${segment.target.status('table')}`)
+    .join('\n');
+  return { text, devices: table.devices().map((device) => ({ spec: device.tableName, key: device.key })) };
+}
+
+/**
+ * A device's dispatcher when its queues are served by queue threads. The daemon thread's
+ * Dispatcher keeps dm's suspend semantics and serves forwarded requests; the queue threads'
+ * copies are suspended after the presuspend hooks, while forwarded I/O can still drain through
+ * here, and resumed (swapping in a copy of the new table) after this thread's resume hooks ran.
+ */
+export class ThreadedDispatcher implements DeviceDispatcher {
+  readonly main: Dispatcher<DeviceTable>;
+  private queues: RemoteQueues | undefined;
+  private swapped = false;
+
+  constructor(
+    table: DeviceTable,
+    private readonly pool: QueueThreadPool,
+  ) {
+    this.main = new Dispatcher<DeviceTable>(table, { suspended: true });
+  }
+
+  get suspended(): boolean {
+    return this.main.suspended;
+  }
+
+  /** The QueueServer the device's UblkDevice starts its queues with. */
+  queueServer(sizeSectors: number): QueueServer {
+    this.queues = new RemoteQueues(this.pool, sizeSectors, this);
+    return this.queues;
+  }
+
+  /** The plan queue threads should serve the live table with (null: forward). */
+  livePlan(): TablePlan | null {
+    return tablePlan(this.main.table);
+  }
+
+  submit(bio: Bio, done: IoDone): void {
+    this.main.submit(bio, done);
+  }
+
+  suspend(options: SuspendOptions = { noflush: false }): Promise<void> {
+    const queues = this.queues;
+    return this.main.suspend(options, queues === undefined ? undefined : () => queues.suspend(options));
+  }
+
+  async resume(): Promise<void> {
+    await this.main.resume();
+    const swap = this.swapped ? this.livePlan() : undefined;
+    this.swapped = false;
+    await this.queues?.resume(swap);
+  }
+
+  swapTable(next: DeviceTable): DeviceTable {
+    const previous = this.main.swapTable(next);
+    this.swapped = true;
+    return previous;
+  }
+}
+
+/** A device's queues, each served by its queue thread. */
+class RemoteQueues implements QueueServer {
+  private devId = -1;
+  /** After close() the threads serve the device no more: suspend and resume have nothing to do there. */
+  private closed = false;
+  private threads: QueueThread[] = [];
+  private readonly retiredQueues = new Set<number>();
+  private onRetired: (() => void) | undefined;
+  private retireError: string | undefined;
+
+  constructor(
+    private readonly pool: QueueThreadPool,
+    private readonly sizeSectors: number,
+    private readonly dispatcher: ThreadedDispatcher,
+  ) {}
+
+  async start(geometry: UblkQueueGeometry): Promise<void> {
+    this.devId = geometry.devId;
+    this.pool.register(geometry.devId, this);
+    const table = this.dispatcher.livePlan();
+    this.threads = Array.from({ length: geometry.queues }, (_, queueId) => this.pool.thread(queueId));
+    await Promise.all(
+      this.threads.map((thread, queueId) =>
+        thread.request({
+          kind: 'attach',
+          devId: geometry.devId,
+          queueId,
+          charFd: geometry.charFd,
+          queues: geometry.queues,
+          depth: geometry.depth,
+          maxIoBytes: geometry.maxIoBytes,
+          sizeSectors: this.sizeSectors,
+          table,
+        }),
+      ),
+    );
+  }
+
+  /** Suspend the threads' local copies; if one fails, those already suspended resume. */
+  async suspend(options: SuspendOptions): Promise<void> {
+    if (this.closed) return;
+    const outcomes = await Promise.allSettled(this.threads.map((thread) => thread.request({ kind: 'suspend', devId: this.devId, noflush: options.noflush })));
+    const failed = outcomes.find((outcome) => outcome.status === 'rejected');
+    if (failed === undefined) return;
+    await this.resume(undefined).catch(() => undefined);
+    throw (failed as PromiseRejectedResult).reason;
+  }
+
+  async resume(swap: TablePlan | null | undefined): Promise<void> {
+    if (this.closed) return;
+    await Promise.all(this.threads.map((thread) => thread.request({ kind: 'resume', devId: this.devId, ...(swap !== undefined ? { swap } : {}) })));
+  }
+
+  retired(timeoutMs: number): Promise<void> {
+    if (this.retiredQueues.size === this.threads.length) return this.retiredResult();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.onRetired = undefined;
+        reject(new ErrnoError(`ublk device ${this.devId}: ${this.threads.length - this.retiredQueues.size} queues not aborted after stop`, ETIMEDOUT));
+      }, timeoutMs);
+      this.onRetired = () => {
+        clearTimeout(timer);
+        this.retiredResult().then(resolve, reject);
+      };
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.pool.unregister(this.devId, this);
+  }
+
+  /** @internal A queue thread's message about this device. */
+  receive(thread: QueueThread, message: Exclude<FromQueueThread, Reply | { kind: 'warn' }>): void {
+    switch (message.kind) {
+      case 'io':
+        this.serveForwarded(thread, message);
+        return;
+      case 'retired':
+        this.retiredQueues.add(message.queueId);
+        if (message.error !== undefined) this.retireError ??= message.error;
+        if (this.retiredQueues.size === this.threads.length) this.onRetired?.();
+        return;
+      case 'event':
+        // Stateless targets raise none; a table that does stays on this thread.
+        return;
+    }
+  }
+
+  private retiredResult(): Promise<void> {
+    return this.retireError === undefined ? Promise.resolve() : Promise.reject(new Error(this.retireError));
+  }
+
+  /** A request of a forwarding queue: run it through the dispatcher here, answer with a copy of what it read. */
+  private serveForwarded(thread: QueueThread, message: Extract<FromQueueThread, { kind: 'io' }>): void {
+    const withData = carriesData(message.op);
+    // Page-aligned, so that the targets' backing I/O can go O_DIRECT as it does for requests served here.
+    const data = withData ? new Uint8Array(allocPageAligned(message.sectorCount * SECTOR_BYTES)) : NO_DATA;
+    if (message.data !== undefined) data.set(message.data.subarray(0, data.byteLength));
+    const bio: Bio = { op: message.op, sector: message.sector, sectorCount: message.sectorCount, fua: message.fua, noUnmap: message.noUnmap, data };
+    this.dispatcher.submit(bio, (result) => {
+      const readData = message.op === IoOp.Read && result > 0 ? data.slice(0, result) : undefined;
+      thread.post(
+        { kind: 'io-done', devId: this.devId, id: message.id, result, ...(readData ? { data: readData } : {}) },
+        readData ? [readData.buffer as ArrayBuffer] : undefined,
+      );
+    });
+  }
+}

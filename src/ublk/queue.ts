@@ -1,0 +1,316 @@
+import { EIO, ENODEV, EOPNOTSUPP, ETIMEDOUT, ErrnoError, type IoResult } from '../base/errno';
+import { SECTOR_BYTES } from '../base/units';
+import { IoOp, NO_DATA, carriesData, type Bio, type IoDone } from '../io/bio';
+import { allocPageAligned, native } from '../io/native';
+import type { IoRing } from '../io/ring';
+import {
+  UBLK_IO_F_FUA,
+  UBLK_IO_F_NOUNMAP,
+  UBLK_IO_RES_OK,
+  UBLK_U_IO_COMMIT_AND_FETCH_REQ,
+  UBLK_U_IO_FETCH_REQ,
+  decodeIoDesc,
+  descriptorMmapByteLength,
+  descriptorMmapByteOffset,
+} from './abi';
+
+/**
+ * One ublk queue served on one ring: its descriptor mapping, a buffer per tag, and each tag's
+ * FETCH → handle → COMMIT_AND_FETCH cycle. The kernel takes a queue's commands only from the
+ * task that fetched first, so a queue lives on one thread for good: the daemon's (ThreadQueues)
+ * or a queue thread's (daemon/queue-thread.ts).
+ */
+
+/** A request as the kernel delivered it: a Bio (device-relative) and where it came from. */
+export interface UblkRequest extends Bio {
+  readonly queueId: number;
+  readonly tag: number;
+}
+
+/**
+ * Serves one request: `done` takes bytes moved (Read/Write) or 0, or -errno; calls after the
+ * first are ignored, and so are calls for a request already answered. A throw completes the
+ * request with -EIO.
+ */
+export type UblkHandler = (req: UblkRequest, done: IoDone) => void;
+
+/** Where a device's queues are, as the code that serves them needs to know. */
+export interface UblkQueueGeometry {
+  readonly devId: number;
+  /** /dev/ublkcN, open in this process (descriptors are per process, so any thread may use it). */
+  readonly charFd: number;
+  readonly queues: number;
+  readonly depth: number;
+  readonly maxIoBytes: number;
+}
+
+/**
+ * Whoever serves a device's queues. UblkDevice does the control side (ADD_DEV ... DEL_DEV) and
+ * asks its QueueServer to start before START_DEV (or END_USER_RECOVERY), and to report once
+ * every tag is retired after STOP_DEV.
+ */
+export interface QueueServer {
+  /** Post every queue's FETCHes; resolves once they are posted. */
+  start(geometry: UblkQueueGeometry): Promise<void>;
+  /** Resolves once every tag of every queue was completed without a request (STOP_DEV's ABORT). */
+  retired(timeoutMs: number): Promise<void>;
+  /** Release what start() set up. Only after retired(), or when start() failed. */
+  close(): Promise<void>;
+}
+
+/** Where a tag is in its FETCH → handle → COMMIT_AND_FETCH cycle. */
+const enum TagPhase {
+  /** A FETCH or COMMIT_AND_FETCH is posted; the kernel owns the tag. */
+  Posted,
+  /** The handler owns the request. */
+  Serving,
+  /** The kernel completed the tag's command with ABORT (or an error): it is never re-posted. */
+  Retired,
+}
+
+export class UblkQueue {
+  private readonly tags: TagSlot[] = [];
+  private readonly descriptorMapping: ArrayBuffer;
+  private readonly descriptorWords: Uint32Array;
+  private retiredTags = 0;
+  private firstCommandError: number | undefined;
+  private onAllRetired: (() => void) | undefined;
+  private unmapped = false;
+  /** Called once every tag is retired (for a thread that must release the queue itself). */
+  onRetired: (() => void) | undefined;
+
+  constructor(
+    readonly ring: IoRing,
+    private readonly geometry: UblkQueueGeometry,
+    readonly queueId: number,
+    private readonly handler: UblkHandler,
+  ) {
+    const addon = native();
+    const { charFd, depth, maxIoBytes } = geometry;
+    this.descriptorMapping = addon.mmapReadOnly(charFd, descriptorMmapByteOffset(queueId), descriptorMmapByteLength(depth));
+    this.descriptorWords = new Uint32Array(this.descriptorMapping);
+    try {
+      const queueBuffer = new Uint8Array(allocPageAligned(depth * maxIoBytes));
+      const queueAddress = addon.addressOf(queueBuffer);
+      for (let tag = 0; tag < depth; tag++) {
+        const byteOffset = tag * maxIoBytes;
+        this.tags.push(new TagSlot(this, queueId, tag, queueBuffer.subarray(byteOffset, byteOffset + maxIoBytes), queueAddress + byteOffset));
+      }
+    } catch (error) {
+      this.unmap();
+      throw error;
+    }
+  }
+
+  get charFd(): number {
+    return this.geometry.charFd;
+  }
+
+  get allRetired(): boolean {
+    return this.retiredTags === this.tags.length;
+  }
+
+  postFetches(): void {
+    for (const slot of this.tags) slot.post(UBLK_U_IO_FETCH_REQ, 0);
+  }
+
+  /** @internal A FETCH/COMMIT completed with a request: hand it to the handler. */
+  dispatch(slot: TagSlot): void {
+    const desc = decodeIoDesc(this.descriptorWords, slot.tag);
+    const op = knownOp(desc.op);
+    if (op === undefined) {
+      slot.commit(-EOPNOTSUPP);
+      return;
+    }
+    const withData = carriesData(op);
+    const byteLength = desc.sectorCount * SECTOR_BYTES;
+    if (withData && byteLength > slot.buffer.byteLength) {
+      slot.commit(-EIO); // the kernel never sends more than max_sectors; refuse rather than overrun
+      return;
+    }
+    const done = slot.begin(op, withData ? byteLength : 0);
+    const request: UblkRequest = {
+      queueId: slot.queueId,
+      tag: slot.tag,
+      op,
+      fua: (desc.flags & UBLK_IO_F_FUA) !== 0,
+      noUnmap: (desc.flags & UBLK_IO_F_NOUNMAP) !== 0,
+      sector: desc.sector,
+      sectorCount: desc.sectorCount,
+      data: withData ? slot.buffer.subarray(0, byteLength) : NO_DATA,
+    };
+    try {
+      this.handler(request, done);
+    } catch {
+      done(-EIO);
+    }
+  }
+
+  /** @internal The tag's command completed without a request (ABORT, or a rejected command). */
+  retire(result: IoResult): void {
+    if (result !== -ENODEV) this.firstCommandError ??= result;
+    this.retiredTags++;
+    if (!this.allRetired) return;
+    this.onAllRetired?.();
+    this.onRetired?.();
+  }
+
+  /** Every tag retired, or a timeout error naming how many are not. */
+  retired(timeoutMs: number): Promise<void> {
+    if (this.allRetired) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.onAllRetired = undefined;
+        const detail = this.firstCommandError === undefined ? '' : ` (a command failed with ${this.firstCommandError})`;
+        reject(
+          new ErrnoError(
+            `ublk device ${this.geometry.devId} queue ${this.queueId}: ${this.tags.length - this.retiredTags} tags not aborted after stop${detail}`,
+            ETIMEDOUT,
+          ),
+        );
+      }, timeoutMs);
+      this.onAllRetired = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  /** Release the descriptor mapping (the tag buffers go with the last reference). Idempotent. */
+  unmap(): void {
+    if (this.unmapped) return;
+    this.unmapped = true;
+    native().unmap(this.descriptorMapping);
+  }
+}
+
+/** Every queue of a device on this thread's ring, handing requests to one handler. */
+export class ThreadQueues implements QueueServer {
+  private readonly queues: UblkQueue[] = [];
+
+  constructor(
+    private readonly ring: IoRing,
+    private readonly handler: UblkHandler,
+  ) {}
+
+  async start(geometry: UblkQueueGeometry): Promise<void> {
+    for (let queueId = 0; queueId < geometry.queues; queueId++) {
+      this.queues.push(new UblkQueue(this.ring, geometry, queueId, this.handler));
+    }
+    for (const queue of this.queues) queue.postFetches();
+  }
+
+  async retired(timeoutMs: number): Promise<void> {
+    await Promise.all(this.queues.map((queue) => queue.retired(timeoutMs)));
+  }
+
+  async close(): Promise<void> {
+    for (const queue of this.queues.splice(0)) queue.unmap();
+  }
+}
+
+/** @internal What a TagSlot needs of its queue; an interface so unit tests can stand in for it. */
+export interface TagOwner {
+  readonly ring: Pick<IoRing, 'ublkIoCmdCb' | 'isClosed'>;
+  readonly charFd: number;
+  dispatch(slot: TagSlot): void;
+  retire(result: IoResult): void;
+}
+
+/** @internal One (queue, tag): its buffer and the callbacks of its cycle, bound once. */
+export class TagSlot {
+  private phase = TagPhase.Posted;
+  private op = IoOp.Read;
+  private dataByteLength = 0;
+  /** Counts the requests delivered to this tag; names the one being served. */
+  private generation = 0;
+
+  constructor(
+    private readonly device: TagOwner,
+    readonly queueId: number,
+    readonly tag: number,
+    /** maxIoBytes of page-aligned memory the kernel copies request data to and from. */
+    readonly buffer: Uint8Array,
+    private readonly bufAddress: number,
+  ) {}
+
+  post(cmdOp: number, result: IoResult): void {
+    this.phase = TagPhase.Posted;
+    try {
+      this.device.ring.ublkIoCmdCb(
+        this.device.charFd,
+        cmdOp,
+        this.queueId,
+        this.tag,
+        result,
+        this.bufAddress,
+        this.onCommandDone,
+      );
+    } catch {
+      // A full SQ the kernel would not take (EBUSY/EAGAIN) is passing: completions being reaped
+      // meanwhile make room. Giving the tag up instead would leave the kernel's request
+      // unanswered forever, and STOP_DEV waiting behind it; so keep the command and its result
+      // and try again on the next turn. Only a closed ring is final.
+      if (this.device.ring.isClosed) this.retire(-EIO);
+      else setImmediate(() => this.post(cmdOp, result));
+    }
+  }
+
+  /**
+   * The kernel delivered a request: the handler owns the tag until the returned `done` is
+   * called. Each delivery has its own generation, and `done` is bound to it, so a late or
+   * repeated call for an earlier request cannot answer the one the tag serves now.
+   */
+  begin(op: IoOp, dataByteLength: number): IoDone {
+    this.phase = TagPhase.Serving;
+    this.op = op;
+    this.dataByteLength = dataByteLength;
+    const generation = ++this.generation;
+    return (result) => this.handled(generation, result);
+  }
+
+  commit(result: IoResult): void {
+    this.post(UBLK_U_IO_COMMIT_AND_FETCH_REQ, result);
+  }
+
+  readonly onCommandDone = (result: IoResult): void => {
+    if (result === UBLK_IO_RES_OK) {
+      this.device.dispatch(this);
+    } else {
+      this.retire(result);
+    }
+  };
+
+  private handled(generation: number, result: IoResult): void {
+    if (generation !== this.generation || this.phase !== TagPhase.Serving) return; // stale, or answered
+    if (typeof result !== 'number' || !Number.isInteger(result)) {
+      this.commit(-EIO);
+    } else if (result < 0) {
+      this.commit(result);
+    } else if (carriesData(this.op)) {
+      this.commit(Math.min(result, this.dataByteLength));
+    } else {
+      this.commit(0);
+    }
+  }
+
+  private retire(result: IoResult): void {
+    if (this.phase === TagPhase.Retired) return;
+    this.phase = TagPhase.Retired;
+    this.device.retire(result);
+  }
+}
+
+function knownOp(op: number): IoOp | undefined {
+  switch (op) {
+    case IoOp.Read:
+    case IoOp.Write:
+    case IoOp.Flush:
+    case IoOp.Discard:
+    case IoOp.WriteZeroes:
+      return op;
+    default:
+      return undefined;
+  }
+}
+

@@ -1,0 +1,105 @@
+/**
+ * Queue threads (daemon/queue-threads.ts): devices with several queues keep every byte, a table
+ * swap that moves a device between serving from the threads' own table copies and forwarding to
+ * the daemon thread loses nothing in either direction, and the daemon thread's own queue loop
+ * (UBLK_DM_QUEUE_LOOP=main) still serves.
+ */
+import { strict as assert } from 'node:assert';
+import { readdir } from 'node:fs/promises';
+import { basename } from 'node:path';
+import { Sandbox, requireRealUblk, makeBackingFile, mustSh, sh } from './harness';
+
+const MiB = 1 << 20;
+
+/** fio writes with crc32c verify data, then reads it all back and checks it. */
+async function fioVerify(dev: string, extra = ''): Promise<void> {
+  const r = await sh(
+    `fio --name=qt --filename=${dev} --allow_file_create=0 --ioengine=io_uring --direct=1 --rw=randwrite --bs=4k ` +
+      `--iodepth=16 --size=32M --verify=crc32c --do_verify=1 --verify_fatal=1 ${extra}`,
+    { timeoutMs: 600_000 },
+  );
+  assert.equal(r.code, 0, `fio verify on ${dev} failed:\n${r.stdout}\n${r.stderr}`);
+}
+
+/** Offset-stamped pattern over the first `sizeMiB` MiB, written (mode 'write') or checked ('verify'). */
+async function stamp(dev: string, mode: 'write' | 'verify', sizeMiB: number): Promise<void> {
+  const rw = mode === 'write' ? '--rw=write --do_verify=0' : '--rw=write --verify_only=1';
+  const r = await sh(
+    `fio --name=stamp --filename=${dev} --allow_file_create=0 --ioengine=io_uring --direct=1 --bs=64k --iodepth=8 ` +
+      `--size=${sizeMiB}M --verify=pattern --verify_pattern=%o --verify_fatal=1 ${rw}`,
+    { timeoutMs: 600_000 },
+  );
+  assert.equal(r.code, 0, `fio ${mode} stamp on ${dev} failed:\n${r.stdout}\n${r.stderr}`);
+}
+
+describe('integration: queue threads', function () {
+  let box: Sandbox;
+
+  before(function () {
+    requireRealUblk();
+    box = new Sandbox('qthreads');
+  });
+
+  after(async function () {
+    await box?.cleanup();
+  });
+
+  for (const queues of [2, 4]) {
+    it(`serves a ${queues}-queue linear device with fio verify from ${queues} jobs`, async function () {
+      const backing = await makeBackingFile(box.dir, `q${queues}.img`, 64 * MiB);
+      const dev = await box.create(`q${queues}`, `0 ${(64 * MiB) / 512} linear ${backing} 0`, ['--queues', String(queues)]);
+      const hardwareQueues = await readdir(`/sys/block/${basename(dev)}/mq`);
+      assert.equal(hardwareQueues.length, queues, `the kernel shows ${hardwareQueues.length} queues`);
+      // Jobs on both CPUs, so that more than one hardware queue gets requests.
+      await fioVerify(dev, `--numjobs=2 --offset_increment=32M --cpus_allowed=0,1 --cpus_allowed_policy=split`);
+      await box.ok(['remove', `q${queues}`]);
+    });
+  }
+
+  it('keeps every byte across swaps between a local copy and forwarding (linear -> delay -> linear)', async function () {
+    const backing = await makeBackingFile(box.dir, 'swap.img', 64 * MiB);
+    const sectors = (64 * MiB) / 512;
+    const dev = await box.create('swap', `0 ${sectors} linear ${backing} 0`, ['--queues', '2']);
+    await stamp(dev, 'write', 16);
+
+    // delay keeps one instance (it counts what it holds): the queue threads now forward.
+    await box.ok(['reload', 'swap', '--table', `0 ${sectors} delay ${backing} 0 0`]);
+    await box.ok(['resume', 'swap']);
+    assert.match(await box.ok(['table', 'swap']), /delay/);
+    await stamp(dev, 'verify', 16);
+    await fioVerify(dev, '--offset=32M');
+
+    await box.ok(['reload', 'swap', '--table', `0 ${sectors} linear ${backing} 0`]);
+    await box.ok(['resume', 'swap']);
+    await stamp(dev, 'verify', 16);
+    await fioVerify(dev, '--offset=32M --verify_only=1 --rw=randwrite');
+    // What went through either path is in the backing file itself.
+    await mustSh(`cmp -n ${16 * MiB} ${dev} ${backing}`);
+    await box.ok(['remove', 'swap']);
+  });
+
+  it('serves from the daemon thread when UBLK_DM_QUEUE_LOOP=main', async function () {
+    const main = new Sandbox('qmain');
+    main.env.UBLK_DM_QUEUE_LOOP = 'main';
+    try {
+      const backing = await makeBackingFile(main.dir, 'main.img', 64 * MiB);
+      const dev = await main.create('m', `0 ${(64 * MiB) / 512} linear ${backing} 0`, ['--queues', '2']);
+      await fioVerify(dev, `--numjobs=2 --offset_increment=32M --cpus_allowed=0,1 --cpus_allowed_policy=split`);
+      await main.ok(['remove', 'm']);
+    } finally {
+      await main.cleanup();
+    }
+  });
+
+  it('refuses to start a daemon with an unknown UBLK_DM_QUEUE_LOOP', async function () {
+    const bad = new Sandbox('qbad');
+    bad.env.UBLK_DM_QUEUE_LOOP = 'fibers';
+    try {
+      const r = await bad.cliProcess(['daemon']);
+      assert.notEqual(r.code, 0, 'the daemon started');
+      assert.match(r.stderr + r.stdout, /UBLK_DM_QUEUE_LOOP must be "main" or "threads"/);
+    } finally {
+      await bad.cleanup();
+    }
+  });
+});

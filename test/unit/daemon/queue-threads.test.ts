@@ -1,0 +1,61 @@
+import { strict as assert } from 'node:assert';
+
+import { queueLoopFromEnvironment, tablePlan } from '../../../src/daemon/queue-threads';
+import type { DeviceTable } from '../../../src/dm/mapped-device';
+import { ALL_CAPABILITIES, type Target, type ThreadModel } from '../../../src/dm/target';
+import type { BlockDevice } from '../../../src/io/block-device';
+
+function fakeTarget(type: string, threadModel: ThreadModel, tableText: string): Target {
+  return { type, threadModel, capabilities: ALL_CAPABILITIES, map: (_bio, done) => done(0), status: (kind) => (kind === 'table' ? tableText : 'info'), devices: () => [], destroy: async () => {} };
+}
+
+function fakeTable(segments: Array<[number, Target]>, devices: Array<Pick<BlockDevice, 'tableName' | 'key'>>): DeviceTable {
+  let start = 0;
+  const laidOut = segments.map(([lengthSectors, target]) => {
+    const segment = { startSector: start, lengthSectors, target };
+    start += lengthSectors;
+    return segment;
+  });
+  return { segments: laidOut, sizeSectors: start, capabilities: ALL_CAPABILITIES, devices: () => devices as BlockDevice[], destroy: async () => {} };
+}
+
+describe('queue threads: which tables they copy', () => {
+  it('plans a copy of a stateless table from its own table text, naming each device with its identity', () => {
+    const table = fakeTable(
+      [
+        [2048, fakeTarget('linear', 'any-queue', '/srv/a.img 0')],
+        [8, fakeTarget('zero', 'any-queue', '')],
+        [1024, fakeTarget('linear', 'any-queue', '7:0 2048')],
+      ],
+      [
+        { tableName: '/srv/a.img', key: 'file:64:12' },
+        { tableName: '7:0', key: 'blk:7:0' },
+      ],
+    );
+    assert.deepEqual(tablePlan(table), {
+      text: '0 2048 linear /srv/a.img 0\n2048 8 zero \n2056 1024 linear 7:0 2048',
+      devices: [
+        { spec: '/srv/a.img', key: 'file:64:12' },
+        { spec: '7:0', key: 'blk:7:0' },
+      ],
+    });
+  });
+
+  it('plans no copy when any target keeps one instance (the threads forward)', () => {
+    const table = fakeTable(
+      [
+        [2048, fakeTarget('linear', 'any-queue', '/srv/a.img 0')],
+        [2048, fakeTarget('delay', 'owner-thread', '/srv/a.img 2048 10')],
+      ],
+      [{ tableName: '/srv/a.img', key: 'file:64:12' }],
+    );
+    assert.equal(tablePlan(table), null);
+  });
+
+  it('reads UBLK_DM_QUEUE_LOOP: threads by default, main when asked, anything else refused', () => {
+    assert.equal(queueLoopFromEnvironment({}), 'threads');
+    assert.equal(queueLoopFromEnvironment({ UBLK_DM_QUEUE_LOOP: 'threads' }), 'threads');
+    assert.equal(queueLoopFromEnvironment({ UBLK_DM_QUEUE_LOOP: 'main' }), 'main');
+    assert.throws(() => queueLoopFromEnvironment({ UBLK_DM_QUEUE_LOOP: 'Main' }), /must be "main" or "threads"/);
+  });
+});

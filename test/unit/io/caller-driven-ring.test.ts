@@ -1,0 +1,77 @@
+import { strict as assert } from 'node:assert';
+import { promises as fsp, writeSync, closeSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+import { native } from '../../../src/io/native';
+import { IoRing } from '../../../src/io/ring';
+
+/** A ring a queue thread drives itself: it submits and waits in waitAndDispatch, never through libuv. */
+describe('IoRing driven by its caller (real io_uring)', () => {
+  let dir: string;
+  let handle: fsp.FileHandle;
+  let ring: IoRing;
+
+  beforeEach(async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ublkdm-cring-'));
+    handle = await fsp.open(path.join(dir, 'data'), 'w+');
+    ring = IoRing.create({ entries: 16, drivenBy: 'caller' });
+  });
+
+  afterEach(async () => {
+    ring.close();
+    await handle.close();
+    await fsp.rm(dir, { recursive: true, force: true });
+  });
+
+  it('submits nothing until waitAndDispatch, then runs the callbacks it waited for', async () => {
+    const results: number[] = [];
+    ring.writeCb(handle.fd, Buffer.alloc(4096, 7), 0, 0, (result) => results.push(result));
+    // Turns of the event loop do not move a caller-driven ring.
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(results.length, 0);
+    assert.equal((await handle.stat()).size, 0);
+
+    let ran = 0;
+    while (results.length === 0) ran += ring.waitAndDispatch(1000);
+    assert.equal(ran, 1);
+    assert.deepEqual(results, [4096]);
+    const readBack = Buffer.alloc(4096);
+    ring.readCb(handle.fd, readBack, 0, (result) => results.push(result));
+    while (results.length === 1) ring.waitAndDispatch(1000);
+    assert.deepEqual(results, [4096, 4096]);
+    assert.ok(readBack.every((byte) => byte === 7));
+  });
+
+  it('returns 0 when nothing completes within the timeout', () => {
+    const started = process.hrtime.bigint();
+    assert.equal(ring.waitAndDispatch(20), 0);
+    const elapsedMs = Number(process.hrtime.bigint() - started) / 1e6;
+    assert.ok(elapsedMs >= 15, `returned after ${elapsedMs} ms`);
+  });
+
+  it('wakes on a doorbell: an eventfd read in the ring completes when another party writes it', () => {
+    const doorbell = native().createEventFd();
+    try {
+      const bell = new Uint8Array(8);
+      const rung: number[] = [];
+      ring.readCb(doorbell, bell, 0, (result) => rung.push(result));
+      assert.equal(ring.waitAndDispatch(10), 0, 'nobody rang yet');
+      writeSync(doorbell, new Uint8Array(new BigUint64Array([3n]).buffer));
+      while (rung.length === 0) ring.waitAndDispatch(1000);
+      assert.deepEqual(rung, [8]);
+      assert.equal(new BigUint64Array(bell.buffer)[0], 3n);
+    } finally {
+      closeSync(doorbell);
+    }
+  });
+
+  it('is refused for a ring the event loop drives', () => {
+    const loopRing = IoRing.create({ entries: 4 });
+    try {
+      assert.throws(() => loopRing.waitAndDispatch(0), /driven by the event loop/);
+    } finally {
+      loopRing.close();
+    }
+  });
+});
