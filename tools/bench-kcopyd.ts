@@ -4,12 +4,15 @@
  * once) and with dd bs=1M to each destination in turn, two ways: `oflag=direct` and buffered.
  * Every copy ends with its data on stable storage (dd conv=fsync; kcopyd flushes each
  * destination), and the time includes it. Before every copy the source is dropped from the page
- * cache, so each reads it from the disk (on tmpfs that is a no-op: it lives in the page cache).
+ * cache, so each reads it from the disk (on tmpfs that is a no-op: it lives in the page cache);
+ * `--source-cache hot` reads it into the cache instead (clean), where dd reads it from memory and
+ * kcopyd, O_DIRECT, still from the disk.
  * dd writes a new file, as a user's dd does; kcopyd a sparse file of the source's size (it cannot
  * grow a device): both allocate as they write.
  *
  *   node dist/tools/bench-kcopyd.js [--size-mib 1024] [--dir DIR | --host] [--json PATH] [--rounds 3]
  *        [--destinations 1,2] [--sub-job-sectors N] [--pool-pages N] [--kcopyd-io direct|buffered]
+ *        [--source-cache cold|hot]
  *
  * `--host` copies under /var/tmp and refuses tmpfs: the host disk, no ublk needed. The cases run
  * interleaved, `--rounds` times, so a change in the machine's load hits every case alike; the
@@ -36,13 +39,13 @@ const COPIERS: readonly Copier[] = ['dd-direct', 'dd-buffered', 'kcopyd'];
 
 interface Args {
   sizeMiB: number; dir: string; host: boolean; json: string | null; rounds: number; destinationCounts: number[];
-  subJobSectors: number; poolPages: number | undefined; kcopydDirectIo: boolean;
+  subJobSectors: number; poolPages: number | undefined; kcopydDirectIo: boolean; sourceCache: 'cold' | 'hot';
 }
 
 function parseArgs(argv: string[]): Args {
   const args: Args = {
     sizeMiB: 1024, dir: tmpdir(), host: false, json: null, rounds: 3, destinationCounts: [1, 2],
-    subJobSectors: DEFAULT_SUB_JOB_SECTORS, poolPages: undefined, kcopydDirectIo: true,
+    subJobSectors: DEFAULT_SUB_JOB_SECTORS, poolPages: undefined, kcopydDirectIo: true, sourceCache: 'cold',
   };
   for (let i = 0; i < argv.length; i++) {
     const [flag, value] = [argv[i], argv[i + 1]];
@@ -55,6 +58,7 @@ function parseArgs(argv: string[]): Args {
     else if (flag === '--sub-job-sectors') args.subJobSectors = Number(value);
     else if (flag === '--pool-pages') args.poolPages = Number(value);
     else if (flag === '--kcopyd-io') args.kcopydDirectIo = value !== 'buffered';
+    else if (flag === '--source-cache') args.sourceCache = value === 'hot' ? 'hot' : 'cold';
     else throw new Error(`unknown argument ${flag}`);
     i++;
   }
@@ -79,10 +83,15 @@ function createSparseFile(path: string, byteLength: number): void {
   closeSync(fd);
 }
 
-/** Written back, then dropped from the page cache (POSIX_FADV_DONTNEED through dd). */
-async function dropFromPageCache(path: string): Promise<void> {
+/**
+ * Written back first either way (an O_DIRECT read of a dirty range writes it back first, a cost
+ * dd's buffered read never pays), then dropped from the page cache (POSIX_FADV_DONTNEED through
+ * dd) or read into it.
+ */
+async function settleSource(path: string, cache: 'cold' | 'hot'): Promise<void> {
   await run('sync', [path]);
-  await run('dd', [`if=${path}`, 'iflag=nocache', 'count=0', 'status=none']);
+  if (cache === 'cold') await run('dd', [`if=${path}`, 'iflag=nocache', 'count=0', 'status=none']);
+  else await run('dd', [`if=${path}`, 'of=/dev/null', 'bs=1M', 'status=none']);
 }
 
 async function timeDd(source: string, dests: readonly string[], direct: boolean): Promise<number> {
@@ -151,7 +160,7 @@ async function main(): Promise<void> {
       for (let round = 0; round < args.rounds; round++) {
         for (const copier of COPIERS) {
           for (const dest of targets) rmSync(dest, { force: true });
-          await dropFromPageCache(source);
+          await settleSource(source, args.sourceCache);
           const seconds = copier === 'kcopyd'
             ? await timeKcopyd(source, targets, byteLength, args)
             : await timeDd(source, targets, copier === 'dd-direct');
@@ -170,7 +179,7 @@ async function main(): Promise<void> {
     const pool = args.poolPages === undefined ? 'default pool' : `pool ${args.poolPages} pages`;
     const n = (x: number) => x.toFixed(0).padStart(6);
     const lines = [
-      `kcopyd vs dd bs=1M to each destination in turn: ${args.sizeMiB} MiB on ${filesystem} (${args.dir}), kcopyd sub-job ${args.subJobSectors} sectors, ${pool}, ${io}; fsync at the end; median (best) of ${args.rounds} interleaved rounds, MiB/s`,
+      `kcopyd vs dd bs=1M to each destination in turn: ${args.sizeMiB} MiB on ${filesystem} (${args.dir}), kcopyd sub-job ${args.subJobSectors} sectors, ${pool}, ${io}; source ${args.sourceCache} in the page cache; fsync at the end; median (best) of ${args.rounds} interleaved rounds, MiB/s`,
       'dests   dd oflag=direct   dd buffered      kcopyd   kcopyd/dd-direct  kcopyd/dd-buffered',
       ...cases.map((c) =>
         `${String(c.destinations).padStart(5)}   ${n(c.medianMiBps['dd-direct'])} (${n(c.bestMiBps['dd-direct'])}) ${n(c.medianMiBps['dd-buffered'])} (${n(c.bestMiBps['dd-buffered'])}) ` +
@@ -181,7 +190,7 @@ async function main(): Promise<void> {
       writeFileSync(args.json, JSON.stringify({
         sizeMiB: args.sizeMiB, dir: args.dir, filesystem, subJobSectors: args.subJobSectors, poolPages: args.poolPages ?? null,
         kcopydIo: io, rounds: args.rounds, durability: 'fsync at end (dd conv=fsync; kcopyd flush of each destination)',
-        sourceCache: 'dropped before every copy', cases,
+        sourceCache: args.sourceCache === 'cold' ? 'written back and dropped before every copy' : 'written back and read into the cache before every copy', cases,
       }, null, 2));
     }
   } finally {
