@@ -12,18 +12,9 @@
  */
 import { fio, formatRatio, sh } from './bench-common';
 import { BenchDaemon, withCpuPerIo, type DaemonMemory } from './bench-daemon';
-import { queueLoopEnv, type QueueLoop } from './bench-queue-loop';
+import { queueLoopEnv, type DaemonPartOptions, type QueueLoop } from './bench-queue-loop';
 
-export interface CoreBenchOptions {
-  /** A scratch directory on tmpfs. */
-  readonly dir: string;
-  /** The file loop and our linear map (on tmpfs), `backingMiB` long. */
-  readonly backingPath: string;
-  readonly backingMiB: number;
-  readonly runtimeSeconds: number;
-  readonly queueLoops: readonly QueueLoop[];
-  readonly log: (line: string) => void;
-}
+export type CoreBenchOptions = DaemonPartOptions;
 
 type Pattern = 'randread' | 'randwrite';
 type Kernel = 'null_blk' | 'loop' | 'dm-linear';
@@ -82,15 +73,16 @@ export const CORE_GOALS: ReadonlyArray<{ ours: Ours; kernel: Kernel; iodepth: nu
 ];
 
 export async function runCoreBench(o: CoreBenchOptions): Promise<CoreReport> {
+  const backingMiB = (o.backingSectors * 512) / (1024 * 1024);
   const report: CoreReport = {
-    backingMiB: o.backingMiB, runtimeSeconds: o.runtimeSeconds, queues: 1, depth: DEPTH, loopDirectIo: null,
+    backingMiB, runtimeSeconds: o.runtimeSeconds, queues: 1, depth: DEPTH, loopDirectIo: null,
     results: [], ratios: [], daemonMemory: {}, idleCpuPercent: {},
   };
   const cleanups: Array<() => Promise<unknown>> = [];
   const daemons = o.queueLoops.map((mode) => ({ mode, daemon: new BenchDaemon(o.dir, `core-${mode}`, queueLoopEnv(mode)) }));
   try {
-    const sizeSectors = (o.backingMiB * 1024 * 1024) / 512;
-    await sh(`modprobe null_blk nr_devices=1 queue_mode=2 irqmode=0 gb=${Math.ceil(o.backingMiB / 1024)} bs=512 hw_queue_depth=${DEPTH} submit_queues=1`);
+    const sizeSectors = o.backingSectors;
+    await sh(`modprobe null_blk nr_devices=1 queue_mode=2 irqmode=0 gb=${Math.ceil(backingMiB / 1024)} bs=512 hw_queue_depth=${DEPTH} submit_queues=1`);
     cleanups.push(() => sh('rmmod null_blk'));
     const img = o.backingPath;
     const loop = (await sh(`losetup --direct-io=on -f --show ${img}`)).trim();

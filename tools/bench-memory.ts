@@ -7,16 +7,9 @@
  */
 import { fio } from './bench-common';
 import { BenchDaemon, type DaemonMemory } from './bench-daemon';
-import { queueLoopEnv, type QueueLoop } from './bench-queue-loop';
+import { queueLoopEnv, type DaemonPartOptions, type QueueLoop } from './bench-queue-loop';
 
-export interface MemoryBenchOptions {
-  readonly dir: string;
-  readonly backingPath: string;
-  readonly backingSectors: number;
-  readonly runtimeSeconds: number;
-  readonly queueLoops: readonly QueueLoop[];
-  readonly log: (line: string) => void;
-}
+export type MemoryBenchOptions = DaemonPartOptions;
 
 export interface MemoryResult {
   readonly queueLoop: QueueLoop;

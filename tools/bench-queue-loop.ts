@@ -16,3 +16,16 @@ export function parseQueueLoops(value: string): QueueLoop[] {
 export function queueLoopEnv(mode: QueueLoop): NodeJS.ProcessEnv {
   return mode === 'default' ? {} : { UBLK_DM_QUEUE_LOOP: mode };
 }
+
+/** What the parts measuring our daemon against a backing file share (core, queues, memory). */
+export interface DaemonPartOptions {
+  /** A scratch directory on tmpfs. */
+  readonly dir: string;
+  /** A file of random data on tmpfs, `backingSectors` long, that our linear (and loop) map. */
+  readonly backingPath: string;
+  readonly backingSectors: number;
+  readonly runtimeSeconds: number;
+  /** Each part runs once per queue loop, each on its own daemon. */
+  readonly queueLoops: readonly QueueLoop[];
+  readonly log: (line: string) => void;
+}

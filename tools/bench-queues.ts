@@ -10,18 +10,9 @@
 import { cpus } from 'node:os';
 import { fio, formatRatio } from './bench-common';
 import { BenchDaemon, withCpuPerIo } from './bench-daemon';
-import { queueLoopEnv, type QueueLoop } from './bench-queue-loop';
+import { queueLoopEnv, type DaemonPartOptions, type QueueLoop } from './bench-queue-loop';
 
-export interface QueueBenchOptions {
-  /** A scratch directory on tmpfs. */
-  readonly dir: string;
-  /** The file our linear maps (on tmpfs). */
-  readonly backingPath: string;
-  readonly backingSectors: number;
-  readonly runtimeSeconds: number;
-  readonly queueLoops: readonly QueueLoop[];
-  readonly log: (line: string) => void;
-}
+export type QueueBenchOptions = DaemonPartOptions;
 
 type Pattern = 'randread' | 'randwrite';
 type Device = 'linear' | 'null';

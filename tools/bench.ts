@@ -99,7 +99,7 @@ async function main(): Promise<void> {
     await sh(`dd if=/dev/urandom of=${backingPath} bs=1M count=${args.fileMiB} status=none`);
     const backingSectors = (args.fileMiB * 1024 * 1024) / 512;
     const common = { dir: work, backingPath, queueLoops: args.queueLoops, log };
-    if (has('core')) core = await runCoreBench({ ...common, backingMiB: args.fileMiB, runtimeSeconds: args.runtimeSeconds });
+    if (has('core')) core = await runCoreBench({ ...common, backingSectors, runtimeSeconds: args.runtimeSeconds });
     if (has('queues')) queues = await runQueueBench({ ...common, backingSectors, runtimeSeconds: args.runtimeSeconds });
     if (has('memory')) memory = await runMemoryBench({ ...common, backingSectors, runtimeSeconds: args.memoryRuntimeSeconds });
     await sh(`rm -f ${backingPath}`);
