@@ -69,10 +69,7 @@ export class BenchDaemon {
 
   /** User plus system CPU time the daemon has used so far (utime + stime of /proc/PID/stat). */
   async cpuSeconds(): Promise<number> {
-    const stat = readFileSync(`/proc/${this.pid()}/stat`, 'latin1');
-    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / (await clockTicks());
+    return cpuTicksOfStat(readFileSync(`/proc/${this.pid()}/stat`, 'latin1')) / (await clockTicks());
   }
 
   memory(): DaemonMemory {
@@ -114,6 +111,14 @@ export class BenchDaemon {
     }
     throw new Error(`bench daemon ${this.label} (pid ${pid}) still running 30 s after SIGTERM`);
   }
+}
+
+/** utime + stime, in clock ticks, from the text of /proc/PID/stat. */
+export function cpuTicksOfStat(stat: string): number {
+  // Fields after the command name, which may hold spaces and parentheses: the last ')' ends it.
+  // State is field 3, utime 14, stime 15.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(fields[11]) + Number(fields[12]);
 }
 
 /**
