@@ -11,7 +11,7 @@
  * grow a device): both allocate as they write.
  *
  *   node dist/tools/bench-kcopyd.js [--size-mib 1024] [--dir DIR | --host] [--json PATH] [--rounds 3]
- *        [--destinations 1,2] [--sub-job-sectors N] [--pool-pages N] [--kcopyd-io direct|buffered]
+ *        [--destinations 1,2] [--sub-job-sectors N] [--pool-pages N] [--kcopyd-io direct|buffered|buffered-source]
  *        [--source-cache cold|hot]
  *
  * `--host` copies under /var/tmp and refuses tmpfs: the host disk, no ublk needed. The cases run
@@ -34,18 +34,26 @@ const MiB = 1024 * 1024;
 const TMPFS_MAGIC = 0x01021994;
 const FILESYSTEMS: Record<number, string> = { [TMPFS_MAGIC]: 'tmpfs', 0xef53: 'ext4', 0x58465342: 'xfs', 0x9123683e: 'btrfs', 0x01021997: '9p' };
 
+/** How kcopyd's files are opened: all O_DIRECT, all buffered, or the source buffered and the destinations O_DIRECT. */
+type KcopydIo = 'direct' | 'buffered' | 'buffered-source';
+
+function parseKcopydIo(value: string): KcopydIo {
+  if (value === 'direct' || value === 'buffered' || value === 'buffered-source') return value;
+  throw new Error(`--kcopyd-io takes direct, buffered or buffered-source, not ${value}`);
+}
+
 type Copier = 'dd-direct' | 'dd-buffered' | 'kcopyd';
 const COPIERS: readonly Copier[] = ['dd-direct', 'dd-buffered', 'kcopyd'];
 
 interface Args {
   sizeMiB: number; dir: string; host: boolean; json: string | null; rounds: number; destinationCounts: number[];
-  subJobSectors: number; poolPages: number | undefined; kcopydDirectIo: boolean; sourceCache: 'cold' | 'hot';
+  subJobSectors: number; poolPages: number | undefined; kcopydIo: KcopydIo; sourceCache: 'cold' | 'hot';
 }
 
 function parseArgs(argv: string[]): Args {
   const args: Args = {
     sizeMiB: 1024, dir: tmpdir(), host: false, json: null, rounds: 3, destinationCounts: [1, 2],
-    subJobSectors: DEFAULT_SUB_JOB_SECTORS, poolPages: undefined, kcopydDirectIo: true, sourceCache: 'cold',
+    subJobSectors: DEFAULT_SUB_JOB_SECTORS, poolPages: undefined, kcopydIo: 'direct', sourceCache: 'cold',
   };
   for (let i = 0; i < argv.length; i++) {
     const [flag, value] = [argv[i], argv[i + 1]];
@@ -57,7 +65,7 @@ function parseArgs(argv: string[]): Args {
     else if (flag === '--destinations') args.destinationCounts = value.split(',').map(Number);
     else if (flag === '--sub-job-sectors') args.subJobSectors = Number(value);
     else if (flag === '--pool-pages') args.poolPages = Number(value);
-    else if (flag === '--kcopyd-io') args.kcopydDirectIo = value !== 'buffered';
+    else if (flag === '--kcopyd-io') args.kcopydIo = parseKcopydIo(value);
     else if (flag === '--source-cache') args.sourceCache = value === 'hot' ? 'hot' : 'cold';
     else throw new Error(`unknown argument ${flag}`);
     i++;
@@ -105,9 +113,8 @@ async function timeDd(source: string, dests: readonly string[], direct: boolean)
 async function timeKcopyd(source: string, dests: readonly string[], byteLength: number, args: Args): Promise<number> {
   for (const dest of dests) createSparseFile(dest, byteLength);
   const ring = IoRing.create();
-  const directIo = args.kcopydDirectIo;
-  const sourceDevice = await openFileDevice(source, { ring, readOnly: true, directIo });
-  const destDevices = await Promise.all(dests.map((dest) => openFileDevice(dest, { ring, directIo })));
+  const sourceDevice = await openFileDevice(source, { ring, readOnly: true, directIo: args.kcopydIo === 'direct' });
+  const destDevices = await Promise.all(dests.map((dest) => openFileDevice(dest, { ring, directIo: args.kcopydIo !== 'buffered' })));
   const count = byteLength / SECTOR_BYTES;
   const client = new KcopydClient({ subJobSectors: args.subJobSectors, ...(args.poolPages !== undefined ? { poolPages: args.poolPages } : {}) });
   const start = process.hrtime.bigint();
@@ -175,7 +182,7 @@ async function main(): Promise<void> {
         ratioToDdBuffered: medianMiBps.kcopyd / medianMiBps['dd-buffered'],
       });
     }
-    const io = args.kcopydDirectIo ? 'O_DIRECT' : 'buffered';
+    const io = { direct: 'O_DIRECT', buffered: 'buffered', 'buffered-source': 'source buffered, destinations O_DIRECT' }[args.kcopydIo];
     const pool = args.poolPages === undefined ? 'default pool' : `pool ${args.poolPages} pages`;
     const n = (x: number) => x.toFixed(0).padStart(6);
     const lines = [
