@@ -1,16 +1,15 @@
 /**
- * Which queue loop the bench's daemons run (issue 11: a worker-thread loop may become selectable
- * by UBLK_DM_QUEUE_LOOP=main|worker, read by the daemon). `default` sets nothing, so the daemon
- * runs whatever it runs by default; a daemon that does not know the variable ignores it, and both
- * named modes then measure the same loop.
+ * Which queue loop the bench's daemons run: UBLK_DM_QUEUE_LOOP=main (every queue on the daemon's
+ * main thread) or threads (a worker thread per queue), read by the daemon. `default` sets
+ * nothing, so the daemon runs whatever it runs by default.
  */
-export type QueueLoop = 'default' | 'main' | 'worker';
+export type QueueLoop = 'default' | 'main' | 'threads';
 
-/** `--queue-loop default|main|worker|both`. */
+/** `--queue-loop default|main|threads|both`. */
 export function parseQueueLoops(value: string): QueueLoop[] {
-  if (value === 'both') return ['main', 'worker'];
-  if (value === 'default' || value === 'main' || value === 'worker') return [value];
-  throw new Error(`--queue-loop takes default, main, worker or both, not ${value}`);
+  if (value === 'both') return ['main', 'threads'];
+  if (value === 'default' || value === 'main' || value === 'threads') return [value];
+  throw new Error(`--queue-loop takes default, main, threads or both, not ${value}`);
 }
 
 export function queueLoopEnv(mode: QueueLoop): NodeJS.ProcessEnv {

@@ -14,7 +14,7 @@
  *   kcopyd    kcopyd against dd to each destination in turn (dist/tools/bench-kcopyd.js)
  *
  * `--only core,queues,memory` runs a subset; `--no-PART` (and `--no-basic` for core, queues and
- * memory) leaves one out. `--queue-loop main|worker|both|default` picks the daemon's queue loop
+ * memory) leaves one out. `--queue-loop main|threads|both|default` picks the daemon's queue loop
  * (UBLK_DM_QUEUE_LOOP) for core, queues and memory; `both` measures each on both, in this boot.
  * Prints every table and writes everything as JSON (--out).
  */
