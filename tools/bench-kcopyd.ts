@@ -1,17 +1,25 @@
 /**
- * kcopyd against dd, in one run, on the same filesystem: copy a random source file to one and
- * to two destination files with kcopyd (FileDevice over io_uring), and with `dd bs=1M` (twice for
- * two destinations). Both sides end with the data on stable storage: dd with conv=fsync, kcopyd
- * with a flush (fdatasync) of every destination after the copy; the time includes it.
+ * kcopyd against dd, in one run, on the same filesystem: copy a random source file to one and to
+ * two destination files with kcopyd (FileDevice over io_uring, one job, every destination at
+ * once) and with dd bs=1M to each destination in turn, two ways: `oflag=direct` and buffered.
+ * Every copy ends with its data on stable storage (dd conv=fsync; kcopyd flushes each
+ * destination), and the time includes it. Before every copy the source is dropped from the page
+ * cache, so each reads it from the disk (on tmpfs that is a no-op: it lives in the page cache);
+ * `--source-cache hot` reads it into the cache instead (clean), where dd reads it from memory and
+ * kcopyd, O_DIRECT, still from the disk.
+ * dd writes a new file, as a user's dd does; kcopyd a sparse file of the source's size (it cannot
+ * grow a device): both allocate as they write.
  *
- *   node dist/tools/bench-kcopyd.js [--size-mib 1024] [--dir DIR] [--json PATH]
- *                                   [--sub-job-sectors 1024] [--repeat 1]
+ *   node dist/tools/bench-kcopyd.js [--size-mib 1024] [--dir DIR | --host] [--json PATH] [--rounds 3]
+ *        [--destinations 1,2] [--sub-job-sectors N] [--pool-pages N] [--kcopyd-io direct|buffered|buffered-source]
+ *        [--source-cache cold|hot]
  *
- * Prints MiB/s (source bytes per second; two destinations move twice the bytes in that time) and
- * the kcopyd/dd ratio for each case. Each case is run `--repeat` times, the best time is kept.
+ * `--host` copies under /var/tmp and refuses tmpfs: the host disk, no ublk needed. The cases run
+ * interleaved, `--rounds` times, so a change in the machine's load hits every case alike; the
+ * median of the rounds is reported (and the best). MiB/s counts source bytes: two destinations
+ * move twice the bytes in that time.
  */
-import { execFile } from 'node:child_process';
-import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeSync, writeFileSync } from 'node:fs';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, statfsSync, writeSync, writeFileSync } from 'node:fs';
 import { randomFillSync } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,24 +28,50 @@ import { IoRing } from '../src/io/ring';
 import { KcopydClient, DEFAULT_SUB_JOB_SECTORS } from '../src/kcopyd';
 import type { IoRegion } from '../src/dmio';
 import { SECTOR_BYTES } from '../src/base/units';
+import { run } from './bench-common';
 
 const MiB = 1024 * 1024;
+const TMPFS_MAGIC = 0x01021994;
+const FILESYSTEMS: Record<number, string> = { [TMPFS_MAGIC]: 'tmpfs', 0xef53: 'ext4', 0x58465342: 'xfs', 0x9123683e: 'btrfs', 0x01021997: '9p' };
 
-interface Args { sizeMiB: number; dir: string; json: string | null; subJobSectors: number; repeat: number }
+/** How kcopyd's files are opened: all O_DIRECT, all buffered, or the source buffered and the destinations O_DIRECT. */
+type KcopydIo = 'direct' | 'buffered' | 'buffered-source';
+
+function parseKcopydIo(value: string): KcopydIo {
+  if (value === 'direct' || value === 'buffered' || value === 'buffered-source') return value;
+  throw new Error(`--kcopyd-io takes direct, buffered or buffered-source, not ${value}`);
+}
+
+type Copier = 'dd-direct' | 'dd-buffered' | 'kcopyd';
+const COPIERS: readonly Copier[] = ['dd-direct', 'dd-buffered', 'kcopyd'];
+
+interface Args {
+  sizeMiB: number; dir: string; host: boolean; json: string | null; rounds: number; destinationCounts: number[];
+  subJobSectors: number; poolPages: number | undefined; kcopydIo: KcopydIo; sourceCache: 'cold' | 'hot';
+}
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { sizeMiB: 1024, dir: tmpdir(), json: null, subJobSectors: DEFAULT_SUB_JOB_SECTORS, repeat: 1 };
+  const args: Args = {
+    sizeMiB: 1024, dir: tmpdir(), host: false, json: null, rounds: 3, destinationCounts: [1, 2],
+    subJobSectors: DEFAULT_SUB_JOB_SECTORS, poolPages: undefined, kcopydIo: 'direct', sourceCache: 'cold',
+  };
   for (let i = 0; i < argv.length; i++) {
     const [flag, value] = [argv[i], argv[i + 1]];
+    if (flag === '--host') { args.host = true; args.dir = '/var/tmp'; continue; }
     if (flag === '--size-mib') args.sizeMiB = Number(value);
     else if (flag === '--dir') args.dir = value;
     else if (flag === '--json') args.json = value;
+    else if (flag === '--rounds' || flag === '--repeat') args.rounds = Number(value);
+    else if (flag === '--destinations') args.destinationCounts = value.split(',').map(Number);
     else if (flag === '--sub-job-sectors') args.subJobSectors = Number(value);
-    else if (flag === '--repeat') args.repeat = Number(value);
+    else if (flag === '--pool-pages') args.poolPages = Number(value);
+    else if (flag === '--kcopyd-io') args.kcopydIo = parseKcopydIo(value);
+    else if (flag === '--source-cache') args.sourceCache = value === 'hot' ? 'hot' : 'cold';
     else throw new Error(`unknown argument ${flag}`);
     i++;
   }
   if (!(args.sizeMiB > 0) || !Number.isInteger(args.sizeMiB)) throw new Error('--size-mib takes a positive whole number');
+  if (!(args.rounds > 0)) throw new Error('--rounds takes a positive number');
   return args;
 }
 
@@ -51,35 +85,38 @@ function createRandomFile(path: string, byteLength: number): void {
   closeSync(fd);
 }
 
-function createEmptyFile(path: string, byteLength: number): void {
+function createSparseFile(path: string, byteLength: number): void {
   const fd = openSync(path, 'w');
   ftruncateSync(fd, byteLength);
   closeSync(fd);
 }
 
-function dd(source: string, dest: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    execFile('dd', [`if=${source}`, `of=${dest}`, 'bs=1M', 'conv=fsync', 'status=none'], (error) => (error ? reject(error) : resolve()));
-  });
+/**
+ * Written back first either way (an O_DIRECT read of a dirty range writes it back first, a cost
+ * dd's buffered read never pays), then dropped from the page cache (POSIX_FADV_DONTNEED through
+ * dd) or read into it.
+ */
+async function settleSource(path: string, cache: 'cold' | 'hot'): Promise<void> {
+  await run('sync', [path]);
+  if (cache === 'cold') await run('dd', [`if=${path}`, 'iflag=nocache', 'count=0', 'status=none']);
+  else await run('dd', [`if=${path}`, 'of=/dev/null', 'bs=1M', 'status=none']);
 }
 
-async function timeDd(source: string, dests: string[]): Promise<number> {
-  for (const dest of dests) rmSync(dest, { force: true });
+async function timeDd(source: string, dests: readonly string[], direct: boolean): Promise<number> {
   const start = process.hrtime.bigint();
-  for (const dest of dests) await dd(source, dest);
+  for (const dest of dests) {
+    await run('dd', [`if=${source}`, `of=${dest}`, 'bs=1M', 'conv=fsync', 'status=none', ...(direct ? ['oflag=direct'] : [])]);
+  }
   return Number(process.hrtime.bigint() - start) / 1e9;
 }
 
-async function timeKcopyd(source: string, dests: string[], byteLength: number, subJobSectors: number): Promise<number> {
-  for (const dest of dests) {
-    rmSync(dest, { force: true });
-    createEmptyFile(dest, byteLength);
-  }
+async function timeKcopyd(source: string, dests: readonly string[], byteLength: number, args: Args): Promise<number> {
+  for (const dest of dests) createSparseFile(dest, byteLength);
   const ring = IoRing.create();
-  const sourceDevice = await openFileDevice(source, { ring, readOnly: true });
-  const destDevices = await Promise.all(dests.map((dest) => openFileDevice(dest, { ring })));
+  const sourceDevice = await openFileDevice(source, { ring, readOnly: true, directIo: args.kcopydIo === 'direct' });
+  const destDevices = await Promise.all(dests.map((dest) => openFileDevice(dest, { ring, directIo: args.kcopydIo !== 'buffered' })));
   const count = byteLength / SECTOR_BYTES;
-  const client = new KcopydClient({ subJobSectors });
+  const client = new KcopydClient({ subJobSectors: args.subJobSectors, ...(args.poolPages !== undefined ? { poolPages: args.poolPages } : {}) });
   const start = process.hrtime.bigint();
   const result = await client.copyAndWait(
     { device: sourceDevice, sector: 0, count },
@@ -96,41 +133,71 @@ async function timeKcopyd(source: string, dests: string[], byteLength: number, s
   return seconds;
 }
 
-async function best(repeat: number, run: () => Promise<number>): Promise<number> {
-  let bestSeconds = Infinity;
-  for (let i = 0; i < repeat; i++) bestSeconds = Math.min(bestSeconds, await run());
-  return bestSeconds;
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor((sorted.length - 1) / 2)];
+}
+
+interface KcopydCase {
+  destinations: number;
+  /** Per copier: MiB/s of every round, in order. */
+  rounds: Record<Copier, number[]>;
+  medianMiBps: Record<Copier, number>;
+  bestMiBps: Record<Copier, number>;
+  /** kcopyd's median ÷ each dd's median: ≥ 1 is the goal (issue 11). */
+  ratioToDdDirect: number;
+  ratioToDdBuffered: number;
 }
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
+  const fsType = statfsSync(args.dir).type;
+  const filesystem = FILESYSTEMS[fsType] ?? `0x${fsType.toString(16)}`;
+  if (args.host && fsType === TMPFS_MAGIC) throw new Error(`--host: ${args.dir} is tmpfs, not the host disk`);
   const byteLength = args.sizeMiB * MiB;
   const work = mkdtempSync(join(args.dir, 'bench-kcopyd-'));
   try {
     const source = join(work, 'source');
     createRandomFile(source, byteLength);
     const dests = [join(work, 'dest0'), join(work, 'dest1')];
-    const cases = [];
-    for (const destCount of [1, 2]) {
+    const cases: KcopydCase[] = [];
+    for (const destCount of args.destinationCounts) {
       const targets = dests.slice(0, destCount);
-      const ddSeconds = await best(args.repeat, () => timeDd(source, targets));
-      const kcopydSeconds = await best(args.repeat, () => timeKcopyd(source, targets, byteLength, args.subJobSectors));
+      const rounds: Record<Copier, number[]> = { 'dd-direct': [], 'dd-buffered': [], kcopyd: [] };
+      for (let round = 0; round < args.rounds; round++) {
+        for (const copier of COPIERS) {
+          for (const dest of targets) rmSync(dest, { force: true });
+          await settleSource(source, args.sourceCache);
+          const seconds = copier === 'kcopyd'
+            ? await timeKcopyd(source, targets, byteLength, args)
+            : await timeDd(source, targets, copier === 'dd-direct');
+          rounds[copier].push(args.sizeMiB / seconds);
+        }
+      }
+      const medianMiBps = { 'dd-direct': median(rounds['dd-direct']), 'dd-buffered': median(rounds['dd-buffered']), kcopyd: median(rounds.kcopyd) };
+      const bestMiBps = { 'dd-direct': Math.max(...rounds['dd-direct']), 'dd-buffered': Math.max(...rounds['dd-buffered']), kcopyd: Math.max(...rounds.kcopyd) };
       cases.push({
-        destinations: destCount,
-        ddMiBps: args.sizeMiB / ddSeconds,
-        kcopydMiBps: args.sizeMiB / kcopydSeconds,
-        ratio: ddSeconds / kcopydSeconds,
+        destinations: destCount, rounds, medianMiBps, bestMiBps,
+        ratioToDdDirect: medianMiBps.kcopyd / medianMiBps['dd-direct'],
+        ratioToDdBuffered: medianMiBps.kcopyd / medianMiBps['dd-buffered'],
       });
     }
+    const io = { direct: 'O_DIRECT', buffered: 'buffered', 'buffered-source': 'source buffered, destinations O_DIRECT' }[args.kcopydIo];
+    const pool = args.poolPages === undefined ? 'default pool' : `pool ${args.poolPages} pages`;
+    const n = (x: number) => x.toFixed(0).padStart(6);
     const lines = [
-      `kcopyd vs dd: ${args.sizeMiB} MiB, sub-job ${args.subJobSectors} sectors, fsync at the end on both sides, best of ${args.repeat}`,
-      'dests   dd MiB/s   kcopyd MiB/s   kcopyd/dd',
-      ...cases.map((c) => `${String(c.destinations).padStart(5)} ${c.ddMiBps.toFixed(0).padStart(10)} ${c.kcopydMiBps.toFixed(0).padStart(14)} ${c.ratio.toFixed(2).padStart(11)}`),
+      `kcopyd vs dd bs=1M to each destination in turn: ${args.sizeMiB} MiB on ${filesystem} (${args.dir}), kcopyd sub-job ${args.subJobSectors} sectors, ${pool}, ${io}; source ${args.sourceCache} in the page cache; fsync at the end; median (best) of ${args.rounds} interleaved rounds, MiB/s`,
+      'dests   dd oflag=direct   dd buffered      kcopyd   kcopyd/dd-direct  kcopyd/dd-buffered',
+      ...cases.map((c) =>
+        `${String(c.destinations).padStart(5)}   ${n(c.medianMiBps['dd-direct'])} (${n(c.bestMiBps['dd-direct'])}) ${n(c.medianMiBps['dd-buffered'])} (${n(c.bestMiBps['dd-buffered'])}) ` +
+          `${n(c.medianMiBps.kcopyd)} (${n(c.bestMiBps.kcopyd)}) ${c.ratioToDdDirect.toFixed(2).padStart(12)} ${c.ratioToDdBuffered.toFixed(2).padStart(19)}`),
     ];
     console.log(lines.join('\n'));
     if (args.json) {
       writeFileSync(args.json, JSON.stringify({
-        sizeMiB: args.sizeMiB, subJobSectors: args.subJobSectors, repeat: args.repeat, durability: 'fsync at end (dd conv=fsync; kcopyd flush of each destination)', cases,
+        sizeMiB: args.sizeMiB, dir: args.dir, filesystem, subJobSectors: args.subJobSectors, poolPages: args.poolPages ?? null,
+        kcopydIo: io, rounds: args.rounds, durability: 'fsync at end (dd conv=fsync; kcopyd flush of each destination)',
+        sourceCache: args.sourceCache === 'cold' ? 'written back and dropped before every copy' : 'written back and read into the cache before every copy', cases,
       }, null, 2));
     }
   } finally {

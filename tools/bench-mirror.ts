@@ -9,13 +9,13 @@
  *      region in the disk log before it goes to both legs).
  * Leg 0 is one file both sides read (resync only reads it); leg 1 and the logs are fresh per side.
  */
-import { execFile } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
 import { join } from 'node:path';
 import { sendRequestStartingDaemon } from '../src/cli/client';
 import type { Send } from '../src/cli/snapshot';
 import { daemonPaths } from '../src/daemon/paths';
 import type { Request } from '../src/wire/protocol';
+import { fio, run, sh } from './bench-common';
 
 export interface MirrorBenchOptions {
   /** A scratch directory on tmpfs. */
@@ -52,24 +52,9 @@ export interface MirrorReport {
 const OURS_NAME = 'bmirror';
 const KERNEL_NAME = 'bmirrork';
 
-function run(file: string, args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<string> {
-  return new Promise((res, rej) => {
-    execFile(file, [...args], { env, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
-      if (err) rej(new Error(`${file} ${args.join(' ')}: ${err.message}\n${stderr}`));
-      else res(stdout);
-    });
-  });
-}
-const sh = (cmd: string) => run('/bin/bash', ['-c', cmd]);
-
 async function fioRandwrite(path: string, iodepth: number, runtimeSeconds: number): Promise<{ iodepth: number; iops: number; meanLatencyUs: number }> {
-  const out = await run('fio', [
-    '--name=mirrorbench', `--filename=${path}`, '--allow_file_create=0', '--ioengine=io_uring', '--direct=1', '--numjobs=1',
-    '--rw=randwrite', '--bs=4k', `--iodepth=${iodepth}`, '--time_based', `--runtime=${runtimeSeconds}`, '--ramp_time=1',
-    '--size=100%', '--randrepeat=0', '--norandommap', '--output-format=json',
-  ]);
-  const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0] as { write: { iops: number; lat_ns: { mean: number } } };
-  return { iodepth, iops: Math.round(job.write.iops), meanLatencyUs: Math.round(job.write.lat_ns.mean / 1000) };
+  const m = await fio({ path, rw: 'randwrite', blockSize: '4k', iodepth, runtimeSeconds });
+  return { iodepth, iops: m.iops, meanLatencyUs: m.meanLatencyUs };
 }
 
 class MirrorBench {

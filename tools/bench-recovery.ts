@@ -9,9 +9,10 @@
  * again, give or take one ordinary write (well under a millisecond). Also timed: from the kill to
  * the new daemon logging the device as recovered. Several rounds; the median is reported.
  */
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, openSync, readFileSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
+import { run, sleep } from './bench-common';
 
 export interface RecoveryBenchOptions {
   readonly dir: string;
@@ -39,17 +40,6 @@ export interface RecoveryReport {
   readonly medianListeningToRecoveredMs: number;
   readonly error?: string;
 }
-
-function run(file: string, args: readonly string[], env: NodeJS.ProcessEnv): Promise<string> {
-  return new Promise((resolve, reject) => {
-    execFile(file, [...args], { env, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`${file} ${args.join(' ')}: ${err.message}\n${stderr}`));
-      else resolve(stdout);
-    });
-  });
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function exited(pid: number): boolean {
   try {

@@ -17,13 +17,14 @@
  *     snapshot-merge, resume, poll status every 250 ms like the CLI until allocated == metadata,
  *     put snapshot-origin back); then the origin is compared with the original image.
  */
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
 import { join } from 'node:path';
 import { DaemonError, sendRequestStartingDaemon } from '../src/cli/client';
 import { createSnapshot, type Send } from '../src/cli/snapshot';
 import { daemonPaths } from '../src/daemon/paths';
 import type { Request } from '../src/wire/protocol';
+import { run, sh, sleep } from './bench-common';
 
 export interface SnapshotBenchOptions {
   /** A scratch directory on tmpfs. */
@@ -83,17 +84,6 @@ export interface SnapshotReport {
 const CHUNK_SECTORS = 8;
 const OURS_PREFIX = 'bsnap-';
 const KERNEL_PREFIX = 'bsnapk-';
-
-function run(file: string, args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<string> {
-  return new Promise((res, rej) => {
-    execFile(file, [...args], { env, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
-      if (err) rej(new Error(`${file} ${args.join(' ')}: ${err.message}\n${stderr}`));
-      else res(stdout);
-    });
-  });
-}
-const sh = (cmd: string) => run('/bin/bash', ['-c', cmd]);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface MergeTimes { total: number; setup: number; copy: number; finish: number }
 

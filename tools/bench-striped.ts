@@ -5,11 +5,11 @@
  * sequential read/write at QD 8. Never throws: a failure is recorded in `error` beside what was
  * measured, and every device is removed.
  */
-import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { sendRequestStartingDaemon } from '../src/cli/client';
 import { daemonPaths } from '../src/daemon/paths';
 import type { Request, Results } from '../src/wire/protocol';
+import { fio as runFio, sh } from './bench-common';
 
 export interface StripedBenchOptions {
   /** A scratch directory on tmpfs. */
@@ -48,25 +48,9 @@ const CASES: Array<{ workload: Workload; rw: string; bs: string; iodepths: numbe
   { workload: 'write 1M', rw: 'write', bs: '1M', iodepths: [8] },
 ];
 
-function run(file: string, args: readonly string[]): Promise<string> {
-  return new Promise((resolve, reject) => {
-    execFile(file, [...args], { maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`${file} ${args.join(' ')}: ${err.message}\n${stderr}`));
-      else resolve(stdout);
-    });
-  });
-}
-const sh = (command: string) => run('/bin/bash', ['-c', command]);
-
 async function fio(path: string, rw: string, bs: string, iodepth: number, runtimeSeconds: number): Promise<{ iops: number; mibPerSecond: number }> {
-  const out = await run('fio', [
-    '--name=striped', `--filename=${path}`, '--allow_file_create=0', '--ioengine=io_uring', '--direct=1', `--rw=${rw}`, `--bs=${bs}`,
-    `--iodepth=${iodepth}`, '--numjobs=1', '--time_based', `--runtime=${runtimeSeconds}`, '--ramp_time=1', '--size=100%',
-    '--randrepeat=0', '--norandommap', '--output-format=json',
-  ]);
-  const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
-  const side = rw.endsWith('read') ? job.read : job.write;
-  return { iops: Math.round(side.iops), mibPerSecond: Math.round(side.bw_bytes / (1 << 20)) };
+  const m = await runFio({ path, rw: rw as 'randread' | 'randwrite' | 'read' | 'write', blockSize: bs, iodepth, runtimeSeconds });
+  return { iops: m.iops, mibPerSecond: m.mibPerSecond };
 }
 
 export async function runStripedBench(o: StripedBenchOptions): Promise<StripedReport> {

@@ -31,6 +31,11 @@ export interface OpenFileDeviceOptions {
   /** The ring every request of the device goes through: the calling thread's. */
   ring: IoRing;
   readOnly?: boolean;
+  /**
+   * Open an O_DIRECT descriptor too (default true). False keeps all I/O in the page cache, for
+   * callers that measure the two against each other (the kcopyd bench).
+   */
+  directIo?: boolean;
 }
 
 interface Devno {
@@ -326,7 +331,9 @@ export async function openFileDevice(spec: string, options: OpenFileDeviceOption
   const readOnly = options.readOnly ?? false;
   const accessFlags = readOnly ? fsConstants.O_RDONLY : fsConstants.O_RDWR;
   const handle = await fsp.open(devicePath, accessFlags);
-  const directHandle = await fsp.open(devicePath, accessFlags | fsConstants.O_DIRECT).catch(() => undefined);
+  const directHandle = options.directIo === false
+    ? undefined
+    : await fsp.open(devicePath, accessFlags | fsConstants.O_DIRECT).catch(() => undefined);
   try {
     const description = stats.isBlockDevice()
       ? await describeBlockDevice(devicePath, stats.rdev, handle.fd)

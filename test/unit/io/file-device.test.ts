@@ -76,6 +76,22 @@ describe('FileDevice over a regular file', () => {
     assert.equal(device.usesDirectIo, true);
   });
 
+  it('with directIo: false opens no O_DIRECT descriptor and moves aligned I/O through the page cache', async () => {
+    const buffered = await openFileDevice(file, { ring, directIo: false });
+    try {
+      assert.equal(buffered.usesDirectIo, false);
+      assert.equal(await descriptorsOn(file), 3, 'the shared device: buffered and direct; this one: buffered only');
+      const page = new Uint8Array(allocPageAligned(4096));
+      page.fill(0x6b);
+      assert.equal(await buffered.write(page, 8, false), 4096);
+      const back = new Uint8Array(allocPageAligned(4096));
+      assert.equal(await device.read(back, 8), 4096); // read back direct, through the other device
+      assert.ok(back.every((b) => b === 0x6b));
+    } finally {
+      await buffered.close();
+    }
+  });
+
   it('readCb and writeCb move data without a promise, direct or buffered, and throw on misuse', async () => {
     const page = new Uint8Array(allocPageAligned(4096));
     page.fill(0x6b);

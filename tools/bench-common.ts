@@ -1,0 +1,78 @@
+/**
+ * What every part of `npm run bench` runs the same way: a command (stdout, or an error carrying
+ * its stderr), and fio with the options every part shares (4k-style random I/O on an existing
+ * block device, O_DIRECT through io_uring, time-based, one JSON summary for all its jobs).
+ */
+import { execFile } from 'node:child_process';
+
+/** Runs `file` and resolves to its stdout; rejects with the command and its stderr. */
+export function run(file: string, args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(file, [...args], { env, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`${file} ${args.join(' ')}: ${err.message}\n${stderr}`));
+      else resolve(stdout);
+    });
+  });
+}
+
+export const sh = (command: string, env?: NodeJS.ProcessEnv): Promise<string> => run('/bin/bash', ['-c', command], env);
+
+export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+export type FioPattern = 'randread' | 'randwrite' | 'read' | 'write';
+
+export interface FioSpec {
+  readonly path: string;
+  readonly rw: FioPattern;
+  /** fio's bs, e.g. '4k' or '1M'. */
+  readonly blockSize: string;
+  /** Per job: with `jobs` > 1 the device sees jobs × iodepth. */
+  readonly iodepth: number;
+  readonly runtimeSeconds: number;
+  /** Parallel fio jobs; with more than one, each is pinned to its own CPU (cpus_allowed_policy=split). */
+  readonly jobs?: number;
+  readonly rampSeconds?: number;
+}
+
+export interface FioMeasurement {
+  readonly iops: number;
+  readonly mibPerSecond: number;
+  readonly meanLatencyUs: number;
+  readonly maxLatencyUs: number;
+}
+
+/**
+ * One fio run; figures are the sum (IOPS, bandwidth) or mean (latency) over its jobs. The device
+ * must exist: fio may not create a file in its place (in the guest, a missing /dev node would
+ * otherwise become a regular file on the tmpfs root and be measured instead).
+ */
+export async function fio(spec: FioSpec): Promise<FioMeasurement> {
+  const jobs = spec.jobs ?? 1;
+  const args = [
+    '--name=bench', `--filename=${spec.path}`, '--allow_file_create=0', '--ioengine=io_uring', '--direct=1',
+    `--rw=${spec.rw}`, `--bs=${spec.blockSize}`, `--iodepth=${spec.iodepth}`, `--numjobs=${jobs}`, '--group_reporting',
+    '--time_based', `--runtime=${spec.runtimeSeconds}`, `--ramp_time=${spec.rampSeconds ?? 1}`, '--size=100%',
+    '--randrepeat=0', '--norandommap', '--output-format=json',
+  ];
+  if (jobs > 1) args.push(`--cpus_allowed=0-${jobs - 1}`, '--cpus_allowed_policy=split');
+  const out = await run('fio', args);
+  const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
+  const side = spec.rw.endsWith('read') ? job.read : job.write;
+  return {
+    iops: Math.round(side.iops),
+    mibPerSecond: Math.round(side.bw_bytes / (1 << 20)),
+    meanLatencyUs: Math.round(side.lat_ns.mean / 1000),
+    maxLatencyUs: Math.round(side.lat_ns.max / 1000),
+  };
+}
+
+/** Reads and writes the block layer completed on a device so far (/sys/block/NAME/stat). */
+export async function completedIos(blockPath: string): Promise<number> {
+  const name = blockPath.replace(/^\/dev\//, '');
+  const fields = (await sh(`cat /sys/block/${name}/stat`)).trim().split(/\s+/).map(Number);
+  return fields[0] + fields[4]; // reads completed, writes completed
+}
+
+export function formatRatio(ratio: number): string {
+  return Number.isFinite(ratio) ? ratio.toFixed(2) : '-';
+}

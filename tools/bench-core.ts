@@ -1,0 +1,193 @@
+/**
+ * The core table of `npm run bench` (issue 11): fio 4k randread / randwrite at QD 1 and QD 32 on
+ * our `null` beside null_blk, and our `linear` over a tmpfs file beside a loop device over that
+ * file (direct I/O, as `losetup --direct-io=on`) and dm-linear over that loop device. Our devices
+ * have 1 queue of depth 128, as null_blk here. The cells are interleaved (every device for one
+ * cell, then the next cell) so a drift of the guest's speed hits every column alike.
+ *
+ * With several queue-loop modes, each mode gets its own daemon (UBLK_DM_QUEUE_LOOP=mode), all
+ * alive together, and each cell is measured on every mode; the kernel's devices once.
+ * Also measured: the daemon's CPU time per I/O in every cell, and its memory after the runs.
+ * Never throws: a failure is recorded in `error` beside what was measured.
+ */
+import { fio, formatRatio, sh } from './bench-common';
+import { BenchDaemon, withCpuPerIo, type DaemonMemory } from './bench-daemon';
+import { queueLoopEnv, type DaemonPartOptions, type QueueLoop } from './bench-queue-loop';
+
+export type CoreBenchOptions = DaemonPartOptions;
+
+type Pattern = 'randread' | 'randwrite';
+type Kernel = 'null_blk' | 'loop' | 'dm-linear';
+type Ours = 'null' | 'linear';
+
+export interface CoreCell {
+  readonly device: Kernel | Ours;
+  /** Set on our devices. */
+  readonly queueLoop?: QueueLoop;
+  readonly pattern: Pattern;
+  readonly iodepth: number;
+  readonly iops: number;
+  readonly meanLatencyUs: number;
+  /** Our devices only: daemon utime+stime over the run ÷ I/Os the device completed. */
+  readonly cpuMicrosPerIo?: number;
+}
+
+export interface CoreRatio {
+  readonly ours: Ours;
+  readonly queueLoop: QueueLoop;
+  readonly kernel: Kernel;
+  readonly pattern: Pattern;
+  readonly iodepth: number;
+  readonly ratio: number;
+  /** Issue 11's goal for this ratio, where it sets one. */
+  readonly goal?: number;
+}
+
+export interface CoreReport {
+  readonly backingMiB: number;
+  readonly runtimeSeconds: number;
+  readonly queues: 1;
+  readonly depth: 128;
+  /** Whether the loop device really used direct I/O (/sys/block/loopN/loop/dio). */
+  loopDirectIo: boolean | null;
+  readonly results: CoreCell[];
+  readonly ratios: CoreRatio[];
+  /** Per queue loop: the daemon's memory after every run (2 devices). */
+  readonly daemonMemory: Partial<Record<QueueLoop, DaemonMemory>>;
+  /** Per queue loop: the daemon's CPU use with its 2 devices idle (a loop that polls shows here). */
+  readonly idleCpuPercent: Partial<Record<QueueLoop, number>>;
+  error?: string;
+}
+
+const PATTERNS: readonly Pattern[] = ['randread', 'randwrite'];
+const IODEPTHS = [1, 32] as const;
+const DEPTH = 128;
+const IDLE_SECONDS = 2;
+
+/** Issue 11: our device's IOPS ÷ the kernel's, at least. */
+export const CORE_GOALS: ReadonlyArray<{ ours: Ours; kernel: Kernel; iodepth: number; goal: number }> = [
+  { ours: 'null', kernel: 'null_blk', iodepth: 1, goal: 0.12 },
+  { ours: 'null', kernel: 'null_blk', iodepth: 32, goal: 0.75 },
+  { ours: 'linear', kernel: 'loop', iodepth: 1, goal: 0.65 },
+  { ours: 'linear', kernel: 'loop', iodepth: 32, goal: 0.9 },
+];
+
+export async function runCoreBench(o: CoreBenchOptions): Promise<CoreReport> {
+  const backingMiB = (o.backingSectors * 512) / (1024 * 1024);
+  const report: CoreReport = {
+    backingMiB, runtimeSeconds: o.runtimeSeconds, queues: 1, depth: DEPTH, loopDirectIo: null,
+    results: [], ratios: [], daemonMemory: {}, idleCpuPercent: {},
+  };
+  const cleanups: Array<() => Promise<unknown>> = [];
+  const daemons = o.queueLoops.map((mode) => ({ mode, daemon: new BenchDaemon(o.dir, `core-${mode}`, queueLoopEnv(mode)) }));
+  try {
+    const sizeSectors = o.backingSectors;
+    await sh(`modprobe null_blk nr_devices=1 queue_mode=2 irqmode=0 gb=${Math.ceil(backingMiB / 1024)} bs=512 hw_queue_depth=${DEPTH} submit_queues=1`);
+    cleanups.push(() => sh('rmmod null_blk'));
+    const img = o.backingPath;
+    const loop = (await sh(`losetup --direct-io=on -f --show ${img}`)).trim();
+    cleanups.push(() => sh(`losetup -d ${loop}`));
+    report.loopDirectIo = (await sh(`cat /sys/block/${loop.replace('/dev/', '')}/loop/dio`)).trim() === '1';
+    if (!report.loopDirectIo) o.log(`  core: WARNING ${loop} did not take direct I/O: loop figures are buffered`);
+    await sh(`dmsetup create bench-core-linear --table '0 ${sizeSectors} linear ${loop} 0'`);
+    cleanups.push(() => sh('dmsetup remove bench-core-linear'));
+
+    const kernelDevices: Array<[Kernel, string]> = [['null_blk', '/dev/nullb0'], ['loop', loop], ['dm-linear', '/dev/mapper/bench-core-linear']];
+    const ourDevices: Array<{ device: Ours; mode: QueueLoop; daemon: BenchDaemon; path: string }> = [];
+    for (const { mode, daemon } of daemons) {
+      cleanups.push(() => daemon.stop());
+      for (const [device, table] of [['null', `0 ${sizeSectors} null`], ['linear', `0 ${sizeSectors} linear ${img} 0`]] as const) {
+        const name = `bench-core-${device}`;
+        const path = await daemon.create(name, table, { queues: 1, depth: DEPTH });
+        cleanups.push(() => daemon.remove(name));
+        ourDevices.push({ device, mode, daemon, path });
+      }
+    }
+
+    for (const { mode, daemon } of daemons) report.idleCpuPercent[mode] = await daemon.idleCpuPercent(IDLE_SECONDS);
+    for (const pattern of PATTERNS) {
+      for (const iodepth of IODEPTHS) {
+        const spec = { rw: pattern, blockSize: '4k', iodepth, runtimeSeconds: o.runtimeSeconds } as const;
+        // null_blk, ours null ×modes, loop, dm-linear, ours linear ×modes: neighbours compare.
+        const order: Array<() => Promise<void>> = [];
+        for (const [device, path] of kernelDevices) {
+          order.push(async () => {
+            const m = await fio({ ...spec, path });
+            report.results.push({ device, pattern, iodepth, iops: m.iops, meanLatencyUs: m.meanLatencyUs });
+            o.log(`  ${device.padEnd(18)} ${pattern.padEnd(9)} QD${String(iodepth).padEnd(3)} ${String(m.iops).padStart(8)} IOPS`);
+          });
+          const ours = device === 'null_blk' ? 'null' : device === 'dm-linear' ? 'linear' : null;
+          for (const d of ourDevices.filter((x) => x.device === ours)) {
+            order.push(async () => {
+              const { result: m, cpuMicrosPerIo } = await withCpuPerIo(d.daemon, [d.path], () => fio({ ...spec, path: d.path }));
+              report.results.push({ device: d.device, queueLoop: d.mode, pattern, iodepth, iops: m.iops, meanLatencyUs: m.meanLatencyUs, cpuMicrosPerIo });
+              o.log(`  ours ${d.device.padEnd(6)} ${d.mode.padEnd(7)} ${pattern.padEnd(9)} QD${String(iodepth).padEnd(3)} ${String(m.iops).padStart(8)} IOPS ${cpuMicrosPerIo} us CPU/IO`);
+            });
+          }
+        }
+        for (const step of order) await step();
+      }
+    }
+    for (const { mode, daemon } of daemons) report.daemonMemory[mode] = daemon.memory();
+    report.ratios.push(...coreRatios(report.results, o.queueLoops));
+  } catch (error) {
+    report.error = (error as Error).message;
+  } finally {
+    for (const cleanup of cleanups.reverse()) await cleanup().catch((e) => o.log(`core cleanup: ${(e as Error).message}`));
+  }
+  return report;
+}
+
+function coreRatios(results: readonly CoreCell[], modes: readonly QueueLoop[]): CoreRatio[] {
+  const iops = (device: string, pattern: Pattern, iodepth: number, mode?: QueueLoop) =>
+    results.find((r) => r.device === device && r.pattern === pattern && r.iodepth === iodepth && r.queueLoop === mode)?.iops ?? NaN;
+  const ratios: CoreRatio[] = [];
+  for (const queueLoop of modes) {
+    for (const pattern of PATTERNS) {
+      for (const iodepth of IODEPTHS) {
+        for (const [ours, kernel] of [['null', 'null_blk'], ['linear', 'loop'], ['linear', 'dm-linear']] as const) {
+          const goal = CORE_GOALS.find((g) => g.ours === ours && g.kernel === kernel && g.iodepth === iodepth)?.goal;
+          const ratio = iops(ours, pattern, iodepth, queueLoop) / iops(kernel, pattern, iodepth);
+          ratios.push({ ours, queueLoop, kernel, pattern, iodepth, ratio, ...(goal !== undefined ? { goal } : {}) });
+        }
+      }
+    }
+  }
+  return ratios;
+}
+
+/** A ratio and its goal: "0.52 <0.75" (short of it) or "0.91 ok" (met). */
+function againstGoal(ratio: CoreRatio | undefined): string {
+  if (!ratio) return '-';
+  if (ratio.goal === undefined) return formatRatio(ratio.ratio);
+  return `${formatRatio(ratio.ratio)} ${ratio.ratio >= ratio.goal ? 'ok   ' : `<${ratio.goal.toFixed(2)}`}`;
+}
+
+export function formatCoreReport(report: CoreReport): string {
+  const lines: string[] = [];
+  const cell = (device: string, pattern: Pattern, iodepth: number, mode?: QueueLoop) =>
+    report.results.find((r) => r.device === device && r.pattern === pattern && r.iodepth === iodepth && r.queueLoop === mode);
+  const modes = Object.keys(report.daemonMemory).length > 0 ? (Object.keys(report.daemonMemory) as QueueLoop[]) : [...new Set(report.results.flatMap((r) => (r.queueLoop ? [r.queueLoop] : [])))];
+  for (const mode of modes) {
+    const ratio = (ours: Ours, kernel: Kernel, pattern: Pattern, iodepth: number) =>
+      report.ratios.find((r) => r.ours === ours && r.kernel === kernel && r.pattern === pattern && r.iodepth === iodepth && r.queueLoop === mode);
+    lines.push('', `fio 4k on ${report.backingMiB} MiB, 1 queue x ${report.depth}, IOPS and ours/kernel against issue 11's goal (queue loop: ${mode}; loop direct I/O: ${report.loopDirectIo})`);
+    lines.push('pattern    QD  null_blk ours-null  /null_blk     |   loop  dm-linear ours-linear  /loop         /dm-linear | daemon us CPU/IO null linear');
+    for (const pattern of PATTERNS) {
+      for (const iodepth of IODEPTHS) {
+        const nb = cell('null_blk', pattern, iodepth), on = cell('null', pattern, iodepth, mode);
+        const lp = cell('loop', pattern, iodepth), dl = cell('dm-linear', pattern, iodepth), ol = cell('linear', pattern, iodepth, mode);
+        const n = (c: CoreCell | undefined, width: number) => String(c?.iops ?? '-').padStart(width);
+        lines.push(
+          `${pattern.padEnd(10)} ${String(iodepth).padStart(2)} ${n(nb, 9)} ${n(on, 9)}  ${againstGoal(ratio('null', 'null_blk', pattern, iodepth)).padEnd(12)} | ${n(lp, 6)} ${n(dl, 10)} ${n(ol, 11)}  ` +
+            `${againstGoal(ratio('linear', 'loop', pattern, iodepth)).padEnd(12)}  ${againstGoal(ratio('linear', 'dm-linear', pattern, iodepth)).padStart(9)} | ` +
+            `${String(on?.cpuMicrosPerIo ?? '-').padStart(20)} ${String(ol?.cpuMicrosPerIo ?? '-').padStart(6)}`,
+        );
+      }
+    }
+    const memory = report.daemonMemory[mode];
+    if (memory) lines.push(`daemon memory after these runs (2 devices): RSS ${memory.rssMiB} MiB (THP ${memory.anonHugePagesMiB}), peak ${memory.peakMiB} MiB; CPU while idle ${report.idleCpuPercent[mode]} %`);
+  }
+  if (report.error !== undefined) lines.push(`core bench FAILED: ${report.error.split('\n')[0]}`);
+  return lines.join('\n');
+}

@@ -1,0 +1,111 @@
+/**
+ * Queue scaling (issue 11): our `linear` (over the bench's tmpfs file) and `null` with 1, 2 and 4
+ * ublk queues of depth 128, fio 4k random read and write at QD 32 in total. blk-mq maps its
+ * hardware queues to CPUs, so one submitter reaches one queue: fio runs one job per CPU (pinned,
+ * cpus_allowed_policy=split), each at QD 32 ÷ CPUs, and the same load goes to every queue count.
+ * With more queues than CPUs the extra queues stay idle, as in the kernel. Reported: IOPS, the
+ * ratio to 1 queue (issue 11: 2 and 4 queues must not shrink), and daemon CPU time per I/O.
+ * Never throws: a failure is recorded in `error` beside what was measured.
+ */
+import { cpus } from 'node:os';
+import { fio, formatRatio } from './bench-common';
+import { BenchDaemon, withCpuPerIo } from './bench-daemon';
+import { queueLoopEnv, type DaemonPartOptions, type QueueLoop } from './bench-queue-loop';
+
+export type QueueBenchOptions = DaemonPartOptions;
+
+type Pattern = 'randread' | 'randwrite';
+type Device = 'linear' | 'null';
+
+export interface QueueCell {
+  readonly device: Device;
+  readonly queueLoop: QueueLoop;
+  readonly queues: number;
+  readonly pattern: Pattern;
+  readonly iops: number;
+  readonly cpuMicrosPerIo: number;
+  /** IOPS ÷ the same device's with 1 queue. */
+  ratioToOneQueue: number;
+}
+
+export interface QueueReport {
+  readonly cpus: number;
+  readonly fioJobs: number;
+  readonly iodepthPerJob: number;
+  readonly depth: number;
+  /** Queue counts not measured: ublk_drv grants at most one queue per CPU (nr_cpu_ids). */
+  readonly skippedQueueCounts: number[];
+  readonly results: QueueCell[];
+  error?: string;
+}
+
+export const QUEUE_COUNTS = [1, 2, 4] as const;
+const TOTAL_IODEPTH = 32;
+const DEPTH = 128;
+const PATTERNS: readonly Pattern[] = ['randread', 'randwrite'];
+
+export async function runQueueBench(o: QueueBenchOptions): Promise<QueueReport> {
+  const fioJobs = Math.max(1, Math.min(cpus().length, 4));
+  const iodepthPerJob = Math.ceil(TOTAL_IODEPTH / fioJobs);
+  const queueCounts = QUEUE_COUNTS.filter((q) => q <= cpus().length);
+  const report: QueueReport = {
+    cpus: cpus().length, fioJobs, iodepthPerJob, depth: DEPTH, skippedQueueCounts: QUEUE_COUNTS.filter((q) => q > cpus().length), results: [],
+  };
+  const cleanups: Array<() => Promise<unknown>> = [];
+  try {
+    const devices: Array<{ device: Device; mode: QueueLoop; queues: number; daemon: BenchDaemon; path: string }> = [];
+    for (const mode of o.queueLoops) {
+      const daemon = new BenchDaemon(o.dir, `queues-${mode}`, queueLoopEnv(mode));
+      cleanups.push(() => daemon.stop());
+      for (const queues of queueCounts) {
+        for (const [device, table] of [['linear', `0 ${o.backingSectors} linear ${o.backingPath} 0`], ['null', `0 ${o.backingSectors} null`]] as const) {
+          const name = `bench-q${queues}-${device}`;
+          const path = await daemon.create(name, table, { queues, depth: DEPTH });
+          cleanups.push(() => daemon.remove(name));
+          devices.push({ device, mode, queues, daemon, path });
+        }
+      }
+    }
+    for (const pattern of PATTERNS) {
+      for (const d of devices) {
+        const { result, cpuMicrosPerIo } = await withCpuPerIo(d.daemon, [d.path], () =>
+          fio({ path: d.path, rw: pattern, blockSize: '4k', iodepth: iodepthPerJob, jobs: fioJobs, runtimeSeconds: o.runtimeSeconds }));
+        report.results.push({ device: d.device, queueLoop: d.mode, queues: d.queues, pattern, iops: result.iops, cpuMicrosPerIo, ratioToOneQueue: NaN });
+        o.log(`  queues ${d.device.padEnd(6)} ${d.mode.padEnd(7)} ${d.queues}q ${pattern.padEnd(9)} ${String(result.iops).padStart(8)} IOPS ${cpuMicrosPerIo} us CPU/IO`);
+      }
+    }
+  } catch (error) {
+    report.error = (error as Error).message;
+  } finally {
+    for (const cleanup of cleanups.reverse()) await cleanup().catch((e) => o.log(`queues cleanup: ${(e as Error).message}`));
+  }
+  for (const cell of report.results) {
+    const one = report.results.find((r) => r.device === cell.device && r.queueLoop === cell.queueLoop && r.pattern === cell.pattern && r.queues === 1);
+    cell.ratioToOneQueue = one ? cell.iops / one.iops : NaN;
+  }
+  return report;
+}
+
+export function formatQueueReport(report: QueueReport): string {
+  const lines = [
+    '',
+    `queue scaling: 4k at QD ${report.fioJobs * report.iodepthPerJob} (${report.fioJobs} fio jobs x QD ${report.iodepthPerJob}, one per CPU of ${report.cpus}), depth ${report.depth}; IOPS, ratio to 1 queue, daemon us CPU/IO`,
+    'device  loop    pattern       1 queue           2 queues                4 queues',
+  ];
+  const keys = [...new Set(report.results.map((r) => `${r.device}|${r.queueLoop}|${r.pattern}`))];
+  for (const key of keys) {
+    const [device, mode, pattern] = key.split('|');
+    const row = QUEUE_COUNTS.map((queues) => {
+      const c = report.results.find((r) => r.device === device && r.queueLoop === mode && r.pattern === pattern && r.queues === queues);
+      if (!c) return '-'.padEnd(22);
+      const ratio = queues === 1 ? '' : ` x${formatRatio(c.ratioToOneQueue)}${c.ratioToOneQueue >= 1 ? '' : '!'}`;
+      return `${String(c.iops).padStart(7)}${ratio} ${c.cpuMicrosPerIo}us`.padEnd(22);
+    });
+    lines.push(`${device.padEnd(7)} ${mode.padEnd(7)} ${pattern.padEnd(9)} ${row.join('  ')}`);
+  }
+  if (report.skippedQueueCounts.length > 0) {
+    lines.push(`not measured: ${report.skippedQueueCounts.join(', ')} queues (ublk_drv grants at most one queue per CPU; UBLK_DM_GUEST_CPUS=4 for more)`);
+  }
+  if (report.error !== undefined) lines.push(`queue bench FAILED: ${report.error.split('\n')[0]}`);
+  return lines.join('\n');
+}
