@@ -163,7 +163,11 @@ async function attach(message: AttachMessage): Promise<boolean> {
     throw error;
   }
   devices.set(message.devId, device);
-  device.queue.onRetired = () => void retire(message.devId, message.queueId);
+  device.queue.onRetired = () => {
+    // Closing the copy's files goes through libuv: keep the waits short until it is done.
+    asyncSteps++;
+    void retire(message.devId, message.queueId).finally(() => asyncSteps--);
+  };
   device.queue.postFetches();
   return device.local;
 }
@@ -260,6 +264,9 @@ function onDoorbell(): void {
  */
 function turn(): void {
   if (exiting || Atomics.load(stopFlag, 0) !== 0) {
+    // COMMITs of requests already answered go to the kernel first: left unsubmitted, they would
+    // be re-issued to the next daemon (harmless, as after a crash, but needless).
+    ring.waitAndDispatch(0);
     ring.close();
     port.close();
     return;

@@ -6,6 +6,7 @@
  */
 import { strict as assert } from 'node:assert';
 import { readdir } from 'node:fs/promises';
+import { cpus } from 'node:os';
 import { basename } from 'node:path';
 import { Sandbox, requireRealUblk, makeBackingFile, mustSh, sh } from './harness';
 
@@ -44,17 +45,31 @@ describe('integration: queue threads', function () {
     await box?.cleanup();
   });
 
-  for (const queues of [2, 4]) {
+  // ublk grants at most one queue per CPU: the guest has 2, a bigger machine runs more.
+  const queueCounts = [...new Set([2, Math.min(4, cpus().length)])].filter((queues) => queues >= 2);
+  for (const queues of queueCounts) {
     it(`serves a ${queues}-queue linear device with fio verify from ${queues} jobs`, async function () {
       const backing = await makeBackingFile(box.dir, `q${queues}.img`, 64 * MiB);
       const dev = await box.create(`q${queues}`, `0 ${(64 * MiB) / 512} linear ${backing} 0`, ['--queues', String(queues)]);
       const hardwareQueues = await readdir(`/sys/block/${basename(dev)}/mq`);
       assert.equal(hardwareQueues.length, queues, `the kernel shows ${hardwareQueues.length} queues`);
-      // Jobs on both CPUs, so that more than one hardware queue gets requests.
-      await fioVerify(dev, `--numjobs=2 --offset_increment=32M --cpus_allowed=0,1 --cpus_allowed_policy=split`);
+      // A job per CPU, so that every hardware queue gets requests.
+      const jobBytes = Math.floor(64 / queues);
+      await fioVerify(dev, `--numjobs=${queues} --size=${jobBytes}M --offset_increment=${jobBytes}M --cpus_allowed=0-${cpus().length - 1} --cpus_allowed_policy=split`);
       await box.ok(['remove', `q${queues}`]);
     });
   }
+
+  it('refuses more queues than the kernel grants (one per CPU), leaving no device behind', async function () {
+    const tooMany = cpus().length + 1;
+    const backing = await makeBackingFile(box.dir, 'many.img', 8 * MiB);
+    const before = (await readdir('/sys/class/ublk-char')).length;
+    const r = await box.cli(['create', 'many', '--table', `0 ${(8 * MiB) / 512} linear ${backing} 0`, '--queues', String(tooMany)]);
+    assert.notEqual(r.code, 0, 'create succeeded');
+    assert.match(r.stderr, new RegExp(`kernel granted \\d+ queues .* asked ${tooMany}`));
+    assert.equal((await readdir('/sys/class/ublk-char')).length, before, 'a ublk device was left behind');
+    assert.doesNotMatch(await box.ok(['ls']), /many/);
+  });
 
   it('keeps every byte across swaps between a local copy and forwarding (linear -> delay -> linear)', async function () {
     const backing = await makeBackingFile(box.dir, 'swap.img', 64 * MiB);
