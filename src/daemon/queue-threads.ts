@@ -2,7 +2,7 @@ import { writeSync, closeSync } from 'node:fs';
 import * as path from 'node:path';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 
-import { ETIMEDOUT, ErrnoError } from '../base/errno';
+import { EINVAL, ETIMEDOUT, ErrnoError } from '../base/errno';
 import { NO_DATA, IoOp, carriesData, type Bio, type IoDone } from '../io/bio';
 import { allocPageAligned, native } from '../io/native';
 import { SECTOR_BYTES } from '../base/units';
@@ -33,7 +33,7 @@ export function queueLoopFromEnvironment(env: NodeJS.ProcessEnv = process.env): 
   const value = env.UBLK_DM_QUEUE_LOOP;
   if (value === undefined || value === '' || value === 'threads') return 'threads';
   if (value === 'main') return 'main';
-  throw new ErrnoError(`UBLK_DM_QUEUE_LOOP must be "main" or "threads", not ${JSON.stringify(value)}`, 22);
+  throw new ErrnoError(`UBLK_DM_QUEUE_LOOP must be "main" or "threads", not ${JSON.stringify(value)}`, EINVAL);
 }
 
 const CONTROL_TIMEOUT_MS = 60_000;
