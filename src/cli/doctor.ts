@@ -92,6 +92,8 @@ function deadDevice(device: KernelUblkDevice, facts: DoctorFacts): Problem | und
     detail = `its server ${device.serverPid} is gone${device.state === 'live' ? '' : `; ${device.state}, its I/O waits for a new server`}`;
   } else if (facts.daemon === undefined) {
     detail = `${device.state}, waiting for the next daemon (its I/O waits; any ublk-dm command starts one)`;
+  } else if (device.state === 'live') {
+    detail = `its server ${device.serverPid} is gone but the kernel has not quiesced it: its requests wait, and deleting it would block until they end`;
   } else {
     detail = `${device.state}, and the running daemon does not serve it (a daemon deletes such devices when it starts)`;
   }

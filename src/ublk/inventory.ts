@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 
-import { EEXIST, ENODEV, ErrnoError } from '../base/errno';
-import type { DevInfo } from './abi';
+import { EBUSY, EEXIST, ENODEV, ErrnoError } from '../base/errno';
+import { UblkDevState, type DevInfo } from './abi';
 import { UblkControl } from './control';
 
 /**
@@ -56,6 +56,12 @@ export async function deleteUblkDevice(devId: number, serverFlags: bigint): Prom
     if (info.serverFlags !== serverFlags) {
       throw new ErrnoError(`ublk device ${devId} now carries mark ${info.serverFlags.toString(16)}, not ${serverFlags.toString(16)}: another device took its id; left alone`, EEXIST);
     }
+    if (info.state === UblkDevState.Live && !(await quiescesSoon(control, devId))) {
+      // STOP_DEV of a LIVE device quiesces it first and waits, holding the device's mutex, until
+      // no request is in flight: on a device whose requests the kernel never took back from
+      // its dead server, that is forever (6.12), and every later command on it waits too.
+      throw new ErrnoError(`ublk device ${devId}: its server ${info.serverPid} is gone but the kernel has not quiesced it; STOP_DEV would block until it does: left alone`, EBUSY);
+    }
     await control.stopDevice(devId);
     await control.deleteDevice(devId);
   } catch (error) {
@@ -63,4 +69,17 @@ export async function deleteUblkDevice(devId: number, serverFlags: bigint): Prom
   } finally {
     await control.close();
   }
+}
+
+/** A dead server's device is LIVE only until the kernel cancels its commands: give that a moment. */
+const QUIESCE_GRACE_MS = 3_000;
+const QUIESCE_POLL_MS = 50;
+
+async function quiescesSoon(control: UblkControl, devId: number): Promise<boolean> {
+  const deadline = Date.now() + QUIESCE_GRACE_MS;
+  while (Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, QUIESCE_POLL_MS));
+    if ((await control.getDeviceInfo(devId)).state !== UblkDevState.Live) return true;
+  }
+  return false;
 }

@@ -164,7 +164,9 @@ describe('integration: restart handover (the daemon stops, the devices stay)', f
       assert.equal(writer.child.exitCode, null, 'the writers wait for the next daemon');
 
       const back = JSON.parse(await box.ok(['ls', '--json'])) as Listed[];
-      const daemonLog = async (): Promise<string> => readFile(join(box.env.UBLK_DM_RUN_DIR!, 'daemon.log'), 'utf8').catch(() => '(no daemon log)');
+      const daemonLog = async (): Promise<string> =>
+        (await readFile(join(box.env.UBLK_DM_RUN_DIR!, 'daemon.log'), 'utf8').catch(() => '(no daemon log)')) +
+        `\nthe kernel's log:\n${(await sh('dmesg | tail -40')).stdout}`;
       assert.equal(back.find((d) => d.name === 'm')?.blockPath, m, `the same device; the daemon's log:\n${await daemonLog()}`);
       const status = parseMirrorStatus(await box.ok(['status', 'm']));
       assert.deepEqual([status.inSync, status.legChars], [regions, 'AA'], `in sync at once, both legs alive: ${status.line}`);
