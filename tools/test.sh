@@ -15,7 +15,9 @@ node_modules/.bin/mocha "${mocha_opts[@]}" 'dist/test/unit/**/*.test.js' 2>&1 | 
 unit_rc=${PIPESTATUS[0]}
 
 echo "== integration tests (real ublk devices)"
-integ=(node_modules/.bin/mocha "${mocha_opts[@]}" --timeout 300000 'dist/test/integration/**/*.test.js')
+# --exit: a child stuck in the kernel (a writer on a device that never came back) must not keep
+# the run alive after its failure is reported.
+integ=(node_modules/.bin/mocha "${mocha_opts[@]}" --exit --timeout 300000 'dist/test/integration/**/*.test.js')
 if [[ -e /dev/ublk-control && $EUID -eq 0 ]]; then
   "${integ[@]}" 2>&1 | tee -a "$log"
 else

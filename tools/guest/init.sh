@@ -43,5 +43,10 @@ hostname ublk-dm-guest
 
 chroot /newroot /bin/bash $rundir/run.sh </dev/console >/dev/console 2>&1
 echo $? > /newroot$rundir/rc
-sync
+# The exit code first, on the project's filesystem alone: a global sync can hang for good on a
+# block device whose I/O never completes (a ublk device the kernel never quiesced), and the host
+# must still learn how the run ended.
+sync -f /newroot$rundir/rc
+sync & syncer=$!
+for _ in $(seq 1 30); do kill -0 $syncer 2>/dev/null || break; sleep 1; done
 poweroff -f
