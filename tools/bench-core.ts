@@ -30,6 +30,10 @@ export interface CoreCell {
   readonly meanLatencyUs: number;
   /** Our devices only: daemon utime+stime over the run ÷ I/Os the device completed. */
   readonly cpuMicrosPerIo?: number;
+  readonly userMicrosPerIo?: number;
+  readonly systemMicrosPerIo?: number;
+  /** Voluntary context switches of the daemon's threads per I/O (see CpuPerIo). */
+  readonly sleepsPerIo?: number;
 }
 
 export interface CoreRatio {
@@ -119,9 +123,12 @@ export async function runCoreBench(o: CoreBenchOptions): Promise<CoreReport> {
           const ours = device === 'null_blk' ? 'null' : device === 'dm-linear' ? 'linear' : null;
           for (const d of ourDevices.filter((x) => x.device === ours)) {
             order.push(async () => {
-              const { result: m, cpuMicrosPerIo } = await withCpuPerIo(d.daemon, [d.path], () => fio({ ...spec, path: d.path }));
-              report.results.push({ device: d.device, queueLoop: d.mode, pattern, iodepth, iops: m.iops, meanLatencyUs: m.meanLatencyUs, cpuMicrosPerIo });
-              o.log(`  ours ${d.device.padEnd(6)} ${d.mode.padEnd(7)} ${pattern.padEnd(9)} QD${String(iodepth).padEnd(3)} ${String(m.iops).padStart(8)} IOPS ${cpuMicrosPerIo} us CPU/IO`);
+              const { result: m, ...use } = await withCpuPerIo(d.daemon, [d.path], () => fio({ ...spec, path: d.path }));
+              report.results.push({ device: d.device, queueLoop: d.mode, pattern, iodepth, iops: m.iops, meanLatencyUs: m.meanLatencyUs, ...use });
+              o.log(
+                `  ours ${d.device.padEnd(6)} ${d.mode.padEnd(7)} ${pattern.padEnd(9)} QD${String(iodepth).padEnd(3)} ${String(m.iops).padStart(8)} IOPS ` +
+                  `${use.cpuMicrosPerIo} us CPU/IO (user ${use.userMicrosPerIo}, system ${use.systemMicrosPerIo}), ${use.sleepsPerIo} sleeps/IO`,
+              );
             });
           }
         }

@@ -4,7 +4,7 @@
  * first `create` as a user's would be. Knows its pid, so the bench can read the process's CPU
  * time and memory from /proc.
  */
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { completedIos, run, sh, sleep } from './bench-common';
 
@@ -120,10 +120,54 @@ export class BenchDaemon {
 
 /** utime + stime, in clock ticks, from the text of /proc/PID/stat. */
 export function cpuTicksOfStat(stat: string): number {
+  const { userTicks, systemTicks } = cpuSplitOfStat(stat);
+  return userTicks + systemTicks;
+}
+
+/** utime and stime of a /proc/PID/stat line, in clock ticks. */
+export function cpuSplitOfStat(stat: string): { userTicks: number; systemTicks: number } {
   // Fields after the command name, which may hold spaces and parentheses: the last ')' ends it.
   // State is field 3, utime 14, stime 15.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return Number(fields[11]) + Number(fields[12]);
+  return { userTicks: Number(fields[11]), systemTicks: Number(fields[12]) };
+}
+
+/** voluntary_ctxt_switches of a /proc/PID/task/TID/status: how often the thread went to sleep. */
+export function sleepsOfStatus(status: string): number {
+  return Number(/^voluntary_ctxt_switches:\s+(\d+)$/m.exec(status)?.[1] ?? 0);
+}
+
+/** What a daemon has used so far: CPU split by mode, and sleeps summed over its threads. */
+interface DaemonUse {
+  readonly userSeconds: number;
+  readonly systemSeconds: number;
+  readonly sleeps: number;
+}
+
+async function daemonUse(pid: number): Promise<DaemonUse> {
+  const ticks = await clockTicks();
+  const { userTicks, systemTicks } = cpuSplitOfStat(readFileSync(`/proc/${pid}/stat`, 'latin1'));
+  let sleeps = 0;
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      sleeps += sleepsOfStatus(readFileSync(`/proc/${pid}/task/${tid}/status`, 'latin1'));
+    } catch {
+      // a thread that ended meanwhile (an io_uring worker) takes its count with it
+    }
+  }
+  return { userSeconds: userTicks / ticks, systemSeconds: systemTicks / ticks, sleeps };
+}
+
+/** Per I/O: the daemon's CPU (user + system, and each), and how often one of its threads slept. */
+export interface CpuPerIo {
+  readonly cpuMicrosPerIo: number;
+  readonly userMicrosPerIo: number;
+  readonly systemMicrosPerIo: number;
+  /**
+   * Voluntary context switches of all its threads (io_uring workers included). At QD 1 a
+   * request costs at least one (the queue waits for the next); more means hops between threads.
+   */
+  readonly sleepsPerIo: number;
 }
 
 /**
@@ -131,12 +175,21 @@ export function cpuTicksOfStat(stat: string): number {
  * meanwhile: the I/O count is the block layer's, over the same window as the CPU time, so fio's
  * ramp-up counts on both sides.
  */
-export async function withCpuPerIo<T>(daemon: BenchDaemon, blockPaths: readonly string[], work: () => Promise<T>): Promise<{ result: T; cpuMicrosPerIo: number }> {
+export async function withCpuPerIo<T>(daemon: BenchDaemon, blockPaths: readonly string[], work: () => Promise<T>): Promise<{ result: T } & CpuPerIo> {
   const countAll = async () => (await Promise.all(blockPaths.map(completedIos))).reduce((a, b) => a + b, 0);
   const iosBefore = await countAll();
-  const cpuBefore = await daemon.cpuSeconds();
+  const before = await daemonUse(daemon.pid());
   const result = await work();
-  const cpuAfter = await daemon.cpuSeconds();
+  const after = await daemonUse(daemon.pid());
   const ios = (await countAll()) - iosBefore;
-  return { result, cpuMicrosPerIo: ios > 0 ? Math.round(((cpuAfter - cpuBefore) * 1e6) / ios * 10) / 10 : NaN };
+  const perIo = (amount: number, scale: number) => (ios > 0 ? Math.round((amount * scale) / ios * 10) / 10 : NaN);
+  const user = after.userSeconds - before.userSeconds;
+  const system = after.systemSeconds - before.systemSeconds;
+  return {
+    result,
+    cpuMicrosPerIo: perIo(user + system, 1e6),
+    userMicrosPerIo: perIo(user, 1e6),
+    systemMicrosPerIo: perIo(system, 1e6),
+    sleepsPerIo: ios > 0 ? Math.round(((after.sleeps - before.sleeps) / ios) * 100) / 100 : NaN,
+  };
 }

@@ -18,7 +18,7 @@
  * (UBLK_DM_QUEUE_LOOP) for core, queues and memory; `both` measures each on both, in this boot.
  * Prints every table and writes everything as JSON (--out).
  */
-import { mkdtempSync, mkdirSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, writeFileSync, existsSync, readFileSync, statfsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { run, sh } from './bench-common';
@@ -78,6 +78,18 @@ function toPart(name: string): Part {
 }
 
 
+const TMPFS_MAGIC = 0x01021994;
+
+/** /dev/shm when it is tmpfs with room for `mib` and a quarter more; else undefined. */
+function tmpfsDirWithRoom(mib: number): string | undefined {
+  try {
+    const fs = statfsSync('/dev/shm');
+    return fs.type === TMPFS_MAGIC && fs.bavail * fs.bsize >= mib * 1.25 * 2 ** 20 ? '/dev/shm' : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   if (!existsSync('/dev/ublk-control')) throw new Error('no /dev/ublk-control: run through `npm run bench` (it uses the guest runner)');
@@ -94,15 +106,21 @@ async function main(): Promise<void> {
   let kcopyd: unknown = null;
 
   if (has('core') || has('queues') || has('memory')) {
-    // One backing file of random data for core, queues and memory (never sparse: holes read faster).
-    const backingPath = join(work, 'backing.img');
+    // One backing file of random data for core, queues and memory (never sparse: holes read
+    // faster), on tmpfs as issue 11 measures it: /dev/shm when it has room (the guest's /tmp is
+    // an overlay, whose files loop and we reach through one more filesystem).
+    const backingPath = join(tmpfsDirWithRoom(args.fileMiB) ?? work, `ublkdm-bench-${process.pid}.img`);
+    log(`backing file: ${backingPath}`);
     await sh(`dd if=/dev/urandom of=${backingPath} bs=1M count=${args.fileMiB} status=none`);
     const backingSectors = (args.fileMiB * 1024 * 1024) / 512;
     const common = { dir: work, backingPath, queueLoops: args.queueLoops, log };
-    if (has('core')) core = await runCoreBench({ ...common, backingSectors, runtimeSeconds: args.runtimeSeconds });
-    if (has('queues')) queues = await runQueueBench({ ...common, backingSectors, runtimeSeconds: args.runtimeSeconds });
-    if (has('memory')) memory = await runMemoryBench({ ...common, backingSectors, runtimeSeconds: args.memoryRuntimeSeconds });
-    await sh(`rm -f ${backingPath}`);
+    try {
+      if (has('core')) core = await runCoreBench({ ...common, backingSectors, runtimeSeconds: args.runtimeSeconds });
+      if (has('queues')) queues = await runQueueBench({ ...common, backingSectors, runtimeSeconds: args.runtimeSeconds });
+      if (has('memory')) memory = await runMemoryBench({ ...common, backingSectors, runtimeSeconds: args.memoryRuntimeSeconds });
+    } finally {
+      await sh(`rm -f ${backingPath}`);
+    }
   }
 
   // The target parts share one daemon (recovery kills it and starts the next one itself).

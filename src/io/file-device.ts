@@ -1,4 +1,4 @@
-import { constants as fsConstants, promises as fsp } from 'node:fs';
+import { constants as fsConstants, promises as fsp, readSync, writeSync } from 'node:fs';
 import * as path from 'node:path';
 
 import type { BlockDevice, DeviceCapabilities, DeviceKey } from './block-device';
@@ -19,7 +19,16 @@ import { SECTOR_BYTES, SECTOR_SHIFT } from '../base/units';
  * per request. Unaligned I/O, and filesystems that refuse O_DIRECT, use the buffered
  * descriptor; Linux keeps the two coherent (direct I/O writes back and invalidates the page
  * cache range it touches).
+ *
+ * A file on tmpfs, opened by a queue thread (a caller-driven ring), is read and written with
+ * plain pread/pwrite in that thread instead: the data is already in memory, so the call is a
+ * copy, while io_uring would hand each request to one of its workers (tmpfs in 6.12 has no
+ * FMODE_NOWAIT), a wakeup there and back for every request. The results still arrive as ring
+ * completions do (IoRing.completeInline), never from inside the call.
  */
+
+/** statfs f_type of tmpfs (and of /dev/shm). */
+const TMPFS_MAGIC = 0x01021994;
 
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
@@ -52,6 +61,8 @@ interface DeviceDescription {
   devno: Devno | undefined;
   key: DeviceKey;
   capabilities: DeviceCapabilities;
+  /** A regular file whose data lives in memory (tmpfs): copying is all its I/O costs. */
+  memoryBacked: boolean;
 }
 
 /** Issues one data request on `fd`; the FileDevice picks the descriptor. */
@@ -76,6 +87,8 @@ export class FileDevice implements BlockDevice {
   private retiredDirectHandle: fsp.FileHandle | undefined;
   /** The close of the retired descriptor, for close() to wait on. */
   private retiredDirectClosing: Promise<void> | undefined;
+  /** Reads and writes are done synchronously by this thread (see the class comment). */
+  readonly inlineIo: boolean;
 
   /** Use openFileDevice(). */
   constructor(
@@ -92,6 +105,7 @@ export class FileDevice implements BlockDevice {
     this.devno = description.devno;
     this.key = description.key;
     this.capabilities = description.capabilities;
+    this.inlineIo = description.memoryBacked && ring.isCallerDriven;
   }
 
   get tableName(): string {
@@ -218,6 +232,10 @@ export class FileDevice implements BlockDevice {
 
   private startRead(buf: Uint8Array, sector: number, done: IoCallback): void {
     const byteOffset = sector * SECTOR_BYTES;
+    if (this.inlineIo) {
+      this.ring.completeInline(done, syscallResult(() => readSync(this.handle.fd, buf, 0, buf.byteLength, byteOffset)));
+      return;
+    }
     this.issue(this.alignedForDirect(buf, byteOffset), (fd, ioDone) => this.ring.readCb(fd, buf, byteOffset, ioDone), done);
   }
 
@@ -226,6 +244,11 @@ export class FileDevice implements BlockDevice {
     // access beyond end of device"), instead of silently extending a backing file.
     if (this.beyondEnd(sector, buf.byteLength)) return done(-EIO);
     const byteOffset = sector * SECTOR_BYTES;
+    if (this.inlineIo) {
+      // FUA asks for nothing more here: tmpfs has no stable storage for the write to reach.
+      this.ring.completeInline(done, syscallResult(() => writeSync(this.handle.fd, buf, 0, buf.byteLength, byteOffset)));
+      return;
+    }
     const rwFlags = fua ? RWF_DSYNC : 0;
     this.issue(this.alignedForDirect(buf, byteOffset), (fd, ioDone) => this.ring.writeCb(fd, buf, byteOffset, rwFlags, ioDone), done);
   }
@@ -337,7 +360,7 @@ export async function openFileDevice(spec: string, options: OpenFileDeviceOption
   try {
     const description = stats.isBlockDevice()
       ? await describeBlockDevice(devicePath, stats.rdev, handle.fd)
-      : describeRegularFile(devicePath, stats);
+      : describeRegularFile(devicePath, stats, await onTmpfs(devicePath));
     return new FileDevice(options.ring, handle, directHandle, readOnly, description);
   } catch (error) {
     await directHandle?.close();
@@ -346,8 +369,27 @@ export async function openFileDevice(spec: string, options: OpenFileDeviceOption
   }
 }
 
-function describeRegularFile(devicePath: string, stats: { size: bigint; dev: bigint; ino: bigint }): DeviceDescription {
+/** A synchronous fs call's byte count, or -errno as a ring completion would give it. */
+function syscallResult(call: () => number): IoResult {
+  try {
+    return call();
+  } catch (error) {
+    const errno = (error as NodeJS.ErrnoException).errno;
+    return typeof errno === 'number' && errno !== 0 ? -Math.abs(errno) : -EIO;
+  }
+}
+
+async function onTmpfs(devicePath: string): Promise<boolean> {
+  try {
+    return (await fsp.statfs(devicePath)).type === TMPFS_MAGIC;
+  } catch {
+    return false; // no statfs (an old Node): take the general path
+  }
+}
+
+function describeRegularFile(devicePath: string, stats: { size: bigint; dev: bigint; ino: bigint }, memoryBacked: boolean): DeviceDescription {
   return {
+    memoryBacked,
     path: devicePath,
     sizeSectors: Number(stats.size >> BigInt(SECTOR_SHIFT)),
     logicalBlockBytes: SECTOR_BYTES,
@@ -363,6 +405,7 @@ async function describeBlockDevice(devicePath: string, rdev: bigint, fd: number)
   const devno = splitDevno(rdev);
   const addon = native();
   return {
+    memoryBacked: false,
     path: devicePath,
     sizeSectors: Math.floor(addon.blockDeviceBytes(fd) / SECTOR_BYTES),
     logicalBlockBytes: addon.logicalBlockBytes(fd),

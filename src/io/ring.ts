@@ -61,6 +61,9 @@ export class IoRing {
   private readonly generations: number[] = [];
   private readonly freeSlots: number[] = [];
   private inFlightCount = 0;
+  /** Requests done synchronously, waiting for the next waitAndDispatch() (completeInline). */
+  private readonly inlineCallbacks: IoCallback[] = [];
+  private readonly inlineResults: IoResult[] = [];
   private flushScheduled = false;
   /** Flushes run as microtasks since the event loop last turned (see MICROTASK_FLUSHES_PER_TURN). */
   private microtaskFlushes = 0;
@@ -100,7 +103,8 @@ export class IoRing {
     if (!this.callerDriven) throw new Error('waitAndDispatch: this ring is driven by the event loop');
     if (this.closed) return 0;
     this.unsubmittedCount = 0;
-    let total = this.ring.wait(1, timeoutMs);
+    // Requests already done inline must not wait behind a blocking io_uring_enter.
+    let total = this.ring.wait(this.inlineCallbacks.length > 0 ? 0 : 1, timeoutMs);
     let count = total;
     while (count > 0) {
       this.onCompletions(count);
@@ -108,7 +112,42 @@ export class IoRing {
       count = this.ring.reap();
       total += count;
     }
-    return total;
+    return total + this.runInlineCompletions();
+  }
+
+  /** Whether this ring is driven by waitAndDispatch() (a queue thread's) rather than the event loop. */
+  get isCallerDriven(): boolean {
+    return this.callerDriven;
+  }
+
+  /**
+   * Caller-driven rings only: a request this thread did itself, synchronously (a copy to or from
+   * a memory-backed file, which io_uring would hand to a worker thread: one more wakeup per I/O).
+   * Its callback runs from the next waitAndDispatch(), as a completion would: never from inside
+   * the call that issued it.
+   */
+  completeInline(done: IoCallback, result: IoResult): void {
+    if (!this.callerDriven) throw new Error('completeInline: only a caller-driven ring dispatches inline completions');
+    this.inlineCallbacks.push(done);
+    this.inlineResults.push(result);
+  }
+
+  /** Run the inline completions queued so far (not those their callbacks queue: the next call does). */
+  private runInlineCompletions(): number {
+    const count = this.inlineCallbacks.length;
+    if (count === 0) return 0;
+    const callbacks = this.inlineCallbacks.splice(0, count);
+    const results = this.inlineResults.splice(0, count);
+    let firstError: unknown;
+    for (let i = 0; i < count; i++) {
+      try {
+        callbacks[i]!(results[i]!);
+      } catch (error) {
+        firstError ??= error;
+      }
+    }
+    if (firstError !== undefined) throw firstError;
+    return count;
   }
 
   /** Requests submitted or queued and not yet completed. */
@@ -255,6 +294,12 @@ export class IoRing {
     this.closed = true;
     this.ring.close();
     const errors: unknown[] = [];
+    // Inline requests were done: their callbacks get their results, not a cancel.
+    try {
+      this.runInlineCompletions();
+    } catch (error) {
+      errors.push(error);
+    }
     for (let slot = 0; slot < this.callbacks.length; slot++) {
       const done = this.callbacks[slot];
       if (done === undefined) continue;

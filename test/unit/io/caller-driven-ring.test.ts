@@ -4,6 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { native } from '../../../src/io/native';
+import { openFileDevice } from '../../../src/io/file-device';
 import { IoRing } from '../../../src/io/ring';
 
 /** A ring a queue thread drives itself: it submits and waits in waitAndDispatch, never through libuv. */
@@ -63,6 +64,49 @@ describe('IoRing driven by its caller (real io_uring)', () => {
       assert.equal(new BigUint64Array(bell.buffer)[0], 3n);
     } finally {
       closeSync(doorbell);
+    }
+  });
+
+  it('runs an inline completion from the next waitAndDispatch without blocking, never from the call that queued it', () => {
+    const results: number[] = [];
+    ring.completeInline((result) => results.push(result), 512);
+    assert.equal(results.length, 0);
+    const started = process.hrtime.bigint();
+    assert.equal(ring.waitAndDispatch(5000), 1);
+    assert.ok(Number(process.hrtime.bigint() - started) / 1e6 < 1000, 'it did not wait out the timeout');
+    assert.deepEqual(results, [512]);
+  });
+
+  it('a FileDevice on tmpfs reads and writes inline on a caller-driven ring, and through io_uring on another', async function () {
+    const shm = await fsp.mkdtemp('/dev/shm/ublkdm-inline-').catch(() => undefined);
+    if (shm === undefined) this.skip(); // a host without /dev/shm: --forbid-pending makes that a failure
+    const file = path.join(shm!, 'backing');
+    await fsp.writeFile(file, Buffer.alloc(64 * 1024));
+    const loopRing = IoRing.create({ entries: 4 });
+    const onDisk = await openFileDevice(path.join(dir, 'data'), { ring }).catch(() => undefined);
+    const device = await openFileDevice(file, { ring });
+    const elsewhere = await openFileDevice(file, { ring: loopRing });
+    try {
+      assert.equal(device.inlineIo, true, 'tmpfs on a caller-driven ring');
+      assert.equal(elsewhere.inlineIo, false, 'an event-loop ring keeps io_uring');
+      assert.equal(onDisk?.inlineIo ?? false, (await fsp.statfs(dir)).type === 0x01021994, 'only tmpfs');
+      const results: number[] = [];
+      device.writeCb(Buffer.alloc(4096, 9), 8, true, (result) => results.push(result));
+      assert.equal(results.length, 0, 'no completion from inside writeCb');
+      ring.waitAndDispatch(1000);
+      const readBack = Buffer.alloc(4096);
+      device.readCb(readBack, 8, (result) => results.push(result));
+      ring.waitAndDispatch(1000);
+      assert.deepEqual(results, [4096, 4096]);
+      assert.ok(readBack.every((byte) => byte === 9));
+      assert.ok((await fsp.readFile(file)).subarray(4096, 8192).every((byte) => byte === 9), 'the bytes are in the file');
+      assert.equal(await elsewhere.read(Buffer.alloc(4096), 8).then((r) => r), 4096);
+    } finally {
+      await onDisk?.close();
+      await device.close();
+      await elsewhere.close();
+      loopRing.close();
+      await fsp.rm(shm!, { recursive: true, force: true });
     }
   });
 
