@@ -23,7 +23,7 @@ import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, statfsSync, wr
 import { randomFillSync } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { openFileDevice } from '../src/io/file-device';
+import { TMPFS_MAGIC, openFileDevice } from '../src/io/file-device';
 import { IoRing } from '../src/io/ring';
 import { KcopydClient, DEFAULT_SUB_JOB_SECTORS } from '../src/kcopyd';
 import type { IoRegion } from '../src/dmio';
@@ -31,7 +31,6 @@ import { SECTOR_BYTES } from '../src/base/units';
 import { run } from './bench-common';
 
 const MiB = 1024 * 1024;
-const TMPFS_MAGIC = 0x01021994;
 const FILESYSTEMS: Record<number, string> = { [TMPFS_MAGIC]: 'tmpfs', 0xef53: 'ext4', 0x58465342: 'xfs', 0x9123683e: 'btrfs', 0x01021997: '9p' };
 
 /** How kcopyd's files are opened: all O_DIRECT, all buffered, or the source buffered and the destinations O_DIRECT. */

@@ -21,6 +21,7 @@
 import { mkdtempSync, mkdirSync, writeFileSync, existsSync, readFileSync, statfsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
+import { TMPFS_MAGIC } from '../src/io/file-device';
 import { run, sh } from './bench-common';
 import { BenchDaemon } from './bench-daemon';
 import { parseQueueLoops, type QueueLoop } from './bench-queue-loop';
@@ -78,7 +79,6 @@ function toPart(name: string): Part {
 }
 
 
-const TMPFS_MAGIC = 0x01021994;
 
 /** /dev/shm when it is tmpfs with room for `mib` and a quarter more; else undefined. */
 function tmpfsDirWithRoom(mib: number): string | undefined {

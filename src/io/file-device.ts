@@ -28,7 +28,7 @@ import { SECTOR_BYTES, SECTOR_SHIFT } from '../base/units';
  */
 
 /** statfs f_type of tmpfs (and of /dev/shm). */
-const TMPFS_MAGIC = 0x01021994;
+export const TMPFS_MAGIC = 0x01021994;
 
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;

@@ -60,7 +60,7 @@ describe('integration: queue threads', function () {
     });
   }
 
-  it('serves a linear over a tmpfs file with in-thread copies (no io_uring worker): fio verify, and the bytes are the file\'s', async function () {
+  it('serves a linear over a tmpfs file (the queue thread copies it itself; the unit tests check that it does): fio verify, and the bytes are the file\'s', async function () {
     const shm = `${box.dir}/shm`;
     await mustSh(`mkdir -p ${shm} && mount -t tmpfs -o size=96m ublkdm-test ${shm}`);
     try {
