@@ -8,27 +8,35 @@
  * With several queue-loop modes, each mode gets its own daemon (UBLK_DM_QUEUE_LOOP=mode), all
  * alive together, and each cell is measured on every mode; the kernel's devices once.
  * Also measured: the daemon's CPU time per I/O in every cell, and its memory after the runs.
+ * With `ublksrv` (the path of the C server's `ublk`), its null and loop stand beside ours in the
+ * same cells, with their CPU time per I/O too (tools/bench-ublksrv.ts).
  * Never throws: a failure is recorded in `error` beside what was measured.
  */
 import { fio, formatRatio, sh } from './bench-common';
 import { BenchDaemon, withCpuPerIo, type DaemonMemory } from './bench-daemon';
 import { queueLoopEnv, type DaemonPartOptions, type QueueLoop } from './bench-queue-loop';
+import { UblksrvDevice } from './bench-ublksrv';
 
-export type CoreBenchOptions = DaemonPartOptions;
+export interface CoreBenchOptions extends DaemonPartOptions {
+  /** ublksrv's `ublk` program: its null and loop are measured beside ours when given. */
+  readonly ublksrv?: string;
+}
 
 type Pattern = 'randread' | 'randwrite';
 type Kernel = 'null_blk' | 'loop' | 'dm-linear';
 type Ours = 'null' | 'linear';
+/** The C server's devices: each the counterpart of one of ours. */
+type CServer = 'ublksrv-null' | 'ublksrv-loop';
 
 export interface CoreCell {
-  readonly device: Kernel | Ours;
+  readonly device: Kernel | Ours | CServer;
   /** Set on our devices. */
   readonly queueLoop?: QueueLoop;
   readonly pattern: Pattern;
   readonly iodepth: number;
   readonly iops: number;
   readonly meanLatencyUs: number;
-  /** Our devices only: daemon utime+stime over the run ÷ I/Os the device completed. */
+  /** Ours and the C server's: the server's utime+stime over the run ÷ I/Os the device completed. */
   readonly cpuMicrosPerIo?: number;
   readonly userMicrosPerIo?: number;
   readonly systemMicrosPerIo?: number;
@@ -47,6 +55,18 @@ export interface CoreRatio {
   readonly goal?: number;
 }
 
+/** Ours against the C server, or the C server against the kernel, in one cell. */
+export interface CServerRatio {
+  /** 'ours' is our device (in `queueLoop`) over the C server's; 'ublksrv' is the C server's over the kernel's. */
+  readonly of: 'ours' | 'ublksrv';
+  readonly queueLoop?: QueueLoop;
+  readonly over: CServer | Kernel;
+  readonly target: 'null' | 'linear';
+  readonly pattern: Pattern;
+  readonly iodepth: number;
+  readonly ratio: number;
+}
+
 export interface CoreReport {
   readonly backingMiB: number;
   readonly runtimeSeconds: number;
@@ -56,6 +76,9 @@ export interface CoreReport {
   loopDirectIo: boolean | null;
   readonly results: CoreCell[];
   readonly ratios: CoreRatio[];
+  /** The `ublk` program measured beside ours, if any. */
+  readonly ublksrv: string | null;
+  readonly cServerRatios: CServerRatio[];
   /** Per queue loop: the daemon's memory after every run (2 devices). */
   readonly daemonMemory: Partial<Record<QueueLoop, DaemonMemory>>;
   /** Per queue loop: the daemon's CPU use with its 2 devices idle (a loop that polls shows here). */
@@ -80,7 +103,7 @@ export async function runCoreBench(o: CoreBenchOptions): Promise<CoreReport> {
   const backingMiB = (o.backingSectors * 512) / (1024 * 1024);
   const report: CoreReport = {
     backingMiB, runtimeSeconds: o.runtimeSeconds, queues: 1, depth: DEPTH, loopDirectIo: null,
-    results: [], ratios: [], daemonMemory: {}, idleCpuPercent: {},
+    results: [], ratios: [], ublksrv: o.ublksrv ?? null, cServerRatios: [], daemonMemory: {}, idleCpuPercent: {},
   };
   const cleanups: Array<() => Promise<unknown>> = [];
   const daemons = o.queueLoops.map((mode) => ({ mode, daemon: new BenchDaemon(o.dir, `core-${mode}`, queueLoopEnv(mode)) }));
@@ -108,11 +131,22 @@ export async function runCoreBench(o: CoreBenchOptions): Promise<CoreReport> {
       }
     }
 
+    const cServerDevices = new Map<Kernel, { device: CServer; server: UblksrvDevice }>();
+    if (o.ublksrv !== undefined) {
+      const nullDevice = await UblksrvDevice.add(o.ublksrv, 90, 'null', DEPTH);
+      cleanups.push(() => nullDevice.remove());
+      cServerDevices.set('null_blk', { device: 'ublksrv-null', server: nullDevice });
+      const loopDevice = await UblksrvDevice.add(o.ublksrv, 91, 'loop', DEPTH, img);
+      cleanups.push(() => loopDevice.remove());
+      cServerDevices.set('loop', { device: 'ublksrv-loop', server: loopDevice });
+    }
+
     for (const { mode, daemon } of daemons) report.idleCpuPercent[mode] = await daemon.idleCpuPercent(IDLE_SECONDS);
     for (const pattern of PATTERNS) {
       for (const iodepth of IODEPTHS) {
         const spec = { rw: pattern, blockSize: '4k', iodepth, runtimeSeconds: o.runtimeSeconds } as const;
-        // null_blk, ours null ×modes, loop, dm-linear, ours linear ×modes: neighbours compare.
+        // null_blk, ublksrv null, ours null ×modes, loop, ublksrv loop, dm-linear, ours linear
+        // ×modes: neighbours compare.
         const order: Array<() => Promise<void>> = [];
         for (const [device, path] of kernelDevices) {
           order.push(async () => {
@@ -120,6 +154,17 @@ export async function runCoreBench(o: CoreBenchOptions): Promise<CoreReport> {
             report.results.push({ device, pattern, iodepth, iops: m.iops, meanLatencyUs: m.meanLatencyUs });
             o.log(`  ${device.padEnd(18)} ${pattern.padEnd(9)} QD${String(iodepth).padEnd(3)} ${String(m.iops).padStart(8)} IOPS`);
           });
+          const c = cServerDevices.get(device);
+          if (c) {
+            order.push(async () => {
+              const { result: m, ...use } = await withCpuPerIo(c.server, [c.server.path], () => fio({ ...spec, path: c.server.path }));
+              report.results.push({ device: c.device, pattern, iodepth, iops: m.iops, meanLatencyUs: m.meanLatencyUs, ...use });
+              o.log(
+                `  ${c.device.padEnd(18)} ${pattern.padEnd(9)} QD${String(iodepth).padEnd(3)} ${String(m.iops).padStart(8)} IOPS ` +
+                  `${use.cpuMicrosPerIo} us CPU/IO (user ${use.userMicrosPerIo}, system ${use.systemMicrosPerIo}), ${use.sleepsPerIo} sleeps/IO`,
+              );
+            });
+          }
           const ours = device === 'null_blk' ? 'null' : device === 'dm-linear' ? 'linear' : null;
           for (const d of ourDevices.filter((x) => x.device === ours)) {
             order.push(async () => {
@@ -137,6 +182,7 @@ export async function runCoreBench(o: CoreBenchOptions): Promise<CoreReport> {
     }
     for (const { mode, daemon } of daemons) report.daemonMemory[mode] = daemon.memory();
     report.ratios.push(...coreRatios(report.results, o.queueLoops));
+    if (o.ublksrv !== undefined) report.cServerRatios.push(...cServerRatios(report.results, o.queueLoops));
   } catch (error) {
     report.error = (error as Error).message;
   } finally {
@@ -157,6 +203,24 @@ function coreRatios(results: readonly CoreCell[], modes: readonly QueueLoop[]): 
           const ratio = iops(ours, pattern, iodepth, queueLoop) / iops(kernel, pattern, iodepth);
           ratios.push({ ours, queueLoop, kernel, pattern, iodepth, ratio, ...(goal !== undefined ? { goal } : {}) });
         }
+      }
+    }
+  }
+  return ratios;
+}
+
+function cServerRatios(results: readonly CoreCell[], modes: readonly QueueLoop[]): CServerRatio[] {
+  const iops = (device: string, pattern: Pattern, iodepth: number, mode?: QueueLoop) =>
+    results.find((r) => r.device === device && r.pattern === pattern && r.iodepth === iodepth && r.queueLoop === mode)?.iops ?? NaN;
+  const ratios: CServerRatio[] = [];
+  const pairs = [['null', 'ublksrv-null', 'null_blk'], ['linear', 'ublksrv-loop', 'loop']] as const;
+  for (const pattern of PATTERNS) {
+    for (const iodepth of IODEPTHS) {
+      for (const [target, server, kernel] of pairs) {
+        for (const queueLoop of modes) {
+          ratios.push({ of: 'ours', queueLoop, over: server, target, pattern, iodepth, ratio: iops(target, pattern, iodepth, queueLoop) / iops(server, pattern, iodepth) });
+        }
+        ratios.push({ of: 'ublksrv', over: kernel, target, pattern, iodepth, ratio: iops(server, pattern, iodepth) / iops(kernel, pattern, iodepth) });
       }
     }
   }
@@ -195,6 +259,30 @@ export function formatCoreReport(report: CoreReport): string {
     const memory = report.daemonMemory[mode];
     if (memory) lines.push(`daemon memory after these runs (2 devices): RSS ${memory.rssMiB} MiB (THP ${memory.anonHugePagesMiB}), peak ${memory.peakMiB} MiB; CPU while idle ${report.idleCpuPercent[mode]} %`);
   }
+  if (report.ublksrv !== null) lines.push(...formatCServerTable(report, modes));
   if (report.error !== undefined) lines.push(`core bench FAILED: ${report.error.split('\n')[0]}`);
   return lines.join('\n');
+}
+
+/** Issue 11's table: ours over the C server, and the C server over the kernel, in this boot. */
+function formatCServerTable(report: CoreReport, modes: readonly QueueLoop[]): string[] {
+  const cell = (device: string, pattern: Pattern, iodepth: number) =>
+    report.results.find((r) => r.device === device && r.pattern === pattern && r.iodepth === iodepth && r.queueLoop === undefined);
+  const ratio = (of: 'ours' | 'ublksrv', over: string, pattern: Pattern, iodepth: number, mode?: QueueLoop) =>
+    formatRatio(report.cServerRatios.find((r) => r.of === of && r.over === over && r.pattern === pattern && r.iodepth === iodepth && r.queueLoop === mode)?.ratio ?? NaN);
+  const columns = PATTERNS.flatMap((pattern) => IODEPTHS.map((iodepth) => ({ pattern, iodepth })));
+  const lines = ['', `the C server (${report.ublksrv}), 1 queue x ${report.depth}, in the same cells: IOPS ratios`];
+  lines.push(`${''.padEnd(34)}${columns.map((c) => `${c.pattern} QD${c.iodepth}`.padStart(15)).join('')}`);
+  const row = (label: string, values: string[]) => lines.push(`${label.padEnd(34)}${values.map((v) => v.padStart(15)).join('')}`);
+  for (const mode of modes) {
+    row(`ours null (${mode}) / ublksrv null`, columns.map((c) => ratio('ours', 'ublksrv-null', c.pattern, c.iodepth, mode)));
+    row(`ours linear (${mode}) / ublksrv loop`, columns.map((c) => ratio('ours', 'ublksrv-loop', c.pattern, c.iodepth, mode)));
+  }
+  row('ublksrv null / null_blk', columns.map((c) => ratio('ublksrv', 'null_blk', c.pattern, c.iodepth)));
+  row('ublksrv loop / loop (dio)', columns.map((c) => ratio('ublksrv', 'loop', c.pattern, c.iodepth)));
+  row('ublksrv null IOPS', columns.map((c) => String(cell('ublksrv-null', c.pattern, c.iodepth)?.iops ?? '-')));
+  row('ublksrv loop IOPS', columns.map((c) => String(cell('ublksrv-loop', c.pattern, c.iodepth)?.iops ?? '-')));
+  row('ublksrv null us CPU/IO', columns.map((c) => String(cell('ublksrv-null', c.pattern, c.iodepth)?.cpuMicrosPerIo ?? '-')));
+  row('ublksrv loop us CPU/IO', columns.map((c) => String(cell('ublksrv-loop', c.pattern, c.iodepth)?.cpuMicrosPerIo ?? '-')));
+  return lines;
 }

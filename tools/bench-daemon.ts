@@ -171,11 +171,11 @@ export interface CpuPerIo {
 }
 
 /**
- * Runs `work` (fio on `blockPath`) and measures the daemon's CPU time per I/O the device completed
+ * Runs `work` (fio on `blockPath`) and measures the daemon's (or any server process's) CPU time per I/O the device completed
  * meanwhile: the I/O count is the block layer's, over the same window as the CPU time, so fio's
  * ramp-up counts on both sides.
  */
-export async function withCpuPerIo<T>(daemon: BenchDaemon, blockPaths: readonly string[], work: () => Promise<T>): Promise<{ result: T } & CpuPerIo> {
+export async function withCpuPerIo<T>(daemon: { pid(): number }, blockPaths: readonly string[], work: () => Promise<T>): Promise<{ result: T } & CpuPerIo> {
   const countAll = async () => (await Promise.all(blockPaths.map(completedIos))).reduce((a, b) => a + b, 0);
   const iosBefore = await countAll();
   const before = await daemonUse(daemon.pid());

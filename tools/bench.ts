@@ -16,6 +16,7 @@
  * `--only core,queues,memory` runs a subset; `--no-PART` (and `--no-basic` for core, queues and
  * memory) leaves one out. `--queue-loop main|threads|both|default` picks the daemon's queue loop
  * (UBLK_DM_QUEUE_LOOP) for core, queues and memory; `both` measures each on both, in this boot.
+ * `--ublksrv PATH` (the C server's installed `ublk`) adds its null and loop to core's cells.
  * Prints every table and writes everything as JSON (--out).
  */
 import { mkdtempSync, mkdirSync, writeFileSync, existsSync, readFileSync, statfsSync } from 'node:fs';
@@ -32,6 +33,7 @@ import { runSnapshotBench, formatSnapshotReport, type SnapshotReport } from './b
 import { runStripedBench, formatStripedReport, type StripedReport } from './bench-striped';
 import { runMirrorBench, formatMirrorReport, type MirrorReport } from './bench-mirror';
 import { runRecoveryBench, formatRecoveryReport, type RecoveryReport } from './bench-recovery';
+import { checkUblksrv } from './bench-ublksrv';
 
 const projectRoot = resolve(__dirname, '..', '..');
 const cli = join(projectRoot, 'bin', 'ublk-dm');
@@ -43,6 +45,7 @@ interface Args {
   out: string; runtimeSeconds: number; fileMiB: number; kcopydMiB: number; parts: Set<Part>; queueLoops: QueueLoop[];
   snapshotMiB: number; snapshotRewriteMiB: number; snapshotRuntimeSeconds: number;
   mirrorMiB: number; mirrorRegionSectors: number; recoveryRounds: number; memoryRuntimeSeconds: number;
+  ublksrv?: string;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -55,6 +58,7 @@ function parseArgs(argv: string[]): Args {
     if (k === '--out') { args.out = resolve(v); i++; }
     else if (k === '--only') { args.parts = new Set(v.split(',').map(toPart)); i++; }
     else if (k === '--queue-loop') { args.queueLoops = parseQueueLoops(v); i++; }
+    else if (k === '--ublksrv') { args.ublksrv = resolve(v); i++; }
     else if (k === '--runtime') { args.runtimeSeconds = Number(v); i++; }
     else if (k === '--file-mib') { args.fileMiB = Number(v); i++; }
     else if (k === '--kcopyd-mib') { args.kcopydMiB = Number(v); i++; }
@@ -93,6 +97,7 @@ function tmpfsDirWithRoom(mib: number): string | undefined {
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   if (!existsSync('/dev/ublk-control')) throw new Error('no /dev/ublk-control: run through `npm run bench` (it uses the guest runner)');
+  if (args.ublksrv !== undefined) checkUblksrv(args.ublksrv);
   const work = mkdtempSync(join(tmpdir(), 'ublkdm-bench-'));
   const log = (line: string) => process.stderr.write(`${line}\n`);
   const has = (part: Part) => args.parts.has(part);
@@ -115,7 +120,7 @@ async function main(): Promise<void> {
     const backingSectors = (args.fileMiB * 1024 * 1024) / 512;
     const common = { dir: work, backingPath, queueLoops: args.queueLoops, log };
     try {
-      if (has('core')) core = await runCoreBench({ ...common, backingSectors, runtimeSeconds: args.runtimeSeconds });
+      if (has('core')) core = await runCoreBench({ ...common, backingSectors, runtimeSeconds: args.runtimeSeconds, ublksrv: args.ublksrv });
       if (has('queues')) queues = await runQueueBench({ ...common, backingSectors, runtimeSeconds: args.runtimeSeconds });
       if (has('memory')) memory = await runMemoryBench({ ...common, backingSectors, runtimeSeconds: args.memoryRuntimeSeconds });
     } finally {
