@@ -8,6 +8,7 @@
  * Never throws: a failure is recorded in `error` beside what was measured.
  */
 import { cpus } from 'node:os';
+import { possibleCpuCount } from '../src/base/cpus';
 import { fio, formatRatio } from './bench-common';
 import { BenchDaemon, withCpuPerIo } from './bench-daemon';
 import { queueLoopEnv, type DaemonPartOptions, type QueueLoop } from './bench-queue-loop';
@@ -29,11 +30,14 @@ export interface QueueCell {
 }
 
 export interface QueueReport {
+  /** CPUs online; fio runs a job on each. */
   readonly cpus: number;
+  /** CPUs possible: ublk grants that many queues (the test guest has 4, 2 of them online). */
+  readonly possibleCpus?: number;
   readonly fioJobs: number;
   readonly iodepthPerJob: number;
   readonly depth: number;
-  /** Queue counts not measured: ublk_drv grants at most one queue per CPU (nr_cpu_ids). */
+  /** Queue counts not measured: ublk_drv grants at most one queue per possible CPU (nr_cpu_ids). */
   readonly skippedQueueCounts: number[];
   readonly results: QueueCell[];
   error?: string;
@@ -47,9 +51,10 @@ const PATTERNS: readonly Pattern[] = ['randread', 'randwrite'];
 export async function runQueueBench(o: QueueBenchOptions): Promise<QueueReport> {
   const fioJobs = Math.max(1, Math.min(cpus().length, 4));
   const iodepthPerJob = Math.ceil(TOTAL_IODEPTH / fioJobs);
-  const queueCounts = QUEUE_COUNTS.filter((q) => q <= cpus().length);
+  const possibleCpus = possibleCpuCount();
+  const queueCounts = QUEUE_COUNTS.filter((q) => q <= possibleCpus);
   const report: QueueReport = {
-    cpus: cpus().length, fioJobs, iodepthPerJob, depth: DEPTH, skippedQueueCounts: QUEUE_COUNTS.filter((q) => q > cpus().length), results: [],
+    cpus: cpus().length, possibleCpus, fioJobs, iodepthPerJob, depth: DEPTH, skippedQueueCounts: QUEUE_COUNTS.filter((q) => q > possibleCpus), results: [],
   };
   const cleanups: Array<() => Promise<unknown>> = [];
   try {
@@ -89,7 +94,8 @@ export async function runQueueBench(o: QueueBenchOptions): Promise<QueueReport> 
 export function formatQueueReport(report: QueueReport): string {
   const lines = [
     '',
-    `queue scaling: 4k at QD ${report.fioJobs * report.iodepthPerJob} (${report.fioJobs} fio jobs x QD ${report.iodepthPerJob}, one per CPU of ${report.cpus}), depth ${report.depth}; IOPS, ratio to 1 queue, daemon us CPU/IO`,
+    `queue scaling: 4k at QD ${report.fioJobs * report.iodepthPerJob} (${report.fioJobs} fio jobs x QD ${report.iodepthPerJob}, one per CPU of ${report.cpus} online, ` +
+      `${report.possibleCpus ?? report.cpus} possible), depth ${report.depth}; IOPS, ratio to 1 queue, daemon us CPU/IO`,
     'device  loop    pattern       1 queue           2 queues                4 queues',
   ];
   const keys = [...new Set(report.results.map((r) => `${r.device}|${r.queueLoop}|${r.pattern}`))];
@@ -104,7 +110,7 @@ export function formatQueueReport(report: QueueReport): string {
     lines.push(`${device.padEnd(7)} ${mode.padEnd(7)} ${pattern.padEnd(9)} ${row.join('  ')}`);
   }
   if (report.skippedQueueCounts.length > 0) {
-    lines.push(`not measured: ${report.skippedQueueCounts.join(', ')} queues (ublk_drv grants at most one queue per CPU; UBLK_DM_GUEST_CPUS=4 for more)`);
+    lines.push(`not measured: ${report.skippedQueueCounts.join(', ')} queues (ublk_drv grants at most one queue per possible CPU; UBLK_DM_GUEST_MAX_CPUS=4 for more)`);
   }
   if (report.error !== undefined) lines.push(`queue bench FAILED: ${report.error.split('\n')[0]}`);
   return lines.join('\n');
