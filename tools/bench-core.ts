@@ -209,7 +209,7 @@ function coreRatios(results: readonly CoreCell[], modes: readonly QueueLoop[]): 
   return ratios;
 }
 
-function cServerRatios(results: readonly CoreCell[], modes: readonly QueueLoop[]): CServerRatio[] {
+export function cServerRatios(results: readonly CoreCell[], modes: readonly QueueLoop[]): CServerRatio[] {
   const iops = (device: string, pattern: Pattern, iodepth: number, mode?: QueueLoop) =>
     results.find((r) => r.device === device && r.pattern === pattern && r.iodepth === iodepth && r.queueLoop === mode)?.iops ?? NaN;
   const ratios: CServerRatio[] = [];

@@ -30,9 +30,7 @@ export class UblksrvDevice {
       args.push('-f', backingPath);
     }
     await run(ublk, args);
-    const listing = await run(ublk, ['list', '-n', String(id)]);
-    const pid = Number(/daemon pid (\d+)/.exec(listing)?.[1]);
-    if (!Number.isInteger(pid) || pid <= 0) throw new Error(`ublksrv device ${id}: no daemon pid in \`ublk list\`:\n${listing}`);
+    const pid = serverPidOfListing(id, await run(ublk, ['list', '-n', String(id)]));
     return new UblksrvDevice(ublk, id, `/dev/ublkb${id}`, pid);
   }
 
@@ -44,6 +42,13 @@ export class UblksrvDevice {
   async remove(): Promise<void> {
     await run(this.ublk, ['del', '-n', String(this.id)]);
   }
+}
+
+/** The server's pid in what `ublk list -n ID` prints ("... daemon pid 1234 flags ..."). */
+export function serverPidOfListing(id: number, listing: string): number {
+  const pid = Number(/daemon pid (\d+)/.exec(listing)?.[1]);
+  if (!Number.isInteger(pid) || pid <= 0) throw new Error(`ublksrv device ${id}: no daemon pid in \`ublk list\`:\n${listing}`);
+  return pid;
 }
 
 /** Checks `--ublksrv PATH` up front, so a wrong path fails before minutes of measuring. */
