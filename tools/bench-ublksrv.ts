@@ -30,8 +30,13 @@ export class UblksrvDevice {
       args.push('-f', backingPath);
     }
     await run(ublk, args);
-    const pid = serverPidOfListing(id, await run(ublk, ['list', '-n', String(id)]));
-    return new UblksrvDevice(ublk, id, `/dev/ublkb${id}`, pid);
+    try {
+      const pid = serverPidOfListing(id, await run(ublk, ['list', '-n', String(id)]));
+      return new UblksrvDevice(ublk, id, `/dev/ublkb${id}`, pid);
+    } catch (error) {
+      await run(ublk, ['del', '-n', String(id)]).catch(() => ''); // leave no device behind
+      throw error;
+    }
   }
 
   /** The server process of this device (one per device in ublksrv), for its CPU time. */
