@@ -6,4 +6,5 @@ bash tools/setup.sh
 if [[ -e /dev/ublk-control && $EUID -eq 0 ]]; then
   exec node dist/tools/bench.js "$@"
 fi
-exec tools/guest-run --mem "${UBLK_DM_GUEST_MEM:-10240}" -- node dist/tools/bench.js "$@"
+# 4 possible CPUs, 2 online: the queue part measures 4 queues on the 2-CPU guest.
+UBLK_DM_GUEST_MAX_CPUS=${UBLK_DM_GUEST_MAX_CPUS:-4} exec tools/guest-run --mem "${UBLK_DM_GUEST_MEM:-10240}" -- node dist/tools/bench.js "$@"
