@@ -17,7 +17,7 @@ const MiB = 1 << 20;
 async function fioVerify(dev: string, extra = ''): Promise<void> {
   const r = await sh(
     `fio --name=qt --filename=${dev} --allow_file_create=0 --ioengine=io_uring --direct=1 --rw=randwrite --bs=4k ` +
-      `--iodepth=16 --size=32M --verify=crc32c --do_verify=1 --verify_fatal=1 ${extra}`,
+      `--iodepth=16 --size=16M --verify=crc32c --do_verify=1 --verify_fatal=1 ${extra}`,
     { timeoutMs: 600_000 },
   );
   assert.equal(r.code, 0, `fio verify on ${dev} failed:\n${r.stdout}\n${r.stderr}`);

@@ -135,14 +135,15 @@ describe('integration: the daemon dies, the devices do not (ublk user recovery)'
     await box.ok(['remove', 'fs']);
   });
 
-  it('SIGKILL five times in a row during I/O: every time the same device, fio verifies, no dead ublk device left', async function () {
+  it('SIGKILL three times in a row during I/O: every time the same device, fio verifies, no dead ublk device left', async function () {
     const backing = await makeBackingFile(box.dir, 'again.img', 16 * MiB, 'zero');
     const dev = await box.create('again', `0 ${(16 * MiB) / 512} linear ${backing} 0`);
     // An unrelated second device rides along through every crash.
     const other = await makeBackingFile(box.dir, 'other.img', 4 * MiB);
     const otherSum = await sha256OfFile(other);
     const otherDev = await box.create('other', `0 ${(4 * MiB) / 512} linear ${other} 0`);
-    for (let round = 1; round <= 5; round++) {
+    // Three rounds: the first recovers from the original daemon, the others from recovered ones.
+    for (let round = 1; round <= 3; round++) {
       const fio = background(fioVerify(dev, '8m', 1000));
       await sleep(1000);
       await killDaemon(box);

@@ -345,7 +345,7 @@ describe(`integration: dm-snapshot (snapshot-origin + snapshot, persistent store
   });
 
   it('four snapshots of one origin taken at generations 1-4 with chunk sizes 8, 16, 32 and 8 each read their own generation', async function () {
-    const size = 16 * MiB;
+    const size = 8 * MiB;
     const sectors = size / 512;
     const image = new Image(size, 1);
     const origin = await dm.dev(await writeImageFile(work, 'origin.img', image));
