@@ -11,7 +11,7 @@
  * grow a device): both allocate as they write.
  *
  *   node dist/tools/bench-kcopyd.js [--size-mib 1024] [--dir DIR | --host] [--json PATH] [--rounds 3]
- *        [--destinations 1,2] [--sub-job-sectors N] [--pool-pages N] [--kcopyd-io direct|buffered|buffered-source]
+ *        [--destinations 1,2] [--sub-job-sectors N] [--pool-pages N] [--kcopyd-io source-page-cache|direct|buffered]
  *        [--source-cache cold|hot]
  *
  * `--host` copies under /var/tmp and refuses tmpfs: the host disk, no ublk needed. The cases run
@@ -33,12 +33,16 @@ import { run } from './bench-common';
 const MiB = 1024 * 1024;
 const FILESYSTEMS: Record<number, string> = { [TMPFS_MAGIC]: 'tmpfs', 0xef53: 'ext4', 0x58465342: 'xfs', 0x9123683e: 'btrfs', 0x01021997: '9p' };
 
-/** How kcopyd's files are opened: all O_DIRECT, all buffered, or the source buffered and the destinations O_DIRECT. */
-type KcopydIo = 'direct' | 'buffered' | 'buffered-source';
+/**
+ * How kcopyd moves data: as the mirror's resync does (files opened O_DIRECT, the source read
+ * through the page cache: readSourceThroughPageCache), all O_DIRECT (the kernel's kcopyd, and ours
+ * for a snapshot's copy-out), or all buffered.
+ */
+type KcopydIo = 'source-page-cache' | 'direct' | 'buffered';
 
 function parseKcopydIo(value: string): KcopydIo {
-  if (value === 'direct' || value === 'buffered' || value === 'buffered-source') return value;
-  throw new Error(`--kcopyd-io takes direct, buffered or buffered-source, not ${value}`);
+  if (value === 'source-page-cache' || value === 'direct' || value === 'buffered') return value;
+  throw new Error(`--kcopyd-io takes source-page-cache, direct or buffered, not ${value}`);
 }
 
 type Copier = 'dd-direct' | 'dd-buffered' | 'kcopyd';
@@ -52,7 +56,7 @@ interface Args {
 function parseArgs(argv: string[]): Args {
   const args: Args = {
     sizeMiB: 1024, dir: tmpdir(), host: false, json: null, rounds: 3, destinationCounts: [1, 2],
-    subJobSectors: DEFAULT_SUB_JOB_SECTORS, poolPages: undefined, kcopydIo: 'direct', sourceCache: 'cold',
+    subJobSectors: DEFAULT_SUB_JOB_SECTORS, poolPages: undefined, kcopydIo: 'source-page-cache', sourceCache: 'cold',
   };
   for (let i = 0; i < argv.length; i++) {
     const [flag, value] = [argv[i], argv[i + 1]];
@@ -112,10 +116,15 @@ async function timeDd(source: string, dests: readonly string[], direct: boolean)
 async function timeKcopyd(source: string, dests: readonly string[], byteLength: number, args: Args): Promise<number> {
   for (const dest of dests) createSparseFile(dest, byteLength);
   const ring = IoRing.create();
-  const sourceDevice = await openFileDevice(source, { ring, readOnly: true, directIo: args.kcopydIo === 'direct' });
-  const destDevices = await Promise.all(dests.map((dest) => openFileDevice(dest, { ring, directIo: args.kcopydIo !== 'buffered' })));
+  const directIo = args.kcopydIo !== 'buffered';
+  const sourceDevice = await openFileDevice(source, { ring, readOnly: true, directIo });
+  const destDevices = await Promise.all(dests.map((dest) => openFileDevice(dest, { ring, directIo })));
   const count = byteLength / SECTOR_BYTES;
-  const client = new KcopydClient({ subJobSectors: args.subJobSectors, ...(args.poolPages !== undefined ? { poolPages: args.poolPages } : {}) });
+  const client = new KcopydClient({
+    subJobSectors: args.subJobSectors,
+    readSourceThroughPageCache: args.kcopydIo === 'source-page-cache',
+    ...(args.poolPages !== undefined ? { poolPages: args.poolPages } : {}),
+  });
   const start = process.hrtime.bigint();
   const result = await client.copyAndWait(
     { device: sourceDevice, sector: 0, count },
@@ -181,7 +190,7 @@ async function main(): Promise<void> {
         ratioToDdBuffered: medianMiBps.kcopyd / medianMiBps['dd-buffered'],
       });
     }
-    const io = { direct: 'O_DIRECT', buffered: 'buffered', 'buffered-source': 'source buffered, destinations O_DIRECT' }[args.kcopydIo];
+    const io = { 'source-page-cache': 'source through the page cache, destinations O_DIRECT', direct: 'O_DIRECT', buffered: 'buffered' }[args.kcopydIo];
     const pool = args.poolPages === undefined ? 'default pool' : `pool ${args.poolPages} pages`;
     const n = (x: number) => x.toFixed(0).padStart(6);
     const lines = [

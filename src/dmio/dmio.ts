@@ -1,4 +1,5 @@
 import type { IoResult } from '../base/errno';
+import type { ReadOptions } from '../io/block-device';
 import { SECTOR_BYTES } from '../base/units';
 import { cutIntoPieces, memoryByteLength, type IoMemory, type IoPiece } from './memory';
 import { assertValidRegions, regionBit, type ErrorBits, type IoRegion } from './region';
@@ -29,6 +30,11 @@ export type DmIoRequest =
       readonly preflush?: boolean;
       /** Writes reach stable storage before they complete (REQ_FUA). */
       readonly fua?: boolean;
+      /**
+       * Reads go through the page cache where the device has one (not in the kernel's dm-io,
+       * whose bios always go around it): kcopyd's source reads, see ReadOptions.
+       */
+      readonly throughPageCache?: boolean;
     }
   | {
       readonly op: 'discard' | 'writeZeroes';
@@ -36,6 +42,8 @@ export type DmIoRequest =
       /** writeZeroes only: keep the space allocated (REQ_NOUNMAP). */
       readonly noUnmap?: boolean;
     };
+
+const THROUGH_PAGE_CACHE: ReadOptions = { throughPageCache: true };
 
 export type DmIoNotifyFn<C> = (errorBits: ErrorBits, context: C) => void;
 
@@ -148,21 +156,23 @@ function issueRegion<C>(io: IoInFlight<C>, request: DmIoRequest, region: IoRegio
     case 'read':
     case 'write': {
       const pieces = cutIntoPieces(request.memory, region.count * SECTOR_BYTES);
-      for (const piece of pieces) issuePiece(io, request.op, request.fua ?? false, region, regionIndex, piece);
+      for (const piece of pieces) issuePiece(io, request, region, regionIndex, piece);
       return;
     }
   }
 }
 
-function issuePiece<C>(io: IoInFlight<C>, op: DmIoDataOp, fua: boolean, region: IoRegion, regionIndex: number, piece: IoPiece): void {
+function issuePiece<C>(io: IoInFlight<C>, request: DmIoRequest & { op: DmIoDataOp }, region: IoRegion, regionIndex: number, piece: IoPiece): void {
   const device = region.device;
   const sector = region.sector + piece.sectorOffset;
   const byteLength = piece.sectorCount * SECTOR_BYTES;
   const single = piece.views.length === 1 ? piece.views[0] : null;
-  if (op === 'read') {
-    const result = single ? device.read(single, sector) : device.readv(piece.views, sector);
+  if (request.op === 'read') {
+    const options = request.throughPageCache ? THROUGH_PAGE_CACHE : undefined;
+    const result = single ? device.read(single, sector, options) : device.readv(piece.views, sector, options);
     io.track(regionIndex, result, byteLength, piece.views);
   } else {
+    const fua = request.fua ?? false;
     const result = single ? device.write(single, sector, fua) : device.writev(piece.views, sector, fua);
     io.track(regionIndex, result, byteLength, null);
   }

@@ -28,6 +28,17 @@ export interface DeviceCapabilities {
   readonly writeZeroes: boolean;
 }
 
+/** How a read may be served. A device without a page cache ignores it. */
+export interface ReadOptions {
+  /**
+   * Read through the page cache rather than around it: the source of a long sequential copy
+   * (kcopyd), where the kernel's readahead keeps the disk busy between our reads and a source
+   * already cached costs no disk read at all. The data path reads around it (O_DIRECT) as the
+   * kernel's dm does.
+   */
+  readonly throughPageCache?: boolean;
+}
+
 export interface BlockDevice {
   /** Absolute path as opened (for files) or the device node. */
   readonly path: string;
@@ -44,7 +55,7 @@ export interface BlockDevice {
   readonly devno?: { major: number; minor: number };
 
   /** Read buf.byteLength bytes starting at `sector` into buf. */
-  read(buf: Uint8Array, sector: number): Promise<IoResult>;
+  read(buf: Uint8Array, sector: number, options?: ReadOptions): Promise<IoResult>;
   /** Write buf at `sector`; with `fua` the data is on stable storage before the promise settles. */
   write(buf: Uint8Array, sector: number, fua: boolean): Promise<IoResult>;
   /** Optional promise-free read(): `done` gets the result; misuse throws synchronously. */
@@ -52,7 +63,7 @@ export interface BlockDevice {
   /** Optional promise-free write(): `done` gets the result; misuse throws synchronously. */
   writeCb?(buf: Uint8Array, sector: number, fua: boolean, done: (result: IoResult) => void): void;
   /** Scatter read: fills the buffers in order starting at `sector` (one readv). */
-  readv(bufs: Uint8Array[], sector: number): Promise<IoResult>;
+  readv(bufs: Uint8Array[], sector: number, options?: ReadOptions): Promise<IoResult>;
   /** Gather write: writes the buffers in order starting at `sector` (one writev). */
   writev(bufs: Uint8Array[], sector: number, fua: boolean): Promise<IoResult>;
   /** Everything written before is on stable storage when this settles with 0. */

@@ -1,7 +1,7 @@
 import { constants as fsConstants, promises as fsp, readSync, writeSync } from 'node:fs';
 import * as path from 'node:path';
 
-import type { BlockDevice, DeviceCapabilities, DeviceKey } from './block-device';
+import type { BlockDevice, DeviceCapabilities, DeviceKey, ReadOptions } from './block-device';
 import { EINVAL, EIO, ENOENT, EOPNOTSUPP, ErrnoError, type IoResult } from '../base/errno';
 import { isDirectIoAligned, native } from './native';
 import { RWF_DSYNC, type IoCallback, type IoRing } from './ring';
@@ -122,10 +122,10 @@ export class FileDevice implements BlockDevice {
     return this.handle.fd;
   }
 
-  read(buf: Uint8Array, sector: number): Promise<IoResult> {
+  read(buf: Uint8Array, sector: number, options?: ReadOptions): Promise<IoResult> {
     const misuse = this.misuse(buf.byteLength);
     if (misuse) return Promise.reject(misuse);
-    return new Promise((resolve) => this.startRead(buf, sector, resolve));
+    return new Promise((resolve) => this.startRead(buf, sector, resolve, options?.throughPageCache === true));
   }
 
   write(buf: Uint8Array, sector: number, fua: boolean): Promise<IoResult> {
@@ -148,13 +148,12 @@ export class FileDevice implements BlockDevice {
     this.startWrite(buf, sector, fua, done);
   }
 
-  readv(bufs: Uint8Array[], sector: number): Promise<IoResult> {
+  readv(bufs: Uint8Array[], sector: number, options?: ReadOptions): Promise<IoResult> {
     const misuse = this.misuse(totalBytes(bufs));
     if (misuse) return Promise.reject(misuse);
     const byteOffset = sector * SECTOR_BYTES;
-    return new Promise((resolve) =>
-      this.issue(this.allAlignedForDirect(bufs, byteOffset), (fd, done) => this.ring.readvCb(fd, bufs, byteOffset, done), resolve),
-    );
+    const direct = options?.throughPageCache !== true && this.allAlignedForDirect(bufs, byteOffset);
+    return new Promise((resolve) => this.issue(direct, (fd, done) => this.ring.readvCb(fd, bufs, byteOffset, done), resolve));
   }
 
   writev(bufs: Uint8Array[], sector: number, fua: boolean): Promise<IoResult> {
@@ -230,13 +229,14 @@ export class FileDevice implements BlockDevice {
     await this.handle.close();
   }
 
-  private startRead(buf: Uint8Array, sector: number, done: IoCallback): void {
+  private startRead(buf: Uint8Array, sector: number, done: IoCallback, throughPageCache = false): void {
     const byteOffset = sector * SECTOR_BYTES;
     if (this.inlineIo) {
       this.ring.completeInline(done, syscallResult(() => readSync(this.handle.fd, buf, 0, buf.byteLength, byteOffset)));
       return;
     }
-    this.issue(this.alignedForDirect(buf, byteOffset), (fd, ioDone) => this.ring.readCb(fd, buf, byteOffset, ioDone), done);
+    const direct = !throughPageCache && this.alignedForDirect(buf, byteOffset);
+    this.issue(direct, (fd, ioDone) => this.ring.readCb(fd, buf, byteOffset, ioDone), done);
   }
 
   private startWrite(buf: Uint8Array, sector: number, fua: boolean, done: IoCallback): void {

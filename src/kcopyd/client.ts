@@ -49,6 +49,13 @@ export interface KcopydClientOptions {
   readonly poolPages?: number;
   /** Sub-job size in sectors (dm_mod.kcopyd_subjob_size_kb × 2); default 1024. */
   readonly subJobSectors?: number;
+  /**
+   * Read sources through the page cache (default false: around it, as the kernel's kcopyd).
+   * For clients whose copies are long and sequential (a mirror's resync, region after region):
+   * readahead keeps the source disk busy between sub-jobs, and a cached source costs no read.
+   * Copies of scattered chunks (a snapshot's copy-out) gain nothing and would fill the cache.
+   */
+  readonly readSourceThroughPageCache?: boolean;
 }
 
 type AnyNotify = KcopydNotify<unknown>;
@@ -59,6 +66,7 @@ export class KcopydClient {
   readonly throttle: KcopydThrottle | null;
   /** Sectors per piece: the configured sub-job size, shrunk to what the page pool can hold. */
   readonly subJobSectors: number;
+  readonly readSourceThroughPageCache: boolean;
 
   private readonly pool: PagePool;
   private readonly zeroPages: readonly Uint8Array[];
@@ -89,6 +97,7 @@ export class KcopydClient {
       throw new RangeError(`a kcopyd client needs at least one page, got ${poolPages}`);
     }
     this.throttle = options.throttle ?? null;
+    this.readSourceThroughPageCache = options.readSourceThroughPageCache ?? false;
     this.subJobSectors = Math.min(configuredSubJobSectors, poolPages * SECTORS_PER_PAGE);
     this.pool = new PagePool(poolPages);
     // The shared zero page "repeated forever": as many references as the largest piece needs.
@@ -352,7 +361,11 @@ export class KcopydClient {
   private issue(job: KcopydJob): void {
     let request: DmIoRequest;
     if (job.op === 'read') {
-      request = { op: 'read', memory: { kind: 'pageList', pages: job.pages as Uint8Array[], firstPageByteOffset: 0 } };
+      request = {
+        op: 'read',
+        memory: { kind: 'pageList', pages: job.pages as Uint8Array[], firstPageByteOffset: 0 },
+        throughPageCache: this.readSourceThroughPageCache,
+      };
       dmIoNotify(request, [job.source as IoRegion], this.ioComplete, job);
     } else if (job.op === 'writeZeroes') {
       dmIoNotify({ op: 'writeZeroes' }, job.dests, this.ioComplete, job);

@@ -1,4 +1,4 @@
-import type { BlockDevice, DeviceCapabilities, DeviceKey } from '../io/block-device';
+import type { BlockDevice, DeviceCapabilities, DeviceKey, ReadOptions } from '../io/block-device';
 import { EIO, type IoResult } from '../base/errno';
 import { SECTOR_BYTES } from '../base/units';
 
@@ -49,17 +49,17 @@ export class FaultDevice implements BlockDevice {
     this.badSectors.write.clear();
   }
 
-  read(buf: Uint8Array, sector: number): Promise<IoResult> {
-    return this.readv([buf], sector);
+  read(buf: Uint8Array, sector: number, options?: ReadOptions): Promise<IoResult> {
+    return this.readv([buf], sector, options);
   }
 
-  readv(bufs: Uint8Array[], sector: number): Promise<IoResult> {
+  readv(bufs: Uint8Array[], sector: number, options?: ReadOptions): Promise<IoResult> {
     const sectorCount = sectorsIn(bufs);
     if (this.touchesBad('read', sector, sectorCount)) {
       for (const buf of bufs) buf.fill(SCRIBBLE);
       return Promise.resolve(-EIO);
     }
-    return bufs.length === 1 ? this.inner.read(bufs[0], sector) : this.inner.readv(bufs, sector);
+    return bufs.length === 1 ? this.inner.read(bufs[0], sector, options) : this.inner.readv(bufs, sector, options);
   }
 
   write(buf: Uint8Array, sector: number, fua: boolean): Promise<IoResult> {

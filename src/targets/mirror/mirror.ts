@@ -459,7 +459,7 @@ export const mirrorTargetType: TargetType = {
     }
     rest = rest.slice(legCount * 2);
     const features = parseFeatures(rest);
-    mirror = new MirrorTarget(legs, log, features, ctx.lengthSectors, ctx.device, new KcopydClient({ throttle: ctx.scope.get(RESYNC_THROTTLE) }));
+    mirror = new MirrorTarget(legs, log, features, ctx.lengthSectors, ctx.device, new KcopydClient({ throttle: ctx.scope.get(RESYNC_THROTTLE), readSourceThroughPageCache: true }));
     return mirror;
   },
   parameters: [resyncThrottleParameter],

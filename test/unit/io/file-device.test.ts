@@ -76,6 +76,29 @@ describe('FileDevice over a regular file', () => {
     assert.equal(device.usesDirectIo, true);
   });
 
+  it('a read asked throughPageCache goes through the buffered descriptor even when aligned, and sees direct writes', async () => {
+    const page = new Uint8Array(allocPageAligned(8192));
+    page.fill(0x4c);
+    assert.equal(await device.write(page, 8, false), 8192);
+    const fds: number[] = [];
+    const { readCb, readvCb } = ring;
+    ring.readCb = (fd, ...rest) => { fds.push(fd); return readCb.call(ring, fd, ...rest); };
+    ring.readvCb = (fd, ...rest) => { fds.push(fd); return readvCb.call(ring, fd, ...rest); };
+    try {
+      const one = new Uint8Array(allocPageAligned(8192));
+      assert.equal(await device.read(one, 8, { throughPageCache: true }), 8192);
+      assert.ok(one.every((b) => b === 0x4c));
+      const two = [new Uint8Array(allocPageAligned(4096)), new Uint8Array(allocPageAligned(4096))];
+      assert.equal(await device.readv(two, 8, { throughPageCache: true }), 8192);
+      assert.ok(two.every((view) => view.every((b) => b === 0x4c)));
+      assert.equal(await device.read(new Uint8Array(allocPageAligned(4096)), 8), 4096);
+    } finally {
+      Object.assign(ring, { readCb, readvCb });
+    }
+    assert.deepEqual(fds.slice(0, 2), [device.fd, device.fd], 'both asked reads on the buffered descriptor');
+    assert.notEqual(fds[2], device.fd, 'an aligned read not asked so goes O_DIRECT');
+  });
+
   it('with directIo: false opens no O_DIRECT descriptor and moves aligned I/O through the page cache', async () => {
     const buffered = await openFileDevice(file, { ring, directIo: false });
     try {

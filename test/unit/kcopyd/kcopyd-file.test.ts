@@ -73,4 +73,47 @@ describe('dm-io and kcopyd on files (io_uring)', () => {
     const result = await client.copyAndWait({ device: source, sector: 0, count: 16 }, [{ device: dest, sector: 0, count: 16 }]);
     assert.equal(result.readErr, true);
   });
+
+  describe('where the source is read from', () => {
+    /** The descriptor of every data request the ring is given, by kind. */
+    function watchDescriptors(): { reads: number[]; writes: number[]; restore: () => void } {
+      const seen = { reads: [] as number[], writes: [] as number[] };
+      const originals = { readCb: ring.readCb, readvCb: ring.readvCb, writeCb: ring.writeCb, writevCb: ring.writevCb };
+      const spy = <K extends keyof typeof originals>(name: K, into: number[]): void => {
+        const original = originals[name] as (fd: number, ...rest: unknown[]) => unknown;
+        (ring as unknown as Record<string, unknown>)[name] = (fd: number, ...rest: unknown[]) => {
+          into.push(fd);
+          return original.call(ring, fd, ...rest);
+        };
+      };
+      spy('readCb', seen.reads);
+      spy('readvCb', seen.reads);
+      spy('writeCb', seen.writes);
+      spy('writevCb', seen.writes);
+      return { ...seen, restore: () => Object.assign(ring, originals) };
+    }
+
+    for (const throughPageCache of [true, false]) {
+      it(`readSourceThroughPageCache ${throughPageCache}: the source is read ${throughPageCache ? 'through the page cache' : 'O_DIRECT'}, the destination written O_DIRECT, byte for byte`, async () => {
+        const count = 3 * 1024; // three 512-sector sub-jobs
+        const sourceBytes = randomBytes(count * SECTOR_BYTES);
+        const source = await open('source', 0, sourceBytes);
+        const dest = await open('dest', count * SECTOR_BYTES);
+        assert.ok(source.usesDirectIo && dest.usesDirectIo, 'the host tmpdir takes O_DIRECT');
+        const client = new KcopydClient({ readSourceThroughPageCache: throughPageCache });
+        const watched = watchDescriptors();
+        try {
+          assert.deepEqual(await client.copyAndWait({ device: source, sector: 0, count }, [{ device: dest, sector: 0, count }]), { readErr: false, writeErr: 0 });
+        } finally {
+          watched.restore();
+          await client.destroy();
+        }
+        assert.ok(watched.reads.length >= 3 && watched.writes.length >= 3, `${watched.reads.length} reads, ${watched.writes.length} writes`);
+        const bufferedSourceReads = watched.reads.filter((fd) => fd === source.fd).length;
+        assert.equal(bufferedSourceReads, throughPageCache ? watched.reads.length : 0, 'source reads on the buffered descriptor');
+        assert.ok(watched.writes.every((fd) => fd !== dest.fd), 'every destination write on the O_DIRECT descriptor');
+        assert.ok(readFileSync(join(dir, 'dest')).equals(sourceBytes));
+      });
+    }
+  });
 });
