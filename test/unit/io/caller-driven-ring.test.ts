@@ -44,6 +44,23 @@ describe('IoRing driven by its caller (real io_uring)', () => {
     assert.ok(readBack.every((byte) => byte === 7));
   });
 
+  it('submits what its callbacks queued before it returns, not at the next call', async () => {
+    // A write its callback queues lands in the file with no further waitAndDispatch: a queue
+    // thread's COMMIT_AND_FETCH must not wait for the thread's next turn of its event loop.
+    const results: number[] = [];
+    ring.writeCb(handle.fd, Buffer.alloc(512, 1), 0, 0, (first) => {
+      results.push(first);
+      ring.writeCb(handle.fd, Buffer.alloc(512, 2), 512, 0, (second) => results.push(second));
+    });
+    while (results.length === 0) ring.waitAndDispatch(1000);
+    assert.deepEqual(results, [512], 'the second write has not been reaped');
+    const deadline = Date.now() + 5000;
+    while ((await handle.stat()).size < 1024 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+    assert.equal((await handle.stat()).size, 1024, 'the write queued by the callback reached the file');
+    while (results.length < 2) ring.waitAndDispatch(1000);
+    assert.deepEqual(results, [512, 512]);
+  });
+
   it('returns 0 when nothing completes within the timeout', () => {
     const started = process.hrtime.bigint();
     assert.equal(ring.waitAndDispatch(20), 0);
