@@ -46,7 +46,7 @@ describe('integration: I/O on real ublk devices', function () {
     assert.equal(info.queues, 2, 'the device has two queues');
     // Two jobs, so both vCPUs (and so both hardware queues) submit; each verifies its own half.
     const out = await mustSh(`fio --name=verify --filename=${dev} --allow_file_create=0 --ioengine=io_uring --direct=1 ` +
-      `--rw=randwrite --bs=4k --iodepth=32 --numjobs=2 --size=32M --offset_increment=32M --verify=crc32c ` +
+      `--rw=randwrite --bs=4k --iodepth=32 --numjobs=2 --size=16M --offset_increment=32M --verify=crc32c ` +
       `--do_verify=1 --verify_fatal=1 --verify_state_save=0 --group_reporting --output-format=terse`, { timeoutMs: 600_000 });
     const fields = out.trim().split('\n').pop()!.split(';');
     assert.equal(fields[4], '0', `fio reported errors: ${out}`);
