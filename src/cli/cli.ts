@@ -551,6 +551,9 @@ export async function main(args: readonly string[]): Promise<number> {
         const previous = await takeOverFromRunningDaemon(daemonPaths());
         if (previous !== undefined) process.stderr.write(`ublk-dm: took over from daemon ${previous.pid}: ${previous.handedOver.length} device(s) to reattach\n`);
       }
+      // Queue thread 0 loads its modules while this thread loads the daemon's (seconds each on a
+      // slow CPU, and devices a restart recovers wait for both).
+      (await import('../daemon/queue-threads')).startQueueThreadEarly();
       const { runDaemon } = await import('../daemon/server');
       await runDaemon(undefined, undefined, { recovery: command.recovery ?? process.env.UBLK_DM_RECOVERY !== 'off', params: command.params });
       return 0;

@@ -43,7 +43,22 @@ const DOORBELL = new Uint8Array(new BigUint64Array([1n]).buffer);
 const livePools = new Set<QueueThreadPool>();
 process.once('exit', () => {
   for (const pool of [...livePools]) pool.close();
+  earlyThread?.stop();
 });
+
+/**
+ * Queue thread 0, started before the daemon needs it (startQueueThreadEarly): it loads its
+ * modules while the daemon thread loads its own. Each takes seconds on a slow CPU (the TCG
+ * guest), and a daemon that restarts over live devices leaves their I/O waiting for both.
+ * The first pool takes it as its thread 0.
+ */
+let earlyThread: QueueThread | undefined;
+
+/** Start queue thread 0 now, if this daemon will serve its queues from threads. */
+export function startQueueThreadEarly(env: NodeJS.ProcessEnv = process.env): void {
+  if (earlyThread !== undefined || queueLoopFromEnvironment(env) !== 'threads') return;
+  earlyThread = new QueueThread();
+}
 
 /** The pool, one per scope (daemon), closed with it. */
 export const QUEUE_THREADS: ScopeKey<QueueThreadPool> = {
@@ -64,7 +79,12 @@ export class QueueThreadPool {
   /** The thread serving queue `queueId` of every device, started on first use. */
   thread(queueId: number): QueueThread {
     if (this.closed) throw new Error('queue threads are closed');
-    while (this.threads.length <= queueId) this.threads.push(new QueueThread(this));
+    while (this.threads.length <= queueId) {
+      const thread = this.threads.length === 0 ? earlyThread ?? new QueueThread() : new QueueThread();
+      if (thread === earlyThread) earlyThread = undefined;
+      thread.adopt(this);
+      this.threads.push(thread);
+    }
     return this.threads[queueId]!;
   }
 
@@ -99,8 +119,10 @@ export class QueueThread {
   private nextSeq = 0;
   private readonly replies = new Map<number, { readonly resolve: (reply: Reply) => void; readonly reject: (error: Error) => void }>();
   private exited = false;
+  /** The pool it serves; none yet for a thread started early (it has no device before that). */
+  private pool: QueueThreadPool | undefined;
 
-  constructor(private readonly pool: QueueThreadPool) {
+  constructor() {
     const { port1, port2 } = new MessageChannel();
     this.doorbellFd = native().createEventFd();
     this.port = port1;
@@ -110,8 +132,17 @@ export class QueueThread {
     this.worker.unref();
     this.port.unref();
     this.port.on('message', (message: FromQueueThread) => this.receive(message));
-    this.worker.on('error', (error) => pool.warn(`queue thread failed: ${error.stack ?? String(error)}`));
+    this.worker.on('error', (error) => this.warn(`queue thread failed: ${error.stack ?? String(error)}`));
     this.worker.on('exit', () => this.onExit());
+  }
+
+  adopt(pool: QueueThreadPool): void {
+    this.pool = pool;
+  }
+
+  private warn(message: string): void {
+    if (this.pool !== undefined) this.pool.warn(message);
+    else process.stderr.write(`ublk-dm: ${message}\n`);
   }
 
   /** Post and ring the doorbell: the thread is waiting in its ring, not on the port. */
@@ -162,10 +193,10 @@ export class QueueThread {
         return;
       }
       case 'warn':
-        this.pool.warn(message.message);
+        this.warn(message.message);
         return;
       default:
-        this.pool.deliver(this, message);
+        this.pool?.deliver(this, message);
     }
   }
 
