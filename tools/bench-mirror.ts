@@ -13,6 +13,7 @@ import { performance } from 'node:perf_hooks';
 import { join } from 'node:path';
 import { sendRequestStartingDaemon } from '../src/cli/client';
 import type { Send } from '../src/cli/snapshot';
+import { cliEntryScript } from '../src/base/package-files';
 import { daemonPaths } from '../src/daemon/paths';
 import type { Request } from '../src/wire/protocol';
 import { fio, run, sh } from './bench-common';
@@ -64,7 +65,7 @@ class MirrorBench {
   private readonly leg0: string;
 
   constructor(private readonly o: MirrorBenchOptions) {
-    this.cliScript = join(__dirname, '..', 'src', 'cli', 'cli.js');
+    this.cliScript = cliEntryScript();
     const paths = daemonPaths(o.env);
     this.send = <R extends Request>(request: R) => sendRequestStartingDaemon(paths, this.cliScript, request);
     this.sectors = (o.legMiB * 1024 * 1024) / 512;

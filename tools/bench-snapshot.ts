@@ -22,6 +22,7 @@ import { performance } from 'node:perf_hooks';
 import { join } from 'node:path';
 import { DaemonError, sendRequestStartingDaemon } from '../src/cli/client';
 import { createSnapshot, type Send } from '../src/cli/snapshot';
+import { cliEntryScript } from '../src/base/package-files';
 import { daemonPaths } from '../src/daemon/paths';
 import type { Request } from '../src/wire/protocol';
 import { run, sh, sleep } from './bench-common';
@@ -118,7 +119,7 @@ class SnapshotBench {
 
   constructor(private readonly o: SnapshotBenchOptions) {
     const paths = daemonPaths(o.env);
-    const cliScript = join(__dirname, '..', 'src', 'cli', 'cli.js');
+    const cliScript = cliEntryScript();
     this.send = <R extends Request>(request: R) => sendRequestStartingDaemon(paths, cliScript, request, o.env);
     this.sectors = (o.originMiB * 1024 * 1024) / 512;
     // Every chunk copied out, plus the header and one 4 KiB metadata area per 256 exceptions, plus slack.

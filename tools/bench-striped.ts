@@ -7,6 +7,7 @@
  */
 import { join } from 'node:path';
 import { sendRequestStartingDaemon } from '../src/cli/client';
+import { cliEntryScript } from '../src/base/package-files';
 import { daemonPaths } from '../src/daemon/paths';
 import type { Request, Results } from '../src/wire/protocol';
 import { fio as runFio, sh } from './bench-common';
@@ -57,7 +58,7 @@ export async function runStripedBench(o: StripedBenchOptions): Promise<StripedRe
   const report: StripedReport = { stripes: STRIPES, chunkSectors: CHUNK_SECTORS, stripeMiB: o.stripeMiB, results: [], ratios: [] };
   const paths = daemonPaths(o.env);
   const send = <R extends Request>(request: R): Promise<Results[R['verb']]> =>
-    sendRequestStartingDaemon(paths, join(__dirname, '..', 'src', 'cli', 'cli.js'), request, o.env);
+    sendRequestStartingDaemon(paths, cliEntryScript(), request, o.env);
   const cleanups: Array<() => Promise<unknown>> = [];
   try {
     const lengthSectors = (STRIPES * o.stripeMiB * 1024 * 1024) / 512;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what ublk-dm needs on a Debian machine and build it; a no-op when all is in place.
-# Apt packages (when missing), npm ci (when the lockfile changed), the native addon, tsc.
+# Apt packages (when missing), npm ci (when the lockfile changed), the native addon, tsc and the
+# bundle bin/ loads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,10 +31,11 @@ if [[ ! -f $addon || -n $(find native binding.gyp -newer "$addon" 2>/dev/null | 
   echo "setup: building the native addon" >&2
   npm run --silent install >/dev/null
 fi
-if [[ ! -f dist/.built || -n $(find src test tools tsconfig.json -name '*.ts' -newer dist/.built -o -name tsconfig.json -newer dist/.built 2>/dev/null | head -1) ]]; then
+if [[ ! -f dist/.built || -n $(find src test tools tsconfig.json -name '*.ts' -newer dist/.built -o -name tsconfig.json -newer dist/.built -o -name bundle.sh -newer dist/.built 2>/dev/null | head -1) ]]; then
   echo "setup: compiling TypeScript" >&2
   # From scratch: a file moved or deleted in src/ must not leave its old .js to be loaded or tested.
   rm -rf dist
   npx --no-install tsc -p tsconfig.json
+  bash tools/bundle.sh
   touch dist/.built
 fi

@@ -5,7 +5,7 @@ import { formatDeviceList, formatInfo, formatTableReports } from './format';
 import { daemonPaths } from '../daemon/paths';
 import type { DeviceOptions, FailedDevice, Request } from '../wire/protocol';
 import { PROTOCOL_VERSION } from '../wire/protocol';
-import { packageVersion } from '../base/version';
+import { cliEntryScript, packageVersion } from '../base/package-files';
 import { createSnapshot, formatSnapshotList, listSnapshots, mergeSnapshot, parseByteSize, parseChunkSize, type MergeProgress } from './snapshot';
 import { progressReporter } from './progress';
 import { waitForResync, type ResyncProgress } from './resync';
@@ -395,7 +395,7 @@ async function notRestored(send: (request: { verb: 'failures' }) => Promise<Fail
 /** Carry out a parsed command; returns the text for stdout. */
 async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>, io: CliIo): Promise<string> {
   const paths = daemonPaths(io.env);
-  const send = <R extends Request>(request: R) => sendRequestStartingDaemon(paths, __filename, request, io.env);
+  const send = <R extends Request>(request: R) => sendRequestStartingDaemon(paths, cliEntryScript(), request, io.env);
   const reporter = <P extends { readonly done: number; readonly total: number }>(json: boolean, format: string) =>
     progressReporter<P>(json, format, io.progressStream, io.writeOut);
   const asJson = (value: unknown): string => JSON.stringify(value, null, 2) + '\n';
@@ -458,7 +458,7 @@ async function execute(command: Exclude<CliCommand, { verb: 'daemon' | 'help' }>
       return formatInfo(infos, command.name === undefined, failed, paths.stateDir);
     }
     case 'shutdown': {
-      const result = await shutdownDaemon(paths, { removeDevices: command.removeDevices, cliScript: __filename, env: io.env });
+      const result = await shutdownDaemon(paths, { removeDevices: command.removeDevices, cliScript: cliEntryScript(), env: io.env });
       if (result !== undefined && result.failed.length > 0) {
         throw new Error(`the daemon stopped, but: ${result.failed.map((f) => `${f.name}: ${f.error}`).join('; ')}`);
       }
@@ -607,7 +607,7 @@ async function runCommand(args: readonly string[], io: CliIo): Promise<CliResult
   }
 }
 
-/** Entry point for bin/ublk-dm and for `node cli.js daemon` (how the CLI starts the daemon). */
+/** Entry point for bin/ublk-dm (the CLI starts the daemon as `node bin/ublk-dm daemon`). */
 export function run(): void {
   main(process.argv.slice(2)).then(
     (code) => {

@@ -4,7 +4,7 @@ import yargs from 'yargs';
 import { DaemonAbsentError, removeDevice, sendRequest, sendRequestStartingDaemon } from './client';
 import { formatDeviceList, formatInfo, formatTableReports, NO_DEVICES } from './format';
 import { daemonPaths } from '../daemon/paths';
-import { packageVersion } from '../base/version';
+import { cliEntryScript, packageVersion } from '../base/package-files';
 import { builtInTargetTypes } from '../targets';
 import type { DeviceInfo, Request, Results, TableReport } from '../wire/protocol';
 
@@ -378,8 +378,7 @@ export async function dmsetupMain(args: readonly string[]): Promise<number> {
     return 1;
   }
   const paths = daemonPaths();
-  const cliScript = path.join(__dirname, 'cli.js');
-  const send: Send = (request) => sendRequestStartingDaemon(paths, cliScript, request);
+  const send: Send = (request) => sendRequestStartingDaemon(paths, cliEntryScript(), request);
   try {
     if (command.verb === 'help') {
       process.stdout.write(USAGE);

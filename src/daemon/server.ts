@@ -17,7 +17,7 @@ import {
 import { DeviceRegistry, type RegistryDeps } from './registry';
 import { DeviceStore } from './store';
 import { procUsageProbe, readAheadSectors } from './usage';
-import { packageVersion } from '../base/version';
+import { packageVersion } from '../base/package-files';
 import { installationMark } from './ownership';
 import * as path from 'node:path';
 import { DmError } from '../base/errno';

@@ -1,3 +1,5 @@
+import { nativeAddonPath } from '../base/package-files';
+
 /**
  * The native addon's surface (native/*.cc), typed. The addon is transport only: io_uring rings,
  * ublk command submission, aligned buffers, the descriptor mmap and a few ioctls. It knows
@@ -90,7 +92,7 @@ let cached: NativeAddon | undefined;
 export function native(): NativeAddon {
   if (!cached) {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
-    cached = require('../../../build/Release/ublkdm_native.node') as NativeAddon;
+    cached = require(nativeAddonPath()) as NativeAddon;
   }
   return cached;
 }
