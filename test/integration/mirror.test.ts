@@ -9,7 +9,7 @@
  * delay, whatever the speed of the machine, while reads from leg 0 stay fast.
  */
 import { strict as assert } from 'node:assert';
-import { readFile, copyFile } from 'node:fs/promises';
+import { copyFile, open, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Sandbox, requireRealUblk, makeBackingFile, mustSh, sh, sha256OfFile, sha256, sleep, randomName } from './harness';
 import { background, blockOf, cleanBits, eventNumber, headerHex, parseMirrorStatus, stamp, stampCommand, type Background, type SyncStatus } from './mirror-support';
@@ -324,7 +324,12 @@ describe('integration: mirror target (dm-raid1) on real devices', function () {
     const b = await readFile(leg1);
     for (let r = 0; r < regions; r++) if (clean[r]) assert.ok(region(a, r).equals(region(b, r)), `region ${r} is clean in the log, so leg 1 holds leg 0's data`);
     // Markers on leg 1 in every clean region: the kernel must leave those alone.
-    await mustSh(`node -e 'const fs=require("fs");const fd=fs.openSync("${leg1}","r+");for(const r of ${JSON.stringify(clean.flatMap((c, r) => (c ? [r] : [])))})fs.writeSync(fd,Buffer.from("MARK"+r),0,undefined,r*${regionBytes}+100);fs.closeSync(fd)'`);
+    const leg1File = await open(leg1, 'r+');
+    try {
+      for (let r = 0; r < regions; r++) if (clean[r]) await leg1File.write(Buffer.from(`MARK${r}`), 0, undefined, r * regionBytes + 100);
+    } finally {
+      await leg1File.close();
+    }
     const marked = await readFile(leg1);
 
     // Leg 1 behind dm-delay here too: each region copy of the kernel's takes >= 200 ms, so its
@@ -450,7 +455,7 @@ describe('integration: mirror target (dm-raid1) on real devices', function () {
     v3.write(headerHex(32), 'hex');
     v3.writeUInt32LE(3, 4);
     v3.fill(0xff, 1024, 1028); // every region clean, if the version were understood
-    await mustSh(`node -e 'require("fs").writeFileSync("${log}", Buffer.from("${v3.toString('hex')}", "hex"), { flag: "r+" })'`);
+    await writeFile(log, v3, { flag: 'r+' });
     const kLeg0 = join(box.dir, 't', 'kleg0');
     const kLeg1 = join(box.dir, 't', 'kleg1');
     const kLog = join(box.dir, 't', 'klog');

@@ -4,6 +4,7 @@
  */
 import { strict as assert } from 'node:assert';
 import { existsSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Sandbox, mustSh, requireRealUblk } from './harness';
 
@@ -27,7 +28,12 @@ describe('integration: snapshot commands', function () {
     box = new Sandbox('snapcli');
     originFile = join(box.dir, 'origin.img');
     // Every 4 KiB block starts with its number: O0000000, O0000001, ...
-    await mustSh(`node -e 'const fs=require("fs");const fd=fs.openSync("${originFile}","w");const b=Buffer.alloc(4096);for(let i=0;i<4096;i++){b.fill(0);b.write("O"+String(i).padStart(7,"0"));fs.writeSync(fd,b,0,4096,i*4096)}'`);
+    const block = Buffer.alloc(4096);
+    await writeFile(originFile, Buffer.concat(Array.from({ length: 4096 }, (_, i) => {
+      block.fill(0);
+      block.write(`O${String(i).padStart(7, '0')}`);
+      return Buffer.from(block);
+    })));
   });
   after(async function () {
     await box?.cleanup();
