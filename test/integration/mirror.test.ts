@@ -110,7 +110,9 @@ describe('integration: mirror target (dm-raid1) on real devices', function () {
 
   // ---- 1. Resync under fio ----------------------------------------------------------------
 
-  for (const legCount of [2, 3]) {
+  // Three legs: the copy goes to two destinations at once. Two-leg resyncs run in the crash,
+  // repair and kernel-interop tests below (a resync under fio at 2 legs too cost 30 s in the guest).
+  for (const legCount of [3]) {
     it(`${legCount}-leg disk-log mirror over differing legs: fio crc32c verify at QD 16 during the full resync passes, the resync completes, every leg equals leg 0, event number 1`, async function () {
       const legs = [await file('leg0', LEG_BYTES)];
       const tableLegs = [legs[0]!];

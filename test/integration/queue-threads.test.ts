@@ -51,7 +51,7 @@ describe('integration: queue threads', function () {
   const queueCounts = [...new Set([2, Math.min(4, possibleCpuCount())])].filter((queues) => queues >= 2);
   for (const queues of queueCounts) {
     it(`serves a ${queues}-queue linear device with fio verify from ${queues} jobs`, async function () {
-      const backing = await makeBackingFile(box.dir, `q${queues}.img`, 64 * MiB);
+      const backing = await makeBackingFile(box.dir, `q${queues}.img`, 64 * MiB, 'zero');
       const dev = await box.create(`q${queues}`, `0 ${(64 * MiB) / 512} linear ${backing} 0`, ['--queues', String(queues)]);
       const hardwareQueues = await readdir(`/sys/block/${basename(dev)}/mq`);
       assert.equal(hardwareQueues.length, queues, `the kernel shows ${hardwareQueues.length} queues`);
@@ -91,24 +91,24 @@ describe('integration: queue threads', function () {
   });
 
   it('keeps every byte across swaps between a local copy and forwarding (linear -> delay -> linear)', async function () {
-    const backing = await makeBackingFile(box.dir, 'swap.img', 64 * MiB);
-    const sectors = (64 * MiB) / 512;
+    const backing = await makeBackingFile(box.dir, 'swap.img', 32 * MiB, 'zero');
+    const sectors = (32 * MiB) / 512;
     const dev = await box.create('swap', `0 ${sectors} linear ${backing} 0`, ['--queues', '2']);
-    await stamp(dev, 'write', 16);
+    await stamp(dev, 'write', 8);
 
     // delay keeps one instance (it counts what it holds): the queue threads now forward.
     await box.ok(['reload', 'swap', '--table', `0 ${sectors} delay ${backing} 0 0`]);
     await box.ok(['resume', 'swap']);
     assert.match(await box.ok(['table', 'swap']), /delay/);
-    await stamp(dev, 'verify', 16);
-    await fioVerify(dev, '--offset=32M');
+    await stamp(dev, 'verify', 8);
+    await fioVerify(dev, '--offset=16M');
 
     await box.ok(['reload', 'swap', '--table', `0 ${sectors} linear ${backing} 0`]);
     await box.ok(['resume', 'swap']);
-    await stamp(dev, 'verify', 16);
-    await fioVerify(dev, '--offset=32M --verify_only=1 --rw=randwrite');
+    await stamp(dev, 'verify', 8);
+    await fioVerify(dev, '--offset=16M --verify_only=1 --rw=randwrite');
     // What went through either path is in the backing file itself.
-    await mustSh(`cmp -n ${16 * MiB} ${dev} ${backing}`);
+    await mustSh(`cmp -n ${8 * MiB} ${dev} ${backing}`);
     await box.ok(['remove', 'swap']);
   });
 
@@ -116,7 +116,7 @@ describe('integration: queue threads', function () {
     const main = new Sandbox('qmain');
     main.env.UBLK_DM_QUEUE_LOOP = 'main';
     try {
-      const backing = await makeBackingFile(main.dir, 'main.img', 64 * MiB);
+      const backing = await makeBackingFile(main.dir, 'main.img', 64 * MiB, 'zero');
       const dev = await main.create('m', `0 ${(64 * MiB) / 512} linear ${backing} 0`, ['--queues', '2']);
       await fioVerify(dev, `--numjobs=2 --offset_increment=32M --cpus_allowed=0,1 --cpus_allowed_policy=split`);
       await main.ok(['remove', 'm']);
