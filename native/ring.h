@@ -59,6 +59,8 @@ class Ring : public Napi::ObjectWrap<Ring> {
   // Copies up to one batch of ready CQEs into the shared arrays and consumes them; returns how
   // many. Completions the kernel still holds back (overflow list, pending task work) count.
   unsigned CollectBatch();
+  // Poll without sleeping until minComplete completions are ready or pollMicros passed: 0 or -errno.
+  int PollFor(unsigned minComplete, int64_t pollMicros);
   void Teardown();
 
   io_uring ring_{};

@@ -49,9 +49,10 @@ export interface NativeRing {
   /**
    * Caller-driven rings: submit what is queued, then block the thread until `minComplete`
    * completions are ready or `timeoutMs` passed (-1: no limit), and collect up to a batch as
-   * reap() does. Returns how many were collected (0 after a timeout or a signal).
+   * reap() does. Returns how many were collected (0 after a timeout or a signal). With
+   * `pollMicros`, it polls that long without sleeping before it blocks.
    */
-  wait(minComplete: number, timeoutMs: number): number;
+  wait(minComplete: number, timeoutMs: number, pollMicros?: number): number;
   /** Stop watching the ring and tear it down. Pending requests are abandoned. */
   close(): void;
 }

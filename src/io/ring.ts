@@ -31,6 +31,23 @@ export interface IoRingOptions {
   drivenBy?: 'event-loop' | 'caller';
 }
 
+/** How waitAndDispatch() waits, and what it does with the I/O its callbacks queue. */
+export interface WaitOptions {
+  /**
+   * 'submit': hand it to the kernel before returning. 'hold': leave it for the caller's next
+   * waitAndDispatch, which submits it in the same io_uring_enter it waits in (one syscall per
+   * request instead of two), or for submitQueued().
+   */
+  readonly queued: 'submit' | 'hold';
+  /**
+   * Poll this long (io_uring_enter calls that never sleep) before sleeping. In a VM, sleeping
+   * and being woken again costs a thread more than a short poll that finds the next completion.
+   */
+  readonly pollMicros?: number;
+}
+
+const SUBMIT_QUEUED: WaitOptions = { queued: 'submit' };
+
 /** pwritev2 flag: this write is durable before it completes (FUA). */
 export const RWF_DSYNC = 2;
 
@@ -97,14 +114,18 @@ export class IoRing {
   /**
    * Caller-driven rings only: submit everything queued and wait until at least one request
    * completes or `timeoutMs` passes (-1: no limit), then run the callbacks of every completion
-   * ready. Returns how many callbacks ran. What they queue is submitted before it returns.
+   * ready. Returns how many callbacks ran.
+   *
+   * What those callbacks queue (a COMMIT_AND_FETCH, a backing read) is submitted before it
+   * returns, unless `options.queued` is 'hold' (see WaitOptions).
    */
-  waitAndDispatch(timeoutMs: number): number {
+  waitAndDispatch(timeoutMs: number, options: WaitOptions = SUBMIT_QUEUED): number {
     if (!this.callerDriven) throw new Error('waitAndDispatch: this ring is driven by the event loop');
     if (this.closed) return 0;
+    const queued = options.queued;
     this.unsubmittedCount = 0;
     // Requests already done inline must not wait behind a blocking io_uring_enter.
-    let total = this.ring.wait(this.inlineCallbacks.length > 0 ? 0 : 1, timeoutMs);
+    let total = this.ring.wait(this.inlineCallbacks.length > 0 ? 0 : 1, timeoutMs, options.pollMicros ?? 0);
     let count = total;
     while (count > 0) {
       this.onCompletions(count);
@@ -113,19 +134,23 @@ export class IoRing {
       total += count;
     }
     total += this.runInlineCompletions();
-    // What the callbacks queued (a COMMIT_AND_FETCH, a backing read) goes to the kernel now
-    // rather than with the next call: the caller gives its event loop a turn in between, and
-    // that turn (100-200 µs under qemu TCG) was latency on every request.
     for (let round = 0; round < INLINE_ROUNDS && !this.closed; round++) {
-      if (this.unsubmittedCount > 0) {
-        this.unsubmittedCount = 0;
-        this.ring.submit();
+      if (queued === 'submit' && this.unsubmittedCount > 0) {
+        this.submitQueued();
       } else if (this.inlineCallbacks.length === 0) {
         break;
       }
       total += this.runInlineCompletions();
     }
     return total;
+  }
+
+  /** Caller-driven rings only: hand the kernel what is queued now, without waiting. */
+  submitQueued(): void {
+    if (!this.callerDriven) throw new Error('submitQueued: this ring is driven by the event loop');
+    if (this.closed || this.unsubmittedCount === 0) return;
+    this.unsubmittedCount = 0;
+    this.ring.submit();
   }
 
   /** Whether this ring is driven by waitAndDispatch() (a queue thread's) rather than the event loop. */

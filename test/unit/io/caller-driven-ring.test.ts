@@ -61,6 +61,44 @@ describe('IoRing driven by its caller (real io_uring)', () => {
     assert.deepEqual(results, [512, 512]);
   });
 
+  it("with 'hold', leaves what its callbacks queued for the next wait or submitQueued()", async () => {
+    const results: number[] = [];
+    const queueSecond = (first: number): void => {
+      results.push(first);
+      ring.writeCb(handle.fd, Buffer.alloc(512, 2), 512, 0, (second) => results.push(second));
+    };
+    ring.writeCb(handle.fd, Buffer.alloc(512, 1), 0, 0, queueSecond);
+    while (results.length === 0) ring.waitAndDispatch(1000, { queued: 'hold' });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal((await handle.stat()).size, 512, 'the second write is still queued');
+    ring.submitQueued();
+    const deadline = Date.now() + 5000;
+    while ((await handle.stat()).size < 1024 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+    assert.equal((await handle.stat()).size, 1024, 'submitQueued() handed it to the kernel');
+    while (results.length < 2) ring.waitAndDispatch(1000, { queued: 'hold' });
+    assert.deepEqual(results, [512, 512]);
+
+    // And the next wait submits a held request itself, in the same io_uring_enter it waits in.
+    ring.writeCb(handle.fd, Buffer.alloc(512, 3), 1024, 0, queueSecond);
+    while (results.length < 4) ring.waitAndDispatch(1000, { queued: 'hold' });
+    assert.deepEqual(results, [512, 512, 512, 512]);
+  });
+
+  it('with pollMicros, returns as soon as a completion is polled, and still times out when none comes', () => {
+    const results: number[] = [];
+    ring.writeCb(handle.fd, Buffer.alloc(512, 4), 0, 0, (result) => results.push(result));
+    let started = process.hrtime.bigint();
+    while (results.length === 0) ring.waitAndDispatch(5000, { queued: 'submit', pollMicros: 2_000_000 });
+    let elapsedMs = Number(process.hrtime.bigint() - started) / 1e6;
+    assert.deepEqual(results, [512]);
+    assert.ok(elapsedMs < 1000, `a completion polled for ${elapsedMs} ms`);
+
+    started = process.hrtime.bigint();
+    assert.equal(ring.waitAndDispatch(20, { queued: 'submit', pollMicros: 10_000 }), 0);
+    elapsedMs = Number(process.hrtime.bigint() - started) / 1e6;
+    assert.ok(elapsedMs >= 25, `polled 10 ms, then slept 20 ms: returned after ${elapsedMs} ms`);
+  });
+
   it('returns 0 when nothing completes within the timeout', () => {
     const started = process.hrtime.bigint();
     assert.equal(ring.waitAndDispatch(20), 0);
