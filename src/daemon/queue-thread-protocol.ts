@@ -26,6 +26,8 @@ export interface QueueThreadData {
   readonly port: MessagePort;
   /** Set to 1 by the daemon thread when the thread must stop waiting in its ring for good. */
   readonly stopFlag: Int32Array;
+  /** How long the thread polls its ring before it sleeps (PollPolicy's budget; 0: never). */
+  readonly pollMicros: number;
 }
 
 type Sequenced = { readonly seq: number };

@@ -1,9 +1,11 @@
+import { createHook } from 'node:async_hooks';
 import { receiveMessageOnPort, workerData } from 'node:worker_threads';
 
 import { ENODEV, type IoResult } from '../base/errno';
 import { IoOp, carriesData, type Bio } from '../io/bio';
 import { openFileDevice } from '../io/file-device';
-import { IoRing } from '../io/ring';
+import { PollPolicy } from '../io/poll-policy';
+import { IoRing, type WaitOptions } from '../io/ring';
 import { Dispatcher } from '../dm/dispatcher';
 import { DaemonScope } from '../dm/scope';
 import { Table, loadTable } from '../dm/table';
@@ -33,8 +35,18 @@ const ASYNC_POLL_MS = 1;
  */
 const IDLE_WAIT_MS = 1000;
 const ONE_DOORBELL_READ_BYTES = 8;
+/**
+ * Waits one turn may chain while no asynchronous work appears: bounds how long timers set
+ * before the turn (none on the request path) wait for libuv.
+ */
+const WAITS_PER_TURN = 64;
 
-const { doorbellFd, port, stopFlag } = workerData as QueueThreadData;
+
+const { doorbellFd, port, stopFlag, pollMicros } = workerData as QueueThreadData;
+const pollPolicy = new PollPolicy(pollMicros);
+/** The two ways a wait in a turn goes (PollPolicy picks): made once, not per wait. */
+const sleepAtOnce: WaitOptions = { queued: 'hold' };
+const pollFirst: WaitOptions = { queued: 'hold', pollMicros };
 const ring = IoRing.create({ entries: RING_ENTRIES, drivenBy: 'caller' });
 const scope = new DaemonScope({ targetTypes: builtInTargetTypes, ring, warn: (message) => send({ kind: 'warn', message }) });
 const doorbellBuffer = new Uint8Array(ONE_DOORBELL_READ_BYTES);
@@ -258,9 +270,29 @@ function onDoorbell(): void {
 }
 
 /**
- * One turn: wait in the ring and run what completed. Each turn is its own macrotask, so the
- * promise continuations a turn started (a control step, a flush's `.then`) have all run before
- * the thread waits again; and libuv gets a look in between turns.
+ * Whether something since the start of this turn needs the event loop or the microtask queue:
+ * a promise made or resolved (a control step, a flush's `.then`), an immediate (a requeued
+ * request), a timer. Set by an async hook, so no target has to know the rule below.
+ */
+let asyncWorkQueued = false;
+createHook({
+  init: () => {
+    asyncWorkQueued = true;
+  },
+  promiseResolve: () => {
+    asyncWorkQueued = true;
+  },
+}).enable();
+
+/**
+ * One turn: wait in the ring and run what completed, again and again while that work stays
+ * synchronous; then let the microtasks and libuv run. A turn of libuv costs as much as a
+ * request under TCG (an epoll_wait and the immediate's callback), and the COMMIT_AND_FETCH a
+ * request ends with can ride in the io_uring_enter of the next wait, so a request served
+ * between two waits of one turn costs one syscall, as in a C server's loop. Once anything
+ * asynchronous was queued, the turn ends: a promise continuation must not sit behind a
+ * blocking wait. Each turn is its own macrotask, so everything the previous one queued has run
+ * before this one waits.
  */
 function turn(): void {
   if (exiting || Atomics.load(stopFlag, 0) !== 0) {
@@ -271,8 +303,15 @@ function turn(): void {
     port.close();
     return;
   }
+  asyncWorkQueued = false;
   try {
-    ring.waitAndDispatch(asyncSteps > 0 ? ASYNC_POLL_MS : IDLE_WAIT_MS);
+    for (let wait = 0; wait < WAITS_PER_TURN; wait++) {
+      const startedMs = performance.now();
+      const ran = ring.waitAndDispatch(asyncSteps > 0 ? ASYNC_POLL_MS : IDLE_WAIT_MS, pollPolicy.pollsNext ? pollFirst : sleepAtOnce);
+      pollPolicy.waited((performance.now() - startedMs) * 1000, ran);
+      if (ran === 0 || asyncWorkQueued || asyncSteps > 0 || exiting) break;
+    }
+    ring.submitQueued();
   } catch (error) {
     send({ kind: 'warn', message: `queue thread: a completion callback threw: ${String(error)}` });
   }

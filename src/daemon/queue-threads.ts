@@ -36,6 +36,20 @@ export function queueLoopFromEnvironment(env: NodeJS.ProcessEnv = process.env): 
   throw new ErrnoError(`UBLK_DM_QUEUE_LOOP must be "main" or "threads", not ${JSON.stringify(value)}`, EINVAL);
 }
 
+/** How long a queue thread polls its ring before it sleeps, unless UBLK_DM_POLL_US says otherwise (PollPolicy). */
+export const DEFAULT_POLL_MICROS = 500;
+
+/** UBLK_DM_POLL_US: microseconds a queue thread polls before it sleeps (0: never). */
+export function pollMicrosFromEnvironment(env: NodeJS.ProcessEnv = process.env): number {
+  const value = env.UBLK_DM_POLL_US;
+  if (value === undefined || value === '') return DEFAULT_POLL_MICROS;
+  const micros = Number(value);
+  if (!/^[0-9]+$/.test(value) || !Number.isSafeInteger(micros)) {
+    throw new ErrnoError(`UBLK_DM_POLL_US must be a whole number of microseconds, not ${JSON.stringify(value)}`, EINVAL);
+  }
+  return micros;
+}
+
 const CONTROL_TIMEOUT_MS = 60_000;
 const DOORBELL = new Uint8Array(new BigUint64Array([1n]).buffer);
 
@@ -126,7 +140,7 @@ export class QueueThread {
     const { port1, port2 } = new MessageChannel();
     this.doorbellFd = native().createEventFd();
     this.port = port1;
-    const data: QueueThreadData = { doorbellFd: this.doorbellFd, port: port2, stopFlag: this.stopFlag };
+    const data: QueueThreadData = { doorbellFd: this.doorbellFd, port: port2, stopFlag: this.stopFlag, pollMicros: pollMicrosFromEnvironment() };
     this.worker = new Worker(path.join(__dirname, 'queue-thread.js'), { workerData: data, transferList: [port2] });
     // Neither keeps the daemon alive: it lives as long as its socket, and exits with its devices.
     this.worker.unref();

@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 
-import { queueLoopFromEnvironment, tablePlan } from '../../../src/daemon/queue-threads';
+import { DEFAULT_POLL_MICROS, pollMicrosFromEnvironment, queueLoopFromEnvironment, tablePlan } from '../../../src/daemon/queue-threads';
 import type { DeviceTable } from '../../../src/dm/mapped-device';
 import { ALL_CAPABILITIES, type Target, type ThreadModel } from '../../../src/dm/target';
 import type { BlockDevice } from '../../../src/io/block-device';
@@ -57,5 +57,15 @@ describe('queue threads: which tables they copy', () => {
     assert.equal(queueLoopFromEnvironment({ UBLK_DM_QUEUE_LOOP: 'threads' }), 'threads');
     assert.equal(queueLoopFromEnvironment({ UBLK_DM_QUEUE_LOOP: 'main' }), 'main');
     assert.throws(() => queueLoopFromEnvironment({ UBLK_DM_QUEUE_LOOP: 'Main' }), /must be "main" or "threads"/);
+  });
+
+  it('reads UBLK_DM_POLL_US: the default when unset, 0 to never poll, anything but whole microseconds refused', () => {
+    assert.equal(pollMicrosFromEnvironment({}), DEFAULT_POLL_MICROS);
+    assert.equal(pollMicrosFromEnvironment({ UBLK_DM_POLL_US: '' }), DEFAULT_POLL_MICROS);
+    assert.equal(pollMicrosFromEnvironment({ UBLK_DM_POLL_US: '0' }), 0);
+    assert.equal(pollMicrosFromEnvironment({ UBLK_DM_POLL_US: '250' }), 250);
+    for (const bad of ['-1', '1.5', '5e2', ' 10', 'fast']) {
+      assert.throws(() => pollMicrosFromEnvironment({ UBLK_DM_POLL_US: bad }), /UBLK_DM_POLL_US must be a whole number of microseconds/, bad);
+    }
   });
 });
