@@ -294,8 +294,12 @@ createHook({
  * blocking wait. Each turn is its own macrotask, so everything the previous one queued has run
  * before this one waits.
  */
+function stopping(): boolean {
+  return exiting || Atomics.load(stopFlag, 0) !== 0;
+}
+
 function turn(): void {
-  if (exiting || Atomics.load(stopFlag, 0) !== 0) {
+  if (stopping()) {
     // COMMITs of requests already answered go to the kernel first: left unsubmitted, they would
     // be re-issued to the next daemon (harmless, as after a crash, but needless).
     ring.waitAndDispatch(0);
@@ -309,7 +313,7 @@ function turn(): void {
       const startedMs = performance.now();
       const ran = ring.waitAndDispatch(asyncSteps > 0 ? ASYNC_POLL_MS : IDLE_WAIT_MS, pollPolicy.pollsNext ? pollFirst : sleepAtOnce);
       pollPolicy.waited((performance.now() - startedMs) * 1000, ran);
-      if (ran === 0 || asyncWorkQueued || asyncSteps > 0 || exiting) break;
+      if (ran === 0 || asyncWorkQueued || asyncSteps > 0 || stopping()) break;
     }
     ring.submitQueued();
   } catch (error) {
