@@ -58,6 +58,13 @@ function send(message: FromQueueThread, transfer?: ArrayBuffer[]): void {
   port.postMessage(message, transfer);
 }
 
+/**
+ * Requests forwarded to the daemon thread and not answered yet. While there are any, the thread
+ * sleeps rather than polls: the answer needs the daemon thread to run, and on a VM with few
+ * CPUs a polling thread takes the CPU it would run on.
+ */
+let forwardedInFlight = 0;
+
 /** Forwards every request to the daemon thread; its answer arrives as an 'io-done' message. */
 class ForwardTarget implements Target {
   readonly type = 'forward';
@@ -71,6 +78,7 @@ class ForwardTarget implements Target {
   map(bio: Bio, done: MapDone): void {
     const id = this.nextId++;
     this.waiting.set(id, { bio, done });
+    forwardedInFlight++;
     // A view of the tag buffer would clone the whole queue buffer: copy the request's bytes.
     const data = bio.op === IoOp.Write ? bio.data.slice() : undefined;
     send(
@@ -83,14 +91,17 @@ class ForwardTarget implements Target {
     const request = this.waiting.get(id);
     if (request === undefined) return;
     this.waiting.delete(id);
+    forwardedInFlight--;
     if (data !== undefined && result > 0 && carriesData(request.bio.op)) request.bio.data.set(data.subarray(0, Math.min(result, request.bio.data.byteLength)));
     request.done(result);
   }
 
   /** The queue is going away: nobody will answer. */
   abandon(): void {
-    for (const { done } of this.waiting.values()) done(-ENODEV);
+    forwardedInFlight -= this.waiting.size;
+    const abandoned = [...this.waiting.values()];
     this.waiting.clear();
+    for (const { done } of abandoned) done(-ENODEV);
   }
 
   status(): string {
@@ -311,7 +322,7 @@ function turn(): void {
   try {
     for (let wait = 0; wait < WAITS_PER_TURN; wait++) {
       const startedMs = performance.now();
-      const ran = ring.waitAndDispatch(asyncSteps > 0 ? ASYNC_POLL_MS : IDLE_WAIT_MS, pollPolicy.pollsNext ? pollFirst : sleepAtOnce);
+      const ran = ring.waitAndDispatch(asyncSteps > 0 ? ASYNC_POLL_MS : IDLE_WAIT_MS, pollPolicy.pollsNext && forwardedInFlight === 0 ? pollFirst : sleepAtOnce);
       pollPolicy.waited((performance.now() - startedMs) * 1000, ran);
       if (ran === 0 || asyncWorkQueued || asyncSteps > 0 || stopping()) break;
     }
