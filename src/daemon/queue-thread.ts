@@ -41,7 +41,6 @@ const ONE_DOORBELL_READ_BYTES = 8;
  */
 const WAITS_PER_TURN = 64;
 
-
 const { doorbellFd, port, stopFlag, pollMicros } = workerData as QueueThreadData;
 const pollPolicy = new PollPolicy(pollMicros);
 /** The two ways a wait in a turn goes (PollPolicy picks): made once, not per wait. */
@@ -295,6 +294,10 @@ createHook({
   },
 }).enable();
 
+function stopping(): boolean {
+  return exiting || Atomics.load(stopFlag, 0) !== 0;
+}
+
 /**
  * One turn: wait in the ring and run what completed, again and again while that work stays
  * synchronous; then let the microtasks and libuv run. A turn of libuv costs as much as a
@@ -305,10 +308,6 @@ createHook({
  * blocking wait. Each turn is its own macrotask, so everything the previous one queued has run
  * before this one waits.
  */
-function stopping(): boolean {
-  return exiting || Atomics.load(stopFlag, 0) !== 0;
-}
-
 function turn(): void {
   if (stopping()) {
     // COMMITs of requests already answered go to the kernel first: left unsubmitted, they would
