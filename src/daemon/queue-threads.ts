@@ -39,7 +39,7 @@ export function queueLoopFromEnvironment(env: NodeJS.ProcessEnv = process.env): 
 /**
  * How long a queue thread polls its ring before it sleeps, unless UBLK_DM_POLL_US says otherwise
  * (PollPolicy): not at all. Under TCG a 500 us poll raised QD 1 reads by 40-80 % in one boot but
- * cost 2-job loads 20-55 %, and with a sched_yield per poll it was mixed at QD 1 (-24 to +29 %).
+ * cost 2-job loads 16-60 %, and with a sched_yield per poll it was mixed at QD 1 (-24 to +29 %).
  */
 export const DEFAULT_POLL_MICROS = 0;
 
