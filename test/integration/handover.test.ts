@@ -55,6 +55,7 @@ describe('integration: restart handover (the daemon stops, the devices stay)', f
   let mnt: string;
   let dev: string;
   const daemons: ChildProcess[] = [];
+  const writers: ChildProcess[] = [];
 
   before(async function () {
     requireRealUblk();
@@ -65,7 +66,10 @@ describe('integration: restart handover (the daemon stops, the devices stay)', f
     await mustSh(`mkfs.ext4 -q -F ${dev} && mkdir -p ${mnt} && mount ${dev} ${mnt}`);
   });
   after(async function () {
-    if (mnt) await sh(`umount ${mnt}`);
+    // A test that failed midway leaves its writer running: stop it, or the mount stays busy and
+    // the next suites inherit a filesystem on a device nobody serves.
+    for (const writer of writers) if (writer.exitCode === null) writer.kill('SIGKILL');
+    if (mnt) await sh(`umount ${mnt} || umount -l ${mnt}`);
     await box?.cleanup();
     for (const child of daemons) if (child.exitCode === null) child.kill('SIGKILL');
   });
@@ -76,13 +80,15 @@ describe('integration: restart handover (the daemon stops, the devices stay)', f
     const stop = join(box.dir, 'restart.stop');
     const dmesgBefore = await dmesgLineCount();
     const writer = fsyncingWriter(mnt, sums, stop);
+    writers.push(writer.child);
     await until('the writer has written a few files', async () => existsSync(sums) && (await lineCount(sums)) >= 3);
 
     const next = foregroundDaemon(box, ['--restart']);
     daemons.push(next.child);
     await until('the new daemon has taken over', async () => processExited(oldPid) && existsSync(join(box.env.UBLK_DM_RUN_DIR!, 'ublk-dm.sock')) && (await daemonPid(box).catch(() => 0)) === next.child.pid);
     const listed = JSON.parse(await box.ok(['ls', '--json'])) as Listed[];
-    assert.deepEqual(listed.map((d) => [d.name, d.blockPath]), [['fs', dev]], 'the same device, same number');
+    const kernelLog = (await sh('dmesg | tail -40')).stdout;
+    assert.deepEqual(listed.map((d) => [d.name, d.blockPath]), [['fs', dev]], `the same device, same number; the new daemon's log:\n${next.log()}\nthe kernel's log:\n${kernelLog}`);
     assert.match(next.log(), /took over from daemon \d+: 1 device\(s\) to reattach/, next.log());
     await until('the new daemon says the device is reattached', () => /recovered fs on /.test(next.log()));
     const atTakeover = await lineCount(sums);

@@ -126,6 +126,15 @@ export class Sandbox {
 
   /** Removes every device left behind, stops the daemon and deletes the directories. */
   async cleanup(): Promise<void> {
+    // A test that failed midway may leave a filesystem mounted here. Removing its device would
+    // wait in the kernel until the unmount (DEL_DEV), and the suites after this one would
+    // inherit the mount: unmount it first, lazily if something still holds it.
+    const mounts = (await readFile('/proc/self/mounts', 'utf8'))
+      .split('\n')
+      .map((line) => line.split(' ')[1] ?? '')
+      .filter((point) => point.startsWith(`${this.dir}/`))
+      .reverse();
+    for (const point of mounts) await sh(`umount ${point} || umount -l ${point}`);
     const ls = await this.cli(['ls', '--json']);
     if (ls.code === 0) {
       try {
