@@ -1,4 +1,3 @@
-import { createHook } from 'node:async_hooks';
 import { receiveMessageOnPort, workerData } from 'node:worker_threads';
 
 import { ENODEV, type IoResult } from '../base/errno';
@@ -12,6 +11,7 @@ import { Table, loadTable } from '../dm/table';
 import { ALL_CAPABILITIES, type MapDone, type Target, type DeviceHandle } from '../dm/target';
 import { builtInTargetTypes } from '../targets';
 import { UblkQueue } from '../ublk/queue';
+import { RingTurns } from './ring-turns';
 import type { AttachMessage, FromQueueThread, QueueThreadData, TablePlan, ToQueueThread } from './queue-thread-protocol';
 
 /**
@@ -35,11 +35,6 @@ const ASYNC_POLL_MS = 1;
  */
 const IDLE_WAIT_MS = 1000;
 const ONE_DOORBELL_READ_BYTES = 8;
-/**
- * Waits one turn may chain while no asynchronous work appears: bounds how long timers set
- * before the turn (none on the request path) wait for libuv.
- */
-const WAITS_PER_TURN = 64;
 
 const { doorbellFd, port, stopFlag, pollMicros } = workerData as QueueThreadData;
 const pollPolicy = new PollPolicy(pollMicros);
@@ -279,58 +274,28 @@ function onDoorbell(): void {
   if (!exiting) ring.readCb(doorbellFd, doorbellBuffer, 0, onDoorbell);
 }
 
-/**
- * Whether something since the start of this turn needs the event loop or the microtask queue:
- * a promise made or resolved (a control step, a flush's `.then`), an immediate (a requeued
- * request), a timer. Set by an async hook, so no target has to know the rule below.
- */
-let asyncWorkQueued = false;
-createHook({
-  init: () => {
-    asyncWorkQueued = true;
-  },
-  promiseResolve: () => {
-    asyncWorkQueued = true;
-  },
-}).enable();
-
 function stopping(): boolean {
   return exiting || Atomics.load(stopFlag, 0) !== 0;
 }
 
-/**
- * One turn: wait in the ring and run what completed, again and again while that work stays
- * synchronous; then let the microtasks and libuv run. A turn of libuv costs as much as a
- * request under TCG (an epoll_wait and the immediate's callback), and the COMMIT_AND_FETCH a
- * request ends with can ride in the io_uring_enter of the next wait, so a request served
- * between two waits of one turn costs one syscall, as in a C server's loop. Once anything
- * asynchronous was queued, the turn ends: a promise continuation must not sit behind a
- * blocking wait. Each turn is its own macrotask, so everything the previous one queued has run
- * before this one waits.
- */
-function turn(): void {
-  if (stopping()) {
+new RingTurns({
+  ring,
+  // While a control step awaits libuv (opening files), waits stay short.
+  waitMs: () => (asyncSteps > 0 ? ASYNC_POLL_MS : IDLE_WAIT_MS),
+  // Never poll while a forwarded request is out: its answer needs the daemon thread's CPU.
+  waitOptions: () => (pollPolicy.pollsNext && forwardedInFlight === 0 ? pollFirst : sleepAtOnce),
+  mustYield: () => asyncSteps > 0,
+  stopping,
+  onStop: () => {
     // COMMITs of requests already answered go to the kernel first: left unsubmitted, they would
     // be re-issued to the next daemon (harmless, as after a crash, but needless).
     ring.waitAndDispatch(0);
     ring.close();
     port.close();
-    return;
-  }
-  asyncWorkQueued = false;
-  try {
-    for (let wait = 0; wait < WAITS_PER_TURN; wait++) {
-      const startedMs = performance.now();
-      const ran = ring.waitAndDispatch(asyncSteps > 0 ? ASYNC_POLL_MS : IDLE_WAIT_MS, pollPolicy.pollsNext && forwardedInFlight === 0 ? pollFirst : sleepAtOnce);
-      pollPolicy.waited((performance.now() - startedMs) * 1000, ran);
-      if (ran === 0 || asyncWorkQueued || asyncSteps > 0 || stopping()) break;
-    }
-    ring.submitQueued();
-  } catch (error) {
-    send({ kind: 'warn', message: `queue thread: a completion callback threw: ${String(error)}` });
-  }
-  setImmediate(turn);
-}
+  },
+  onError: (error) => send({ kind: 'warn', message: `queue thread: a completion callback threw: ${String(error)}` }),
+  // The policy needs each wait's length; with polling off nothing does, and nothing is timed.
+  ...(pollMicros > 0 ? { waited: (elapsedMicros: number, completions: number) => pollPolicy.waited(elapsedMicros, completions) } : {}),
+}).start();
 
 onDoorbell();
-setImmediate(turn);
