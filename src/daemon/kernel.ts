@@ -1,3 +1,5 @@
+import { promises as fsp } from 'node:fs';
+
 import { Dispatcher } from '../dm/dispatcher';
 import type { DispatcherFactory, UblkFactory } from '../dm/mapped-device';
 import type { DaemonScope } from '../dm/scope';
@@ -8,6 +10,7 @@ import type { KernelUblkDevice, RecoveryDeps, RegistryDeps } from './registry';
 import { UblkDevState } from '../ublk/abi';
 import { deleteUblkDevice, listUblkDevices } from '../ublk/inventory';
 import { processIsAlive } from '../ublk/processes';
+import { UNUSED, procUsageProbe } from './usage';
 import { QUEUE_THREADS, ThreadedDispatcher, queueLoopFromEnvironment, type QueueLoop } from './queue-threads';
 
 /**
@@ -62,5 +65,22 @@ export function kernelRecovery(installation: number, enabled: boolean): Recovery
       })),
     deleteKernelDevice: deleteUblkDevice,
     processIsAlive,
+    usageOf: async (id) => {
+      const blockPath = `/dev/ublkb${id}`;
+      const devno = await blockDevno(id);
+      return devno === undefined ? UNUSED : probeUsage(blockPath, devno);
+    },
   };
+}
+
+const probeUsage = procUsageProbe();
+
+/** major:minor of /dev/ublkbN from sysfs (no open), or undefined when it has no block device. */
+async function blockDevno(id: number): Promise<{ major: number; minor: number } | undefined> {
+  try {
+    const [major, minor] = (await fsp.readFile(`/sys/block/ublkb${id}/dev`, 'utf8')).trim().split(':').map(Number);
+    return Number.isInteger(major) && Number.isInteger(minor) ? { major: major!, minor: minor! } : undefined;
+  } catch {
+    return undefined;
+  }
 }

@@ -19,7 +19,7 @@ import { parseTableText } from '../dm/table';
 import { randomUUID } from 'node:crypto';
 import * as path from 'node:path';
 import type { StatusKind } from '../dm/target';
-import { busyReason, openCount, type UsageProbe } from './usage';
+import { UNUSED, busyReason, openCount, type DeviceUsage, type UsageProbe } from './usage';
 
 /** Everything the registry needs from the outside world; tests pass fakes for the kernel parts. */
 export interface RegistryDeps {
@@ -64,6 +64,8 @@ export interface RecoveryDeps {
    */
   deleteKernelDevice(id: number, serverFlags: bigint): Promise<void>;
   processIsAlive(pid: number): boolean;
+  /** Who uses the kernel device's /dev/ublkbN (mounts, holders, open descriptors), without opening it. */
+  usageOf(id: number): Promise<DeviceUsage>;
 }
 
 /** What a daemon start did with the saved devices and the kernel's. */
@@ -203,6 +205,14 @@ export class DeviceRegistry {
       // Our own pid on a device we do not serve is a dead predecessor's, reused.
       if (kernel.state === 'live' && kernel.serverPid !== process.pid && recovery.processIsAlive(kernel.serverPid)) {
         this.deps.log.warn(`ublk device ${kernel.id} carries this daemon's mark but process ${kernel.serverPid} serves it: left alone`);
+        continue;
+      }
+      // In use (a mount, an upper device): deleting it would fail the I/O its users queued, and
+      // DEL_DEV would wait for them to let go. A saved device that could not reattach to it now
+      // may on the next start; doctor reports it meanwhile.
+      const busy = busyReason(await recovery.usageOf(kernel.id).catch(() => UNUSED));
+      if (busy !== undefined) {
+        this.deps.log.warn(`ublk device ${kernel.id} (${kernel.state}) has no daemon but is ${busy}: left in the kernel, not deleted`);
         continue;
       }
       try {
@@ -407,7 +417,17 @@ export class DeviceRegistry {
           await this.startOn(saved, events, built, { recoverFrom: saved.ublk! });
           return 'recovered';
         } catch (err) {
-          this.deps.log.warn(`cannot reattach to ${what}: ${(err as Error).message}; deleting it (I/O queued on it fails) and making a new device`);
+          const reason = (err as Error).message;
+          // Deleting it would fail every write its filesystem or upper device has queued, and
+          // DEL_DEV would wait for the unmount: leave it for another try instead.
+          const busy = busyReason(await recovery.usageOf(candidate.id).catch(() => UNUSED));
+          if (busy !== undefined) {
+            throw new DeviceError(
+              `cannot reattach to ${what}: ${reason}; it is ${busy}, so it is left in the kernel as it is (its I/O waits) instead of being deleted: restart the daemon to try again`,
+              'EBUSY',
+            );
+          }
+          this.deps.log.warn(`cannot reattach to ${what}: ${reason}; deleting it (I/O queued on it fails) and making a new device`);
         }
         built = await this.buildChecked(saved, events);
       } else if (candidate.state === 'live') {

@@ -108,6 +108,13 @@ export class FakeKernel implements RecoveryDeps {
   processIsAlive(pid: number): boolean {
     return this.alivePids.has(pid);
   }
+
+  /** Usage by kernel device id; unused unless a test says otherwise. */
+  readonly usage = new Map<number, DeviceUsage>();
+
+  async usageOf(id: number): Promise<DeviceUsage> {
+    return this.usage.get(id) ?? UNUSED;
+  }
 }
 
 /** Registry dependencies over a scratch directory, real tables and dispatchers, and a fake ublk. */

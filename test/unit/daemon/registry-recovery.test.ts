@@ -147,6 +147,31 @@ describe('DeviceRegistry with ublk user recovery', () => {
     assert.ok(logged.lines.some((l) => /cannot reattach to vol's ublk device 0: START_USER_RECOVERY: EINVAL; deleting it/.test(l)), logged.lines.join('\n'));
   });
 
+  it('a failed reattach to a device in use (mounted) leaves it in the kernel: no delete, no new device, the restore fails and says why', async () => {
+    const first = new DeviceRegistry(deps());
+    await first.create('vol', ZERO_8, options);
+    await crash();
+    bed.ublk.failRecover = new Error('START_USER_RECOVERY: EBUSY');
+    kernel.usage.set(0, { openFds: 0, mounts: 1, holders: [] });
+
+    const next = new DeviceRegistry(deps());
+    const report = await next.restoreSaved();
+    assert.deepEqual(report, { restored: [], recovered: [], failed: ['vol'], deletedKernelDevices: [] });
+    assert.deepEqual(kernel.deleted, [], 'neither as the saved device nor as a leftover');
+    assert.equal(bed.ublk.live.length, 0, 'no second device over the same backing');
+    assert.equal((await bed.store.loadAll()).devices[0]!.ublk!.id, 0, 'the saved record still names it, for the next try');
+    assert.ok(
+      logged.lines.some((l) => /cannot restore vol: cannot reattach to vol's ublk device 0: START_USER_RECOVERY: EBUSY; it is mounted \(1 mount\), so it is left in the kernel/.test(l)),
+      logged.lines.join('\n'),
+    );
+    assert.ok(logged.lines.some((l) => /ublk device 0 \(quiesced\) has no daemon but is mounted \(1 mount\): left in the kernel, not deleted/.test(l)), logged.lines.join('\n'));
+
+    // The next start finds it unused and reattaches.
+    bed.ublk.failRecover = undefined;
+    const third = new DeviceRegistry(deps());
+    assert.deepEqual((await third.restoreSaved()).recovered, ['vol']);
+  });
+
   it('a kernel device with the same id but another mark is not the saved one: left alone, a new device is made', async () => {
     const first = new DeviceRegistry(deps());
     await first.create('vol', ZERO_8, options);
