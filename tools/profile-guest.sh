@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Where a ublk server's CPU goes per I/O (issue 11): perf samples of our daemon (and, with
+# --ublksrv, of the C server's null) while fio runs on its device, in the guest; read on the host.
+#
+#   tools/profile-guest.sh [--table TABLE] [--rw randread|randwrite] [--qd N] [--seconds S]
+#                          [--ublksrv PATH/sbin/ublk] [--out DIR]
+#
+# Prints, per server, the CPU time per I/O the samples add up to, the split by DSO (kernel, ublk_drv,
+# V8's JIT code, node, the addon, liburing) and the top symbols. JIT frames are named through
+# node's --perf-basic-prof map. Samples are cpu-clock (TCG has no PMU): inside the kernel they land
+# where interrupts are enabled again, so kernel symbols are approximate, the DSO split is not.
+# Default table: our null over 1 GiB; DIR (default .cache/profile) keeps perf.data, the JIT map and
+# the guest's kallsyms for `perf report -i DIR/ours.data --kallsyms DIR/kallsyms`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+table='0 2097152 null' rw=randread qd=1 seconds=10 ublksrv='' out=.cache/profile in_guest=0
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --table) table=$2; shift 2 ;;
+    --rw) rw=$2; shift 2 ;;
+    --qd) qd=$2; shift 2 ;;
+    --seconds) seconds=$2; shift 2 ;;
+    --ublksrv) ublksrv=$(realpath "$2"); shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    --in-guest) in_guest=1; shift ;;
+    *) sed -n '2,13p' "$0" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$out" && out=$(realpath "$out")
+
+# perf_event_open in the guest runs the host's perf binary (the guest's / is the host's).
+perf_ok() { command -v perf >/dev/null && perf version >/dev/null 2>&1; }
+
+fio_under_perf() { # pid device label: perf samples pid for as long as fio runs on device
+  perf record -q -e cpu-clock -F 999 -p "$1" -o "$out/$3.data" -- \
+    fio --name=profile --filename="$2" --allow_file_create=0 --ioengine=io_uring --direct=1 --rw="$rw" --bs=4k \
+      --iodepth="$qd" --time_based --runtime="$seconds" --size=100% --randrepeat=0 --norandommap \
+      --output-format=json > "$out/$3.fio.json" 2>/dev/null
+}
+
+if [[ $in_guest -eq 1 ]]; then
+  export UBLK_DM_RUN_DIR=/tmp/profile/run UBLK_DM_STATE_DIR=/tmp/profile/state UBLK_DM_LINK_DIR=/tmp/profile/links
+  rm -f "$out"/*.data "$out"/*.fio.json "$out"/perf-*.map
+  # Started here rather than by the CLI, so node gets --perf-basic-prof (not allowed in NODE_OPTIONS).
+  node --perf-basic-prof bin/ublk-dm daemon > /tmp/profile-daemon.log 2>&1 &
+  daemon=$!
+  trap 'node bin/ublk-dm shutdown --remove-devices >/dev/null 2>&1 || kill $daemon' EXIT
+  for _ in $(seq 60); do [[ -S $UBLK_DM_RUN_DIR/ublk-dm.sock ]] && break; sleep 0.5; done
+  dev=$(node bin/ublk-dm create profile --table "$table" --queues 1 --depth 128)
+  fio_under_perf "$daemon" "$dev" ours
+  cp "/tmp/perf-$daemon.map" "$out/"
+  if [[ -n $ublksrv ]]; then
+    "$ublksrv" add -t null -n 90 -q 1 -d 128 >/dev/null
+    for _ in $(seq 20); do [[ -b /dev/ublkb90 ]] && break; sleep 0.5; done
+    fio_under_perf "$(pgrep -f 'ublk.null add' | head -1)" /dev/ublkb90 ublksrv
+    "$ublksrv" del -n 90 >/dev/null
+  fi
+  cat /proc/kallsyms > "$out/kallsyms"
+  exit 0
+fi
+
+bash tools/setup.sh
+if ! perf_ok; then
+  [[ $EUID -eq 0 ]] || { echo "profile-guest: need root to apt-get install linux-perf" >&2; exit 1; }
+  apt-get install -y -qq --no-install-recommends linux-perf >/dev/null
+fi
+args=(--in-guest --table "$table" --rw "$rw" --qd "$qd" --seconds "$seconds" --out "$out")
+[[ -n $ublksrv ]] && args+=(--ublksrv "$ublksrv")
+if [[ -e /dev/ublk-control && $EUID -eq 0 ]]; then bash "$0" "${args[@]}"
+else UBLK_DM_GUEST_MAX_CPUS=${UBLK_DM_GUEST_MAX_CPUS:-4} tools/guest-run --mem "${UBLK_DM_GUEST_MEM:-10240}" -- bash "$0" "${args[@]}"; fi
+
+# The reports are cut with head: perf dying of SIGPIPE is not an error.
+set +o pipefail
+# perf looks JIT symbols up in /tmp/perf-PID.map on the machine that reads the samples.
+cp "$out"/perf-*.map /tmp/ 2>/dev/null || true
+for label in ours ublksrv; do
+  [[ -f $out/$label.data ]] || continue
+  ios=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; print(j["read"]["total_ios"]+j["write"]["total_ios"])' "$out/$label.fio.json")
+  count=$(perf script -i "$out/$label.data" --kallsyms "$out/kallsyms" -F ip 2>/dev/null | wc -l)
+  echo "== $label: $rw QD$qd, $ios I/Os in ${seconds}s, $count samples at 999 Hz: $(python3 -c "print(round($count / 999 * 1e6 / max($ios, 1), 1))") us CPU per I/O"
+  perf report -i "$out/$label.data" --kallsyms "$out/kallsyms" --stdio --sort dso 2>/dev/null | grep -E '^ +[0-9]' | head -8
+  perf report -i "$out/$label.data" --kallsyms "$out/kallsyms" --stdio --sort sym 2>/dev/null | grep -E '^ +[0-9]' | head -25
+done
