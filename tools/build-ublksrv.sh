@@ -33,8 +33,9 @@ autoreconf -i >/dev/null 2>&1
 ./configure -q --prefix="$prefix" LDFLAGS="-Wl,-rpath,$prefix/lib" 2>&1 | grep -v Doxygen || true
 make -s -j"$(nproc)" >/dev/null
 make -s install >/dev/null
-# The install can leave PREFIX/lib in the dynamic linker's cache; our addon would then load this
-# newer liburing instead of the system's it was built against, and the bench would measure a
-# build no user runs. ublk finds its own through the rpath, so rebuild the cache without PREFIX.
+# ublksrv's install hook runs `ldconfig PREFIX/lib`, which puts PREFIX/lib in the dynamic linker's
+# cache; our addon would then load this newer liburing instead of the system's it was built
+# against, and the bench would measure a build no user runs. ublk finds its own through the
+# rpath, so rebuild the cache without PREFIX.
 if command -v ldconfig >/dev/null && [[ $EUID -eq 0 ]]; then ldconfig; fi
 echo "$prefix/sbin/ublk"
