@@ -38,10 +38,14 @@ export function queueLoopFromEnvironment(env: NodeJS.ProcessEnv = process.env): 
 
 /**
  * How long a queue thread polls its ring before it sleeps, unless UBLK_DM_POLL_US says otherwise
- * (PollPolicy): not at all. Under TCG a 500 us poll raised QD 1 reads by 40-80 % in one boot but
- * cost 2-job loads 16-60 %, and with a sched_yield per poll it was mixed at QD 1 (-24 to +29 %).
+ * (PollPolicy; 0 never polls). A wakeup costs more than the request it wakes for, and at QD 1 the
+ * next request comes one client round trip after the answer: under TCG, 200 us of polling (with
+ * a sched_yield per poll, so a client on the same CPU runs first) served QD 1 1.5-2.6x faster in
+ * the bench when the client ran on another CPU, and no faster on the same one; 2-job loads and
+ * QD 32 stayed within the boot's noise (0.73-1.27x, the C server's cells swinging 0.71-1.47x
+ * between the two runs). Earlier, 500 us without the yield cost 2-job loads 16-60 %.
  */
-export const DEFAULT_POLL_MICROS = 0;
+export const DEFAULT_POLL_MICROS = 200;
 
 /** UBLK_DM_POLL_US: microseconds a queue thread polls before it sleeps (0: never). */
 export function pollMicrosFromEnvironment(env: NodeJS.ProcessEnv = process.env): number {
