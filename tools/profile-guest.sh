@@ -28,7 +28,7 @@ while [[ $# -gt 0 ]]; do
 done
 mkdir -p "$out" && out=$(realpath "$out")
 
-# perf_event_open in the guest runs the host's perf binary (the guest's / is the host's).
+# The guest runs the host's perf binary (its / is the host's), so the host needs perf installed.
 perf_ok() { command -v perf >/dev/null && perf version >/dev/null 2>&1; }
 
 fio_under_perf() { # pid device label: perf samples pid for as long as fio runs on device

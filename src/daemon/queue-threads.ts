@@ -40,10 +40,11 @@ export function queueLoopFromEnvironment(env: NodeJS.ProcessEnv = process.env): 
  * How long a queue thread polls its ring before it sleeps, unless UBLK_DM_POLL_US says otherwise
  * (PollPolicy; 0 never polls). A wakeup costs more than the request it wakes for, and at QD 1 the
  * next request comes one client round trip after the answer: under TCG, 200 us of polling (with
- * a sched_yield per poll, so a client on the same CPU runs first) served QD 1 1.1-2.6x faster in
- * the bench when the client ran on another CPU, and no faster on the same one; 2-job loads and
- * QD 32 stayed within the boot's noise (0.73-1.27x, the C server's cells swinging 0.71-1.47x
- * between the two runs). Earlier, 500 us without the yield cost 2-job loads 16-60 %.
+ * a sched_yield per poll, so a client on the same CPU runs first) served 7 of 8 QD 1 cells of two
+ * boots' benches 1.1-2.6x faster (2x with the client on another CPU, no faster on the same one);
+ * 2-job loads and QD 32 moved 0.63-1.41x, within the noise (the C server's cells, which the
+ * setting does not touch, swung 0.69-1.75x between runs). Earlier, 500 us without the yield cost
+ * 2-job loads 16-60 %.
  */
 export const DEFAULT_POLL_MICROS = 200;
 
