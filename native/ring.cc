@@ -24,6 +24,8 @@ constexpr size_t kUringCmdBytes128 = 80;
 // BLOCK_URING_CMD_DISCARD = _IO(0x12, 0) (linux/fs.h, Linux 6.12). Neither the installed kernel
 // headers nor liburing 2.3 (no io_uring_prep_cmd_discard) define it, so it is spelled out here.
 constexpr uint32_t kBlockUringCmdDiscard = (0x12u << 8) | 0u;
+// Numbers per staged ublk I/O command: fd, cmdOp, queueId, tag, result, bufAddress, token.
+constexpr size_t kStagedRecordWords = 7;
 
 // The 16-byte ublk I/O command payload (struct ublksrv_io_cmd).
 struct UblkIoCmd {
@@ -68,7 +70,8 @@ Napi::Function Ring::Define(Napi::Env env) {
                          InstanceMethod("prepFsync", &Ring::PrepFsync),
                          InstanceMethod("prepFallocate", &Ring::PrepFallocate),
                          InstanceMethod("prepUringCmd", &Ring::PrepUringCmd),
-                         InstanceMethod("prepUblkIoCmd", &Ring::PrepUblkIoCmd),
+                         InstanceMethod("stageUblkIoCmds", &Ring::StageUblkIoCmds),
+                         InstanceMethod("prepStaged", &Ring::PrepStaged),
                          InstanceMethod("prepBlockDiscard", &Ring::PrepBlockDiscard),
                          InstanceMethod("prepCancel", &Ring::PrepCancel),
                          InstanceMethod("submit", &Ring::Submit),
@@ -179,16 +182,27 @@ io_uring_sqe* Ring::NextSqe(Napi::Env env) {
     Napi::Error::New(env, "ring is closed").ThrowAsJavaScriptException();
     return nullptr;
   }
+  int err = 0;
+  io_uring_sqe* sqe = TryNextSqe(&err);
+  if (sqe == nullptr) ThrowErrno(env, err == EBUSY ? "io_uring_get_sqe" : "io_uring_submit", err);
+  return sqe;
+}
+
+io_uring_sqe* Ring::TryNextSqe(int* err) {
+  if (!open_) {
+    *err = EBADF;
+    return nullptr;
+  }
   for (int attempt = 0; attempt < 4; attempt++) {
     io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
     if (sqe != nullptr) return sqe;
     int submitted = io_uring_submit(&ring_);
     if (submitted < 0 && submitted != -EAGAIN && submitted != -EBUSY && submitted != -EINTR) {
-      ThrowErrno(env, "io_uring_submit", -submitted);
+      *err = -submitted;
       return nullptr;
     }
   }
-  ThrowErrno(env, "io_uring_get_sqe", EBUSY);
+  *err = EBUSY;
   return nullptr;
 }
 
@@ -309,12 +323,15 @@ Napi::Value Ring::PrepFallocate(const Napi::CallbackInfo& info) {
 // 128-byte SQE so no stale command bytes reach the driver.
 io_uring_sqe* Ring::NextUringCmdSqe(Napi::Env env, int fd, uint32_t cmdOp) {
   io_uring_sqe* sqe = NextSqe(env);
-  if (sqe == nullptr) return nullptr;
+  if (sqe != nullptr) SetUringCmd(sqe, fd, cmdOp);
+  return sqe;
+}
+
+void Ring::SetUringCmd(io_uring_sqe* sqe, int fd, uint32_t cmdOp) {
   std::memset(sqe, 0, sqe128_ ? 128 : 64);
   sqe->opcode = IORING_OP_URING_CMD;
   sqe->fd = fd;
   sqe->cmd_op = cmdOp;
-  return sqe;
 }
 
 Napi::Value Ring::PrepUringCmd(const Napi::CallbackInfo& info) {
@@ -338,22 +355,54 @@ Napi::Value Ring::PrepUringCmd(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-Napi::Value Ring::PrepUblkIoCmd(const Napi::CallbackInfo& info) {
+// stageUblkIoCmds(records: Float64Array): JS queues ublk I/O commands (FETCH_REQ,
+// COMMIT_AND_FETCH_REQ) by writing them into `records`, not by a call each: a request then
+// crosses N-API once (the wait that delivers it), not twice. records[0] is how many are staged; record i is the kStagedRecordWords numbers from
+// 1 + i * kStagedRecordWords: fd, cmdOp, queueId, tag, result, bufAddress, token. submit(),
+// wait() and prepStaged() turn them into SQEs and lower the count to what is left.
+Napi::Value Ring::StageUblkIoCmds(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!ArgsAreNumbers(info, 7)) {
-    ThrowType(env, "prepUblkIoCmd(fd, cmdOp, queueId, tag, result, bufAddress, token)");
+  if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+      info[0].As<Napi::Float64Array>().ElementLength() < 1 + kStagedRecordWords) {
+    ThrowType(env, "stageUblkIoCmds(records: Float64Array of 1 + 7 * n numbers)");
     return env.Undefined();
   }
-  io_uring_sqe* sqe = NextUringCmdSqe(env, info[0].As<Napi::Number>().Int32Value(), info[1].As<Napi::Number>().Uint32Value());
-  if (sqe == nullptr) return env.Undefined();
-  UblkIoCmd cmd{};
-  cmd.queueId = static_cast<uint16_t>(info[2].As<Napi::Number>().Uint32Value());
-  cmd.tag = static_cast<uint16_t>(info[3].As<Napi::Number>().Uint32Value());
-  cmd.result = info[4].As<Napi::Number>().Int32Value();
-  cmd.bufAddress = static_cast<uint64_t>(info[5].As<Napi::Number>().DoubleValue());
-  std::memcpy(sqe->cmd, &cmd, sizeof cmd);
-  Track(sqe, ToToken(info[6]));
+  stagedUblkIoCmds_ = Napi::Persistent(info[0].As<Napi::Float64Array>());
   return env.Undefined();
+}
+
+Napi::Value Ring::PrepStaged(const Napi::CallbackInfo& info) {
+  PrepStagedUblkIoCmds();
+  return info.Env().Undefined();
+}
+
+void Ring::PrepStagedUblkIoCmds() {
+  if (stagedUblkIoCmds_.IsEmpty() || !open_) return;
+  Napi::Float64Array array = stagedUblkIoCmds_.Value();
+  double* words = array.Data();
+  size_t capacity = (array.ElementLength() - 1) / kStagedRecordWords;
+  size_t staged = std::min(static_cast<size_t>(words[0]), capacity);
+  size_t prepared = 0;
+  for (; prepared < staged; prepared++) {
+    const double* record = words + 1 + prepared * kStagedRecordWords;
+    int err = 0;
+    io_uring_sqe* sqe = TryNextSqe(&err);
+    if (sqe == nullptr) break;
+    SetUringCmd(sqe, static_cast<int>(record[0]), static_cast<uint32_t>(record[1]));
+    UblkIoCmd cmd{};
+    cmd.queueId = static_cast<uint16_t>(record[2]);
+    cmd.tag = static_cast<uint16_t>(record[3]);
+    cmd.result = static_cast<int32_t>(record[4]);
+    cmd.bufAddress = static_cast<uint64_t>(record[5]);
+    std::memcpy(sqe->cmd, &cmd, sizeof cmd);
+    Track(sqe, static_cast<uint64_t>(record[6]));
+  }
+  // What got no SQE waits at the front for the next submit; the kernel takes them in any order.
+  size_t left = staged - prepared;
+  if (left > 0 && prepared > 0) {
+    std::memmove(words + 1, words + 1 + prepared * kStagedRecordWords, left * kStagedRecordWords * sizeof(double));
+  }
+  words[0] = static_cast<double>(left);
 }
 
 // What liburing 2.8's io_uring_prep_cmd_discard does: the range travels in addr (start) and
@@ -391,6 +440,7 @@ Napi::Value Ring::Submit(const Napi::CallbackInfo& info) {
     Napi::Error::New(env, "ring is closed").ThrowAsJavaScriptException();
     return env.Undefined();
   }
+  PrepStagedUblkIoCmds();
   int submitted = io_uring_submit(&ring_);
   if (submitted == -EAGAIN || submitted == -EBUSY || submitted == -EINTR) {
     // The CQ is backed up; ReapCompletions submits the leftovers once it has made room.
@@ -470,6 +520,7 @@ Napi::Value Ring::Wait(const Napi::CallbackInfo& info) {
   unsigned minComplete = info[0].As<Napi::Number>().Uint32Value();
   int64_t timeoutMs = info[1].As<Napi::Number>().Int64Value();
   int64_t pollMicros = info.Length() > 2 ? info[2].As<Napi::Number>().Int64Value() : 0;
+  PrepStagedUblkIoCmds();
   int err;
   if (minComplete > 0 && pollMicros > 0 && io_uring_cq_ready(&ring_) < minComplete) {
     err = PollFor(minComplete, pollMicros);
@@ -518,7 +569,8 @@ void Ring::ReapCompletions() {
   while (open_) {
     unsigned ready = CollectBatch();
     if (ready == 0) break;
-    if (io_uring_sq_ready(&ring_) > 0) io_uring_submit(&ring_);  // leftovers of a backed-up Submit
+    PrepStagedUblkIoCmds();  // leftovers of a backed-up Submit, now that there may be room
+    if (io_uring_sq_ready(&ring_) > 0) io_uring_submit(&ring_);
 
     onCompletions_.MakeCallback(Value(), {Napi::Number::New(env, ready)}, *asyncContext_);
     if (env.IsExceptionPending()) {

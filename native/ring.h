@@ -34,7 +34,8 @@ class Ring : public Napi::ObjectWrap<Ring> {
   Napi::Value PrepFsync(const Napi::CallbackInfo& info);
   Napi::Value PrepFallocate(const Napi::CallbackInfo& info);
   Napi::Value PrepUringCmd(const Napi::CallbackInfo& info);
-  Napi::Value PrepUblkIoCmd(const Napi::CallbackInfo& info);
+  Napi::Value StageUblkIoCmds(const Napi::CallbackInfo& info);
+  Napi::Value PrepStaged(const Napi::CallbackInfo& info);
   Napi::Value PrepBlockDiscard(const Napi::CallbackInfo& info);
   Napi::Value PrepCancel(const Napi::CallbackInfo& info);
   Napi::Value Submit(const Napi::CallbackInfo& info);
@@ -48,6 +49,13 @@ class Ring : public Napi::ObjectWrap<Ring> {
   // A free SQE, submitting what is queued when the SQ is full. Null (with a pending JS
   // exception) if the ring is closed or stays full.
   io_uring_sqe* NextSqe(Napi::Env env);
+  // The same without JS: null with *err set to the errno (the ring closed or stayed full).
+  io_uring_sqe* TryNextSqe(int* err);
+  // Fills sqe as a URING_CMD on fd (the whole SQE cleared first).
+  void SetUringCmd(io_uring_sqe* sqe, int fd, uint32_t cmdOp);
+  // Turns the ublk commands JS staged (see StageUblkIoCmds) into SQEs. Those that get no SQE
+  // (the SQ stays full) stay staged, at the front, for the next call.
+  void PrepStagedUblkIoCmds();
   // An SQE cleared and set up as IORING_OP_URING_CMD on fd; nullptr (JS error thrown) if none.
   io_uring_sqe* NextUringCmdSqe(Napi::Env env, int fd, uint32_t cmdOp);
   // Accounts one more request in flight; the loop is kept alive only while some are.
@@ -77,6 +85,10 @@ class Ring : public Napi::ObjectWrap<Ring> {
   Napi::FunctionReference onCompletions_;
   std::unique_ptr<Napi::AsyncContext> asyncContext_;
   std::vector<io_uring_cqe*> cqes_;
+
+  // ublk I/O commands written by JS into a shared array instead of one call each (see
+  // StageUblkIoCmds); prepared before every submit.
+  Napi::Reference<Napi::Float64Array> stagedUblkIoCmds_;
 
   // readv/writev argument arrays, read by the kernel until the request completes.
   std::unordered_map<uint64_t, std::unique_ptr<iovec[]>> iovecsInFlight_;

@@ -1,3 +1,5 @@
+import { performance } from 'node:perf_hooks';
+
 /**
  * Time as the time-based targets (flakey, delay) see it: a monotonic millisecond clock and
  * one-shot timers. The daemon uses the system's; host tests pass a ManualClock

@@ -28,8 +28,17 @@ export interface NativeRing {
    * bytes on a normal ring, 80 on an sqe128 ring).
    */
   prepUringCmd(fd: number, cmdOp: number, payload: Uint8Array, token: number): void;
-  /** Queue a ublk I/O command (FETCH_REQ / COMMIT_AND_FETCH_REQ) without building a payload in JS. */
-  prepUblkIoCmd(fd: number, cmdOp: number, queueId: number, tag: number, result: number, bufAddress: number, token: number): void;
+  /**
+   * From now on, ublk I/O commands (FETCH_REQ / COMMIT_AND_FETCH_REQ) are queued by writing them
+   * into `records` instead of by a call each (one crossing into the addon per request, not
+   * two): records[0] is how many are staged, record i the STAGED_UBLK_CMD_WORDS numbers from
+   * 1 + i * STAGED_UBLK_CMD_WORDS (fd, cmdOp, queueId, tag, result, bufAddress, token).
+   * submit(), wait() and prepStaged() prepare them and lower records[0] to the number that got
+   * no SQE (the SQ stayed full); those stay at the front.
+   */
+  stageUblkIoCmds(records: Float64Array): void;
+  /** Prepare the staged ublk commands now, without submitting (the staging array is full). */
+  prepStaged(): void;
   /**
    * Queue a discard of [byteOffset, byteOffset + byteLength) on a block device opened for
    * writing (IORING_OP_URING_CMD with BLOCK_URING_CMD_DISCARD, Linux 6.12+). Both must be
@@ -56,6 +65,9 @@ export interface NativeRing {
   /** Stop watching the ring and tear it down. Pending requests are abandoned. */
   close(): void;
 }
+
+/** Numbers per staged ublk I/O command (NativeRing.stageUblkIoCmds). */
+export const STAGED_UBLK_CMD_WORDS = 7;
 
 export interface NativeRingConstructor {
   new (

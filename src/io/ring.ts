@@ -1,5 +1,5 @@
 import { ECANCELED, type IoResult } from '../base/errno';
-import { native, type NativeRing } from './native';
+import { STAGED_UBLK_CMD_WORDS, native, type NativeRing } from './native';
 
 /**
  * IoRing: the JS owner of one native io_uring. It hands out tokens, keeps every buffer of a
@@ -53,6 +53,8 @@ export const RWF_DSYNC = 2;
 
 const DEFAULT_ENTRIES = 256;
 const COMPLETIONS_PER_BATCH = 256;
+/** ublk commands staged between two submits before they are prepared early (a queue's depth is at most 4096). */
+const STAGED_UBLK_CMDS = 256;
 /** Submit-and-reap rounds per flush before yielding to the event loop (no starving timers and I/O). */
 const INLINE_ROUNDS = 4;
 /**
@@ -71,6 +73,8 @@ export class IoRing {
   private readonly ring: NativeRing;
   private readonly completedTokens: Float64Array;
   private readonly completedResults: Int32Array;
+  /** ublk I/O commands queued for the next submit, read by the addon (NativeRing.stageUblkIoCmds). */
+  private readonly stagedUblkCmds = new Float64Array(1 + STAGED_UBLK_CMDS * STAGED_UBLK_CMD_WORDS);
 
   private readonly callbacks: Array<IoCallback | undefined> = [];
   /** Whatever the kernel reads or writes for the request in each slot. */
@@ -109,6 +113,7 @@ export class IoRing {
       (count) => this.onCompletions(count),
       callerDriven,
     );
+    this.ring.stageUblkIoCmds(this.stagedUblkCmds);
   }
 
   /**
@@ -276,6 +281,9 @@ export class IoRing {
   /**
    * A ublk I/O command (FETCH_REQ, COMMIT_AND_FETCH_REQ). The buffer at `bufAddress` is the
    * caller's to keep alive: it outlives any one command.
+   *
+   * Every request ends with one of these, so it is not a call into the addon: the command is
+   * written into a shared array the addon prepares from on the next submit or wait.
    */
   ublkIoCmdCb(
     fd: number,
@@ -287,7 +295,21 @@ export class IoRing {
     done: IoCallback,
   ): IoToken {
     const token = this.nextToken();
-    this.ring.prepUblkIoCmd(fd, cmdOp, queueId, tag, result, bufAddress, token);
+    const staged = this.stagedUblkCmds;
+    if (staged[0] === STAGED_UBLK_CMDS) {
+      this.ring.prepStaged();
+      // Still full: the SQ is, too, and the kernel takes no more for now (the caller retries).
+      if (staged[0] === STAGED_UBLK_CMDS) throw new Error('io_uring_get_sqe: Device or resource busy');
+    }
+    const at = 1 + staged[0] * STAGED_UBLK_CMD_WORDS;
+    staged[at] = fd;
+    staged[at + 1] = cmdOp;
+    staged[at + 2] = queueId;
+    staged[at + 3] = tag;
+    staged[at + 4] = result;
+    staged[at + 5] = bufAddress;
+    staged[at + 6] = token;
+    staged[0]++;
     return this.issued(token, done, undefined);
   }
 
@@ -331,6 +353,8 @@ export class IoRing {
     if (this.closed) return;
     this.closed = true;
     this.ring.close();
+    // Staged commands never reached the kernel; their callbacks are cancelled below with the rest.
+    this.stagedUblkCmds[0] = 0;
     const errors: unknown[] = [];
     // Inline requests were done: their callbacks get their results, not a cancel.
     try {

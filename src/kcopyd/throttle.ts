@@ -1,3 +1,5 @@
+import { performance } from 'node:perf_hooks';
+
 /**
  * The kcopyd throttle (struct dm_kcopyd_throttle): limits the share of time during which
  * throttled kcopyd I/O is outstanding, for every client sharing the object, so background copies

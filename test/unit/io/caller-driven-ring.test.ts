@@ -6,6 +6,8 @@ import * as path from 'node:path';
 import { native } from '../../../src/io/native';
 import { TMPFS_MAGIC, openFileDevice } from '../../../src/io/file-device';
 import { IoRing } from '../../../src/io/ring';
+import { UBLK_U_IO_FETCH_REQ } from '../../../src/ublk/abi';
+import { EOPNOTSUPP } from '../../../src/base/errno';
 
 /** A ring a queue thread drives itself: it submits and waits in waitAndDispatch, never through libuv. */
 describe('IoRing driven by its caller (real io_uring)', () => {
@@ -97,6 +99,22 @@ describe('IoRing driven by its caller (real io_uring)', () => {
     assert.equal(ring.waitAndDispatch(20, { queued: 'submit', pollMicros: 10_000 }), 0);
     elapsedMs = Number(process.hrtime.bigint() - started) / 1e6;
     assert.ok(elapsedMs >= 25, `polled 10 ms, then slept 20 ms: returned after ${elapsedMs} ms`);
+  });
+
+  it('sends the ublk commands staged before a wait in that wait, and those its callbacks stage in the next', () => {
+    // A regular file answers a uring_cmd with -EOPNOTSUPP: enough to see each went out.
+    const cmdOp = UBLK_U_IO_FETCH_REQ;
+    const results: number[] = [];
+    ring.ublkIoCmdCb(handle.fd, cmdOp, 0, 0, 0, 0, (first) => {
+      results.push(first);
+      ring.ublkIoCmdCb(handle.fd, cmdOp, 0, 1, 0, 0, (second) => results.push(second));
+    });
+    while (results.length === 0) ring.waitAndDispatch(1000, { queued: 'hold' });
+    assert.deepEqual(results, [-EOPNOTSUPP]);
+    assert.equal(ring.inFlight, 1, 'the second command is staged, held for the next wait');
+    while (results.length === 1) ring.waitAndDispatch(1000, { queued: 'hold' });
+    assert.deepEqual(results, [-EOPNOTSUPP, -EOPNOTSUPP]);
+    assert.equal(ring.inFlight, 0);
   });
 
   it('returns 0 when nothing completes within the timeout', () => {

@@ -7,6 +7,7 @@ import { execFile } from 'node:child_process';
 import { native } from '../../../src/io/native';
 import { ECANCELED, EOPNOTSUPP } from '../../../src/base/errno';
 import { IoRing } from '../../../src/io/ring';
+import { UBLK_U_IO_FETCH_REQ } from '../../../src/ublk/abi';
 
 const EBADF_FOR_TEST = os.constants.errno.EBADF;
 
@@ -160,6 +161,25 @@ describe('IoRing (real io_uring)', () => {
     // routes to the file's uring_cmd handler (a read or an ioctl-like op would answer otherwise).
     assert.equal(await ring.blockDiscard(handle.fd, 0, 4096), -EOPNOTSUPP);
     assert.equal(ring.inFlight, 0);
+  });
+
+  it('ublk commands, staged in shared memory rather than prepared by a call each, reach the kernel as uring_cmds', async () => {
+    // More than the staging array holds (256) and than the SQ has entries (32): the array is
+    // prepared early when full, and a full SQ is submitted to make room. A regular file has no
+    // uring_cmd handler, so each command answers -EOPNOTSUPP, which shows it went out as one.
+    const cmdOp = UBLK_U_IO_FETCH_REQ;
+    const results = await Promise.all(
+      Array.from({ length: 600 }, (_, tag) => ring.ublkIoCmd(handle.fd, cmdOp, 0, tag % 4096, 0, 0)),
+    );
+    assert.equal(results.length, 600);
+    assert.ok(results.every((result) => result === -EOPNOTSUPP), `results: ${[...new Set(results)].join(', ')}`);
+    assert.equal(ring.inFlight, 0);
+  });
+
+  it('close() cancels staged ublk commands that never reached the kernel', async () => {
+    const staged = ring.ublkIoCmd(handle.fd, UBLK_U_IO_FETCH_REQ, 0, 0, 0, 0);
+    ring.close();
+    assert.equal(await staged, -ECANCELED);
   });
 
   it('delivers every completion of a flood that overflows the CQ, with no later event to help', async () => {
