@@ -80,8 +80,12 @@ class Ring : public Napi::ObjectWrap<Ring> {
   uv_poll_t* poll_ = nullptr;  // freed by uv_close's callback, which may outlive this object
   uint64_t inFlight_ = 0;
 
+  void KeepCompletionArrays(Napi::Float64Array tokens, Napi::Int32Array results);
+
   Napi::Reference<Napi::Float64Array> tokens_;
   Napi::Reference<Napi::Int32Array> results_;
+  double* tokensData_ = nullptr;
+  int32_t* resultsData_ = nullptr;
   Napi::FunctionReference onCompletions_;
   std::unique_ptr<Napi::AsyncContext> asyncContext_;
   std::vector<io_uring_cqe*> cqes_;
@@ -89,6 +93,8 @@ class Ring : public Napi::ObjectWrap<Ring> {
   // ublk I/O commands written by JS into a shared array instead of one call each (see
   // StageUblkIoCmds); prepared before every submit.
   Napi::Reference<Napi::Float64Array> stagedUblkIoCmds_;
+  double* stagedWords_ = nullptr;
+  size_t stagedCapacity_ = 0;
 
   // readv/writev argument arrays, read by the kernel until the request completes.
   std::unordered_map<uint64_t, std::unique_ptr<iovec[]>> iovecsInFlight_;
