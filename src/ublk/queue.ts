@@ -137,7 +137,7 @@ export class UblkQueue {
       noUnmap: (desc.flags & UBLK_IO_F_NOUNMAP) !== 0,
       sector: desc.sector,
       sectorCount: desc.sectorCount,
-      data: withData ? slot.buffer.subarray(0, byteLength) : NO_DATA,
+      data: withData ? slot.dataView(byteLength) : NO_DATA,
     };
     try {
       this.handler(request, done);
@@ -224,6 +224,7 @@ export class TagSlot {
   private dataByteLength = 0;
   /** Counts the requests delivered to this tag; names the one being served. */
   private generation = 0;
+  private lastView: Uint8Array = NO_DATA;
 
   constructor(
     private readonly device: TagOwner,
@@ -233,6 +234,16 @@ export class TagSlot {
     readonly buffer: Uint8Array,
     private readonly bufAddress: number,
   ) {}
+
+  /**
+   * The buffer's first `byteLength` bytes. The view is kept and handed to the next request of the
+   * same length (at a steady block size, every one): a typed array made per request is one of
+   * the costlier allocations on the request path, and the view aliases the same bytes either way.
+   */
+  dataView(byteLength: number): Uint8Array {
+    if (this.lastView.byteLength !== byteLength) this.lastView = this.buffer.subarray(0, byteLength);
+    return this.lastView;
+  }
 
   post(cmdOp: number, result: IoResult): void {
     this.phase = TagPhase.Posted;

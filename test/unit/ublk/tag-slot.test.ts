@@ -65,6 +65,17 @@ describe('TagSlot', () => {
     slot = new TagSlot(owner, 0, 3, new Uint8Array(8192), 0x10000);
   });
 
+  it("hands requests of one length the same view of the tag's buffer, and a new one when the length changes", () => {
+    const first = slot.dataView(4096);
+    assert.equal(first.byteLength, 4096);
+    assert.equal(slot.dataView(4096), first, 'no view made per request at a steady size');
+    const longer = slot.dataView(8192);
+    assert.equal(longer.byteLength, 8192);
+    longer[4096] = 0xab;
+    assert.equal(slot.buffer[4096], 0xab, 'the view is of the tag buffer itself');
+    assert.equal(slot.dataView(512).byteLength, 512);
+  });
+
   it('retries a post the ring refused, keeping the command and its result, and never retires the tag', async () => {
     owner.ring.failures = 2;
     slot.post(UBLK_U_IO_FETCH_REQ, 0);
