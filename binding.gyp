@@ -6,6 +6,7 @@
         "native/addon.cc",
         "native/ring.cc",
         "native/memory.cc",
+        "native/fileio.cc",
         "native/blockdev.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

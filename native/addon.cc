@@ -1,8 +1,9 @@
-// ublkdm_native: io_uring transport, aligned buffers, descriptor mmaps and block device
-// geometry. Transport only; it knows nothing of ublk semantics beyond the I/O command layout.
+// ublkdm_native: io_uring transport, aligned buffers, descriptor mmaps, pread/pwrite and block
+// device geometry. Transport only; it knows nothing of ublk semantics beyond the I/O command layout.
 #include <napi.h>
 
 #include "blockdev.h"
+#include "fileio.h"
 #include "memory.h"
 #include "ring.h"
 
@@ -16,6 +17,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mmapReadOnly", Napi::Function::New(env, MmapReadOnly, "mmapReadOnly"));
   exports.Set("unmap", Napi::Function::New(env, Unmap, "unmap"));
   exports.Set("blockDeviceBytes", Napi::Function::New(env, BlockDeviceBytes, "blockDeviceBytes"));
+  exports.Set("pread", Napi::Function::New(env, Pread, "pread"));
+  exports.Set("pwrite", Napi::Function::New(env, Pwrite, "pwrite"));
   exports.Set("logicalBlockBytes", Napi::Function::New(env, LogicalBlockBytes, "logicalBlockBytes"));
   return exports;
 }

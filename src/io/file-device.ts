@@ -1,4 +1,4 @@
-import { constants as fsConstants, promises as fsp, readSync, writeSync } from 'node:fs';
+import { constants as fsConstants, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 
 import type { BlockDevice, DeviceCapabilities, DeviceKey, ReadOptions } from './block-device';
@@ -232,7 +232,7 @@ export class FileDevice implements BlockDevice {
   private startRead(buf: Uint8Array, sector: number, done: IoCallback, throughPageCache = false): void {
     const byteOffset = sector * SECTOR_BYTES;
     if (this.inlineIo) {
-      this.ring.completeInline(done, syscallResult(() => readSync(this.handle.fd, buf, 0, buf.byteLength, byteOffset)));
+      this.ring.completeInline(done, native().pread(this.handle.fd, buf, byteOffset));
       return;
     }
     const direct = !throughPageCache && this.alignedForDirect(buf, byteOffset);
@@ -246,7 +246,7 @@ export class FileDevice implements BlockDevice {
     const byteOffset = sector * SECTOR_BYTES;
     if (this.inlineIo) {
       // FUA asks for nothing more here: tmpfs has no stable storage for the write to reach.
-      this.ring.completeInline(done, syscallResult(() => writeSync(this.handle.fd, buf, 0, buf.byteLength, byteOffset)));
+      this.ring.completeInline(done, native().pwrite(this.handle.fd, buf, byteOffset));
       return;
     }
     const rwFlags = fua ? RWF_DSYNC : 0;
@@ -366,16 +366,6 @@ export async function openFileDevice(spec: string, options: OpenFileDeviceOption
     await directHandle?.close();
     await handle.close();
     throw error;
-  }
-}
-
-/** A synchronous fs call's byte count, or -errno as a ring completion would give it. */
-function syscallResult(call: () => number): IoResult {
-  try {
-    return call();
-  } catch (error) {
-    const errno = (error as NodeJS.ErrnoException).errno;
-    return typeof errno === 'number' && errno !== 0 ? -Math.abs(errno) : -EIO;
   }
 }
 

@@ -95,6 +95,10 @@ export interface NativeAddon {
   unmap(buffer: ArrayBuffer): void;
   /** ioctl(BLKGETSIZE64) on a block device fd. */
   blockDeviceBytes(fd: number): number;
+  /** pread(2) into `view` on this thread: bytes read, or -errno (never throws for an I/O error). */
+  pread(fd: number, view: ArrayBufferView, fileByteOffset: number): number;
+  /** pwrite(2) from `view` on this thread: bytes written, or -errno (never throws for an I/O error). */
+  pwrite(fd: number, view: ArrayBufferView, fileByteOffset: number): number;
   /** ioctl(BLKSSZGET) on a block device fd. */
   logicalBlockBytes(fd: number): number;
 }

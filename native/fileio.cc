@@ -1,0 +1,42 @@
+#include "fileio.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+
+#include "js_errors.h"
+
+namespace ublkdm {
+
+namespace {
+
+// Raw N-API rather than node-addon-api's wrappers: this runs once per request, and
+// napi_get_buffer_info (any ArrayBufferView in Node 20+) skips the walk through every
+// typed-array kind that napi_get_typedarray_info does.
+Napi::Value Transfer(const Napi::CallbackInfo& info, bool isWrite) {
+  Napi::Env env = info.Env();
+  void* data = nullptr;
+  size_t byteLength = 0;
+  int32_t fd = -1;
+  int64_t fileByteOffset = -1;
+  if (info.Length() < 3 || napi_get_value_int32(env, info[0], &fd) != napi_ok ||
+      napi_get_buffer_info(env, info[1], &data, &byteLength) != napi_ok ||
+      napi_get_value_int64(env, info[2], &fileByteOffset) != napi_ok || fileByteOffset < 0) {
+    ThrowType(env, isWrite ? "pwrite(fd, view, fileByteOffset)" : "pread(fd, view, fileByteOffset)");
+    return env.Undefined();
+  }
+  ssize_t moved;
+  do {
+    moved = isWrite ? pwrite(fd, data, byteLength, fileByteOffset) : pread(fd, data, byteLength, fileByteOffset);
+  } while (moved < 0 && errno == EINTR);
+  return Napi::Number::New(env, moved < 0 ? -errno : static_cast<double>(moved));
+}
+
+}  // namespace
+
+Napi::Value Pread(const Napi::CallbackInfo& info) { return Transfer(info, false); }
+
+Napi::Value Pwrite(const Napi::CallbackInfo& info) { return Transfer(info, true); }
+
+}  // namespace ublkdm

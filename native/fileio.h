@@ -1,0 +1,14 @@
+// pread/pwrite on this thread, for a queue thread that copies to and from a memory-backed file
+// itself rather than through io_uring (which would hand such a copy to a worker thread).
+#pragma once
+
+#include <napi.h>
+
+namespace ublkdm {
+
+// pread(fd, view, fileByteOffset) / pwrite(fd, view, fileByteOffset): bytes moved, or -errno.
+// Never throws for an I/O error: the result goes to the request as a ring completion's would.
+Napi::Value Pread(const Napi::CallbackInfo& info);
+Napi::Value Pwrite(const Napi::CallbackInfo& info);
+
+}  // namespace ublkdm
