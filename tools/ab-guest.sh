@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Two builds of ublk-dm side by side in one guest boot (issue 11): which is faster, with the
+# boot-to-boot swing of TCG taken out. Both daemons run at once, each with a null and a linear
+# device (1 queue x 128, linear over its own 1 GiB file in the guest's /dev/shm); fio runs short
+# passes that alternate between the two builds' devices (ABBA), so drift hits both alike.
+#
+#   tools/ab-guest.sh [--pairs N] [--seconds S] [--cells "null:randread:1 linear:randwrite:32 ..."] DIR_A DIR_B
+#
+# DIR_A and DIR_B are checkouts set up with tools/setup.sh (a `git worktree add` of the commit to
+# compare, say). Prints every pass, then per cell the median IOPS of each and B/A.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pairs=10 seconds=2 cells='null:randread:1 null:randread:32 linear:randwrite:1 linear:randwrite:32' in_guest=0
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --pairs) pairs=$2; shift 2 ;;
+    --seconds) seconds=$2; shift 2 ;;
+    --cells) cells=$2; shift 2 ;;
+    --in-guest) in_guest=1; shift ;;
+    -*) sed -n '2,10p' "$0" >&2; exit 2 ;;
+    *) break ;;
+  esac
+done
+[[ $# -eq 2 ]] || { sed -n '2,10p' "$0" >&2; exit 2; }
+dirs=( "$(realpath "$1")" "$(realpath "$2")" )
+
+if [[ $in_guest -eq 0 ]]; then
+  for dir in "${dirs[@]}"; do
+    [[ -f $dir/dist/.built && -f $dir/build/Release/ublkdm_native.node ]] || { echo "ab-guest: $dir is not built (tools/setup.sh there)" >&2; exit 1; }
+  done
+  exec env UBLK_DM_GUEST_MAX_CPUS="${UBLK_DM_GUEST_MAX_CPUS:-4}" tools/guest-run -- \
+    bash tools/ab-guest.sh --in-guest --pairs "$pairs" --seconds "$seconds" --cells "$cells" "${dirs[@]}"
+fi
+
+declare -A null_dev linear_dev
+for i in 0 1; do
+  v=$([[ $i -eq 0 ]] && echo A || echo B) dir=${dirs[$i]}
+  export UBLK_DM_RUN_DIR=/tmp/ab$v/run UBLK_DM_STATE_DIR=/tmp/ab$v/state UBLK_DM_LINK_DIR=/tmp/ab$v/links
+  mkdir -p "/tmp/ab$v"
+  truncate -s 1G "/dev/shm/ab-backing-$v"
+  ( cd "$dir" && exec node bin/ublk-dm daemon > "/tmp/ab$v/daemon.log" 2>&1 ) &
+  for _ in $(seq 60); do [[ -S $UBLK_DM_RUN_DIR/ublk-dm.sock ]] && break; sleep 0.5; done
+  null_dev[$v]=$(cd "$dir" && node bin/ublk-dm create "abnull$v" --table "0 2097152 null" --queues 1 --depth 128)
+  linear_dev[$v]=$(cd "$dir" && node bin/ublk-dm create "ablinear$v" --table "0 2097152 linear /dev/shm/ab-backing-$v 0" --queues 1 --depth 128)
+done
+
+iops() { # device rw qd
+  fio --name=ab --filename="$1" --allow_file_create=0 --ioengine=io_uring --direct=1 --rw="$2" --bs=4k \
+    --iodepth="$3" --time_based --runtime="$seconds" --size=100% --randrepeat=0 --norandommap --output-format=json |
+    node -e 'const j = JSON.parse(require("fs").readFileSync(0, "utf8")).jobs[0]; console.log(Math.round(j.read.iops + j.write.iops))'
+}
+results=$(mktemp)
+for pair in $(seq "$pairs"); do
+  order='A B'; (( pair % 2 == 0 )) && order='B A'
+  for v in $order; do
+    for cell in $cells; do
+      IFS=: read -r kind rw qd <<< "$cell"
+      if [[ $kind == null ]]; then dev=${null_dev[$v]}; else dev=${linear_dev[$v]}; fi
+      echo "$pair $v $cell $(iops "$dev" "$rw" "$qd")" | tee -a "$results"
+    done
+  done
+done
+node -e '
+  const rows = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map((l) => l.split(" "));
+  const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
+  for (const cell of [...new Set(rows.map((r) => r[2]))]) {
+    const of = (v) => rows.filter((r) => r[2] === cell && r[1] === v).map((r) => Number(r[3]));
+    const a = median(of("A")), b = median(of("B"));
+    console.log(`${cell.padEnd(22)} A ${String(a).padStart(7)}  B ${String(b).padStart(7)}  B/A ${(b / a).toFixed(2)}`);
+  }' "$results"
