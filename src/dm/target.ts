@@ -63,6 +63,8 @@ export interface Target {
    * (Read/Write) or 0 (others), -errno, or REQUEUE. Flush reaches every target of the table
    * once (the core sends it); a target with nothing to flush answers 0. Unsupported operations
    * answer -EOPNOTSUPP. A throw is a bug in the target: the core answers -EIO for it.
+   * `bio` and its data are the target's until it calls `done`, not after: as the kernel frees a
+   * bio at endio, the ublk layer refills the same object and buffer for the tag's next request.
    */
   map(bio: Bio, done: MapDone): void;
 

@@ -306,15 +306,19 @@ export interface IoDesc {
  * mapping through one Uint32Array; sectors stay exact as doubles up to 2^53).
  */
 export function decodeIoDesc(words: Uint32Array, tag: number): IoDesc {
+  return decodeIoDescInto(words, tag, { op: 0, flags: 0, sectorCount: 0, sector: 0, bufAddress: 0 });
+}
+
+/** decodeIoDesc into an object the caller keeps: the request path decodes one per request and allocates none. */
+export function decodeIoDescInto(words: Uint32Array, tag: number, into: IoDesc): IoDesc {
   const base = tag * IO_DESC_WORDS;
   const opFlags = words[base];
-  return {
-    op: opFlags & 0xff,
-    flags: opFlags & ~0xff,
-    sectorCount: words[base + 1],
-    sector: words[base + 2] + words[base + 3] * 2 ** 32,
-    bufAddress: words[base + 4] + words[base + 5] * 2 ** 32,
-  };
+  into.op = opFlags & 0xff;
+  into.flags = opFlags & ~0xff;
+  into.sectorCount = words[base + 1];
+  into.sector = words[base + 2] + words[base + 3] * 2 ** 32;
+  into.bufAddress = words[base + 4] + words[base + 5] * 2 ** 32;
+  return into;
 }
 
 /** mmap offset of queue `queueId`'s descriptor array (§6.1). */

@@ -9,9 +9,10 @@ import {
   UBLK_IO_RES_OK,
   UBLK_U_IO_COMMIT_AND_FETCH_REQ,
   UBLK_U_IO_FETCH_REQ,
-  decodeIoDesc,
+  decodeIoDescInto,
   descriptorMmapByteLength,
   descriptorMmapByteOffset,
+  type IoDesc,
 } from './abi';
 
 /**
@@ -21,7 +22,11 @@ import {
  * or a queue thread's (daemon/queue-thread.ts).
  */
 
-/** A request as the kernel delivered it: a Bio (device-relative) and where it came from. */
+/**
+ * A request as the kernel delivered it: a Bio (device-relative) and where it came from. The
+ * object is the tag's own and is refilled for the tag's next request, as its data buffer is: it
+ * belongs to the handler until `done`, and nothing may read it after.
+ */
 export interface UblkRequest extends Bio {
   readonly queueId: number;
   readonly tag: number;
@@ -72,6 +77,8 @@ export class UblkQueue {
   private readonly tags: TagSlot[] = [];
   private readonly descriptorMapping: ArrayBuffer;
   private readonly descriptorWords: Uint32Array;
+  /** The descriptor being dispatched, decoded into one object for the queue rather than one per request. */
+  private readonly desc: IoDesc = { op: 0, flags: 0, sectorCount: 0, sector: 0, bufAddress: 0 };
   private retiredTags = 0;
   private firstCommandError: number | undefined;
   private onAllRetired: (() => void) | undefined;
@@ -116,7 +123,7 @@ export class UblkQueue {
 
   /** @internal A FETCH/COMMIT completed with a request: hand it to the handler. */
   dispatch(slot: TagSlot): void {
-    const desc = decodeIoDesc(this.descriptorWords, slot.tag);
+    const desc = decodeIoDescInto(this.descriptorWords, slot.tag, this.desc);
     const op = knownOp(desc.op);
     if (op === undefined) {
       slot.commit(-EOPNOTSUPP);
@@ -129,16 +136,13 @@ export class UblkQueue {
       return;
     }
     const done = slot.begin(op, withData ? byteLength : 0);
-    const request: UblkRequest = {
-      queueId: slot.queueId,
-      tag: slot.tag,
-      op,
-      fua: (desc.flags & UBLK_IO_F_FUA) !== 0,
-      noUnmap: (desc.flags & UBLK_IO_F_NOUNMAP) !== 0,
-      sector: desc.sector,
-      sectorCount: desc.sectorCount,
-      data: withData ? slot.dataView(byteLength) : NO_DATA,
-    };
+    const request = slot.request;
+    request.op = op;
+    request.fua = (desc.flags & UBLK_IO_F_FUA) !== 0;
+    request.noUnmap = (desc.flags & UBLK_IO_F_NOUNMAP) !== 0;
+    request.sector = desc.sector;
+    request.sectorCount = desc.sectorCount;
+    request.data = withData ? slot.dataView(byteLength) : NO_DATA;
     try {
       this.handler(request, done);
     } catch {
@@ -217,7 +221,25 @@ export interface TagOwner {
   retire(result: IoResult): void;
 }
 
-/** @internal One (queue, tag): its buffer and the callbacks of its cycle, bound once. */
+/**
+ * The request a tag serves: one object per tag, refilled by UblkQueue.dispatch for each request
+ * the tag delivers (UblkRequest says for how long a handler may read it).
+ */
+class TagRequest implements UblkRequest {
+  op = IoOp.Read;
+  fua = false;
+  noUnmap = false;
+  sector = 0;
+  sectorCount = 0;
+  data: Uint8Array = NO_DATA;
+
+  constructor(
+    readonly queueId: number,
+    readonly tag: number,
+  ) {}
+}
+
+/** @internal One (queue, tag): its buffer, its request object and the callbacks of its cycle, bound once. */
 export class TagSlot {
   private phase = TagPhase.Posted;
   private op = IoOp.Read;
@@ -225,6 +247,8 @@ export class TagSlot {
   /** Counts the requests delivered to this tag; names the one being served. */
   private generation = 0;
   private lastView: Uint8Array = NO_DATA;
+  /** @internal What UblkQueue.dispatch hands the handler. */
+  readonly request: TagRequest;
 
   constructor(
     private readonly device: TagOwner,
@@ -233,7 +257,9 @@ export class TagSlot {
     /** maxIoBytes of page-aligned memory the kernel copies request data to and from. */
     readonly buffer: Uint8Array,
     private readonly bufAddress: number,
-  ) {}
+  ) {
+    this.request = new TagRequest(queueId, tag);
+  }
 
   /**
    * The buffer's first `byteLength` bytes. The view is kept and handed to the next request of the

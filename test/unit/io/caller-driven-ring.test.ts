@@ -150,6 +150,24 @@ describe('IoRing driven by its caller (real io_uring)', () => {
     assert.deepEqual(results, [512]);
   });
 
+  it('runs inline completions that inline callbacks queue after the ones before them, once each, even past a throw', () => {
+    const order: string[] = [];
+    ring.completeInline(() => {
+      order.push('first');
+      ring.completeInline(() => order.push('queued by first'), 0);
+    }, 0);
+    ring.completeInline(() => {
+      order.push('second');
+      throw new Error('a callback that throws');
+    }, 0);
+    ring.completeInline(() => order.push('third'), 0);
+    assert.throws(() => ring.waitAndDispatch(0), /a callback that throws/);
+    assert.deepEqual(order, ['first', 'second', 'third']);
+    assert.equal(ring.waitAndDispatch(0), 1);
+    assert.deepEqual(order, ['first', 'second', 'third', 'queued by first']);
+    assert.equal(ring.waitAndDispatch(0), 0, 'nothing is run twice');
+  });
+
   it('a FileDevice on tmpfs reads and writes inline on a caller-driven ring, and through io_uring on another', async function () {
     const shm = await fsp.mkdtemp('/dev/shm/ublkdm-inline-').catch(() => undefined);
     if (shm === undefined) this.skip(); // a host without /dev/shm: --forbid-pending makes that a failure

@@ -155,6 +155,12 @@ describe('ublk ABI encoding (spec ublk.md)', () => {
       bufAddress: 0x7f0012340000,
     });
     assert.equal(abi.decodeIoDesc(new Uint32Array(mapping), tag - 1).sectorCount, 0);
+
+    const kept: abi.IoDesc = { op: 9, flags: 9, sectorCount: 9, sector: 9, bufAddress: 9 };
+    assert.equal(abi.decodeIoDescInto(new Uint32Array(mapping), tag, kept), kept, 'decoded into the object given');
+    assert.deepEqual(kept, desc);
+    abi.decodeIoDescInto(new Uint32Array(mapping), tag - 1, kept);
+    assert.deepEqual(kept, { op: 0, flags: 0, sectorCount: 0, sector: 0, bufAddress: 0 }, 'every field is overwritten');
   });
 
   it('descriptor mmap: 98304-byte stride per queue, length rounded up to pages (§6.1)', () => {
