@@ -71,6 +71,8 @@ const GENERATION_LIMIT = 2 ** 31;
 
 export class IoRing {
   private readonly ring: NativeRing;
+  /** NativeRing.wait, bound once (NativeRing.boundWait says why). */
+  private readonly waitOnRing: (minComplete: number, timeoutMs: number, pollMicros?: number) => number;
   private readonly completedTokens: Float64Array;
   private readonly completedResults: Int32Array;
   /** ublk I/O commands queued for the next submit, read by the addon (NativeRing.stageUblkIoCmds). */
@@ -114,6 +116,7 @@ export class IoRing {
       callerDriven,
     );
     this.ring.stageUblkIoCmds(this.stagedUblkCmds);
+    this.waitOnRing = this.ring.boundWait();
   }
 
   /**
@@ -130,7 +133,7 @@ export class IoRing {
     const queued = options.queued;
     this.unsubmittedCount = 0;
     // Requests already done inline must not wait behind a blocking io_uring_enter.
-    let total = this.ring.wait(this.inlineCallbacks.length > 0 ? 0 : 1, timeoutMs, options.pollMicros ?? 0);
+    let total = this.waitOnRing(this.inlineCallbacks.length > 0 ? 0 : 1, timeoutMs, options.pollMicros ?? 0);
     let count = total;
     while (count > 0) {
       this.onCompletions(count);
