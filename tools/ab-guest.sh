@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Two builds of ublk-dm side by side in one guest boot (issue 11): which is faster, with the
-# boot-to-boot swing of TCG taken out. Both daemons run at once, each with a null and a linear
-# device (1 queue x 128, linear over its own 1 GiB file in the guest's /dev/shm); fio runs short
-# passes that alternate between the two builds' devices (ABBA), so drift hits both alike.
+# boot-to-boot swing of TCG taken out. Both daemons run at once, each with a null, a linear and
+# a blk device (1 queue x 128; linear over its own 1 GiB file in the guest's /dev/shm, which a
+# queue thread copies itself; blk, linear over a loop device of another such file, so its I/O
+# goes through io_uring as on a real disk); fio runs short passes that alternate between the
+# two builds' devices (ABBA), so drift hits both alike.
 #
-#   tools/ab-guest.sh [--pairs N] [--seconds S] [--cells "null:randread:1 linear:randwrite:32 ..."] DIR_A DIR_B
+#   tools/ab-guest.sh [--pairs N] [--seconds S] [--cells "null:randread:1 blk:randwrite:32 ..."] DIR_A DIR_B
 #
 # DIR_A and DIR_B are checkouts set up with tools/setup.sh (a `git worktree add` of the commit to
 # compare, say). Prints every pass, then per cell the median IOPS of each and B/A.
@@ -32,7 +34,7 @@ if [[ $in_guest -eq 0 ]]; then
     bash tools/ab-guest.sh --in-guest --pairs "$pairs" --seconds "$seconds" --cells "$cells" "${dirs[@]}"
 fi
 
-declare -A null_dev linear_dev
+declare -A null_dev linear_dev blk_dev
 for i in 0 1; do
   v=$([[ $i -eq 0 ]] && echo A || echo B) dir=${dirs[$i]}
   export UBLK_DM_RUN_DIR=/tmp/ab$v/run UBLK_DM_STATE_DIR=/tmp/ab$v/state UBLK_DM_LINK_DIR=/tmp/ab$v/links
@@ -42,6 +44,11 @@ for i in 0 1; do
   for _ in $(seq 60); do [[ -S $UBLK_DM_RUN_DIR/ublk-dm.sock ]] && break; sleep 0.5; done
   null_dev[$v]=$(cd "$dir" && node bin/ublk-dm create "abnull$v" --table "0 2097152 null" --queues 1 --depth 128)
   linear_dev[$v]=$(cd "$dir" && node bin/ublk-dm create "ablinear$v" --table "0 2097152 linear /dev/shm/ab-backing-$v 0" --queues 1 --depth 128)
+  if [[ $cells == *blk:* ]]; then
+    truncate -s 1G "/dev/shm/ab-loop-$v"
+    loop=$(losetup --direct-io=on -f --show "/dev/shm/ab-loop-$v")
+    blk_dev[$v]=$(cd "$dir" && node bin/ublk-dm create "abblk$v" --table "0 2097152 linear $loop 0" --queues 1 --depth 128)
+  fi
 done
 
 iops() { # device rw qd
@@ -55,7 +62,11 @@ for pair in $(seq "$pairs"); do
   for v in $order; do
     for cell in $cells; do
       IFS=: read -r kind rw qd <<< "$cell"
-      if [[ $kind == null ]]; then dev=${null_dev[$v]}; else dev=${linear_dev[$v]}; fi
+      case $kind in
+        null) dev=${null_dev[$v]} ;;
+        blk) dev=${blk_dev[$v]} ;;
+        *) dev=${linear_dev[$v]} ;;
+      esac
       echo "$pair $v $cell $(iops "$dev" "$rw" "$qd")" | tee -a "$results"
     done
   done
