@@ -77,7 +77,7 @@ Napi::Function Ring::Define(Napi::Env env) {
                          InstanceMethod("submit", &Ring::Submit),
                          InstanceMethod("reap", &Ring::Reap),
                          InstanceMethod("wait", &Ring::Wait),
-                         InstanceMethod("boundWait", &Ring::BoundWait),
+                         InstanceMethod("boundMethods", &Ring::BoundMethods),
                          InstanceMethod("close", &Ring::Close),
                      });
 }
@@ -558,16 +558,43 @@ Napi::Value Ring::Wait(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, CollectBatch());
 }
 
-// boundWait(): wait() as a plain function that carries the Ring in its callback data. A queue
-// thread calls wait() once per request at QD 1, and an instance method first unwraps `this`
-// (napi_unwrap: a private-symbol lookup through V8's runtime), 4 % of such a request's CPU in
-// tools/profile-guest.sh. The function holds the ring object, so it cannot outlive it.
-Napi::Value Ring::BoundWait(const Napi::CallbackInfo& info) {
+namespace {
+
+template <Napi::Value (Ring::*Method)(const Napi::CallbackInfo&)>
+Napi::Value CallBound(const Napi::CallbackInfo& info) {
+  return (static_cast<Ring*>(info.Data())->*Method)(info);
+}
+
+}  // namespace
+
+// boundMethods(): every method of the ring as a plain function that carries the Ring in its
+// callback data. An instance method first unwraps `this` (napi_unwrap: a private-symbol lookup
+// through V8's runtime) and takes V8's slow API-call path, which checks the receiver: at QD 1 a
+// queue thread's one call per request (wait) spent 4 % of the request's CPU in the unwrap alone
+// (tools/profile-guest.sh). Each function holds the ring object, so none can outlive it.
+Napi::Value Ring::BoundMethods(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  Napi::Function wait = Napi::Function::New(
-      env, [](const Napi::CallbackInfo& call) { return static_cast<Ring*>(call.Data())->Wait(call); }, "wait", this);
-  wait.Set("ring", Value());
-  return wait;
+  Napi::Object methods = Napi::Object::New(env);
+  auto bind = [&](const char* name, Napi::Function function) {
+    function.Set("ring", Value());
+    methods.Set(name, function);
+  };
+  bind("prepRead", Napi::Function::New(env, CallBound<&Ring::PrepRead>, "prepRead", this));
+  bind("prepWrite", Napi::Function::New(env, CallBound<&Ring::PrepWrite>, "prepWrite", this));
+  bind("prepReadv", Napi::Function::New(env, CallBound<&Ring::PrepReadv>, "prepReadv", this));
+  bind("prepWritev", Napi::Function::New(env, CallBound<&Ring::PrepWritev>, "prepWritev", this));
+  bind("prepFsync", Napi::Function::New(env, CallBound<&Ring::PrepFsync>, "prepFsync", this));
+  bind("prepFallocate", Napi::Function::New(env, CallBound<&Ring::PrepFallocate>, "prepFallocate", this));
+  bind("prepUringCmd", Napi::Function::New(env, CallBound<&Ring::PrepUringCmd>, "prepUringCmd", this));
+  bind("stageUblkIoCmds", Napi::Function::New(env, CallBound<&Ring::StageUblkIoCmds>, "stageUblkIoCmds", this));
+  bind("prepStaged", Napi::Function::New(env, CallBound<&Ring::PrepStaged>, "prepStaged", this));
+  bind("prepBlockDiscard", Napi::Function::New(env, CallBound<&Ring::PrepBlockDiscard>, "prepBlockDiscard", this));
+  bind("prepCancel", Napi::Function::New(env, CallBound<&Ring::PrepCancel>, "prepCancel", this));
+  bind("submit", Napi::Function::New(env, CallBound<&Ring::Submit>, "submit", this));
+  bind("reap", Napi::Function::New(env, CallBound<&Ring::Reap>, "reap", this));
+  bind("wait", Napi::Function::New(env, CallBound<&Ring::Wait>, "wait", this));
+  bind("close", Napi::Function::New(env, CallBound<&Ring::Close>, "close", this));
+  return methods;
 }
 
 int Ring::PollFor(unsigned minComplete, int64_t pollMicros) {

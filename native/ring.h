@@ -41,7 +41,7 @@ class Ring : public Napi::ObjectWrap<Ring> {
   Napi::Value Submit(const Napi::CallbackInfo& info);
   Napi::Value Reap(const Napi::CallbackInfo& info);
   Napi::Value Wait(const Napi::CallbackInfo& info);
-  Napi::Value BoundWait(const Napi::CallbackInfo& info);
+  Napi::Value BoundMethods(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   // Shared by readv/writev: builds the iovec array kept until the request completes.

@@ -63,13 +63,17 @@ export interface NativeRing {
    */
   wait(minComplete: number, timeoutMs: number, pollMicros?: number): number;
   /**
-   * wait() as a function bound to this ring, made once: calling it skips the unwrap of `this`
-   * an instance method pays on every call (the queue thread's one call per request).
+   * Every method above as a function bound to this ring, made once: calling one skips the
+   * unwrap of `this`, and V8's receiver check, that an instance method pays on every call (the
+   * request path makes one or two such calls per request). The functions keep the ring alive.
    */
-  boundWait(): (minComplete: number, timeoutMs: number, pollMicros?: number) => number;
+  boundMethods(): BoundNativeRing;
   /** Stop watching the ring and tear it down. Pending requests are abandoned. */
   close(): void;
 }
+
+/** A NativeRing's methods as plain functions (NativeRing.boundMethods). */
+export type BoundNativeRing = Omit<NativeRing, 'boundMethods'>;
 
 /** Numbers per staged ublk I/O command (NativeRing.stageUblkIoCmds). */
 export const STAGED_UBLK_CMD_WORDS = 7;

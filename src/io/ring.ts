@@ -1,5 +1,5 @@
 import { ECANCELED, type IoResult } from '../base/errno';
-import { STAGED_UBLK_CMD_WORDS, native, type NativeRing } from './native';
+import { STAGED_UBLK_CMD_WORDS, native, type BoundNativeRing } from './native';
 
 /**
  * IoRing: the JS owner of one native io_uring. It hands out tokens, keeps every buffer of a
@@ -70,9 +70,7 @@ const SLOT_LIMIT = 2 ** 21;
 const GENERATION_LIMIT = 2 ** 31;
 
 export class IoRing {
-  private readonly ring: NativeRing;
-  /** NativeRing.wait, bound once (NativeRing.boundWait says why). */
-  private readonly waitOnRing: (minComplete: number, timeoutMs: number, pollMicros?: number) => number;
+  private readonly ring: BoundNativeRing;
   private readonly completedTokens: Float64Array;
   private readonly completedResults: Int32Array;
   /** ublk I/O commands queued for the next submit, read by the addon (NativeRing.stageUblkIoCmds). */
@@ -107,6 +105,7 @@ export class IoRing {
     this.completedTokens = new Float64Array(COMPLETIONS_PER_BATCH);
     this.completedResults = new Int32Array(COMPLETIONS_PER_BATCH);
     const Ring = native().Ring;
+    // Bound methods, not the object's own (NativeRing.boundMethods says why).
     this.ring = new Ring(
       entries,
       sqe128,
@@ -114,9 +113,8 @@ export class IoRing {
       this.completedResults,
       (count) => this.onCompletions(count),
       callerDriven,
-    );
+    ).boundMethods();
     this.ring.stageUblkIoCmds(this.stagedUblkCmds);
-    this.waitOnRing = this.ring.boundWait();
   }
 
   /**
@@ -133,7 +131,7 @@ export class IoRing {
     const queued = options.queued;
     this.unsubmittedCount = 0;
     // Requests already done inline must not wait behind a blocking io_uring_enter.
-    let total = this.waitOnRing(this.inlineCallbacks.length > 0 ? 0 : 1, timeoutMs, options.pollMicros ?? 0);
+    let total = this.ring.wait(this.inlineCallbacks.length > 0 ? 0 : 1, timeoutMs, options.pollMicros ?? 0);
     let count = total;
     while (count > 0) {
       this.onCompletions(count);
