@@ -3,12 +3,17 @@
  * ublk queues of depth 128, fio 4k random read and write at QD 32 in total. blk-mq maps its
  * hardware queues to CPUs, so one submitter reaches one queue: fio runs one job per CPU (pinned,
  * cpus_allowed_policy=split), each at QD 32 ÷ CPUs, and the same load goes to every queue count.
- * With more queues than CPUs the extra queues stay idle, as in the kernel. Reported: IOPS, the
- * ratio to 1 queue (issue 11: 2 and 4 queues must not shrink), and daemon CPU time per I/O.
+ * With more queues than CPUs the extra queues stay idle, as in the kernel; and blk-mq groups
+ * neighbouring CPUs, so on a guest with 2 of 4 possible CPUs online both map to queue 0 of a
+ * 2-queue device. So the report says how many queues fio's CPUs reach at each count (sysfs's
+ * mq/N/cpu_list). Reported: IOPS, the ratio to 1 queue (issue 11: 2 and 4 queues must not
+ * shrink), and daemon CPU time per I/O.
  * Never throws: a failure is recorded in `error` beside what was measured.
  */
+import { readFileSync, readdirSync } from 'node:fs';
 import { cpus } from 'node:os';
-import { possibleCpuCount } from '../src/base/cpus';
+import { basename, join } from 'node:path';
+import { parseCpuList, possibleCpuCount } from '../src/base/cpus';
 import { fio, formatRatio } from './bench-common';
 import { BenchDaemon, withCpuPerIo } from './bench-daemon';
 import { queueLoopEnv, type DaemonPartOptions, type QueueLoop } from './bench-queue-loop';
@@ -39,6 +44,8 @@ export interface QueueReport {
   readonly depth: number;
   /** Queue counts not measured: ublk_drv grants at most one queue per possible CPU (nr_cpu_ids). */
   readonly skippedQueueCounts: number[];
+  /** Per queue count: how many of the device's queues fio's CPUs map to (absent where sysfs does not say). */
+  readonly queuesReached: Record<number, number>;
   readonly results: QueueCell[];
   error?: string;
 }
@@ -54,7 +61,7 @@ export async function runQueueBench(o: QueueBenchOptions): Promise<QueueReport> 
   const possibleCpus = possibleCpuCount();
   const queueCounts = QUEUE_COUNTS.filter((q) => q <= possibleCpus);
   const report: QueueReport = {
-    cpus: cpus().length, possibleCpus, fioJobs, iodepthPerJob, depth: DEPTH, skippedQueueCounts: QUEUE_COUNTS.filter((q) => q > possibleCpus), results: [],
+    cpus: cpus().length, possibleCpus, fioJobs, iodepthPerJob, depth: DEPTH, skippedQueueCounts: QUEUE_COUNTS.filter((q) => q > possibleCpus), queuesReached: {}, results: [],
   };
   const cleanups: Array<() => Promise<unknown>> = [];
   try {
@@ -67,6 +74,8 @@ export async function runQueueBench(o: QueueBenchOptions): Promise<QueueReport> 
           const name = `bench-q${queues}-${device}`;
           const path = await daemon.create(name, table, { queues, depth: DEPTH });
           cleanups.push(() => daemon.remove(name));
+          const reached = queuesReached(join('/sys/block', basename(path), 'mq'), fioCpus(fioJobs));
+          if (reached !== undefined) report.queuesReached[queues] = reached;
           devices.push({ device, mode, queues, daemon, path });
         }
       }
@@ -91,6 +100,29 @@ export async function runQueueBench(o: QueueBenchOptions): Promise<QueueReport> 
   return report;
 }
 
+/** The CPUs bench-common's fio pins its jobs to: one each, from CPU 0. */
+function fioCpus(jobs: number): number[] {
+  return Array.from({ length: jobs }, (_, cpu) => cpu);
+}
+
+/**
+ * How many hardware queues of a device requests from `submitterCpus` reach: blk-mq sends each to
+ * the queue its CPU maps to, which `mqDir` (/sys/block/DEV/mq) lists as N/cpu_list. Undefined
+ * when the directory cannot be read.
+ */
+export function queuesReached(mqDir: string, submitterCpus: readonly number[]): number | undefined {
+  try {
+    let reached = 0;
+    for (const queue of readdirSync(mqDir)) {
+      const mapped = parseCpuList(readFileSync(join(mqDir, queue, 'cpu_list'), 'utf8'));
+      if (mapped.some((cpu) => submitterCpus.includes(cpu))) reached++;
+    }
+    return reached;
+  } catch {
+    return undefined;
+  }
+}
+
 export function formatQueueReport(report: QueueReport): string {
   const lines = [
     '',
@@ -108,6 +140,10 @@ export function formatQueueReport(report: QueueReport): string {
       return `${String(c.iops).padStart(7)}${ratio} ${c.cpuMicrosPerIo}us`.padEnd(22);
     });
     lines.push(`${device.padEnd(7)} ${mode.padEnd(7)} ${pattern.padEnd(9)} ${row.join('  ')}`);
+  }
+  const reached = QUEUE_COUNTS.filter((queues) => report.queuesReached?.[queues] !== undefined).map((queues) => `${report.queuesReached[queues]} of ${queues}`);
+  if (reached.length > 0) {
+    lines.push(`queues fio's ${report.fioJobs} CPUs reach (blk-mq maps neighbouring CPUs to one queue; /sys/block/DEV/mq/N/cpu_list): ${reached.join(', ')}`);
   }
   if (report.skippedQueueCounts.length > 0) {
     lines.push(`not measured: ${report.skippedQueueCounts.join(', ')} queues (ublk_drv grants at most one queue per possible CPU; UBLK_DM_GUEST_MAX_CPUS=4 for more)`);
