@@ -61,25 +61,8 @@ Napi::Value CreateEventFd(const Napi::CallbackInfo& info) {
 }
 
 Napi::Function Ring::Define(Napi::Env env) {
-  return DefineClass(env, "Ring",
-                     {
-                         InstanceMethod("prepRead", &Ring::PrepRead),
-                         InstanceMethod("prepWrite", &Ring::PrepWrite),
-                         InstanceMethod("prepReadv", &Ring::PrepReadv),
-                         InstanceMethod("prepWritev", &Ring::PrepWritev),
-                         InstanceMethod("prepFsync", &Ring::PrepFsync),
-                         InstanceMethod("prepFallocate", &Ring::PrepFallocate),
-                         InstanceMethod("prepUringCmd", &Ring::PrepUringCmd),
-                         InstanceMethod("stageUblkIoCmds", &Ring::StageUblkIoCmds),
-                         InstanceMethod("prepStaged", &Ring::PrepStaged),
-                         InstanceMethod("prepBlockDiscard", &Ring::PrepBlockDiscard),
-                         InstanceMethod("prepCancel", &Ring::PrepCancel),
-                         InstanceMethod("submit", &Ring::Submit),
-                         InstanceMethod("reap", &Ring::Reap),
-                         InstanceMethod("wait", &Ring::Wait),
-                         InstanceMethod("boundMethods", &Ring::BoundMethods),
-                         InstanceMethod("close", &Ring::Close),
-                     });
+  // The ring's methods are reached only through boundMethods() (it says why).
+  return DefineClass(env, "Ring", {InstanceMethod("boundMethods", &Ring::BoundMethods)});
 }
 
 Ring::Ring(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Ring>(info) {
@@ -567,7 +550,7 @@ Napi::Value CallBound(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
-// boundMethods(): every method of the ring as a plain function that carries the Ring in its
+// boundMethods(): the ring's methods, each as a plain function that carries the Ring in its
 // callback data. An instance method first unwraps `this` (napi_unwrap: a private-symbol lookup
 // through V8's runtime) and takes V8's slow API-call path, which checks the receiver: at QD 1 a
 // queue thread's one call per request (wait) spent 4 % of the request's CPU in the unwrap alone

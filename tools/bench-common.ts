@@ -54,7 +54,7 @@ export async function fio(spec: FioSpec): Promise<FioMeasurement> {
     '--time_based', `--runtime=${spec.runtimeSeconds}`, `--ramp_time=${spec.rampSeconds ?? 1}`, '--size=100%',
     '--randrepeat=0', '--norandommap', '--output-format=json',
   ];
-  if (jobs > 1) args.push(`--cpus_allowed=0-${jobs - 1}`, '--cpus_allowed_policy=split');
+  if (jobs > 1) args.push(`--cpus_allowed=${fioJobCpus(jobs).join(',')}`, '--cpus_allowed_policy=split');
   const out = await run('fio', args);
   const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
   const side = spec.rw.endsWith('read') ? job.read : job.write;
@@ -64,6 +64,11 @@ export async function fio(spec: FioSpec): Promise<FioMeasurement> {
     meanLatencyUs: Math.round(side.lat_ns.mean / 1000),
     maxLatencyUs: Math.round(side.lat_ns.max / 1000),
   };
+}
+
+/** The CPUs fio() pins `jobs` parallel jobs to, one each (a single job is not pinned). */
+export function fioJobCpus(jobs: number): number[] {
+  return Array.from({ length: jobs }, (_, cpu) => cpu);
 }
 
 /** Reads and writes the block layer completed on a device so far (/sys/block/NAME/stat). */

@@ -14,7 +14,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { basename, join } from 'node:path';
 import { parseCpuList, possibleCpuCount } from '../src/base/cpus';
-import { fio, formatRatio } from './bench-common';
+import { fio, fioJobCpus, formatRatio } from './bench-common';
 import { BenchDaemon, withCpuPerIo } from './bench-daemon';
 import { queueLoopEnv, type DaemonPartOptions, type QueueLoop } from './bench-queue-loop';
 
@@ -76,7 +76,7 @@ export async function runQueueBench(o: QueueBenchOptions): Promise<QueueReport> 
           const name = `bench-q${queues}-${device}`;
           const path = await daemon.create(name, table, { queues, depth: DEPTH });
           cleanups.push(() => daemon.remove(name));
-          const reached = queuesReached(join('/sys/block', basename(path), 'mq'), fioCpus(fioJobs));
+          const reached = queuesReached(join('/sys/block', basename(path), 'mq'), fioJobCpus(fioJobs));
           if (reached !== undefined) report.queuesReached[queues] = reached;
           devices.push({ device, mode, queues, daemon, path });
         }
@@ -106,11 +106,6 @@ export async function runQueueBench(o: QueueBenchOptions): Promise<QueueReport> 
     cell.ratioToOneQueue = one ? cell.iops / one.iops : NaN;
   }
   return report;
-}
-
-/** The CPUs bench-common's fio pins its jobs to: one each, from CPU 0. */
-function fioCpus(jobs: number): number[] {
-  return Array.from({ length: jobs }, (_, cpu) => cpu);
 }
 
 /**
@@ -149,7 +144,7 @@ export function formatQueueReport(report: QueueReport): string {
     });
     lines.push(`${device.padEnd(7)} ${mode.padEnd(7)} ${pattern.padEnd(9)} ${row.join('  ')}`);
   }
-  const reached = QUEUE_COUNTS.filter((queues) => report.queuesReached?.[queues] !== undefined).map((queues) => `${report.queuesReached[queues]} of ${queues}`);
+  const reached = QUEUE_COUNTS.filter((queues) => report.queuesReached[queues] !== undefined).map((queues) => `${report.queuesReached[queues]} of ${queues}`);
   if (reached.length > 0) {
     lines.push(`queues fio's ${report.fioJobs} CPUs reach (blk-mq maps neighbouring CPUs to one queue; /sys/block/DEV/mq/N/cpu_list): ${reached.join(', ')}`);
   }

@@ -62,18 +62,19 @@ export interface NativeRing {
    * `pollMicros`, it polls that long without sleeping before it blocks.
    */
   wait(minComplete: number, timeoutMs: number, pollMicros?: number): number;
-  /**
-   * Every method above as a function bound to this ring, made once: calling one skips the
-   * unwrap of `this`, and V8's receiver check, that an instance method pays on every call (the
-   * request path makes one or two such calls per request). The functions keep the ring alive.
-   */
-  boundMethods(): BoundNativeRing;
   /** Stop watching the ring and tear it down. Pending requests are abandoned. */
   close(): void;
 }
 
-/** A NativeRing's methods as plain functions (NativeRing.boundMethods). */
-export type BoundNativeRing = Omit<NativeRing, 'boundMethods'>;
+/** What `new Ring(...)` makes: a handle whose only method gives the ring's methods. */
+export interface NativeRingHandle {
+  /**
+   * The NativeRing methods as functions bound to this ring, made once: calling one skips the
+   * unwrap of `this`, and V8's receiver check, that an instance method pays on every call (the
+   * request path makes one or two such calls per request). The functions keep the ring alive.
+   */
+  boundMethods(): NativeRing;
+}
 
 /** Numbers per staged ublk I/O command (NativeRing.stageUblkIoCmds). */
 export const STAGED_UBLK_CMD_WORDS = 7;
@@ -87,7 +88,7 @@ export interface NativeRingConstructor {
     onCompletions: (count: number) => void,
     /** No eventfd and no libuv watcher: the owner calls wait() (a queue thread). */
     callerDriven?: boolean,
-  ): NativeRing;
+  ): NativeRingHandle;
 }
 
 export interface NativeAddon {

@@ -1,5 +1,5 @@
 import { ECANCELED, type IoResult } from '../base/errno';
-import { STAGED_UBLK_CMD_WORDS, native, type BoundNativeRing } from './native';
+import { STAGED_UBLK_CMD_WORDS, native, type NativeRing } from './native';
 
 /**
  * IoRing: the JS owner of one native io_uring. It hands out tokens, keeps every buffer of a
@@ -70,7 +70,7 @@ const SLOT_LIMIT = 2 ** 21;
 const GENERATION_LIMIT = 2 ** 31;
 
 export class IoRing {
-  private readonly ring: BoundNativeRing;
+  private readonly ring: NativeRing;
   private readonly completedTokens: Float64Array;
   private readonly completedResults: Int32Array;
   /** ublk I/O commands queued for the next submit, read by the addon (NativeRing.stageUblkIoCmds). */
@@ -105,7 +105,7 @@ export class IoRing {
     this.completedTokens = new Float64Array(COMPLETIONS_PER_BATCH);
     this.completedResults = new Int32Array(COMPLETIONS_PER_BATCH);
     const Ring = native().Ring;
-    // Bound methods, not the object's own (NativeRing.boundMethods says why).
+    // Bound methods, not the object's own (NativeRingHandle.boundMethods says why).
     this.ring = new Ring(
       entries,
       sqe128,
