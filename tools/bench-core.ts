@@ -3,7 +3,9 @@
  * our `null` beside null_blk, and our `linear` over a tmpfs file beside a loop device over that
  * file (direct I/O, as `losetup --direct-io=on`) and dm-linear over that loop device. Our devices
  * have 1 queue of depth 128, as null_blk here. The cells are interleaved (every device for one
- * cell, then the next cell) so a drift of the guest's speed hits every column alike.
+ * cell, then the next cell) so a drift of the guest's speed hits every column alike, and the
+ * whole table is measured `rounds` times (each round's devices in the other order from the last):
+ * a cell's figure is the median of its rounds, a ratio's spread the range of the rounds' ratios.
  *
  * With several queue-loop modes, each mode gets its own daemon (UBLK_DM_QUEUE_LOOP=mode), all
  * alive together, and each cell is measured on every mode; the kernel's devices once.
@@ -15,11 +17,14 @@
 import { fio, formatRatio, sh } from './bench-common';
 import { BenchDaemon, withCpuPerIo, type DaemonMemory } from './bench-daemon';
 import { queueLoopEnv, type DaemonPartOptions, type QueueLoop } from './bench-queue-loop';
+import { median, roundOrder, roundRatios, formatSpread } from './bench-rounds';
 import { UblksrvDevice } from './bench-ublksrv';
 
 export interface CoreBenchOptions extends DaemonPartOptions {
   /** ublksrv's `ublk` program: its null and loop are measured beside ours when given. */
   readonly ublksrv?: string;
+  /** Times every cell is measured (default 3). */
+  readonly rounds?: number;
 }
 
 type Pattern = 'randread' | 'randwrite';
@@ -34,7 +39,10 @@ export interface CoreCell {
   readonly queueLoop?: QueueLoop;
   readonly pattern: Pattern;
   readonly iodepth: number;
+  /** The median over the rounds (as every figure here). */
   readonly iops: number;
+  /** Each round's IOPS, in round order. */
+  readonly roundIops: readonly number[];
   readonly meanLatencyUs: number;
   /** Ours and the C server's: the server's utime+stime over the run ÷ I/Os the device completed. */
   readonly cpuMicrosPerIo?: number;
@@ -50,7 +58,10 @@ export interface CoreRatio {
   readonly kernel: Kernel;
   readonly pattern: Pattern;
   readonly iodepth: number;
+  /** Of the two cells' medians. */
   readonly ratio: number;
+  /** Round by round (the two devices ran next to each other in each). */
+  readonly roundRatios: readonly number[];
   /** Issue 11's goal for this ratio, where it sets one. */
   readonly goal?: number;
 }
@@ -65,11 +76,13 @@ export interface CServerRatio {
   readonly pattern: Pattern;
   readonly iodepth: number;
   readonly ratio: number;
+  readonly roundRatios: readonly number[];
 }
 
 export interface CoreReport {
   readonly backingMiB: number;
   readonly runtimeSeconds: number;
+  readonly rounds: number;
   readonly queues: 1;
   readonly depth: 128;
   /** Whether the loop device really used direct I/O (/sys/block/loopN/loop/dio). */
@@ -90,6 +103,7 @@ const PATTERNS: readonly Pattern[] = ['randread', 'randwrite'];
 const IODEPTHS = [1, 32] as const;
 const DEPTH = 128;
 const IDLE_SECONDS = 2;
+const DEFAULT_ROUNDS = 3;
 /** Seconds of fio at QD 32, each way, on every userspace device before the cells (after fio's own 1 s ramp). */
 const WARM_UP_SECONDS = 2;
 
@@ -103,8 +117,9 @@ export const CORE_GOALS: ReadonlyArray<{ ours: Ours; kernel: Kernel; iodepth: nu
 
 export async function runCoreBench(o: CoreBenchOptions): Promise<CoreReport> {
   const backingMiB = (o.backingSectors * 512) / (1024 * 1024);
+  const rounds = o.rounds ?? DEFAULT_ROUNDS;
   const report: CoreReport = {
-    backingMiB, runtimeSeconds: o.runtimeSeconds, queues: 1, depth: DEPTH, loopDirectIo: null,
+    backingMiB, runtimeSeconds: o.runtimeSeconds, rounds, queues: 1, depth: DEPTH, loopDirectIo: null,
     results: [], ratios: [], ublksrv: o.ublksrv ?? null, cServerRatios: [], daemonMemory: {}, idleCpuPercent: {},
   };
   const cleanups: Array<() => Promise<unknown>> = [];
@@ -152,43 +167,52 @@ export async function runCoreBench(o: CoreBenchOptions): Promise<CoreReport> {
     for (const path of warmUp) {
       for (const rw of ['randread', 'randwrite'] as const) await fio({ path, rw, blockSize: '4k', iodepth: 32, runtimeSeconds: WARM_UP_SECONDS });
     }
-    for (const pattern of PATTERNS) {
-      for (const iodepth of IODEPTHS) {
-        const spec = { rw: pattern, blockSize: '4k', iodepth, runtimeSeconds: o.runtimeSeconds } as const;
-        // null_blk, ublksrv null, ours null ×modes, loop, ublksrv loop, dm-linear, ours linear
-        // ×modes: neighbours compare.
-        const order: Array<() => Promise<void>> = [];
-        for (const [device, path] of kernelDevices) {
-          order.push(async () => {
-            const m = await fio({ ...spec, path });
-            report.results.push({ device, pattern, iodepth, iops: m.iops, meanLatencyUs: m.meanLatencyUs });
-            o.log(`  ${device.padEnd(18)} ${pattern.padEnd(9)} QD${String(iodepth).padEnd(3)} ${String(m.iops).padStart(8)} IOPS`);
-          });
-          const c = cServerDevices.get(device);
-          if (c) {
-            order.push(async () => {
-              const { result: m, ...use } = await withCpuPerIo(c.server, [c.server.path], () => fio({ ...spec, path: c.server.path }));
-              report.results.push({ device: c.device, pattern, iodepth, iops: m.iops, meanLatencyUs: m.meanLatencyUs, ...use });
-              o.log(
-                `  ${c.device.padEnd(18)} ${pattern.padEnd(9)} QD${String(iodepth).padEnd(3)} ${String(m.iops).padStart(8)} IOPS ` +
-                  `${use.cpuMicrosPerIo} us CPU/IO (user ${use.userMicrosPerIo}, system ${use.systemMicrosPerIo}), ${use.sleepsPerIo} sleeps/IO`,
-              );
-            });
-          }
-          const ours = device === 'null_blk' ? 'null' : device === 'dm-linear' ? 'linear' : null;
-          for (const d of ourDevices.filter((x) => x.device === ours)) {
-            order.push(async () => {
-              const { result: m, ...use } = await withCpuPerIo(d.daemon, [d.path], () => fio({ ...spec, path: d.path }));
-              report.results.push({ device: d.device, queueLoop: d.mode, pattern, iodepth, iops: m.iops, meanLatencyUs: m.meanLatencyUs, ...use });
-              o.log(
-                `  ours ${d.device.padEnd(6)} ${d.mode.padEnd(7)} ${pattern.padEnd(9)} QD${String(iodepth).padEnd(3)} ${String(m.iops).padStart(8)} IOPS ` +
-                  `${use.cpuMicrosPerIo} us CPU/IO (user ${use.userMicrosPerIo}, system ${use.systemMicrosPerIo}), ${use.sleepsPerIo} sleeps/IO`,
-              );
-            });
+    const runs: CoreRun[] = [];
+    try {
+      for (let round = 0; round < rounds; round++) {
+        for (const pattern of PATTERNS) {
+          for (const iodepth of IODEPTHS) {
+            const spec = { rw: pattern, blockSize: '4k', iodepth, runtimeSeconds: o.runtimeSeconds } as const;
+            const tag = `${`r${round + 1}`.padEnd(3)} ${pattern.padEnd(9)} QD${String(iodepth).padEnd(3)}`;
+            // null_blk, ublksrv null, ours null ×modes, loop, ublksrv loop, dm-linear, ours linear
+            // ×modes: neighbours compare.
+            const steps: Array<() => Promise<void>> = [];
+            for (const [device, path] of kernelDevices) {
+              steps.push(async () => {
+                const m = await fio({ ...spec, path });
+                runs.push({ round, device, pattern, iodepth, iops: m.iops, meanLatencyUs: m.meanLatencyUs });
+                o.log(`  ${device.padEnd(18)} ${tag} ${String(m.iops).padStart(8)} IOPS`);
+              });
+              const c = cServerDevices.get(device);
+              if (c) {
+                steps.push(async () => {
+                  const { result: m, ...use } = await withCpuPerIo(c.server, [c.server.path], () => fio({ ...spec, path: c.server.path }));
+                  runs.push({ round, device: c.device, pattern, iodepth, iops: m.iops, meanLatencyUs: m.meanLatencyUs, ...use });
+                  o.log(
+                    `  ${c.device.padEnd(18)} ${tag} ${String(m.iops).padStart(8)} IOPS ` +
+                      `${use.cpuMicrosPerIo} us CPU/IO (user ${use.userMicrosPerIo}, system ${use.systemMicrosPerIo}), ${use.sleepsPerIo} sleeps/IO`,
+                  );
+                });
+              }
+              const ours = device === 'null_blk' ? 'null' : device === 'dm-linear' ? 'linear' : null;
+              for (const d of ourDevices.filter((x) => x.device === ours)) {
+                steps.push(async () => {
+                  const { result: m, ...use } = await withCpuPerIo(d.daemon, [d.path], () => fio({ ...spec, path: d.path }));
+                  runs.push({ round, device: d.device, queueLoop: d.mode, pattern, iodepth, iops: m.iops, meanLatencyUs: m.meanLatencyUs, ...use });
+                  o.log(
+                    `  ours ${d.device.padEnd(6)} ${d.mode.padEnd(7)}    ${tag} ${String(m.iops).padStart(8)} IOPS ` +
+                      `${use.cpuMicrosPerIo} us CPU/IO (user ${use.userMicrosPerIo}, system ${use.systemMicrosPerIo}), ${use.sleepsPerIo} sleeps/IO`,
+                  );
+                });
+              }
+            }
+            for (const step of roundOrder(steps, round)) await step();
           }
         }
-        for (const step of order) await step();
       }
+    } finally {
+      // What was measured stays in the report, even when a later round failed.
+      report.results.push(...mergeRounds(runs));
     }
     for (const { mode, daemon } of daemons) report.daemonMemory[mode] = daemon.memory();
     report.ratios.push(...coreRatios(report.results, o.queueLoops));
@@ -201,17 +225,60 @@ export async function runCoreBench(o: CoreBenchOptions): Promise<CoreReport> {
   return report;
 }
 
+/** One fio run of one cell in one round. */
+export type CoreRun = Omit<CoreCell, 'roundIops'> & { readonly round: number };
+
+/** The runs of each cell (device, queue loop, pattern, depth) as one cell: medians, and every round's IOPS. */
+export function mergeRounds(runs: readonly CoreRun[]): CoreCell[] {
+  const byCell = new Map<string, CoreRun[]>();
+  for (const run of runs) {
+    const key = `${run.device}/${run.queueLoop ?? ''}/${run.pattern}/${run.iodepth}`;
+    const cell = byCell.get(key);
+    if (cell) cell.push(run);
+    else byCell.set(key, [run]);
+  }
+  return [...byCell.values()].map((cellRuns) => {
+    const inOrder = [...cellRuns].sort((a, b) => a.round - b.round);
+    const { device, queueLoop, pattern, iodepth } = inOrder[0];
+    const middle = (figure: (r: CoreRun) => number | undefined) => median(inOrder.map((r) => figure(r) ?? NaN));
+    const cpu = inOrder[0].cpuMicrosPerIo !== undefined
+      ? {
+          cpuMicrosPerIo: Math.round(middle((r) => r.cpuMicrosPerIo) * 10) / 10,
+          userMicrosPerIo: Math.round(middle((r) => r.userMicrosPerIo) * 10) / 10,
+          systemMicrosPerIo: Math.round(middle((r) => r.systemMicrosPerIo) * 10) / 10,
+          sleepsPerIo: Math.round(middle((r) => r.sleepsPerIo) * 100) / 100,
+        }
+      : {};
+    return {
+      device, ...(queueLoop !== undefined ? { queueLoop } : {}), pattern, iodepth,
+      iops: Math.round(middle((r) => r.iops)),
+      roundIops: inOrder.map((r) => r.iops),
+      meanLatencyUs: Math.round(middle((r) => r.meanLatencyUs)),
+      ...cpu,
+    };
+  });
+}
+
+/** `results`' cell of `device` (ours in queue loop `mode`), if measured. */
+function findCell(results: readonly CoreCell[], device: string, pattern: Pattern, iodepth: number, mode?: QueueLoop): CoreCell | undefined {
+  return results.find((r) => r.device === device && r.pattern === pattern && r.iodepth === iodepth && r.queueLoop === mode);
+}
+
+/** Median over median, and round by round; NaN (printed '-') where either cell is missing. */
+function ratioOfCells(ours: CoreCell | undefined, other: CoreCell | undefined): { ratio: number; roundRatios: number[] } {
+  if (!ours || !other) return { ratio: NaN, roundRatios: [] };
+  return { ratio: ours.iops / other.iops, roundRatios: roundRatios(ours.roundIops, other.roundIops) };
+}
+
 function coreRatios(results: readonly CoreCell[], modes: readonly QueueLoop[]): CoreRatio[] {
-  const iops = (device: string, pattern: Pattern, iodepth: number, mode?: QueueLoop) =>
-    results.find((r) => r.device === device && r.pattern === pattern && r.iodepth === iodepth && r.queueLoop === mode)?.iops ?? NaN;
   const ratios: CoreRatio[] = [];
   for (const queueLoop of modes) {
     for (const pattern of PATTERNS) {
       for (const iodepth of IODEPTHS) {
         for (const [ours, kernel] of [['null', 'null_blk'], ['linear', 'loop'], ['linear', 'dm-linear']] as const) {
           const goal = CORE_GOALS.find((g) => g.ours === ours && g.kernel === kernel && g.iodepth === iodepth)?.goal;
-          const ratio = iops(ours, pattern, iodepth, queueLoop) / iops(kernel, pattern, iodepth);
-          ratios.push({ ours, queueLoop, kernel, pattern, iodepth, ratio, ...(goal !== undefined ? { goal } : {}) });
+          const of = ratioOfCells(findCell(results, ours, pattern, iodepth, queueLoop), findCell(results, kernel, pattern, iodepth));
+          ratios.push({ ours, queueLoop, kernel, pattern, iodepth, ...of, ...(goal !== undefined ? { goal } : {}) });
         }
       }
     }
@@ -220,28 +287,36 @@ function coreRatios(results: readonly CoreCell[], modes: readonly QueueLoop[]): 
 }
 
 export function cServerRatios(results: readonly CoreCell[], modes: readonly QueueLoop[]): CServerRatio[] {
-  const iops = (device: string, pattern: Pattern, iodepth: number, mode?: QueueLoop) =>
-    results.find((r) => r.device === device && r.pattern === pattern && r.iodepth === iodepth && r.queueLoop === mode)?.iops ?? NaN;
+  const cell = (device: string, pattern: Pattern, iodepth: number, mode?: QueueLoop) => findCell(results, device, pattern, iodepth, mode);
   const ratios: CServerRatio[] = [];
   const pairs = [['null', 'ublksrv-null', 'null_blk'], ['linear', 'ublksrv-loop', 'loop']] as const;
   for (const pattern of PATTERNS) {
     for (const iodepth of IODEPTHS) {
       for (const [target, server, kernel] of pairs) {
         for (const queueLoop of modes) {
-          ratios.push({ of: 'ours', queueLoop, over: server, target, pattern, iodepth, ratio: iops(target, pattern, iodepth, queueLoop) / iops(server, pattern, iodepth) });
+          ratios.push({ of: 'ours', queueLoop, over: server, target, pattern, iodepth, ...ratioOfCells(cell(target, pattern, iodepth, queueLoop), cell(server, pattern, iodepth)) });
         }
-        ratios.push({ of: 'ublksrv', over: kernel, target, pattern, iodepth, ratio: iops(server, pattern, iodepth) / iops(kernel, pattern, iodepth) });
+        ratios.push({ of: 'ublksrv', over: kernel, target, pattern, iodepth, ...ratioOfCells(cell(server, pattern, iodepth), cell(kernel, pattern, iodepth)) });
       }
     }
   }
   return ratios;
 }
 
-/** A ratio and its goal: "0.52 <0.75" (short of it) or "0.91 ok" (met). */
+/**
+ * A ratio, its goal and its rounds' range: "0.52 <0.75 0.44-0.60" (short of the goal) or
+ * "0.91 ok    0.85-0.97" (met).
+ */
 function againstGoal(ratio: CoreRatio | undefined): string {
   if (!ratio) return '-';
-  if (ratio.goal === undefined) return formatRatio(ratio.ratio);
-  return `${formatRatio(ratio.ratio)} ${ratio.ratio >= ratio.goal ? 'ok   ' : `<${ratio.goal.toFixed(2)}`}`;
+  const spread = formatSpread(ratio.roundRatios);
+  if (ratio.goal === undefined) return `${formatRatio(ratio.ratio)} ${spread}`.trimEnd();
+  return `${formatRatio(ratio.ratio)} ${ratio.ratio >= ratio.goal ? 'ok   ' : `<${ratio.goal.toFixed(2)}`} ${spread}`.trimEnd();
+}
+
+/** A ratio with its rounds' range: "0.55 0.48-0.61". */
+function withSpread(ratio: { ratio: number; roundRatios: readonly number[] } | undefined): string {
+  return ratio ? `${formatRatio(ratio.ratio)} ${formatSpread(ratio.roundRatios)}`.trimEnd() : '-';
 }
 
 export function formatCoreReport(report: CoreReport): string {
@@ -252,16 +327,19 @@ export function formatCoreReport(report: CoreReport): string {
   for (const mode of modes) {
     const ratio = (ours: Ours, kernel: Kernel, pattern: Pattern, iodepth: number) =>
       report.ratios.find((r) => r.ours === ours && r.kernel === kernel && r.pattern === pattern && r.iodepth === iodepth && r.queueLoop === mode);
-    lines.push('', `fio 4k on ${report.backingMiB} MiB, 1 queue x ${report.depth}, IOPS and ours/kernel against issue 11's goal (queue loop: ${mode}; loop direct I/O: ${report.loopDirectIo})`);
-    lines.push('pattern    QD  null_blk ours-null  /null_blk     |   loop  dm-linear ours-linear  /loop         /dm-linear | daemon us CPU/IO null linear');
+    lines.push(
+      '', `fio 4k on ${report.backingMiB} MiB, 1 queue x ${report.depth}, ${report.runtimeSeconds} s runs: median IOPS of ${report.rounds} rounds, and ours/kernel ` +
+        `against issue 11's goal with the rounds' range (queue loop: ${mode}; loop direct I/O: ${report.loopDirectIo})`,
+    );
+    lines.push(`pattern    QD  null_blk ours-null  ${'/null_blk'.padEnd(22)} |   loop  dm-linear ours-linear  ${'/loop'.padEnd(22)}  ${'/dm-linear'.padEnd(16)} | daemon us CPU/IO null linear`);
     for (const pattern of PATTERNS) {
       for (const iodepth of IODEPTHS) {
         const nb = cell('null_blk', pattern, iodepth), on = cell('null', pattern, iodepth, mode);
         const lp = cell('loop', pattern, iodepth), dl = cell('dm-linear', pattern, iodepth), ol = cell('linear', pattern, iodepth, mode);
         const n = (c: CoreCell | undefined, width: number) => String(c?.iops ?? '-').padStart(width);
         lines.push(
-          `${pattern.padEnd(10)} ${String(iodepth).padStart(2)} ${n(nb, 9)} ${n(on, 9)}  ${againstGoal(ratio('null', 'null_blk', pattern, iodepth)).padEnd(12)} | ${n(lp, 6)} ${n(dl, 10)} ${n(ol, 11)}  ` +
-            `${againstGoal(ratio('linear', 'loop', pattern, iodepth)).padEnd(12)}  ${againstGoal(ratio('linear', 'dm-linear', pattern, iodepth)).padStart(9)} | ` +
+          `${pattern.padEnd(10)} ${String(iodepth).padStart(2)} ${n(nb, 9)} ${n(on, 9)}  ${againstGoal(ratio('null', 'null_blk', pattern, iodepth)).padEnd(22)} | ${n(lp, 6)} ${n(dl, 10)} ${n(ol, 11)}  ` +
+            `${againstGoal(ratio('linear', 'loop', pattern, iodepth)).padEnd(22)}  ${againstGoal(ratio('linear', 'dm-linear', pattern, iodepth)).padEnd(16)} | ` +
             `${String(on?.cpuMicrosPerIo ?? '-').padStart(20)} ${String(ol?.cpuMicrosPerIo ?? '-').padStart(6)}`,
         );
       }
@@ -279,11 +357,11 @@ function formatCServerTable(report: CoreReport, modes: readonly QueueLoop[]): st
   const cell = (device: string, pattern: Pattern, iodepth: number) =>
     report.results.find((r) => r.device === device && r.pattern === pattern && r.iodepth === iodepth && r.queueLoop === undefined);
   const ratio = (of: 'ours' | 'ublksrv', over: string, pattern: Pattern, iodepth: number, mode?: QueueLoop) =>
-    formatRatio(report.cServerRatios.find((r) => r.of === of && r.over === over && r.pattern === pattern && r.iodepth === iodepth && r.queueLoop === mode)?.ratio ?? NaN);
+    withSpread(report.cServerRatios.find((r) => r.of === of && r.over === over && r.pattern === pattern && r.iodepth === iodepth && r.queueLoop === mode));
   const columns = PATTERNS.flatMap((pattern) => IODEPTHS.map((iodepth) => ({ pattern, iodepth })));
-  const lines = ['', `the C server (${report.ublksrv}), 1 queue x ${report.depth}, in the same cells: IOPS ratios`];
-  lines.push(`${''.padEnd(34)}${columns.map((c) => `${c.pattern} QD${c.iodepth}`.padStart(15)).join('')}`);
-  const row = (label: string, values: string[]) => lines.push(`${label.padEnd(34)}${values.map((v) => v.padStart(15)).join('')}`);
+  const lines = ['', `the C server (${report.ublksrv}), 1 queue x ${report.depth}, in the same cells: IOPS ratios of the medians, with the rounds' range`];
+  lines.push(`${''.padEnd(38)}${columns.map((c) => `${c.pattern} QD${c.iodepth}`.padStart(17)).join('')}`);
+  const row = (label: string, values: string[]) => lines.push(`${label.padEnd(38)}${values.map((v) => v.padStart(17)).join('')}`);
   for (const mode of modes) {
     row(`ours null (${mode}) / ublksrv null`, columns.map((c) => ratio('ours', 'ublksrv-null', c.pattern, c.iodepth, mode)));
     row(`ours linear (${mode}) / ublksrv loop`, columns.map((c) => ratio('ours', 'ublksrv-loop', c.pattern, c.iodepth, mode)));

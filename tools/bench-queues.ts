@@ -7,7 +7,8 @@
  * neighbouring CPUs, so on a guest with 2 of 4 possible CPUs online both map to queue 0 of a
  * 2-queue device. So the report says how many queues fio's CPUs reach at each count (sysfs's
  * mq/N/cpu_list). Reported: IOPS, the ratio to 1 queue (issue 11: 2 and 4 queues must not
- * shrink), and daemon CPU time per I/O.
+ * shrink), and daemon CPU time per I/O, each the median of `rounds` (bench-rounds.ts), with the
+ * range of the rounds' ratios.
  * Never throws: a failure is recorded in `error` beside what was measured.
  */
 import { readFileSync, readdirSync } from 'node:fs';
@@ -17,8 +18,12 @@ import { parseCpuList, possibleCpuCount } from '../src/base/cpus';
 import { fio, fioJobCpus, formatRatio } from './bench-common';
 import { BenchDaemon, withCpuPerIo } from './bench-daemon';
 import { queueLoopEnv, type DaemonPartOptions, type QueueLoop } from './bench-queue-loop';
+import { formatSpread, median, roundOrder, roundRatios } from './bench-rounds';
 
-export type QueueBenchOptions = DaemonPartOptions;
+export interface QueueBenchOptions extends DaemonPartOptions {
+  /** Times every cell is measured (default 3). */
+  readonly rounds?: number;
+}
 
 type Pattern = 'randread' | 'randwrite';
 type Device = 'linear' | 'null';
@@ -28,10 +33,15 @@ export interface QueueCell {
   readonly queueLoop: QueueLoop;
   readonly queues: number;
   readonly pattern: Pattern;
+  /** Medians over the rounds. */
   readonly iops: number;
   readonly cpuMicrosPerIo: number;
-  /** IOPS ÷ the same device's with 1 queue. */
+  /** Each round's IOPS, in round order. */
+  readonly roundIops: readonly number[];
+  /** IOPS ÷ the same device's with 1 queue (medians). */
   ratioToOneQueue: number;
+  /** The same, round by round (the two ran in the same round). */
+  roundRatiosToOneQueue: number[];
 }
 
 export interface QueueReport {
@@ -42,6 +52,7 @@ export interface QueueReport {
   readonly fioJobs: number;
   readonly iodepthPerJob: number;
   readonly depth: number;
+  readonly rounds: number;
   /** Queue counts not measured: ublk_drv grants at most one queue per possible CPU (nr_cpu_ids). */
   readonly skippedQueueCounts: number[];
   /** Per queue count: how many of the device's queues fio's CPUs map to (absent where sysfs does not say). */
@@ -56,6 +67,7 @@ const TOTAL_IODEPTH = 32;
 const WARM_UP_SECONDS = 2;
 const DEPTH = 128;
 const PATTERNS: readonly Pattern[] = ['randread', 'randwrite'];
+const DEFAULT_ROUNDS = 3;
 
 export async function runQueueBench(o: QueueBenchOptions): Promise<QueueReport> {
   const fioJobs = Math.max(1, Math.min(cpus().length, 4));
@@ -63,7 +75,7 @@ export async function runQueueBench(o: QueueBenchOptions): Promise<QueueReport> 
   const possibleCpus = possibleCpuCount();
   const queueCounts = QUEUE_COUNTS.filter((q) => q <= possibleCpus);
   const report: QueueReport = {
-    cpus: cpus().length, possibleCpus, fioJobs, iodepthPerJob, depth: DEPTH, skippedQueueCounts: QUEUE_COUNTS.filter((q) => q > possibleCpus), queuesReached: {}, results: [],
+    cpus: cpus().length, possibleCpus, fioJobs, iodepthPerJob, depth: DEPTH, rounds: o.rounds ?? DEFAULT_ROUNDS, skippedQueueCounts: QUEUE_COUNTS.filter((q) => q > possibleCpus), queuesReached: {}, results: [],
   };
   const cleanups: Array<() => Promise<unknown>> = [];
   try {
@@ -88,12 +100,34 @@ export async function runQueueBench(o: QueueBenchOptions): Promise<QueueReport> 
     for (const d of devices.filter((x) => x.queues === mostQueues)) {
       for (const rw of PATTERNS) await fio({ path: d.path, rw, blockSize: '4k', iodepth: iodepthPerJob, jobs: fioJobs, runtimeSeconds: WARM_UP_SECONDS });
     }
-    for (const pattern of PATTERNS) {
-      for (const d of devices) {
-        const { result, cpuMicrosPerIo } = await withCpuPerIo(d.daemon, [d.path], () =>
-          fio({ path: d.path, rw: pattern, blockSize: '4k', iodepth: iodepthPerJob, jobs: fioJobs, runtimeSeconds: o.runtimeSeconds }));
-        report.results.push({ device: d.device, queueLoop: d.mode, queues: d.queues, pattern, iops: result.iops, cpuMicrosPerIo, ratioToOneQueue: NaN });
-        o.log(`  queues ${d.device.padEnd(6)} ${d.mode.padEnd(7)} ${d.queues}q ${pattern.padEnd(9)} ${String(result.iops).padStart(8)} IOPS ${cpuMicrosPerIo} us CPU/IO`);
+    const runs = new Map<(typeof devices)[number], Map<Pattern, Array<{ iops: number; cpuMicrosPerIo: number }>>>();
+    try {
+      for (let round = 0; round < report.rounds; round++) {
+        for (const pattern of PATTERNS) {
+          for (const d of roundOrder(devices, round)) {
+            const { result, cpuMicrosPerIo } = await withCpuPerIo(d.daemon, [d.path], () =>
+              fio({ path: d.path, rw: pattern, blockSize: '4k', iodepth: iodepthPerJob, jobs: fioJobs, runtimeSeconds: o.runtimeSeconds }));
+            const byPattern = runs.get(d) ?? new Map<Pattern, Array<{ iops: number; cpuMicrosPerIo: number }>>();
+            runs.set(d, byPattern);
+            byPattern.set(pattern, [...(byPattern.get(pattern) ?? []), { iops: result.iops, cpuMicrosPerIo }]);
+            o.log(`  queues ${d.device.padEnd(6)} ${d.mode.padEnd(7)} ${d.queues}q r${round + 1} ${pattern.padEnd(9)} ${String(result.iops).padStart(8)} IOPS ${cpuMicrosPerIo} us CPU/IO`);
+          }
+        }
+      }
+    } finally {
+      // What was measured stays in the report, even when a later round failed.
+      for (const pattern of PATTERNS) {
+        for (const d of devices) {
+          const cellRuns = runs.get(d)?.get(pattern);
+          if (!cellRuns) continue;
+          report.results.push({
+            device: d.device, queueLoop: d.mode, queues: d.queues, pattern,
+            iops: Math.round(median(cellRuns.map((r) => r.iops))),
+            cpuMicrosPerIo: Math.round(median(cellRuns.map((r) => r.cpuMicrosPerIo)) * 10) / 10,
+            roundIops: cellRuns.map((r) => r.iops),
+            ratioToOneQueue: NaN, roundRatiosToOneQueue: [],
+          });
+        }
       }
     }
   } catch (error) {
@@ -104,6 +138,7 @@ export async function runQueueBench(o: QueueBenchOptions): Promise<QueueReport> 
   for (const cell of report.results) {
     const one = report.results.find((r) => r.device === cell.device && r.queueLoop === cell.queueLoop && r.pattern === cell.pattern && r.queues === 1);
     cell.ratioToOneQueue = one ? cell.iops / one.iops : NaN;
+    cell.roundRatiosToOneQueue = one ? roundRatios(cell.roundIops, one.roundIops) : [];
   }
   return report;
 }
@@ -130,17 +165,19 @@ export function formatQueueReport(report: QueueReport): string {
   const lines = [
     '',
     `queue scaling: 4k at QD ${report.fioJobs * report.iodepthPerJob} (${report.fioJobs} fio jobs x QD ${report.iodepthPerJob}, one per CPU of ${report.cpus} online, ` +
-      `${report.possibleCpus ?? report.cpus} possible), depth ${report.depth}; IOPS, ratio to 1 queue, daemon us CPU/IO`,
-    'device  loop    pattern       1 queue           2 queues                4 queues',
+      `${report.possibleCpus ?? report.cpus} possible), depth ${report.depth}; medians of ${report.rounds} rounds: IOPS, ratio to 1 queue ` +
+      `with the rounds' range, daemon us CPU/IO`,
+    `device  loop    pattern   ${'1 queue'.padEnd(32)}${'2 queues'.padEnd(32)}4 queues`,
   ];
   const keys = [...new Set(report.results.map((r) => `${r.device}|${r.queueLoop}|${r.pattern}`))];
   for (const key of keys) {
     const [device, mode, pattern] = key.split('|');
     const row = QUEUE_COUNTS.map((queues) => {
       const c = report.results.find((r) => r.device === device && r.queueLoop === mode && r.pattern === pattern && r.queues === queues);
-      if (!c) return '-'.padEnd(22);
-      const ratio = queues === 1 ? '' : ` x${formatRatio(c.ratioToOneQueue)}${c.ratioToOneQueue >= 1 ? '' : '!'}`;
-      return `${String(c.iops).padStart(7)}${ratio} ${c.cpuMicrosPerIo}us`.padEnd(22);
+      if (!c) return '-'.padEnd(30);
+      const spread = formatSpread(c.roundRatiosToOneQueue);
+      const ratio = queues === 1 ? '' : ` x${formatRatio(c.ratioToOneQueue)}${c.ratioToOneQueue >= 1 ? '' : '!'}${spread ? ` ${spread}` : ''}`;
+      return `${String(c.iops).padStart(7)}${ratio} ${c.cpuMicrosPerIo}us`.padEnd(30);
     });
     lines.push(`${device.padEnd(7)} ${mode.padEnd(7)} ${pattern.padEnd(9)} ${row.join('  ')}`);
   }

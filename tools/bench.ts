@@ -17,6 +17,8 @@
  * memory) leaves one out. `--queue-loop main|threads|both|default` picks the daemon's queue loop
  * (UBLK_DM_QUEUE_LOOP) for core, queues and memory; `both` measures each on both, in this boot.
  * `--ublksrv PATH` (the C server's installed `ublk`) adds its null and loop to core's cells.
+ * `--rounds N` (default 3) measures core's and queues' tables N times: their figures are the
+ * medians, with the range of the rounds' ratios.
  * Prints every table and writes everything as JSON (--out).
  */
 import { mkdtempSync, mkdirSync, writeFileSync, existsSync, readFileSync, statfsSync } from 'node:fs';
@@ -45,13 +47,15 @@ interface Args {
   out: string; runtimeSeconds: number; fileMiB: number; kcopydMiB: number; parts: Set<Part>; queueLoops: QueueLoop[];
   snapshotMiB: number; snapshotRewriteMiB: number; snapshotRuntimeSeconds: number;
   mirrorMiB: number; mirrorRegionSectors: number; recoveryRounds: number; memoryRuntimeSeconds: number;
+  /** Times core and queues measure every cell (their figures are the medians). */
+  coreRounds: number;
   ublksrv?: string;
 }
 
 function parseArgs(argv: string[]): Args {
   const args: Args = { out: join(projectRoot, 'bench-results', 'latest.json'), runtimeSeconds: 5, fileMiB: 1024, kcopydMiB: 1024,
     parts: new Set(PARTS), queueLoops: ['default'], snapshotMiB: 128, snapshotRewriteMiB: 8, snapshotRuntimeSeconds: 3,
-    mirrorMiB: 1024, mirrorRegionSectors: 1024, recoveryRounds: 3, memoryRuntimeSeconds: 3 };
+    mirrorMiB: 1024, mirrorRegionSectors: 1024, recoveryRounds: 3, memoryRuntimeSeconds: 3, coreRounds: 3 };
   const drop = (...parts: Part[]) => parts.forEach((p) => args.parts.delete(p));
   for (let i = 0; i < argv.length; i++) {
     const [k, v] = [argv[i], argv[i + 1]];
@@ -60,6 +64,7 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--queue-loop') { args.queueLoops = parseQueueLoops(v); i++; }
     else if (k === '--ublksrv') { args.ublksrv = resolve(v); i++; }
     else if (k === '--runtime') { args.runtimeSeconds = Number(v); i++; }
+    else if (k === '--rounds') { args.coreRounds = wholeNumberFrom1(k, v); i++; }
     else if (k === '--file-mib') { args.fileMiB = Number(v); i++; }
     else if (k === '--kcopyd-mib') { args.kcopydMiB = Number(v); i++; }
     else if (k === '--memory-runtime') { args.memoryRuntimeSeconds = Number(v); i++; }
@@ -75,6 +80,12 @@ function parseArgs(argv: string[]): Args {
     else throw new Error(`unknown argument ${k}`);
   }
   return args;
+}
+
+function wholeNumberFrom1(option: string, value: string | undefined): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`${option} takes a whole number from 1, not ${value}`);
+  return n;
 }
 
 function toPart(name: string): Part {
@@ -120,8 +131,8 @@ async function main(): Promise<void> {
     const backingSectors = (args.fileMiB * 1024 * 1024) / 512;
     const common = { dir: work, backingPath, queueLoops: args.queueLoops, log };
     try {
-      if (has('core')) core = await runCoreBench({ ...common, backingSectors, runtimeSeconds: args.runtimeSeconds, ublksrv: args.ublksrv });
-      if (has('queues')) queues = await runQueueBench({ ...common, backingSectors, runtimeSeconds: args.runtimeSeconds });
+      if (has('core')) core = await runCoreBench({ ...common, backingSectors, runtimeSeconds: args.runtimeSeconds, ublksrv: args.ublksrv, rounds: args.coreRounds });
+      if (has('queues')) queues = await runQueueBench({ ...common, backingSectors, runtimeSeconds: args.runtimeSeconds, rounds: args.coreRounds });
       if (has('memory')) memory = await runMemoryBench({ ...common, backingSectors, runtimeSeconds: args.memoryRuntimeSeconds });
     } finally {
       await sh(`rm -f ${backingPath}`);

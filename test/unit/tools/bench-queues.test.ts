@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { queuesReached } from '../../../tools/bench-queues';
+import { formatQueueReport, queuesReached, type QueueCell, type QueueReport } from '../../../tools/bench-queues';
 
 /** A /sys/block/DEV/mq tree: one cpu_list per hardware queue, as blk-mq writes it. */
 function mqTree(cpuLists: readonly string[]): string {
@@ -32,5 +32,21 @@ describe('bench queues: the queues fio reaches', () => {
 
   it('says nothing when sysfs does not', () => {
     assert.equal(queuesReached(join(tmpdir(), 'no-such-mq-dir-ublkdm'), [0]), undefined);
+  });
+});
+
+describe('bench queues: the table of medians', () => {
+  it('prints each ratio to 1 queue with the range of its rounds, and marks one that shrank', () => {
+    const cell = (queues: number, roundIops: number[], ratioToOneQueue: number, roundRatiosToOneQueue: number[]): QueueCell => ({
+      device: 'null', queueLoop: 'default', queues, pattern: 'randread', iops: roundIops[1], cpuMicrosPerIo: 20, roundIops, ratioToOneQueue, roundRatiosToOneQueue,
+    });
+    const report: QueueReport = {
+      cpus: 2, possibleCpus: 4, fioJobs: 2, iodepthPerJob: 16, depth: 128, rounds: 3, skippedQueueCounts: [], queuesReached: { 1: 1, 2: 1, 4: 2 },
+      results: [cell(1, [100, 100, 100], NaN, []), cell(2, [120, 110, 90], 1.1, [1.2, 1.1, 0.9]), cell(4, [80, 90, 95], 0.9, [0.8, 0.9, 0.95])],
+    };
+    const text = formatQueueReport(report);
+    assert.match(text, /medians of 3 rounds/);
+    assert.match(text, /x1\.10 0\.90-1\.20/);
+    assert.match(text, /x0\.90! 0\.80-0\.95/);
   });
 });

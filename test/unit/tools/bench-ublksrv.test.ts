@@ -18,7 +18,7 @@ describe('bench: the C server (ublksrv) beside ours', () => {
 
   it('sets ours over the C server and the C server over the kernel, cell by cell', () => {
     const cell = (device: CoreCell['device'], iops: number, queueLoop?: 'threads'): CoreCell =>
-      ({ device, pattern: 'randread', iodepth: 1, iops, meanLatencyUs: 0, ...(queueLoop ? { queueLoop } : {}) });
+      ({ device, pattern: 'randread', iodepth: 1, iops, roundIops: [iops], meanLatencyUs: 0, ...(queueLoop ? { queueLoop } : {}) });
     const results = [
       cell('null_blk', 1000), cell('ublksrv-null', 100), cell('null', 50, 'threads'),
       cell('loop', 400), cell('ublksrv-loop', 200), cell('linear', 300, 'threads'),
