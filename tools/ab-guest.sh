@@ -39,13 +39,14 @@ for i in 0 1; do
   v=$([[ $i -eq 0 ]] && echo A || echo B) dir=${dirs[$i]}
   export UBLK_DM_RUN_DIR=/tmp/ab$v/run UBLK_DM_STATE_DIR=/tmp/ab$v/state UBLK_DM_LINK_DIR=/tmp/ab$v/links
   mkdir -p "/tmp/ab$v"
-  truncate -s 1G "/dev/shm/ab-backing-$v"
+  # Written through, not sparse: a read of a tmpfs hole copies the shared zero page.
+  dd if=/dev/zero of="/dev/shm/ab-backing-$v" bs=1M count=1024 status=none
   ( cd "$dir" && exec node bin/ublk-dm daemon > "/tmp/ab$v/daemon.log" 2>&1 ) &
   for _ in $(seq 60); do [[ -S $UBLK_DM_RUN_DIR/ublk-dm.sock ]] && break; sleep 0.5; done
   null_dev[$v]=$(cd "$dir" && node bin/ublk-dm create "abnull$v" --table "0 2097152 null" --queues 1 --depth 128)
   linear_dev[$v]=$(cd "$dir" && node bin/ublk-dm create "ablinear$v" --table "0 2097152 linear /dev/shm/ab-backing-$v 0" --queues 1 --depth 128)
   if [[ $cells == *blk:* ]]; then
-    truncate -s 1G "/dev/shm/ab-loop-$v"
+    dd if=/dev/zero of="/dev/shm/ab-loop-$v" bs=1M count=1024 status=none
     loop=$(losetup --direct-io=on -f --show "/dev/shm/ab-loop-$v")
     blk_dev[$v]=$(cd "$dir" && node bin/ublk-dm create "abblk$v" --table "0 2097152 linear $loop 0" --queues 1 --depth 128)
   fi
@@ -73,7 +74,7 @@ for pair in $(seq "$pairs"); do
 done
 node -e '
   const rows = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map((l) => l.split(" "));
-  const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
+  const { median } = require("./dist/tools/bench-rounds");
   for (const cell of [...new Set(rows.map((r) => r[2]))]) {
     const of = (v) => rows.filter((r) => r[2] === cell && r[1] === v).map((r) => Number(r[3]));
     const a = median(of("A")), b = median(of("B"));

@@ -9,7 +9,7 @@
 # V8's JIT code, node, the addon, liburing) and the top symbols. JIT frames are named through
 # node's --perf-basic-prof map. Samples are cpu-clock (TCG has no PMU): inside the kernel they land
 # where interrupts are enabled again, so kernel symbols are approximate, the DSO split is not.
-# Default table: our null over 1 GiB (a file the table names under /dev/shm is created, 1 GiB); DIR (default .cache/profile) keeps perf.data, the JIT map and
+# Default table: our null over 1 GiB (a file the table names under /dev/shm is created, 1 GiB of written zeros); DIR (default .cache/profile) keeps perf.data, the JIT map and
 # the guest's kallsyms for `perf report -i DIR/ours.data --kallsyms DIR/kallsyms`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,9 +46,10 @@ if [[ $in_guest -eq 1 ]]; then
   daemon=$!
   trap 'node bin/ublk-dm shutdown --remove-devices >/dev/null 2>&1 || kill $daemon' EXIT
   for _ in $(seq 60); do [[ -S $UBLK_DM_RUN_DIR/ublk-dm.sock ]] && break; sleep 0.5; done
-  # A backing file the table names under /dev/shm (the guest's own tmpfs) is made here, 1 GiB.
+  # A backing file the table names under /dev/shm (the guest's own tmpfs) is made here, 1 GiB,
+  # written through: a read of a hole in tmpfs copies the shared zero page, not a page of the file.
   for word in $table; do
-    [[ $word == /dev/shm/* && ! -e $word ]] && truncate -s 1G "$word"
+    [[ $word == /dev/shm/* && ! -e $word ]] && dd if=/dev/zero of="$word" bs=1M count=1024 status=none
   done
   dev=$(node bin/ublk-dm create profile --table "$table" --queues 1 --depth 128)
   fio_under_perf "$daemon" "$dev" ours
