@@ -172,6 +172,14 @@ export class UblkDevice {
    * numbers. Refuses, touching nothing, a device that is not the one described (serverFlags,
    * size), that another live process serves, or that cannot be recovered (DEAD, no
    * USER_RECOVERY); a failure after START_USER_RECOVERY stops and deletes the device.
+   *
+   * Why delete, even under a mount: on 6.12 a half-recovered device cannot be left for the next
+   * daemon. START_USER_RECOVERY zeroes the count of ready queues and forgets every queue's
+   * server; a second START_USER_RECOVERY refuses (EINVAL) while no queue has posted all its
+   * FETCHes, so the device's I/O would wait forever, and with only some queues ready it puts
+   * the task of a queue that has none (a NULL dereference in the driver). Later kernels moved
+   * that reset to the char device's release ("ublk: move device reset into ublk_ch_release()",
+   * April 2025, backported to 6.14.y but not 6.12.y), after which leaving it would be safe.
    */
   static async recover(options: UblkRecoverOptions, serve: UblkServe): Promise<UblkDevice> {
     const control = await UblkControl.open();
