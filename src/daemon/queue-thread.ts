@@ -295,7 +295,7 @@ new RingTurns({
   },
   onError: (error) => send({ kind: 'warn', message: `queue thread: a completion callback threw: ${String(error)}` }),
   // The policy needs each wait's length; with polling off nothing does, and nothing is timed.
-  ...(pollMicros > 0 ? { waited: (elapsedMicros: number, completions: number) => pollPolicy.waited(elapsedMicros, completions) } : {}),
+  ...(pollMicros > 0 ? { waited: (waitMicros: number, completions: number) => pollPolicy.waited(waitMicros, completions) } : {}),
 }).start();
 
 onDoorbell();

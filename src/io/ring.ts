@@ -1,3 +1,6 @@
+// Imported, not the global: Node 20's global `performance` is a getter that runs on every use.
+import { performance } from 'node:perf_hooks';
+
 import { ECANCELED, type IoResult } from '../base/errno';
 import { STAGED_UBLK_CMD_WORDS, native, type NativeRing } from './native';
 
@@ -47,6 +50,16 @@ export interface WaitOptions {
 }
 
 const SUBMIT_QUEUED: WaitOptions = { queued: 'submit' };
+
+/**
+ * Filled by waitAndDispatch when given one: how long its wait in the kernel took (polling and
+ * sleeping), without the callbacks it ran afterwards. A poll policy judges the gap between
+ * requests by it; a target's own work (a tmpfs copy, under TCG tens of microseconds) is not part
+ * of that gap.
+ */
+export interface WaitClock {
+  waitMicros: number;
+}
 
 /** pwritev2 flag: this write is durable before it completes (FUA). */
 export const RWF_DSYNC = 2;
@@ -125,13 +138,15 @@ export class IoRing {
    * What those callbacks queue (a COMMIT_AND_FETCH, a backing read) is submitted before it
    * returns, unless `options.queued` is 'hold' (see WaitOptions).
    */
-  waitAndDispatch(timeoutMs: number, options: WaitOptions = SUBMIT_QUEUED): number {
+  waitAndDispatch(timeoutMs: number, options: WaitOptions = SUBMIT_QUEUED, clock?: WaitClock): number {
     if (!this.callerDriven) throw new Error('waitAndDispatch: this ring is driven by the event loop');
     if (this.closed) return 0;
     const queued = options.queued;
     this.unsubmittedCount = 0;
+    const startedMs = clock ? performance.now() : 0;
     // Requests already done inline must not wait behind a blocking io_uring_enter.
     let total = this.ring.wait(this.inlineCallbacks.length > 0 ? 0 : 1, timeoutMs, options.pollMicros ?? 0);
+    if (clock) clock.waitMicros = (performance.now() - startedMs) * 1000;
     let count = total;
     while (count > 0) {
       this.onCompletions(count);

@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 
 import { RingTurns, WAITS_PER_TURN, type RingTurnsOptions } from '../../../src/daemon/ring-turns';
-import type { WaitOptions } from '../../../src/io/ring';
+import type { WaitClock, WaitOptions } from '../../../src/io/ring';
 
 const HOLD: WaitOptions = { queued: 'hold' };
 
@@ -15,9 +15,11 @@ class ScriptedRing {
 
   constructor(private readonly script: (wait: number) => number) {}
 
-  waitAndDispatch(): number {
+  waitAndDispatch(_timeoutMs: number, _options: WaitOptions, clock?: WaitClock): number {
     const wait = this.waits++;
     this.log.push(`wait ${wait}`);
+    // As the real ring: the clock gets the kernel wait's length (here 100 us per wait number).
+    if (clock) clock.waitMicros = 100 * wait;
     return this.script(wait);
   }
 
@@ -47,6 +49,20 @@ describe('RingTurns (a queue thread waits in its ring, not in libuv)', () => {
     await turnsOver(ring, { stopAfterWaits: WAITS_PER_TURN + 1 });
     const firstSubmit = ring.log.indexOf('submit');
     assert.equal(firstSubmit, WAITS_PER_TURN, 'one turn waited WAITS_PER_TURN times before it submitted what was held');
+  });
+
+  it('tells `waited` what the ring timed for each wait, and asks for no timing without it', async () => {
+    const ring = new ScriptedRing(() => 2);
+    const seen: Array<[number, number]> = [];
+    await turnsOver(ring, { stopAfterWaits: 3, waited: (waitMicros, completions) => seen.push([waitMicros, completions]) });
+    assert.deepEqual(seen.slice(0, 3), [[0, 2], [100, 2], [200, 2]]);
+
+    const untimed = new ScriptedRing(() => 1);
+    const clocks: Array<WaitClock | undefined> = [];
+    const wait = untimed.waitAndDispatch.bind(untimed);
+    untimed.waitAndDispatch = (timeoutMs, options, clock) => { clocks.push(clock); return wait(timeoutMs, options, clock); };
+    await turnsOver(untimed, { stopAfterWaits: 2 });
+    assert.deepEqual(clocks.slice(0, 2), [undefined, undefined]);
   });
 
   it('ends the turn at a wait that ran nothing (a timeout)', async () => {

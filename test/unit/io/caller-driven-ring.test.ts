@@ -46,6 +46,24 @@ describe('IoRing driven by its caller (real io_uring)', () => {
     assert.ok(readBack.every((byte) => byte === 7));
   });
 
+  it('times its wait in the kernel for a clock, without the callbacks it ran after', () => {
+    // A poll policy judges the gap between requests by this: a slow callback (a target's own
+    // copy) must not read as a slow client.
+    const clock = { waitMicros: -1 };
+    let callbackMs = 0;
+    ring.writeCb(handle.fd, Buffer.alloc(512, 3), 0, 0, () => {
+      const started = process.hrtime.bigint();
+      while (Number(process.hrtime.bigint() - started) / 1e6 < 50);
+      callbackMs = Number(process.hrtime.bigint() - started) / 1e6;
+    });
+    const started = process.hrtime.bigint();
+    let ran = 0;
+    while (ran === 0) ran = ring.waitAndDispatch(1000, { queued: 'submit' }, clock);
+    const totalMs = Number(process.hrtime.bigint() - started) / 1e6;
+    assert.ok(callbackMs >= 50 && totalMs >= 50, `the callback ran 50 ms (${callbackMs}) inside the call (${totalMs})`);
+    assert.ok(clock.waitMicros >= 0 && clock.waitMicros < 40_000, `the wait took ${clock.waitMicros} us, not the callback's 50 ms`);
+  });
+
   it('submits what its callbacks queued before it returns, not at the next call', async () => {
     // A write its callback queues lands in the file with no further waitAndDispatch: a queue
     // thread's COMMIT_AND_FETCH must not wait for the thread's next turn of its event loop.

@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 
-import { PollPolicy } from '../../../src/io/poll-policy';
+import { POLL_MAX_BATCH, PollPolicy } from '../../../src/io/poll-policy';
 
 describe('PollPolicy (poll the ring before sleeping while requests come soon)', () => {
   it('polls first, and again after every wait that found work within twice the budget', () => {
@@ -22,6 +22,14 @@ describe('PollPolicy (poll the ring before sleeping while requests come soon)', 
     assert.equal(policy.pollsNext, false, 'the first request after idle');
     policy.waited(400, 1);
     assert.equal(policy.pollsNext, true, 'the next came within the budget');
+  });
+
+  it('sleeps at once after a wait that found a batch: a deep client needs no poll', () => {
+    const policy = new PollPolicy(500);
+    policy.waited(10, POLL_MAX_BATCH + 1);
+    assert.equal(policy.pollsNext, false);
+    policy.waited(10, POLL_MAX_BATCH);
+    assert.equal(policy.pollsNext, true, 'a few at once: a shallow client still gets the poll');
   });
 
   it('never polls with a budget of 0, and refuses a negative one', () => {
