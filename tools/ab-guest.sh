@@ -30,7 +30,8 @@ if [[ $in_guest -eq 0 ]]; then
   for dir in "${dirs[@]}"; do
     [[ -f $dir/dist/.built && -f $dir/build/Release/ublkdm_native.node ]] || { echo "ab-guest: $dir is not built (tools/setup.sh there)" >&2; exit 1; }
   done
-  exec env UBLK_DM_GUEST_MAX_CPUS="${UBLK_DM_GUEST_MAX_CPUS:-4}" tools/guest-run -- \
+  # 10 GiB, as the bench: up to four 1 GiB written files on the guest's /dev/shm (half its memory).
+  exec env UBLK_DM_GUEST_MAX_CPUS="${UBLK_DM_GUEST_MAX_CPUS:-4}" tools/guest-run --mem "${UBLK_DM_GUEST_MEM:-10240}" -- \
     bash tools/ab-guest.sh --in-guest --pairs "$pairs" --seconds "$seconds" --cells "$cells" "${dirs[@]}"
 fi
 
