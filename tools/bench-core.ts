@@ -1,8 +1,9 @@
 /**
  * The core table of `npm run bench` (issue 11): fio 4k randread / randwrite at QD 1 and QD 32 on
  * our `null` beside null_blk, and our `linear` over a tmpfs file beside a loop device over that
- * file (direct I/O, as `losetup --direct-io=on`) and dm-linear over that loop device. Our devices
- * have 1 queue of depth 128, as null_blk here. The cells are interleaved (every device for one
+ * file (direct I/O, as `losetup --direct-io=on`) and dm-linear over that loop device; and our
+ * `linear` over that loop device too beside dm-linear (the tmpfs one copies inline; this one's
+ * backing I/O goes through io_uring, as over a disk). Our devices have 1 queue of depth 128, as null_blk here. The cells are interleaved (every device for one
  * cell, then the next cell) so a drift of the guest's speed hits every column alike, and the
  * whole table is measured `rounds` times (each round's devices in the other order from the last):
  * a cell's figure is the median of its rounds, a ratio's spread the range of the rounds' ratios.
@@ -29,7 +30,8 @@ export interface CoreBenchOptions extends DaemonPartOptions {
 
 type Pattern = 'randread' | 'randwrite';
 type Kernel = 'null_blk' | 'loop' | 'dm-linear';
-type Ours = 'null' | 'linear';
+/** 'linear-loop': our linear over the loop device, whose backing I/O goes through io_uring as over a disk. */
+type Ours = 'null' | 'linear' | 'linear-loop';
 /** The C server's devices: each the counterpart of one of ours. */
 type CServer = 'ublksrv-null' | 'ublksrv-loop';
 
@@ -92,9 +94,9 @@ export interface CoreReport {
   /** The `ublk` program measured beside ours, if any. */
   readonly ublksrv: string | null;
   readonly cServerRatios: CServerRatio[];
-  /** Per queue loop: the daemon's memory after every run (2 devices). */
+  /** Per queue loop: the daemon's memory after every run (3 devices). */
   readonly daemonMemory: Partial<Record<QueueLoop, DaemonMemory>>;
-  /** Per queue loop: the daemon's CPU use with its 2 devices idle (a loop that polls shows here). */
+  /** Per queue loop: the daemon's CPU use with its 3 devices idle (a loop that polls shows here). */
   readonly idleCpuPercent: Partial<Record<QueueLoop, number>>;
   error?: string;
 }
@@ -140,7 +142,8 @@ export async function runCoreBench(o: CoreBenchOptions): Promise<CoreReport> {
     const ourDevices: Array<{ device: Ours; mode: QueueLoop; daemon: BenchDaemon; path: string }> = [];
     for (const { mode, daemon } of daemons) {
       cleanups.push(() => daemon.stop());
-      for (const [device, table] of [['null', `0 ${sizeSectors} null`], ['linear', `0 ${sizeSectors} linear ${img} 0`]] as const) {
+      const tables = [['null', `0 ${sizeSectors} null`], ['linear', `0 ${sizeSectors} linear ${img} 0`], ['linear-loop', `0 ${sizeSectors} linear ${loop} 0`]] as const;
+      for (const [device, table] of tables) {
         const name = `bench-core-${device}`;
         const path = await daemon.create(name, table, { queues: 1, depth: DEPTH });
         cleanups.push(() => daemon.remove(name));
@@ -194,13 +197,13 @@ export async function runCoreBench(o: CoreBenchOptions): Promise<CoreReport> {
                   );
                 });
               }
-              const ours = device === 'null_blk' ? 'null' : device === 'dm-linear' ? 'linear' : null;
-              for (const d of ourDevices.filter((x) => x.device === ours)) {
+              const ours: readonly Ours[] = device === 'null_blk' ? ['null'] : device === 'dm-linear' ? ['linear', 'linear-loop'] : [];
+              for (const d of ourDevices.filter((x) => ours.includes(x.device))) {
                 steps.push(async () => {
                   const { result: m, ...use } = await withCpuPerIo(d.daemon, [d.path], () => fio({ ...spec, path: d.path }));
                   runs.push({ round, device: d.device, queueLoop: d.mode, pattern, iodepth, iops: m.iops, meanLatencyUs: m.meanLatencyUs, ...use });
                   o.log(
-                    `  ours ${d.device.padEnd(6)} ${d.mode.padEnd(7)}    ${tag} ${String(m.iops).padStart(8)} IOPS ` +
+                    `  ours ${d.device.padEnd(11)} ${d.mode.padEnd(7)}    ${tag} ${String(m.iops).padStart(8)} IOPS ` +
                       `${use.cpuMicrosPerIo} us CPU/IO (user ${use.userMicrosPerIo}, system ${use.systemMicrosPerIo}), ${use.sleepsPerIo} sleeps/IO`,
                   );
                 });
@@ -270,12 +273,12 @@ function ratioOfCells(ours: CoreCell | undefined, other: CoreCell | undefined): 
   return { ratio: ours.iops / other.iops, roundRatios: roundRatios(ours.roundIops, other.roundIops) };
 }
 
-function coreRatios(results: readonly CoreCell[], modes: readonly QueueLoop[]): CoreRatio[] {
+export function coreRatios(results: readonly CoreCell[], modes: readonly QueueLoop[]): CoreRatio[] {
   const ratios: CoreRatio[] = [];
   for (const queueLoop of modes) {
     for (const pattern of PATTERNS) {
       for (const iodepth of IODEPTHS) {
-        for (const [ours, kernel] of [['null', 'null_blk'], ['linear', 'loop'], ['linear', 'dm-linear']] as const) {
+        for (const [ours, kernel] of [['null', 'null_blk'], ['linear', 'loop'], ['linear', 'dm-linear'], ['linear-loop', 'dm-linear']] as const) {
           const goal = CORE_GOALS.find((g) => g.ours === ours && g.kernel === kernel && g.iodepth === iodepth)?.goal;
           const of = ratioOfCells(findCell(results, ours, pattern, iodepth, queueLoop), findCell(results, kernel, pattern, iodepth));
           ratios.push({ ours, queueLoop, kernel, pattern, iodepth, ...of, ...(goal !== undefined ? { goal } : {}) });
@@ -344,8 +347,19 @@ export function formatCoreReport(report: CoreReport): string {
         );
       }
     }
+    lines.push('', `ours linear over the loop device (backing I/O through io_uring, as over a disk) beside dm-linear over it (queue loop: ${mode})`);
+    lines.push(`pattern    QD  dm-linear ours-linear-loop  ${'/dm-linear'.padEnd(16)} | daemon us CPU/IO, sleeps/IO`);
+    for (const pattern of PATTERNS) {
+      for (const iodepth of IODEPTHS) {
+        const dl = cell('dm-linear', pattern, iodepth), ours = cell('linear-loop', pattern, iodepth, mode);
+        lines.push(
+          `${pattern.padEnd(10)} ${String(iodepth).padStart(2)} ${String(dl?.iops ?? '-').padStart(10)} ${String(ours?.iops ?? '-').padStart(16)}  ` +
+            `${againstGoal(ratio('linear-loop', 'dm-linear', pattern, iodepth)).padEnd(16)} | ${ours?.cpuMicrosPerIo ?? '-'}, ${ours?.sleepsPerIo ?? '-'}`,
+        );
+      }
+    }
     const memory = report.daemonMemory[mode];
-    if (memory) lines.push(`daemon memory after these runs (2 devices): RSS ${memory.rssMiB} MiB (THP ${memory.anonHugePagesMiB}), peak ${memory.peakMiB} MiB; CPU while idle ${report.idleCpuPercent[mode]} %`);
+    if (memory) lines.push(`daemon memory after these runs (3 devices): RSS ${memory.rssMiB} MiB (THP ${memory.anonHugePagesMiB}), peak ${memory.peakMiB} MiB; CPU while idle ${report.idleCpuPercent[mode]} %`);
   }
   if (report.ublksrv !== null) lines.push(...formatCServerTable(report, modes));
   if (report.error !== undefined) lines.push(`core bench FAILED: ${report.error.split('\n')[0]}`);

@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 
-import { cServerRatios, formatCoreReport, mergeRounds, type CoreReport, type CoreRun } from '../../../tools/bench-core';
+import { coreRatios, cServerRatios, formatCoreReport, mergeRounds, type CoreReport, type CoreRun } from '../../../tools/bench-core';
 import { formatSpread, median, roundOrder, roundRatios } from '../../../tools/bench-rounds';
 
 describe('bench: cells measured in rounds', () => {
@@ -67,5 +67,22 @@ describe('bench: cells measured in rounds', () => {
     assert.match(text, /median IOPS of 3 rounds/);
     // Cells never measured print '-', not a number.
     assert.match(text, /ours null \(default\) \/ ublksrv null\s+1\.00 0\.50-1\.00\s+-\s+-\s+-/);
+  });
+
+  it('sets our linear over the loop device beside dm-linear over it, in its own table', () => {
+    const cell = (device: CoreRun['device'], rounds: number[], queueLoop?: 'default') => mergeRounds(rounds.map((iops, round) => ({
+      round, device, pattern: 'randread' as const, iodepth: 1, iops, meanLatencyUs: 0,
+      ...(queueLoop ? { queueLoop, cpuMicrosPerIo: 300, userMicrosPerIo: 100, systemMicrosPerIo: 200, sleepsPerIo: 2.5 } : {}),
+    })));
+    const results = [...cell('dm-linear', [4000, 5000, 6000]), ...cell('linear-loop', [1000, 2500, 1500], 'default')];
+    const report: CoreReport = {
+      backingMiB: 1024, runtimeSeconds: 4, rounds: 3, queues: 1, depth: 128, loopDirectIo: true, results, ratios: [],
+      ublksrv: null, cServerRatios: [], daemonMemory: { default: { rssMiB: 70, peakMiB: 72, anonHugePagesMiB: 0 } }, idleCpuPercent: { default: 1 },
+    };
+    report.ratios.push(...coreRatios(results, ['default']));
+    const ratio = report.ratios.find((r) => r.ours === 'linear-loop' && r.kernel === 'dm-linear' && r.pattern === 'randread' && r.iodepth === 1);
+    assert.equal(ratio?.ratio, 0.3);
+    assert.deepEqual(ratio?.roundRatios, [0.25, 0.5, 0.25]);
+    assert.match(formatCoreReport(report), /randread\s+1\s+5000\s+1500\s+0\.30 0\.25-0\.50\s+\| 300, 2\.5/);
   });
 });
