@@ -9,7 +9,8 @@
 # V8's JIT code, node, the addon, liburing) and the top symbols. JIT frames are named through
 # node's --perf-basic-prof map. Samples are cpu-clock (TCG has no PMU): inside the kernel they land
 # where interrupts are enabled again, so kernel symbols are approximate, the DSO split is not.
-# Default table: our null over 1 GiB (a file the table names under /dev/shm is created, 1 GiB of written zeros); DIR (default .cache/profile) keeps perf.data, the JIT map and
+# Default table: our null over 1 GiB (a file the table names under /dev/shm is created, 1 GiB of written zeros; the
+# word LOOP becomes a direct-I/O loop device over another); DIR (default .cache/profile) keeps perf.data, the JIT map and
 # the guest's kallsyms for `perf report -i DIR/ours.data --kallsyms DIR/kallsyms`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ while [[ $# -gt 0 ]]; do
     --ublksrv) ublksrv=$(realpath "$2"); shift 2 ;;
     --out) out=$2; shift 2 ;;
     --in-guest) in_guest=1; shift ;;
-    *) sed -n '2,13p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out" && out=$(realpath "$out")
@@ -51,6 +52,13 @@ if [[ $in_guest -eq 1 ]]; then
   for word in $table; do
     [[ $word == /dev/shm/* && ! -e $word ]] && dd if=/dev/zero of="$word" bs=1M count=1024 status=none
   done
+  # The word LOOP names a loop device (direct I/O) over another such file: backing I/O through
+  # io_uring, as over a disk.
+  if [[ " $table " == *" LOOP "* ]]; then
+    dd if=/dev/zero of=/dev/shm/profile-loop bs=1M count=1024 status=none
+    loop=$(losetup --direct-io=on -f --show /dev/shm/profile-loop)
+    table=${table//LOOP/$loop}
+  fi
   dev=$(node bin/ublk-dm create profile --table "$table" --queues 1 --depth 128)
   fio_under_perf "$daemon" "$dev" ours
   cp "/tmp/perf-$daemon.map" "$out/"
