@@ -37,7 +37,16 @@ const IDLE_WAIT_MS = 1000;
 const ONE_DOORBELL_READ_BYTES = 8;
 
 const { doorbellFd, port, stopFlag, pollMicros } = workerData as QueueThreadData;
-const pollPolicy = new PollPolicy(pollMicros);
+/**
+ * Two gaps a wait can be for, each with its own policy: the next request from the client (no
+ * request in service), or the backing I/O of requests in service (a disk, a loop device). Under
+ * TCG a loop device's read can outlast the budget where the client's next request would not; one
+ * policy for both turned polling off for the client's gap after every slow read.
+ */
+const clientPoll = new PollPolicy(pollMicros);
+const backingPoll = new PollPolicy(pollMicros);
+/** The policy of the wait under way: picked before it, told how it went after it. */
+let waitPolicy = clientPoll;
 /** The two ways a wait in a turn goes (PollPolicy picks): made once, not per wait. */
 const sleepAtOnce: WaitOptions = { queued: 'hold' };
 const pollFirst: WaitOptions = { queued: 'hold', pollMicros };
@@ -138,6 +147,12 @@ class DeviceQueue {
 }
 
 const devices = new Map<number, DeviceQueue>();
+
+function requestsInService(): number {
+  let count = 0;
+  for (const device of devices.values()) count += device.queue.requestsInService;
+  return count;
+}
 
 /**
  * A local copy of a planned table, or undefined when it cannot be made exactly (a device whose
@@ -283,7 +298,10 @@ new RingTurns({
   // While a control step awaits libuv (opening files), waits stay short.
   waitMs: () => (asyncSteps > 0 ? ASYNC_POLL_MS : IDLE_WAIT_MS),
   // Never poll while a forwarded request is out: its answer needs the daemon thread's CPU.
-  waitOptions: () => (pollPolicy.pollsNext && forwardedInFlight === 0 ? pollFirst : sleepAtOnce),
+  waitOptions: () => {
+    waitPolicy = requestsInService() > 0 ? backingPoll : clientPoll;
+    return waitPolicy.pollsNext && forwardedInFlight === 0 ? pollFirst : sleepAtOnce;
+  },
   mustYield: () => asyncSteps > 0,
   stopping,
   onStop: () => {
@@ -295,7 +313,7 @@ new RingTurns({
   },
   onError: (error) => send({ kind: 'warn', message: `queue thread: a completion callback threw: ${String(error)}` }),
   // The policy needs each wait's length; with polling off nothing does, and nothing is timed.
-  ...(pollMicros > 0 ? { waited: (waitMicros: number, completions: number) => pollPolicy.waited(waitMicros, completions) } : {}),
+  ...(pollMicros > 0 ? { waited: (waitMicros: number, completions: number) => waitPolicy.waited(waitMicros, completions) } : {}),
 }).start();
 
 onDoorbell();

@@ -80,6 +80,7 @@ export class UblkQueue {
   /** The descriptor being dispatched, decoded into one object for the queue rather than one per request. */
   private readonly desc: IoDesc = { op: 0, flags: 0, sectorCount: 0, sector: 0, bufAddress: 0 };
   private retiredTags = 0;
+  private serving = 0;
   private firstCommandError: number | undefined;
   private onAllRetired: (() => void) | undefined;
   private unmapped = false;
@@ -115,6 +116,21 @@ export class UblkQueue {
 
   get allRetired(): boolean {
     return this.retiredTags === this.tags.length;
+  }
+
+  /** Requests handed to the handler and not answered yet (a target's backing I/O is out for them). */
+  get requestsInService(): number {
+    return this.serving;
+  }
+
+  /** @internal */
+  requestBegan(): void {
+    this.serving++;
+  }
+
+  /** @internal */
+  requestAnswered(): void {
+    this.serving--;
   }
 
   postFetches(): void {
@@ -219,6 +235,9 @@ export interface TagOwner {
   readonly charFd: number;
   dispatch(slot: TagSlot): void;
   retire(result: IoResult): void;
+  /** A request was handed out (begin), and later answered (its first valid done). */
+  requestBegan(): void;
+  requestAnswered(): void;
 }
 
 /**
@@ -302,6 +321,7 @@ export class TagSlot {
     this.phase = TagPhase.Serving;
     this.op = op;
     this.dataByteLength = dataByteLength;
+    this.device.requestBegan();
     const generation = ++this.generation;
     return (result) => this.handled(generation, result);
   }
@@ -320,6 +340,7 @@ export class TagSlot {
 
   private handled(generation: number, result: IoResult): void {
     if (generation !== this.generation || this.phase !== TagPhase.Serving) return; // stale, or answered
+    this.device.requestAnswered();
     if (typeof result !== 'number' || !Number.isInteger(result)) {
       this.commit(-EIO);
     } else if (result < 0) {

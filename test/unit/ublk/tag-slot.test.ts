@@ -48,6 +48,14 @@ class FakeOwner implements TagOwner {
   retire(result: IoResult): void {
     this.retired.push(result);
   }
+
+  inService = 0;
+  requestBegan(): void {
+    this.inService++;
+  }
+  requestAnswered(): void {
+    this.inService--;
+  }
 }
 
 function nextTurns(count: number): Promise<void> {
@@ -92,6 +100,21 @@ describe('TagSlot', () => {
     assert.equal(owner.ring.posted[1].cmdOp, UBLK_U_IO_COMMIT_AND_FETCH_REQ);
     assert.equal(owner.ring.posted[1].result, 4096, 'the handler result reached the kernel');
     assert.deepEqual(owner.retired, []);
+  });
+
+  it('counts a request in service from delivery to its first valid done, never twice', () => {
+    slot.post(UBLK_U_IO_FETCH_REQ, 0);
+    owner.ring.completeLast(UBLK_IO_RES_OK);
+    assert.equal(owner.inService, 1);
+    owner.dones[0](4096);
+    owner.dones[0](4096);
+    assert.equal(owner.inService, 0, 'a repeated done is not a second answer');
+    owner.ring.completeLast(UBLK_IO_RES_OK);
+    assert.equal(owner.inService, 1, 'the next request the commit fetched');
+    owner.dones[0](512);
+    assert.equal(owner.inService, 1, 'a stale done answers nothing');
+    owner.dones[1](512);
+    assert.equal(owner.inService, 0);
   });
 
   it('a late done while the commit waits for a retry posts nothing twice', async () => {
