@@ -1,4 +1,11 @@
 /**
+ * A wait that ran more completions than this found a client with requests to spare: the next
+ * comes within one request's service time, so a sleeping wait seldom sleeps, and polling there
+ * cost null randread QD 32 0.81x in a same-boot A/B (tools/ab-guest.sh).
+ */
+export const POLL_MAX_BATCH = 4;
+
+/**
  * How long a thread that waits in its ring polls before it sleeps (WaitOptions.pollMicros).
  *
  * Sleeping costs a thread more than the request it wakes for when the next request comes soon:
@@ -8,13 +15,6 @@
  * or sends slowly) or found a batch (the client keeps many requests in flight). An idle thread
  * polls once, at the end of a burst, and never while idle.
  */
-/**
- * A wait that ran more completions than this found a client with requests to spare: the next
- * comes within one request's service time, so a sleeping wait seldom sleeps, and polling there
- * cost null randread QD 32 0.81x in a same-boot A/B (tools/ab-guest.sh).
- */
-export const POLL_MAX_BATCH = 4;
-
 export class PollPolicy {
   private polling = true;
 
