@@ -18,7 +18,7 @@
 import { fio, formatRatio, sh } from './bench-common';
 import { BenchDaemon, withCpuPerIo, type DaemonMemory } from './bench-daemon';
 import { queueLoopEnv, type DaemonPartOptions, type QueueLoop } from './bench-queue-loop';
-import { median, roundOrder, roundRatios, formatSpread } from './bench-rounds';
+import { DEFAULT_ROUNDS, median, roundOrder, roundRatios, formatSpread } from './bench-rounds';
 import { UblksrvDevice } from './bench-ublksrv';
 
 export interface CoreBenchOptions extends DaemonPartOptions {
@@ -105,7 +105,6 @@ const PATTERNS: readonly Pattern[] = ['randread', 'randwrite'];
 const IODEPTHS = [1, 32] as const;
 const DEPTH = 128;
 const IDLE_SECONDS = 2;
-const DEFAULT_ROUNDS = 3;
 /** Seconds of fio at QD 32, each way, on every userspace device before the cells (after fio's own 1 s ramp). */
 const WARM_UP_SECONDS = 2;
 
@@ -324,8 +323,7 @@ function withSpread(ratio: { ratio: number; roundRatios: readonly number[] } | u
 
 export function formatCoreReport(report: CoreReport): string {
   const lines: string[] = [];
-  const cell = (device: string, pattern: Pattern, iodepth: number, mode?: QueueLoop) =>
-    report.results.find((r) => r.device === device && r.pattern === pattern && r.iodepth === iodepth && r.queueLoop === mode);
+  const cell = (device: string, pattern: Pattern, iodepth: number, mode?: QueueLoop) => findCell(report.results, device, pattern, iodepth, mode);
   const modes = Object.keys(report.daemonMemory).length > 0 ? (Object.keys(report.daemonMemory) as QueueLoop[]) : [...new Set(report.results.flatMap((r) => (r.queueLoop ? [r.queueLoop] : [])))];
   for (const mode of modes) {
     const ratio = (ours: Ours, kernel: Kernel, pattern: Pattern, iodepth: number) =>
@@ -368,8 +366,7 @@ export function formatCoreReport(report: CoreReport): string {
 
 /** Issue 11's table: ours over the C server, and the C server over the kernel, in this boot. */
 function formatCServerTable(report: CoreReport, modes: readonly QueueLoop[]): string[] {
-  const cell = (device: string, pattern: Pattern, iodepth: number) =>
-    report.results.find((r) => r.device === device && r.pattern === pattern && r.iodepth === iodepth && r.queueLoop === undefined);
+  const cell = (device: string, pattern: Pattern, iodepth: number) => findCell(report.results, device, pattern, iodepth);
   const ratio = (of: 'ours' | 'ublksrv', over: string, pattern: Pattern, iodepth: number, mode?: QueueLoop) =>
     withSpread(report.cServerRatios.find((r) => r.of === of && r.over === over && r.pattern === pattern && r.iodepth === iodepth && r.queueLoop === mode));
   const columns = PATTERNS.flatMap((pattern) => IODEPTHS.map((iodepth) => ({ pattern, iodepth })));

@@ -18,7 +18,7 @@ import { parseCpuList, possibleCpuCount } from '../src/base/cpus';
 import { fio, fioJobCpus, formatRatio } from './bench-common';
 import { BenchDaemon, withCpuPerIo } from './bench-daemon';
 import { queueLoopEnv, type DaemonPartOptions, type QueueLoop } from './bench-queue-loop';
-import { formatSpread, median, roundOrder, roundRatios } from './bench-rounds';
+import { DEFAULT_ROUNDS, formatSpread, median, roundOrder, roundRatios } from './bench-rounds';
 
 export interface QueueBenchOptions extends DaemonPartOptions {
   /** Times every cell is measured (default 3). */
@@ -67,7 +67,6 @@ const TOTAL_IODEPTH = 32;
 const WARM_UP_SECONDS = 2;
 const DEPTH = 128;
 const PATTERNS: readonly Pattern[] = ['randread', 'randwrite'];
-const DEFAULT_ROUNDS = 3;
 
 export async function runQueueBench(o: QueueBenchOptions): Promise<QueueReport> {
   const fioJobs = Math.max(1, Math.min(cpus().length, 4));
@@ -100,16 +99,14 @@ export async function runQueueBench(o: QueueBenchOptions): Promise<QueueReport> 
     for (const d of devices.filter((x) => x.queues === mostQueues)) {
       for (const rw of PATTERNS) await fio({ path: d.path, rw, blockSize: '4k', iodepth: iodepthPerJob, jobs: fioJobs, runtimeSeconds: WARM_UP_SECONDS });
     }
-    const runs = new Map<(typeof devices)[number], Map<Pattern, Array<{ iops: number; cpuMicrosPerIo: number }>>>();
+    const runs: Array<{ device: (typeof devices)[number]; pattern: Pattern; iops: number; cpuMicrosPerIo: number }> = [];
     try {
       for (let round = 0; round < report.rounds; round++) {
         for (const pattern of PATTERNS) {
           for (const d of roundOrder(devices, round)) {
             const { result, cpuMicrosPerIo } = await withCpuPerIo(d.daemon, [d.path], () =>
               fio({ path: d.path, rw: pattern, blockSize: '4k', iodepth: iodepthPerJob, jobs: fioJobs, runtimeSeconds: o.runtimeSeconds }));
-            const byPattern = runs.get(d) ?? new Map<Pattern, Array<{ iops: number; cpuMicrosPerIo: number }>>();
-            runs.set(d, byPattern);
-            byPattern.set(pattern, [...(byPattern.get(pattern) ?? []), { iops: result.iops, cpuMicrosPerIo }]);
+            runs.push({ device: d, pattern, iops: result.iops, cpuMicrosPerIo });
             o.log(`  queues ${d.device.padEnd(6)} ${d.mode.padEnd(7)} ${d.queues}q r${round + 1} ${pattern.padEnd(9)} ${String(result.iops).padStart(8)} IOPS ${cpuMicrosPerIo} us CPU/IO`);
           }
         }
@@ -118,8 +115,9 @@ export async function runQueueBench(o: QueueBenchOptions): Promise<QueueReport> 
       // What was measured stays in the report, even when a later round failed.
       for (const pattern of PATTERNS) {
         for (const d of devices) {
-          const cellRuns = runs.get(d)?.get(pattern);
-          if (!cellRuns) continue;
+          // In round order: runs were recorded as the rounds went.
+          const cellRuns = runs.filter((r) => r.device === d && r.pattern === pattern);
+          if (cellRuns.length === 0) continue;
           report.results.push({
             device: d.device, queueLoop: d.mode, queues: d.queues, pattern,
             iops: Math.round(median(cellRuns.map((r) => r.iops))),

@@ -5,6 +5,9 @@
  * within one), so a single run per cell says more about the moment than about the device.
  */
 
+/** Rounds per cell unless `--rounds` says otherwise. */
+export const DEFAULT_ROUNDS = 3;
+
 /** The middle value (the mean of the two middle ones for an even count); NaN for none. */
 export function median(values: readonly number[]): number {
   const finite = values.filter(Number.isFinite);

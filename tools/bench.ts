@@ -35,6 +35,7 @@ import { runSnapshotBench, formatSnapshotReport, type SnapshotReport } from './b
 import { runStripedBench, formatStripedReport, type StripedReport } from './bench-striped';
 import { runMirrorBench, formatMirrorReport, type MirrorReport } from './bench-mirror';
 import { runRecoveryBench, formatRecoveryReport, type RecoveryReport } from './bench-recovery';
+import { DEFAULT_ROUNDS } from './bench-rounds';
 import { checkUblksrv } from './bench-ublksrv';
 
 const projectRoot = resolve(__dirname, '..', '..');
@@ -55,7 +56,7 @@ interface Args {
 function parseArgs(argv: string[]): Args {
   const args: Args = { out: join(projectRoot, 'bench-results', 'latest.json'), runtimeSeconds: 5, fileMiB: 1024, kcopydMiB: 1024,
     parts: new Set(PARTS), queueLoops: ['default'], snapshotMiB: 128, snapshotRewriteMiB: 8, snapshotRuntimeSeconds: 3,
-    mirrorMiB: 1024, mirrorRegionSectors: 1024, recoveryRounds: 3, memoryRuntimeSeconds: 3, coreRounds: 3 };
+    mirrorMiB: 1024, mirrorRegionSectors: 1024, recoveryRounds: 3, memoryRuntimeSeconds: 3, coreRounds: DEFAULT_ROUNDS };
   const drop = (...parts: Part[]) => parts.forEach((p) => args.parts.delete(p));
   for (let i = 0; i < argv.length; i++) {
     const [k, v] = [argv[i], argv[i + 1]];
