@@ -24,8 +24,10 @@ constexpr size_t kUringCmdBytes128 = 80;
 // BLOCK_URING_CMD_DISCARD = _IO(0x12, 0) (linux/fs.h, Linux 6.12). Neither the installed kernel
 // headers nor liburing 2.3 (no io_uring_prep_cmd_discard) define it, so it is spelled out here.
 constexpr uint32_t kBlockUringCmdDiscard = (0x12u << 8) | 0u;
-// Numbers per staged ublk I/O command: fd, cmdOp, queueId, tag, result, bufAddress, token.
-constexpr size_t kStagedRecordWords = 7;
+// Numbers per staged SQE (see StageSqes): kind, fd, five that depend on the kind, token.
+constexpr size_t kStagedRecordWords = 8;
+// A staged record's first number: what it asks for.
+enum class StagedKind : int { kUblkIoCmd = 0, kRead = 1, kWrite = 2 };
 
 // The 16-byte ublk I/O command payload (struct ublksrv_io_cmd).
 struct UblkIoCmd {
@@ -348,20 +350,24 @@ Napi::Value Ring::PrepUringCmd(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// stageUblkIoCmds(records: Float64Array): JS queues ublk I/O commands (FETCH_REQ,
-// COMMIT_AND_FETCH_REQ) by writing them into `records`, not by a call each: a request then
-// crosses N-API once (the wait that delivers it), not twice. records[0] is how many are staged; record i is the kStagedRecordWords numbers from
-// 1 + i * kStagedRecordWords: fd, cmdOp, queueId, tag, result, bufAddress, token. submit(),
-// wait() and prepStaged() turn them into SQEs and lower the count to what is left.
-Napi::Value Ring::StageUblkIoCmds(const Napi::CallbackInfo& info) {
+// stageSqes(records: Float64Array): JS queues the requests of its hot path (ublk FETCH_REQ and
+// COMMIT_AND_FETCH_REQ, reads and writes of memory whose address it knows) by writing them into
+// `records` instead of by a call each: a request then crosses N-API once (the wait that delivers
+// it), not once per SQE. records[0] is how many are staged; record i is the kStagedRecordWords
+// numbers from 1 + i * kStagedRecordWords:
+//   kUblkIoCmd: kind, fd, cmdOp, queueId, tag, result, bufAddress, token
+//   kRead:      kind, fd, address, byteLength, fileByteOffset, 0, 0, token
+//   kWrite:     kind, fd, address, byteLength, fileByteOffset, rwFlags, 0, token
+// submit(), wait() and prepStaged() turn them into SQEs and lower the count to what is left.
+Napi::Value Ring::StageSqes(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
       info[0].As<Napi::Float64Array>().ElementLength() < 1 + kStagedRecordWords) {
-    ThrowType(env, "stageUblkIoCmds(records: Float64Array of 1 + 7 * n numbers)");
+    ThrowType(env, "stageSqes(records: Float64Array of 1 + 8 * n numbers)");
     return env.Undefined();
   }
   Napi::Float64Array records = info[0].As<Napi::Float64Array>();
-  stagedUblkIoCmds_ = Napi::Persistent(records);
+  stagedSqes_ = Napi::Persistent(records);
   // As for the completion arrays (KeepCompletionArrays): the pointer is taken once.
   stagedWords_ = records.Data();
   stagedCapacity_ = (records.ElementLength() - 1) / kStagedRecordWords;
@@ -369,11 +375,11 @@ Napi::Value Ring::StageUblkIoCmds(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Ring::PrepStaged(const Napi::CallbackInfo& info) {
-  PrepStagedUblkIoCmds();
+  PrepStagedSqes();
   return info.Env().Undefined();
 }
 
-void Ring::PrepStagedUblkIoCmds() {
+void Ring::PrepStagedSqes() {
   double* words = stagedWords_;
   if (words == nullptr || !open_ || words[0] == 0) return;
   size_t staged = std::min(static_cast<size_t>(words[0]), stagedCapacity_);
@@ -383,14 +389,34 @@ void Ring::PrepStagedUblkIoCmds() {
     int err = 0;
     io_uring_sqe* sqe = TryNextSqe(&err);
     if (sqe == nullptr) break;
-    SetUringCmd(sqe, static_cast<int>(record[0]), static_cast<uint32_t>(record[1]));
-    UblkIoCmd cmd{};
-    cmd.queueId = static_cast<uint16_t>(record[2]);
-    cmd.tag = static_cast<uint16_t>(record[3]);
-    cmd.result = static_cast<int32_t>(record[4]);
-    cmd.bufAddress = static_cast<uint64_t>(record[5]);
-    std::memcpy(sqe->cmd, &cmd, sizeof cmd);
-    Track(sqe, static_cast<uint64_t>(record[6]));
+    int fd = static_cast<int>(record[1]);
+    switch (static_cast<StagedKind>(static_cast<int>(record[0]))) {
+      case StagedKind::kUblkIoCmd: {
+        SetUringCmd(sqe, fd, static_cast<uint32_t>(record[2]));
+        UblkIoCmd cmd{};
+        cmd.queueId = static_cast<uint16_t>(record[3]);
+        cmd.tag = static_cast<uint16_t>(record[4]);
+        cmd.result = static_cast<int32_t>(record[5]);
+        cmd.bufAddress = static_cast<uint64_t>(record[6]);
+        std::memcpy(sqe->cmd, &cmd, sizeof cmd);
+        break;
+      }
+      case StagedKind::kRead:
+        io_uring_prep_read(sqe, fd, reinterpret_cast<void*>(static_cast<uintptr_t>(record[2])),
+                           static_cast<unsigned>(record[3]), static_cast<uint64_t>(record[4]));
+        break;
+      case StagedKind::kWrite:
+        io_uring_prep_write(sqe, fd, reinterpret_cast<const void*>(static_cast<uintptr_t>(record[2])),
+                            static_cast<unsigned>(record[3]), static_cast<uint64_t>(record[4]));
+        sqe->rw_flags = static_cast<__kernel_rwf_t>(record[5]);
+        break;
+      default:
+        // Only IoRing writes records, so this is a bug there; still, the SQE from TryNextSqe
+        // holds whatever it held before and must not reach the kernel as that.
+        io_uring_prep_nop(sqe);
+        break;
+    }
+    Track(sqe, static_cast<uint64_t>(record[7]));
   }
   // What got no SQE waits at the front for the next submit; the kernel takes them in any order.
   size_t left = staged - prepared;
@@ -435,7 +461,7 @@ Napi::Value Ring::Submit(const Napi::CallbackInfo& info) {
     Napi::Error::New(env, "ring is closed").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  PrepStagedUblkIoCmds();
+  PrepStagedSqes();
   int submitted = io_uring_submit(&ring_);
   if (submitted == -EAGAIN || submitted == -EBUSY || submitted == -EINTR) {
     // The CQ is backed up; ReapCompletions submits the leftovers once it has made room.
@@ -514,7 +540,7 @@ Napi::Value Ring::Wait(const Napi::CallbackInfo& info) {
   unsigned minComplete = info[0].As<Napi::Number>().Uint32Value();
   int64_t timeoutMs = info[1].As<Napi::Number>().Int64Value();
   int64_t pollMicros = info.Length() > 2 ? info[2].As<Napi::Number>().Int64Value() : 0;
-  PrepStagedUblkIoCmds();
+  PrepStagedSqes();
   int err;
   if (minComplete > 0 && pollMicros > 0 && io_uring_cq_ready(&ring_) < minComplete) {
     err = PollFor(minComplete, pollMicros);
@@ -569,7 +595,7 @@ Napi::Value Ring::BoundMethods(const Napi::CallbackInfo& info) {
   bind("prepFsync", Napi::Function::New(env, CallBound<&Ring::PrepFsync>, "prepFsync", this));
   bind("prepFallocate", Napi::Function::New(env, CallBound<&Ring::PrepFallocate>, "prepFallocate", this));
   bind("prepUringCmd", Napi::Function::New(env, CallBound<&Ring::PrepUringCmd>, "prepUringCmd", this));
-  bind("stageUblkIoCmds", Napi::Function::New(env, CallBound<&Ring::StageUblkIoCmds>, "stageUblkIoCmds", this));
+  bind("stageSqes", Napi::Function::New(env, CallBound<&Ring::StageSqes>, "stageSqes", this));
   bind("prepStaged", Napi::Function::New(env, CallBound<&Ring::PrepStaged>, "prepStaged", this));
   bind("prepBlockDiscard", Napi::Function::New(env, CallBound<&Ring::PrepBlockDiscard>, "prepBlockDiscard", this));
   bind("prepCancel", Napi::Function::New(env, CallBound<&Ring::PrepCancel>, "prepCancel", this));
@@ -602,7 +628,7 @@ void Ring::ReapCompletions() {
   while (open_) {
     unsigned ready = CollectBatch();
     if (ready == 0) break;
-    PrepStagedUblkIoCmds();  // leftovers of a backed-up Submit, now that there may be room
+    PrepStagedSqes();  // leftovers of a backed-up Submit, now that there may be room
     if (io_uring_sq_ready(&ring_) > 0) io_uring_submit(&ring_);
 
     onCompletions_.MakeCallback(Value(), {Napi::Number::New(env, ready)}, *asyncContext_);

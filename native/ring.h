@@ -34,7 +34,7 @@ class Ring : public Napi::ObjectWrap<Ring> {
   Napi::Value PrepFsync(const Napi::CallbackInfo& info);
   Napi::Value PrepFallocate(const Napi::CallbackInfo& info);
   Napi::Value PrepUringCmd(const Napi::CallbackInfo& info);
-  Napi::Value StageUblkIoCmds(const Napi::CallbackInfo& info);
+  Napi::Value StageSqes(const Napi::CallbackInfo& info);
   Napi::Value PrepStaged(const Napi::CallbackInfo& info);
   Napi::Value PrepBlockDiscard(const Napi::CallbackInfo& info);
   Napi::Value PrepCancel(const Napi::CallbackInfo& info);
@@ -54,9 +54,9 @@ class Ring : public Napi::ObjectWrap<Ring> {
   io_uring_sqe* TryNextSqe(int* err);
   // Fills sqe as a URING_CMD on fd (the whole SQE cleared first).
   void SetUringCmd(io_uring_sqe* sqe, int fd, uint32_t cmdOp);
-  // Turns the ublk commands JS staged (see StageUblkIoCmds) into SQEs. Those that get no SQE
-  // (the SQ stays full) stay staged, at the front, for the next call.
-  void PrepStagedUblkIoCmds();
+  // Turns the requests JS staged (see StageSqes) into SQEs. Those that get no SQE (the SQ stays
+  // full) stay staged, at the front, for the next call.
+  void PrepStagedSqes();
   // An SQE cleared and set up as IORING_OP_URING_CMD on fd; nullptr (JS error thrown) if none.
   io_uring_sqe* NextUringCmdSqe(Napi::Env env, int fd, uint32_t cmdOp);
   // Accounts one more request in flight; the loop is kept alive only while some are.
@@ -91,9 +91,9 @@ class Ring : public Napi::ObjectWrap<Ring> {
   std::unique_ptr<Napi::AsyncContext> asyncContext_;
   std::vector<io_uring_cqe*> cqes_;
 
-  // ublk I/O commands written by JS into a shared array instead of one call each (see
-  // StageUblkIoCmds); prepared before every submit.
-  Napi::Reference<Napi::Float64Array> stagedUblkIoCmds_;
+  // Requests written by JS into a shared array instead of one call each (see StageSqes);
+  // prepared before every submit.
+  Napi::Reference<Napi::Float64Array> stagedSqes_;
   double* stagedWords_ = nullptr;
   size_t stagedCapacity_ = 0;
 

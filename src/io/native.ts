@@ -29,15 +29,15 @@ export interface NativeRing {
    */
   prepUringCmd(fd: number, cmdOp: number, payload: Uint8Array, token: number): void;
   /**
-   * From now on, ublk I/O commands (FETCH_REQ / COMMIT_AND_FETCH_REQ) are queued by writing them
-   * into `records` instead of by a call each (one crossing into the addon per request, not
-   * two): records[0] is how many are staged, record i the STAGED_UBLK_CMD_WORDS numbers from
-   * 1 + i * STAGED_UBLK_CMD_WORDS (fd, cmdOp, queueId, tag, result, bufAddress, token).
-   * submit(), wait() and prepStaged() prepare them and lower records[0] to the number that got
-   * no SQE (the SQ stayed full); those stay at the front.
+   * From now on, the hot path's requests (ublk FETCH_REQ / COMMIT_AND_FETCH_REQ, reads and writes
+   * of memory that never moves) are queued by writing them into `records` instead of by a call
+   * each (one crossing into the addon per request, not one per SQE): records[0] is how many are
+   * staged, record i the STAGED_SQE_WORDS numbers from 1 + i * STAGED_SQE_WORDS, laid out as
+   * StagedSqeKind says. submit(), wait() and prepStaged() prepare them and lower records[0] to the
+   * number that got no SQE (the SQ stayed full); those stay at the front.
    */
-  stageUblkIoCmds(records: Float64Array): void;
-  /** Prepare the staged ublk commands now, without submitting (the staging array is full). */
+  stageSqes(records: Float64Array): void;
+  /** Prepare the staged requests now, without submitting (the staging array is full). */
   prepStaged(): void;
   /**
    * Queue a discard of [byteOffset, byteOffset + byteLength) on a block device opened for
@@ -76,8 +76,20 @@ export interface NativeRingHandle {
   boundMethods(): NativeRing;
 }
 
-/** Numbers per staged ublk I/O command (NativeRing.stageUblkIoCmds). */
-export const STAGED_UBLK_CMD_WORDS = 7;
+/** Numbers per staged request (NativeRing.stageSqes). */
+export const STAGED_SQE_WORDS = 8;
+
+/**
+ * A staged record's first number, and what its other seven are:
+ * - UblkIoCmd: kind, fd, cmdOp, queueId, tag, result, bufAddress, token
+ * - Read:      kind, fd, address, byteLength, fileByteOffset, 0, 0, token
+ * - Write:     kind, fd, address, byteLength, fileByteOffset, rwFlags, 0, token
+ */
+export const enum StagedSqeKind {
+  UblkIoCmd = 0,
+  Read = 1,
+  Write = 2,
+}
 
 export interface NativeRingConstructor {
   new (
@@ -124,14 +136,35 @@ export function native(): NativeAddon {
   return cached;
 }
 
-/** ArrayBuffers known to start on a page boundary (made by allocPageAligned). */
-const pageAlignedBuffers = new WeakSet<ArrayBufferLike>();
+/**
+ * ArrayBuffers known to start on a page boundary (made by allocPageAligned), with the address of
+ * their first byte once something asked for it (ADDRESS_NOT_ASKED before): their memory lies
+ * outside the V8 heap and never moves, so the address holds while the buffer lives.
+ */
+const pageAlignedBuffers = new WeakMap<ArrayBufferLike, number>();
+const ADDRESS_NOT_ASKED = -1;
 
 /** Page-aligned, zero-filled memory outside the V8 heap, usable for O_DIRECT I/O. */
 export function allocPageAligned(byteLength: number): ArrayBuffer {
   const buffer = native().allocAligned(byteLength, 4096);
-  pageAlignedBuffers.add(buffer);
+  // Not asked yet: a buffer made for one request (a forwarded write) may never need it.
+  pageAlignedBuffers.set(buffer, ADDRESS_NOT_ASKED);
   return buffer;
+}
+
+/**
+ * The address of `view`'s first byte when it lies in memory from allocPageAligned, else
+ * undefined: what a request staged for the kernel (NativeRing.stageSqes) can carry instead of
+ * the view. Valid while the view's buffer is alive; the caller keeps it alive until the kernel is
+ * done with it.
+ */
+export function stableAddressOf(view: ArrayBufferView): number | undefined {
+  const bufferAddress = pageAlignedBuffers.get(view.buffer);
+  if (bufferAddress === undefined) return undefined;
+  if (bufferAddress !== ADDRESS_NOT_ASKED) return bufferAddress + view.byteOffset;
+  const viewAddress = native().addressOf(view);
+  pageAlignedBuffers.set(view.buffer, viewAddress - view.byteOffset);
+  return viewAddress;
 }
 
 /**

@@ -2,7 +2,7 @@
 import { performance } from 'node:perf_hooks';
 
 import { ECANCELED, type IoResult } from '../base/errno';
-import { STAGED_UBLK_CMD_WORDS, native, type NativeRing } from './native';
+import { STAGED_SQE_WORDS, StagedSqeKind, native, stableAddressOf, type NativeRing } from './native';
 
 /**
  * IoRing: the JS owner of one native io_uring. It hands out tokens, keeps every buffer of a
@@ -66,8 +66,8 @@ export const RWF_DSYNC = 2;
 
 const DEFAULT_ENTRIES = 256;
 const COMPLETIONS_PER_BATCH = 256;
-/** ublk commands staged between two submits before they are prepared early (a queue's depth is at most 4096). */
-const STAGED_UBLK_CMDS = 256;
+/** Requests staged between two submits before they are prepared early (a queue's depth is at most 4096). */
+const STAGED_SQES = 256;
 /** Submit-and-reap rounds per flush before yielding to the event loop (no starving timers and I/O). */
 const INLINE_ROUNDS = 4;
 /**
@@ -86,8 +86,8 @@ export class IoRing {
   private readonly ring: NativeRing;
   private readonly completedTokens: Float64Array;
   private readonly completedResults: Int32Array;
-  /** ublk I/O commands queued for the next submit, read by the addon (NativeRing.stageUblkIoCmds). */
-  private readonly stagedUblkCmds = new Float64Array(1 + STAGED_UBLK_CMDS * STAGED_UBLK_CMD_WORDS);
+  /** Requests queued for the next submit, read by the addon (NativeRing.stageSqes). */
+  private readonly stagedSqes = new Float64Array(1 + STAGED_SQES * STAGED_SQE_WORDS);
 
   private readonly callbacks: Array<IoCallback | undefined> = [];
   /** Whatever the kernel reads or writes for the request in each slot. */
@@ -127,7 +127,7 @@ export class IoRing {
       (count) => this.onCompletions(count),
       callerDriven,
     ).boundMethods();
-    this.ring.stageUblkIoCmds(this.stagedUblkCmds);
+    this.ring.stageSqes(this.stagedSqes);
   }
 
   /**
@@ -227,9 +227,16 @@ export class IoRing {
     return this.closed;
   }
 
+  /**
+   * Reads and writes of memory that never moves (allocPageAligned's: ublk tag buffers, page
+   * pools) are staged, not a call into the addon each: on a disk-backed device that call was most
+   * of what the addon cost per request. Other buffers go through a call, which finds their bytes.
+   */
   readCb(fd: number, buf: Uint8Array, fileByteOffset: number, done: IoCallback): IoToken {
     const token = this.nextToken();
-    this.ring.prepRead(fd, buf, fileByteOffset, token);
+    const address = stableAddressOf(buf);
+    if (address === undefined) this.ring.prepRead(fd, buf, fileByteOffset, token);
+    else this.stage(StagedSqeKind.Read, fd, address, buf.byteLength, fileByteOffset, 0, 0, token);
     return this.issued(token, done, buf);
   }
 
@@ -237,9 +244,12 @@ export class IoRing {
     return new Promise((resolve) => this.readCb(fd, buf, fileByteOffset, resolve));
   }
 
+  /** Staged, as readCb says, when `buf` lies in memory that never moves. */
   writeCb(fd: number, buf: Uint8Array, fileByteOffset: number, rwFlags: number, done: IoCallback): IoToken {
     const token = this.nextToken();
-    this.ring.prepWrite(fd, buf, fileByteOffset, rwFlags, token);
+    const address = stableAddressOf(buf);
+    if (address === undefined) this.ring.prepWrite(fd, buf, fileByteOffset, rwFlags, token);
+    else this.stage(StagedSqeKind.Write, fd, address, buf.byteLength, fileByteOffset, rwFlags, 0, token);
     return this.issued(token, done, buf);
   }
 
@@ -320,21 +330,7 @@ export class IoRing {
     done: IoCallback,
   ): IoToken {
     const token = this.nextToken();
-    const staged = this.stagedUblkCmds;
-    if (staged[0] === STAGED_UBLK_CMDS) {
-      this.ring.prepStaged();
-      // Still full: the SQ is, too, and the kernel takes no more for now (the caller retries).
-      if (staged[0] === STAGED_UBLK_CMDS) throw new Error('io_uring_get_sqe: Device or resource busy');
-    }
-    const at = 1 + staged[0] * STAGED_UBLK_CMD_WORDS;
-    staged[at] = fd;
-    staged[at + 1] = cmdOp;
-    staged[at + 2] = queueId;
-    staged[at + 3] = tag;
-    staged[at + 4] = result;
-    staged[at + 5] = bufAddress;
-    staged[at + 6] = token;
-    staged[0]++;
+    this.stage(StagedSqeKind.UblkIoCmd, fd, cmdOp, queueId, tag, result, bufAddress, token);
     return this.issued(token, done, undefined);
   }
 
@@ -379,7 +375,7 @@ export class IoRing {
     this.closed = true;
     this.ring.close();
     // Staged commands never reached the kernel; their callbacks are cancelled below with the rest.
-    this.stagedUblkCmds[0] = 0;
+    this.stagedSqes[0] = 0;
     const errors: unknown[] = [];
     // Inline requests were done: their callbacks get their results, not a cancel.
     try {
@@ -398,6 +394,26 @@ export class IoRing {
       }
     }
     if (errors.length > 0) throw errors[0];
+  }
+
+  /** Write one record for the addon to prepare on the next submit (NativeRing.stageSqes, StagedSqeKind). */
+  private stage(kind: StagedSqeKind, fd: number, a: number, b: number, c: number, d: number, e: number, token: IoToken): void {
+    const staged = this.stagedSqes;
+    if (staged[0] === STAGED_SQES) {
+      this.ring.prepStaged();
+      // Still full: the SQ is, too, and the kernel takes no more for now (the caller retries).
+      if (staged[0] === STAGED_SQES) throw new Error('io_uring_get_sqe: Device or resource busy');
+    }
+    const at = 1 + staged[0] * STAGED_SQE_WORDS;
+    staged[at] = kind;
+    staged[at + 1] = fd;
+    staged[at + 2] = a;
+    staged[at + 3] = b;
+    staged[at + 4] = c;
+    staged[at + 5] = d;
+    staged[at + 6] = e;
+    staged[at + 7] = token;
+    staged[0]++;
   }
 
   /**
