@@ -99,46 +99,66 @@ export async function runQueueBench(o: QueueBenchOptions): Promise<QueueReport> 
     for (const d of devices.filter((x) => x.queues === mostQueues)) {
       for (const rw of PATTERNS) await fio({ path: d.path, rw, blockSize: '4k', iodepth: iodepthPerJob, jobs: fioJobs, runtimeSeconds: WARM_UP_SECONDS });
     }
-    const runs: Array<{ device: (typeof devices)[number]; pattern: Pattern; iops: number; cpuMicrosPerIo: number }> = [];
+    const runs: QueueRun[] = [];
     try {
       for (let round = 0; round < report.rounds; round++) {
         for (const pattern of PATTERNS) {
           for (const d of roundOrder(devices, round)) {
             const { result, cpuMicrosPerIo } = await withCpuPerIo(d.daemon, [d.path], () =>
               fio({ path: d.path, rw: pattern, blockSize: '4k', iodepth: iodepthPerJob, jobs: fioJobs, runtimeSeconds: o.runtimeSeconds }));
-            runs.push({ device: d, pattern, iops: result.iops, cpuMicrosPerIo });
+            runs.push({ device: d.device, queueLoop: d.mode, queues: d.queues, pattern, iops: result.iops, cpuMicrosPerIo });
             o.log(`  queues ${d.device.padEnd(6)} ${d.mode.padEnd(7)} ${d.queues}q r${round + 1} ${pattern.padEnd(9)} ${String(result.iops).padStart(8)} IOPS ${cpuMicrosPerIo} us CPU/IO`);
           }
         }
       }
     } finally {
       // What was measured stays in the report, even when a later round failed.
-      for (const pattern of PATTERNS) {
-        for (const d of devices) {
-          // In round order: runs were recorded as the rounds went.
-          const cellRuns = runs.filter((r) => r.device === d && r.pattern === pattern);
-          if (cellRuns.length === 0) continue;
-          report.results.push({
-            device: d.device, queueLoop: d.mode, queues: d.queues, pattern,
-            iops: Math.round(median(cellRuns.map((r) => r.iops))),
-            cpuMicrosPerIo: Math.round(median(cellRuns.map((r) => r.cpuMicrosPerIo)) * 10) / 10,
-            roundIops: cellRuns.map((r) => r.iops),
-            ratioToOneQueue: NaN, roundRatiosToOneQueue: [],
-          });
-        }
-      }
+      report.results.push(...queueCells(runs));
     }
   } catch (error) {
     report.error = (error as Error).message;
   } finally {
     for (const cleanup of cleanups.reverse()) await cleanup().catch((e) => o.log(`queues cleanup: ${(e as Error).message}`));
   }
-  for (const cell of report.results) {
-    const one = report.results.find((r) => r.device === cell.device && r.queueLoop === cell.queueLoop && r.pattern === cell.pattern && r.queues === 1);
+  return report;
+}
+
+/** One fio run of the queue part: a device of some queue count, one pattern, one round. */
+export interface QueueRun {
+  readonly device: Device;
+  readonly queueLoop: QueueLoop;
+  readonly queues: number;
+  readonly pattern: Pattern;
+  readonly iops: number;
+  readonly cpuMicrosPerIo: number;
+}
+
+/**
+ * The runs (in the order they ran) merged into one cell per device, queue loop, queue count and
+ * pattern: medians, each round's IOPS in round order, and the ratio to the same device with 1
+ * queue, overall and round by round (NaN and none when 1 queue was not measured).
+ */
+export function queueCells(runs: readonly QueueRun[]): QueueCell[] {
+  const cells: QueueCell[] = [];
+  const sameCell = (a: QueueRun, b: QueueRun): boolean =>
+    a.device === b.device && a.queueLoop === b.queueLoop && a.queues === b.queues && a.pattern === b.pattern;
+  for (const run of runs) {
+    if (cells.some((cell) => sameCell(cell, run))) continue;
+    const cellRuns = runs.filter((r) => sameCell(r, run));
+    cells.push({
+      device: run.device, queueLoop: run.queueLoop, queues: run.queues, pattern: run.pattern,
+      iops: Math.round(median(cellRuns.map((r) => r.iops))),
+      cpuMicrosPerIo: Math.round(median(cellRuns.map((r) => r.cpuMicrosPerIo)) * 10) / 10,
+      roundIops: cellRuns.map((r) => r.iops),
+      ratioToOneQueue: NaN, roundRatiosToOneQueue: [],
+    });
+  }
+  for (const cell of cells) {
+    const one = cells.find((c) => sameCell(c, { ...cell, queues: 1 }));
     cell.ratioToOneQueue = one ? cell.iops / one.iops : NaN;
     cell.roundRatiosToOneQueue = one ? roundRatios(cell.roundIops, one.roundIops) : [];
   }
-  return report;
+  return cells;
 }
 
 /**

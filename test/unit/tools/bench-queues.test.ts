@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { formatQueueReport, queuesReached, type QueueCell, type QueueReport } from '../../../tools/bench-queues';
+import { formatQueueReport, queueCells, queuesReached, type QueueCell, type QueueReport, type QueueRun } from '../../../tools/bench-queues';
 
 /** A /sys/block/DEV/mq tree: one cpu_list per hardware queue, as blk-mq writes it. */
 function mqTree(cpuLists: readonly string[]): string {
@@ -48,5 +48,42 @@ describe('bench queues: the table of medians', () => {
     assert.match(text, /medians of 3 rounds/);
     assert.match(text, /x1\.10 0\.90-1\.20/);
     assert.match(text, /x0\.90! 0\.80-0\.95/);
+  });
+});
+
+describe('bench queues: merging the rounds into cells', () => {
+  const run = (device: 'null' | 'linear', queues: number, pattern: 'randread' | 'randwrite', iops: number, cpuMicrosPerIo = 10): QueueRun => ({
+    device, queueLoop: 'default', queues, pattern, iops, cpuMicrosPerIo,
+  });
+
+  it('takes each cell\'s medians, keeps its rounds in order, and sets each against the same device and pattern with 1 queue', () => {
+    // Three rounds, the devices in reverse order in the middle one (as roundOrder runs them).
+    const runs: QueueRun[] = [
+      run('null', 1, 'randread', 100, 20), run('null', 2, 'randread', 150, 30), run('linear', 1, 'randread', 50), run('null', 1, 'randwrite', 40),
+      run('null', 2, 'randread', 90, 10), run('null', 1, 'randread', 120, 40), run('linear', 1, 'randread', 70), run('null', 1, 'randwrite', 60),
+      run('null', 1, 'randread', 80, 30), run('null', 2, 'randread', 160, 50), run('linear', 1, 'randread', 60), run('null', 1, 'randwrite', 50),
+    ];
+    const cells = queueCells(runs);
+    assert.equal(cells.length, 4);
+    const find = (device: string, queues: number, pattern: string): QueueCell =>
+      cells.find((c) => c.device === device && c.queues === queues && c.pattern === pattern) ?? assert.fail(`${device} ${queues}q ${pattern}`);
+    const two = find('null', 2, 'randread');
+    assert.deepEqual(two.roundIops, [150, 90, 160]);
+    assert.equal(two.iops, 150);
+    assert.equal(two.cpuMicrosPerIo, 30);
+    assert.equal(two.ratioToOneQueue, 150 / 100);
+    assert.deepEqual(two.roundRatiosToOneQueue, [1.5, 90 / 120, 2]);
+    const one = find('null', 1, 'randread');
+    assert.deepEqual(one.roundIops, [100, 120, 80]);
+    assert.equal(one.ratioToOneQueue, 1);
+    // Another device or pattern is never the 1-queue reference.
+    assert.equal(find('linear', 1, 'randread').iops, 60);
+    assert.equal(find('null', 1, 'randwrite').iops, 50);
+  });
+
+  it('gives a cell whose 1-queue device was never measured no ratio, rather than one against another cell', () => {
+    const [cell] = queueCells([run('null', 2, 'randread', 100), run('null', 1, 'randwrite', 50)]);
+    assert.ok(Number.isNaN(cell.ratioToOneQueue));
+    assert.deepEqual(cell.roundRatiosToOneQueue, []);
   });
 });
