@@ -28,14 +28,18 @@ export interface QueueBenchOptions extends DaemonPartOptions {
 type Pattern = 'randread' | 'randwrite';
 type Device = 'linear' | 'null';
 
-export interface QueueCell {
+/** One fio run of the queue part: a device of some queue count, one pattern, one round. */
+export interface QueueRun {
   readonly device: Device;
   readonly queueLoop: QueueLoop;
   readonly queues: number;
   readonly pattern: Pattern;
-  /** Medians over the rounds. */
   readonly iops: number;
   readonly cpuMicrosPerIo: number;
+}
+
+/** A device, queue count and pattern over all rounds: `iops` and `cpuMicrosPerIo` are the rounds' medians. */
+export interface QueueCell extends QueueRun {
   /** Each round's IOPS, in round order. */
   readonly roundIops: readonly number[];
   /** IOPS ÷ the same device's with 1 queue (medians). */
@@ -121,16 +125,6 @@ export async function runQueueBench(o: QueueBenchOptions): Promise<QueueReport> 
     for (const cleanup of cleanups.reverse()) await cleanup().catch((e) => o.log(`queues cleanup: ${(e as Error).message}`));
   }
   return report;
-}
-
-/** One fio run of the queue part: a device of some queue count, one pattern, one round. */
-export interface QueueRun {
-  readonly device: Device;
-  readonly queueLoop: QueueLoop;
-  readonly queues: number;
-  readonly pattern: Pattern;
-  readonly iops: number;
-  readonly cpuMicrosPerIo: number;
 }
 
 /**
