@@ -9,7 +9,8 @@
 #   tools/ab-guest.sh [--pairs N] [--seconds S] [--cells "null:randread:1 blk:randwrite:32 ..."] DIR_A DIR_B
 #
 # DIR_A and DIR_B are checkouts set up with tools/setup.sh (a `git worktree add` of the commit to
-# compare, say). Prints every pass, then per cell the median IOPS of each and B/A.
+# compare, say). Prints every pass, then per cell the median IOPS of each, B/A, the range of the
+# pairs' B/A and in how many pairs B was ahead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pairs=10 seconds=2 cells='null:randread:1 null:randread:32 linear:randwrite:1 linear:randwrite:32' in_guest=0
@@ -75,9 +76,14 @@ for pair in $(seq "$pairs"); do
 done
 node -e '
   const rows = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map((l) => l.split(" "));
-  const { median } = require("./dist/tools/bench-rounds");
+  const { formatSpread, median, roundRatios } = require("./dist/tools/bench-rounds");
   for (const cell of [...new Set(rows.map((r) => r[2]))]) {
+    // In pair order: the two passes of a pair ran next to each other, so their ratio is the one
+    // drift hit least; the range of those ratios is the noise a median B/A is read against.
     const of = (v) => rows.filter((r) => r[2] === cell && r[1] === v).map((r) => Number(r[3]));
     const a = median(of("A")), b = median(of("B"));
-    console.log(`${cell.padEnd(22)} A ${String(a).padStart(7)}  B ${String(b).padStart(7)}  B/A ${(b / a).toFixed(2)}`);
+    const pairRatios = roundRatios(of("B"), of("A"));
+    const ahead = pairRatios.filter((ratio) => ratio > 1).length;
+    console.log(`${cell.padEnd(22)} A ${String(a).padStart(7)}  B ${String(b).padStart(7)}  B/A ${(b / a).toFixed(2)}` +
+      `  pairs ${formatSpread(pairRatios)}, B ahead in ${ahead} of ${pairRatios.length}`);
   }' "$results"
