@@ -40,9 +40,12 @@ const FILESYSTEMS: Record<number, string> = { [TMPFS_MAGIC]: 'tmpfs', 0xef53: 'e
  */
 type KcopydIo = 'source-page-cache' | 'direct' | 'buffered';
 
+/** A mistake in the command line: main prints it with the usage, without a stack trace. */
+class UsageError extends Error {}
+
 function parseKcopydIo(value: string): KcopydIo {
   if (value === 'source-page-cache' || value === 'direct' || value === 'buffered') return value;
-  throw new Error(`--kcopyd-io takes source-page-cache, direct or buffered, not ${value}`);
+  throw new UsageError(`--kcopyd-io takes source-page-cache, direct or buffered, not ${value}`);
 }
 
 type Copier = 'dd-direct' | 'dd-buffered' | 'kcopyd';
@@ -53,6 +56,10 @@ interface Args {
   subJobSectors: number; poolPages: number | undefined; kcopydIo: KcopydIo; sourceCache: 'cold' | 'hot';
 }
 
+const USAGE = `usage: node dist/tools/bench-kcopyd.js [--size-mib 1024] [--dir DIR | --host] [--json PATH] [--rounds 3]
+         [--destinations 1,2] [--sub-job-sectors N] [--pool-pages N] [--kcopyd-io source-page-cache|direct|buffered]
+         [--source-cache cold|hot]`;
+
 function parseArgs(argv: string[]): Args {
   const args: Args = {
     sizeMiB: 1024, dir: tmpdir(), host: false, json: null, rounds: 3, destinationCounts: [1, 2],
@@ -60,6 +67,10 @@ function parseArgs(argv: string[]): Args {
   };
   for (let i = 0; i < argv.length; i++) {
     const [flag, value] = [argv[i], argv[i + 1]];
+    if (flag === '--help' || flag === '-h') {
+      console.log(USAGE);
+      process.exit(0);
+    }
     if (flag === '--host') { args.host = true; args.dir = '/var/tmp'; continue; }
     if (flag === '--size-mib') args.sizeMiB = Number(value);
     else if (flag === '--dir') args.dir = value;
@@ -69,12 +80,15 @@ function parseArgs(argv: string[]): Args {
     else if (flag === '--sub-job-sectors') args.subJobSectors = Number(value);
     else if (flag === '--pool-pages') args.poolPages = Number(value);
     else if (flag === '--kcopyd-io') args.kcopydIo = parseKcopydIo(value);
-    else if (flag === '--source-cache') args.sourceCache = value === 'hot' ? 'hot' : 'cold';
-    else throw new Error(`unknown argument ${flag}`);
+    else if (flag === '--source-cache') {
+      if (value !== 'hot' && value !== 'cold') throw new UsageError(`--source-cache takes cold or hot, not ${value}`);
+      args.sourceCache = value;
+    }
+    else throw new UsageError(`unknown argument ${flag}`);
     i++;
   }
-  if (!(args.sizeMiB > 0) || !Number.isInteger(args.sizeMiB)) throw new Error('--size-mib takes a positive whole number');
-  if (!(args.rounds > 0)) throw new Error('--rounds takes a positive number');
+  if (!(args.sizeMiB > 0) || !Number.isInteger(args.sizeMiB)) throw new UsageError('--size-mib takes a positive whole number');
+  if (!(args.rounds > 0)) throw new UsageError('--rounds takes a positive number');
   return args;
 }
 
@@ -215,6 +229,7 @@ async function main(): Promise<void> {
 }
 
 main().catch((error) => {
-  console.error(error);
-  process.exit(1);
+  if (error instanceof UsageError) console.error(`bench-kcopyd: ${error.message}\n${USAGE}`);
+  else console.error(error);
+  process.exit(error instanceof UsageError ? 2 : 1);
 });

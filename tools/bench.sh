@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
+# Usage needs no ublk: never boot a guest to print it.
+for arg in "$@"; do [[ $arg == --help || $arg == -h ]] && exec node dist/tools/bench.js --help; done
+UBLK_DM_BENCH_CHECK_ARGS=1 node dist/tools/bench.js "$@"
 if [[ -e /dev/ublk-control && $EUID -eq 0 ]]; then
   exec node dist/tools/bench.js "$@"
 fi

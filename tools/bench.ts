@@ -1,25 +1,7 @@
 /**
  * `npm run bench`: ours against the kernel's equivalent on the same backing, in one run (one guest
- * boot when the host has no ublk, so the ratios compare like with like). Parts, in this order:
- *
- *   core      fio 4k randread / randwrite at QD 1 and 32: our `null` beside null_blk, our `linear`
- *             over a tmpfs file beside loop (direct I/O) over that file and dm-linear over the
- *             loop device; daemon CPU time per I/O; against issue 11's goals (tools/bench-core.ts)
- *   queues    our linear and null with 1, 2 and 4 queues at QD 32 (tools/bench-queues.ts)
- *   memory    daemon RSS with 4 devices of depth 128 after fio on each (tools/bench-memory.ts)
- *   snapshot  the snapshot family against dm-snapshot (tools/bench-snapshot.ts)
- *   striped   striped over 4 files against dm-striped (tools/bench-striped.ts)
- *   mirror    the mirror against dm-mirror (tools/bench-mirror.ts)
- *   recovery  SIGKILL of the daemon under a writer, time until I/O flows again (tools/bench-recovery.ts)
- *   kcopyd    kcopyd against dd to each destination in turn (dist/tools/bench-kcopyd.js)
- *
- * `--only core,queues,memory` runs a subset; `--no-PART` (and `--no-basic` for core, queues and
- * memory) leaves one out. `--queue-loop main|threads|both|default` picks the daemon's queue loop
- * (UBLK_DM_QUEUE_LOOP) for core, queues and memory; `both` measures each on both, in this boot.
- * `--ublksrv PATH` (the C server's installed `ublk`) adds its null and loop to core's cells.
- * `--rounds N` (default 3) measures core's and queues' tables N times: their figures are the
- * medians, with the range of the rounds' ratios.
- * Prints every table and writes everything as JSON (--out).
+ * boot when the host has no ublk, so the ratios compare like with like). USAGE (printed by
+ * `--help`) lists the parts and options.
  */
 import { mkdtempSync, mkdirSync, writeFileSync, existsSync, readFileSync, statfsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -37,6 +19,33 @@ import { runMirrorBench, formatMirrorReport, type MirrorReport } from './bench-m
 import { runRecoveryBench, formatRecoveryReport, type RecoveryReport } from './bench-recovery';
 import { DEFAULT_ROUNDS } from './bench-rounds';
 import { checkUblksrv } from './bench-ublksrv';
+
+const USAGE = `usage: npm run bench [-- OPTIONS]   (node dist/tools/bench.js where this machine has ublk)
+
+Parts, in this order:
+  core      fio 4k randread / randwrite at QD 1 and 32: our null beside null_blk, our linear over a
+            tmpfs file beside loop (direct I/O) over that file and dm-linear over the loop device,
+            and our linear over that loop device; daemon CPU time per I/O; issue 11's goals
+  queues    our linear and null with 1, 2 and 4 queues at QD 32
+  memory    daemon RSS with 4 devices of depth 128 after fio on each
+  snapshot  the snapshot family against dm-snapshot
+  striped   striped over 4 files against dm-striped
+  mirror    the mirror against dm-mirror
+  recovery  SIGKILL of the daemon under a writer, time until I/O flows again
+  kcopyd    kcopyd against dd to each destination in turn
+
+Options:
+  --only PART,PART     run these parts only
+  --no-PART            leave one out (--no-basic: core, queues and memory)
+  --queue-loop main|threads|both|default
+                       the daemon's queue loop (UBLK_DM_QUEUE_LOOP) for core, queues and memory
+  --ublksrv PATH       the C server's installed ublk: its null and loop join core's cells
+  --rounds N           times core's and queues' tables are measured (default ${DEFAULT_ROUNDS}): medians, with ranges
+  --runtime S          seconds per fio run (default 5)
+  --out PATH           the JSON (default bench-results/latest.json)
+  --file-mib, --kcopyd-mib, --memory-runtime, --mirror-mib, --mirror-region, --recovery-rounds,
+  --snapshot-mib, --snapshot-rewrite-mib, --snapshot-runtime
+                       sizes and lengths of single parts`;
 
 const projectRoot = resolve(__dirname, '..', '..');
 const cli = join(projectRoot, 'bin', 'ublk-dm');
@@ -60,7 +69,8 @@ function parseArgs(argv: string[]): Args {
   const drop = (...parts: Part[]) => parts.forEach((p) => args.parts.delete(p));
   for (let i = 0; i < argv.length; i++) {
     const [k, v] = [argv[i], argv[i + 1]];
-    if (k === '--out') { args.out = resolve(v); i++; }
+    if (k === '--help' || k === '-h') { console.log(USAGE); process.exit(0); }
+    else if (k === '--out') { args.out = resolve(v); i++; }
     else if (k === '--only') { args.parts = new Set(v.split(',').map(toPart)); i++; }
     else if (k === '--queue-loop') { args.queueLoops = parseQueueLoops(v); i++; }
     else if (k === '--ublksrv') { args.ublksrv = resolve(v); i++; }
@@ -78,7 +88,7 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--snapshot-mib') { args.snapshotMiB = Number(v); i++; }
     else if (k === '--snapshot-rewrite-mib') { args.snapshotRewriteMiB = Number(v); i++; }
     else if (k === '--snapshot-runtime') { args.snapshotRuntimeSeconds = Number(v); i++; } // 16 fio runs: kept short
-    else throw new Error(`unknown argument ${k}`);
+    else throw new Error(`unknown argument ${k} (--help lists them)`);
   }
   return args;
 }
@@ -108,8 +118,10 @@ function tmpfsDirWithRoom(mib: number): string | undefined {
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
-  if (!existsSync('/dev/ublk-control')) throw new Error('no /dev/ublk-control: run through `npm run bench` (it uses the guest runner)');
   if (args.ublksrv !== undefined) checkUblksrv(args.ublksrv);
+  // bench.sh asks this on the host before it boots a guest: a mistyped option costs no boot.
+  if (process.env.UBLK_DM_BENCH_CHECK_ARGS === '1') return;
+  if (!existsSync('/dev/ublk-control')) throw new Error('no /dev/ublk-control: run through `npm run bench` (it uses the guest runner)');
   const work = mkdtempSync(join(tmpdir(), 'ublkdm-bench-'));
   const log = (line: string) => process.stderr.write(`${line}\n`);
   const has = (part: Part) => args.parts.has(part);
