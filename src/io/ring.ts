@@ -229,8 +229,9 @@ export class IoRing {
 
   /**
    * Reads and writes of memory that never moves (allocPageAligned's: ublk tag buffers, page
-   * pools) are staged, not a call into the addon each: on a disk-backed device that call was most
-   * of what the addon cost per request. Other buffers go through a call, which finds their bytes.
+   * pools) are staged, not a call into the addon each, so a request served from a disk crosses into
+   * the addon once (the wait that delivers it), as one served from memory does. Other buffers go
+   * through a call, which finds their bytes.
    */
   readCb(fd: number, buf: Uint8Array, fileByteOffset: number, done: IoCallback): IoToken {
     const token = this.nextToken();
