@@ -10,9 +10,7 @@
  * dd writes a new file, as a user's dd does; kcopyd a sparse file of the source's size (it cannot
  * grow a device): both allocate as they write.
  *
- *   node dist/tools/bench-kcopyd.js [--size-mib 1024] [--dir DIR | --host] [--json PATH] [--rounds 3]
- *        [--destinations 1,2] [--sub-job-sectors N] [--pool-pages N] [--kcopyd-io source-page-cache|direct|buffered]
- *        [--source-cache cold|hot]
+ *   node dist/tools/bench-kcopyd.js [OPTIONS]   (USAGE below lists them; --help prints it)
  *
  * `--host` copies under /var/tmp and refuses tmpfs: the host disk, no ublk needed. The cases run
  * interleaved, `--rounds` times, so a change in the machine's load hits every case alike; the

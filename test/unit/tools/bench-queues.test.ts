@@ -76,9 +76,14 @@ describe('bench queues: merging the rounds into cells', () => {
     const one = find('null', 1, 'randread');
     assert.deepEqual(one.roundIops, [100, 120, 80]);
     assert.equal(one.ratioToOneQueue, 1);
-    // Another device or pattern is never the 1-queue reference.
-    assert.equal(find('linear', 1, 'randread').iops, 60);
-    assert.equal(find('null', 1, 'randwrite').iops, 50);
+    // Another device or pattern is never the 1-queue reference: each of these is its own.
+    const linear = find('linear', 1, 'randread');
+    assert.equal(linear.iops, 60);
+    assert.equal(linear.ratioToOneQueue, 1);
+    assert.deepEqual(linear.roundRatiosToOneQueue, [1, 1, 1]);
+    const write = find('null', 1, 'randwrite');
+    assert.equal(write.iops, 50);
+    assert.equal(write.ratioToOneQueue, 1);
   });
 
   it('gives a cell whose 1-queue device was never measured no ratio, rather than one against another cell', () => {
