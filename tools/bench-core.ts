@@ -11,8 +11,9 @@
  * With several queue-loop modes, each mode gets its own daemon (UBLK_DM_QUEUE_LOOP=mode), all
  * alive together, and each cell is measured on every mode; the kernel's devices once.
  * Also measured: the daemon's CPU time per I/O in every cell, and its memory after the runs.
- * With `ublksrv` (the path of the C server's `ublk`), its null and loop stand beside ours in the
- * same cells, with their CPU time per I/O too (tools/bench-ublksrv.ts).
+ * With `ublksrv` (the path of the C server's `ublk`), its null, its loop over the tmpfs file and
+ * its loop over the loop device stand beside ours in the same cells, with their CPU time per I/O
+ * too (tools/bench-ublksrv.ts).
  * Never throws: a failure is recorded in `error` beside what was measured.
  */
 import { fio, formatRatio, sh } from './bench-common';
@@ -32,8 +33,12 @@ type Pattern = 'randread' | 'randwrite';
 type Kernel = 'null_blk' | 'loop' | 'dm-linear';
 /** 'linear-loop': our linear over the loop device, whose backing I/O goes through io_uring as over a disk. */
 type Ours = 'null' | 'linear' | 'linear-loop';
-/** The C server's devices: each the counterpart of one of ours. */
-type CServer = 'ublksrv-null' | 'ublksrv-loop';
+/**
+ * The C server's devices: each the counterpart of one of ours. 'ublksrv-loop-dev' is its loop
+ * over the loop device, beside our linear-loop: whether our gap to dm-linear there is ours or
+ * every ublk server's under TCG.
+ */
+type CServer = 'ublksrv-null' | 'ublksrv-loop' | 'ublksrv-loop-dev';
 
 export interface CoreCell {
   readonly device: Kernel | Ours | CServer;
@@ -74,7 +79,7 @@ export interface CServerRatio {
   readonly of: 'ours' | 'ublksrv';
   readonly queueLoop?: QueueLoop;
   readonly over: CServer | Kernel;
-  readonly target: 'null' | 'linear';
+  readonly target: 'null' | 'linear' | 'linear-loop';
   readonly pattern: Pattern;
   readonly iodepth: number;
   readonly ratio: number;
@@ -158,6 +163,9 @@ export async function runCoreBench(o: CoreBenchOptions): Promise<CoreReport> {
       const loopDevice = await UblksrvDevice.add(o.ublksrv, 91, 'loop', DEPTH, img);
       cleanups.push(() => loopDevice.remove());
       cServerDevices.set('loop', { device: 'ublksrv-loop', server: loopDevice });
+      const loopDevDevice = await UblksrvDevice.add(o.ublksrv, 92, 'loop', DEPTH, loop);
+      cleanups.push(() => loopDevDevice.remove());
+      cServerDevices.set('dm-linear', { device: 'ublksrv-loop-dev', server: loopDevDevice });
     }
 
     for (const { mode, daemon } of daemons) report.idleCpuPercent[mode] = await daemon.idleCpuPercent(IDLE_SECONDS);
@@ -176,8 +184,8 @@ export async function runCoreBench(o: CoreBenchOptions): Promise<CoreReport> {
           for (const iodepth of IODEPTHS) {
             const spec = { rw: pattern, blockSize: '4k', iodepth, runtimeSeconds: o.runtimeSeconds } as const;
             const tag = `${`r${round + 1}`.padEnd(3)} ${pattern.padEnd(9)} QD${String(iodepth).padEnd(3)}`;
-            // null_blk, ublksrv null, ours null ×modes, loop, ublksrv loop, dm-linear, ours linear
-            // ×modes: neighbours compare.
+            // null_blk, ublksrv null, ours null ×modes, loop, ublksrv loop, dm-linear, ublksrv loop
+            // over the loop device, ours linear and linear-loop ×modes: neighbours compare.
             const steps: Array<() => Promise<void>> = [];
             for (const [device, path] of kernelDevices) {
               steps.push(async () => {
@@ -291,7 +299,7 @@ export function coreRatios(results: readonly CoreCell[], modes: readonly QueueLo
 export function cServerRatios(results: readonly CoreCell[], modes: readonly QueueLoop[]): CServerRatio[] {
   const cell = (device: string, pattern: Pattern, iodepth: number, mode?: QueueLoop) => findCell(results, device, pattern, iodepth, mode);
   const ratios: CServerRatio[] = [];
-  const pairs = [['null', 'ublksrv-null', 'null_blk'], ['linear', 'ublksrv-loop', 'loop']] as const;
+  const pairs = [['null', 'ublksrv-null', 'null_blk'], ['linear', 'ublksrv-loop', 'loop'], ['linear-loop', 'ublksrv-loop-dev', 'dm-linear']] as const;
   for (const pattern of PATTERNS) {
     for (const iodepth of IODEPTHS) {
       for (const [target, server, kernel] of pairs) {
@@ -371,17 +379,22 @@ function formatCServerTable(report: CoreReport, modes: readonly QueueLoop[]): st
     withSpread(report.cServerRatios.find((r) => r.of === of && r.over === over && r.pattern === pattern && r.iodepth === iodepth && r.queueLoop === mode));
   const columns = PATTERNS.flatMap((pattern) => IODEPTHS.map((iodepth) => ({ pattern, iodepth })));
   const lines = ['', `the C server (${report.ublksrv}), 1 queue x ${report.depth}, in the same cells: IOPS ratios of the medians, with the rounds' range`];
-  lines.push(`${''.padEnd(38)}${columns.map((c) => `${c.pattern} QD${c.iodepth}`.padStart(17)).join('')}`);
-  const row = (label: string, values: string[]) => lines.push(`${label.padEnd(38)}${values.map((v) => v.padStart(17)).join('')}`);
+  lines.push(`${''.padEnd(48)}${columns.map((c) => `${c.pattern} QD${c.iodepth}`.padStart(17)).join('')}`);
+  const row = (label: string, values: string[]) => lines.push(`${label.padEnd(48)}${values.map((v) => v.padStart(17)).join('')}`);
   for (const mode of modes) {
     row(`ours null (${mode}) / ublksrv null`, columns.map((c) => ratio('ours', 'ublksrv-null', c.pattern, c.iodepth, mode)));
     row(`ours linear (${mode}) / ublksrv loop`, columns.map((c) => ratio('ours', 'ublksrv-loop', c.pattern, c.iodepth, mode)));
+    row(`ours linear-loop (${mode}) / ublksrv loop-dev`, columns.map((c) => ratio('ours', 'ublksrv-loop-dev', c.pattern, c.iodepth, mode)));
   }
   row('ublksrv null / null_blk', columns.map((c) => ratio('ublksrv', 'null_blk', c.pattern, c.iodepth)));
   row('ublksrv loop / loop (dio)', columns.map((c) => ratio('ublksrv', 'loop', c.pattern, c.iodepth)));
-  row('ublksrv null IOPS', columns.map((c) => String(cell('ublksrv-null', c.pattern, c.iodepth)?.iops ?? '-')));
-  row('ublksrv loop IOPS', columns.map((c) => String(cell('ublksrv-loop', c.pattern, c.iodepth)?.iops ?? '-')));
-  row('ublksrv null us CPU/IO', columns.map((c) => String(cell('ublksrv-null', c.pattern, c.iodepth)?.cpuMicrosPerIo ?? '-')));
-  row('ublksrv loop us CPU/IO', columns.map((c) => String(cell('ublksrv-loop', c.pattern, c.iodepth)?.cpuMicrosPerIo ?? '-')));
+  row('ublksrv loop-dev / dm-linear', columns.map((c) => ratio('ublksrv', 'dm-linear', c.pattern, c.iodepth)));
+  for (const [label, device] of [['null', 'ublksrv-null'], ['loop', 'ublksrv-loop'], ['loop-dev', 'ublksrv-loop-dev']] as const) {
+    row(`ublksrv ${label} IOPS`, columns.map((c) => String(cell(device, c.pattern, c.iodepth)?.iops ?? '-')));
+  }
+  for (const [label, device] of [['null', 'ublksrv-null'], ['loop', 'ublksrv-loop'], ['loop-dev', 'ublksrv-loop-dev']] as const) {
+    row(`ublksrv ${label} us CPU/IO`, columns.map((c) => String(cell(device, c.pattern, c.iodepth)?.cpuMicrosPerIo ?? '-')));
+  }
+  lines.push('(loop-dev: ublksrv\'s loop over the loop device, the counterpart of our linear-loop)');
   return lines;
 }

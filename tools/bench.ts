@@ -39,7 +39,8 @@ Options:
   --no-PART            leave one out (--no-basic: core, queues and memory)
   --queue-loop main|threads|both|default
                        the daemon's queue loop (UBLK_DM_QUEUE_LOOP) for core, queues and memory
-  --ublksrv PATH       the C server's installed ublk: its null and loop join core's cells
+  --ublksrv PATH       the C server's installed ublk: its null and loop (over the tmpfs file and
+                       over the loop device) join core's cells
   --rounds N           times core's and queues' tables are measured (default ${DEFAULT_ROUNDS}): medians, with ranges
   --runtime S          seconds per fio run (default 5)
   --out PATH           the JSON (default bench-results/latest.json)

@@ -22,6 +22,7 @@ describe('bench: the C server (ublksrv) beside ours', () => {
     const results = [
       cell('null_blk', 1000), cell('ublksrv-null', 100), cell('null', 50, 'threads'),
       cell('loop', 400), cell('ublksrv-loop', 200), cell('linear', 300, 'threads'),
+      cell('dm-linear', 800), cell('ublksrv-loop-dev', 400), cell('linear-loop', 100, 'threads'),
     ];
     const ratios = cServerRatios(results, ['threads']).filter((r) => r.pattern === 'randread' && r.iodepth === 1);
     const find = (of: string, over: string) => ratios.find((r) => r.of === of && r.over === over)?.ratio;
@@ -29,6 +30,9 @@ describe('bench: the C server (ublksrv) beside ours', () => {
     assert.equal(find('ours', 'ublksrv-loop'), 1.5);
     assert.equal(find('ublksrv', 'null_blk'), 0.1);
     assert.equal(find('ublksrv', 'loop'), 0.5);
+    // Our linear over the loop device against the C server's loop over the same device.
+    assert.equal(find('ours', 'ublksrv-loop-dev'), 0.25);
+    assert.equal(find('ublksrv', 'dm-linear'), 0.5);
     // A cell not measured is NaN (printed as '-'), never a made-up number.
     assert.ok(cServerRatios(results, ['threads']).some((r) => r.pattern === 'randwrite' && Number.isNaN(r.ratio)));
   });
