@@ -3,7 +3,7 @@ import { receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { ENODEV, type IoResult } from '../base/errno';
 import { IoOp, carriesData, type Bio } from '../io/bio';
 import { openFileDevice } from '../io/file-device';
-import { PollPolicy } from '../io/poll-policy';
+import { WaitPolicies } from '../io/poll-policy';
 import { IoRing, type WaitOptions } from '../io/ring';
 import { Dispatcher } from '../dm/dispatcher';
 import { DaemonScope } from '../dm/scope';
@@ -37,19 +37,13 @@ const IDLE_WAIT_MS = 1000;
 const ONE_DOORBELL_READ_BYTES = 8;
 
 const { doorbellFd, port, stopFlag, pollMicros } = workerData as QueueThreadData;
-/**
- * Two gaps a wait can be for, each with its own policy: the next request from the client (no
- * request in service), or the backing I/O of requests in service (a disk, a loop device). Under
- * TCG a loop device's read can outlast the budget where the client's next request would not; one
- * policy for both turned polling off for the client's gap after every slow read.
- */
-const clientPoll = new PollPolicy(pollMicros);
-const backingPoll = new PollPolicy(pollMicros);
+const waitPolicies = new WaitPolicies(pollMicros);
 /** The policy of the wait under way: picked before it, told how it went after it. */
-let waitPolicy = clientPoll;
-/** The two ways a wait in a turn goes (PollPolicy picks): made once, not per wait. */
+let waitPolicy = waitPolicies.client;
+/** The ways a wait in a turn goes (the policy picks): made once, not per wait. */
 const sleepAtOnce: WaitOptions = { queued: 'hold' };
 const pollFirst: WaitOptions = { queued: 'hold', pollMicros };
+const pollLongFirst: WaitOptions = { queued: 'hold', pollMicros: waitPolicies.loneBacking.budgetMicros };
 const ring = IoRing.create({ entries: RING_ENTRIES, drivenBy: 'caller' });
 const scope = new DaemonScope({ targetTypes: builtInTargetTypes, ring, warn: (message) => send({ kind: 'warn', message }) });
 const doorbellBuffer = new Uint8Array(ONE_DOORBELL_READ_BYTES);
@@ -299,8 +293,9 @@ new RingTurns({
   waitMs: () => (asyncSteps > 0 ? ASYNC_POLL_MS : IDLE_WAIT_MS),
   // Never poll while a forwarded request is out: its answer needs the daemon thread's CPU.
   waitOptions: () => {
-    waitPolicy = requestsInService() > 0 ? backingPoll : clientPoll;
-    return waitPolicy.pollsNext && forwardedInFlight === 0 ? pollFirst : sleepAtOnce;
+    waitPolicy = waitPolicies.pick(requestsInService());
+    if (!waitPolicy.pollsNext || forwardedInFlight > 0) return sleepAtOnce;
+    return waitPolicy === waitPolicies.loneBacking ? pollLongFirst : pollFirst;
   },
   mustYield: () => asyncSteps > 0,
   stopping,

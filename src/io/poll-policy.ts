@@ -36,3 +36,39 @@ export class PollPolicy {
     this.polling = completions > 0 && completions <= POLL_MAX_BATCH && waitMicros <= 2 * this.budgetMicros;
   }
 }
+
+/**
+ * How many times the client's budget a thread polls for the backing I/O of its only request in
+ * service. At QD 1 over a loop device under TCG the read outlasts the client's 200 us budget, so
+ * the thread slept and was woken for nearly every read; the loop device's worker often runs on
+ * the thread's CPU, which each poll's sched_yield hands over. In a same-boot A/B over a loop
+ * device (tools/ab-guest.sh, 10 pairs, both orders) 1000 us served QD 1 randread 1.23-1.44x (ahead
+ * in 16 of 20 pairs) and randwrite 1.40-1.67x (13 of 20); QD 32, whose waits find batches and
+ * poll little, moved 0.93-1.12x, and the untouched null control 1.06-1.12x. With more requests
+ * in service the wait is for whichever completes first, and the client's budget stays.
+ */
+export const LONE_BACKING_POLL_FACTOR = 5;
+
+/**
+ * The gaps a queue thread's wait can be for, each with its own PollPolicy: the client's next
+ * request (nothing in service), the backing I/O of the only request in service, or of several.
+ * One policy for the client and the backing turned polling off for the client's gap after every
+ * slow read.
+ */
+export class WaitPolicies {
+  readonly client: PollPolicy;
+  readonly loneBacking: PollPolicy;
+  readonly backing: PollPolicy;
+
+  constructor(clientBudgetMicros: number) {
+    this.client = new PollPolicy(clientBudgetMicros);
+    this.loneBacking = new PollPolicy(clientBudgetMicros * LONE_BACKING_POLL_FACTOR);
+    this.backing = new PollPolicy(clientBudgetMicros);
+  }
+
+  /** The policy of the next wait, with `requestsInService` requests handed to targets and not answered. */
+  pick(requestsInService: number): PollPolicy {
+    if (requestsInService === 0) return this.client;
+    return requestsInService === 1 ? this.loneBacking : this.backing;
+  }
+}

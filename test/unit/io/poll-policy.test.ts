@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 
-import { POLL_MAX_BATCH, PollPolicy } from '../../../src/io/poll-policy';
+import { LONE_BACKING_POLL_FACTOR, POLL_MAX_BATCH, PollPolicy, WaitPolicies } from '../../../src/io/poll-policy';
 
 describe('PollPolicy (poll the ring before sleeping while requests come soon)', () => {
   it('polls first, and again after every wait that found work within twice the budget', () => {
@@ -39,3 +39,35 @@ describe('PollPolicy (poll the ring before sleeping while requests come soon)', 
     assert.throws(() => new PollPolicy(-1), RangeError);
   });
 });
+
+describe('WaitPolicies (a queue thread\'s waits: for the client, for one backing I/O, for several)', () => {
+  it('picks by the requests in service, and polls longer for the only one', () => {
+    const policies = new WaitPolicies(200);
+    assert.equal(policies.pick(0), policies.client);
+    assert.equal(policies.pick(1), policies.loneBacking);
+    assert.equal(policies.pick(2), policies.backing);
+    assert.equal(policies.pick(128), policies.backing);
+    assert.equal(policies.client.budgetMicros, 200);
+    assert.equal(policies.backing.budgetMicros, 200);
+    assert.equal(policies.loneBacking.budgetMicros, 200 * LONE_BACKING_POLL_FACTOR);
+  });
+
+  it('learns each gap apart: a slow read does not stop the poll for the client', () => {
+    const policies = new WaitPolicies(200);
+    policies.pick(1).waited(5_000, 1); // a read that outlasted even the longer budget
+    assert.equal(policies.loneBacking.pollsNext, false);
+    assert.equal(policies.client.pollsNext, true);
+    assert.equal(policies.backing.pollsNext, true);
+    // Within twice the longer budget counts as soon for the lone read, not for the client.
+    policies.pick(1).waited(1_500, 1);
+    assert.equal(policies.loneBacking.pollsNext, true);
+    policies.pick(0).waited(1_500, 1);
+    assert.equal(policies.client.pollsNext, false);
+  });
+
+  it('never polls with a client budget of 0 (UBLK_DM_POLL_US=0)', () => {
+    const policies = new WaitPolicies(0);
+    for (const inService of [0, 1, 2]) assert.equal(policies.pick(inService).pollsNext, false);
+  });
+});
+
