@@ -22,8 +22,11 @@ if [[ -e /dev/ublk-control && $EUID -eq 0 ]]; then
   "${integ[@]}" 2>&1 | tee -a "$log"
 else
   echo "(no /dev/ublk-control here: running them in the guest)"
-  # CI allows 90 min; a slow host has taken the guest past its default 50.
-  UBLK_DM_GUEST_TIMEOUT=${UBLK_DM_GUEST_TIMEOUT:-4500} tools/guest-run -- "${integ[@]}" 2>&1 | tee -a "$log"
+  # CI allows 90 min; a slow host has taken the guest past its default 50. 4 possible CPUs (2
+  # online), so 4-queue devices exist, as in the bench: queue-threads.test.ts verifies one with fio
+  # (issue 11 asks for fio verify on 2 and 4 queues).
+  UBLK_DM_GUEST_TIMEOUT=${UBLK_DM_GUEST_TIMEOUT:-4500} UBLK_DM_GUEST_MAX_CPUS=${UBLK_DM_GUEST_MAX_CPUS:-4} \
+    tools/guest-run -- "${integ[@]}" 2>&1 | tee -a "$log"
 fi
 integ_rc=${PIPESTATUS[0]}
 

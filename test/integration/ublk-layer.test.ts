@@ -5,7 +5,7 @@
  */
 import { strict as assert } from 'node:assert';
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { EIO, EOPNOTSUPP, type IoResult } from '../../src/base/errno';
@@ -13,6 +13,7 @@ import { IoOp, type IoDone } from '../../src/io/bio';
 import { IoRing } from '../../src/io/ring';
 import { UblkDevice, type UblkRequest } from '../../src/ublk/device';
 import { SECTOR_BYTES } from '../../src/base/units';
+import { parseCpuList, possibleCpuCount } from '../../src/base/cpus';
 import { Sandbox, mustSh, requireRealUblk, sh } from './harness';
 
 const SIZE_SECTORS = 8192; // 4 MiB
@@ -122,15 +123,31 @@ describe('integration: the ublk layer serving a RAM disk', function () {
     }
   });
 
-  it('two queues both serve requests (one job pinned to each CPU)', async function () {
+  it('requests from two CPUs arrive on the two hardware queues blk-mq maps them to (one job pinned to each)', async function () {
+    // One queue per possible CPU: blk-mq groups neighbouring CPUs, so with 4 possible CPUs a
+    // 2-queue device maps CPUs 0 and 1 both to queue 0 (src/base/cpus.ts).
+    const queues = Math.max(2, possibleCpuCount());
     const disk = new RamDisk();
-    const device = await UblkDevice.create({ ring, sizeSectors: SIZE_SECTORS, queues: 2, depth: 16 }, disk.serve);
+    const device = await UblkDevice.create({ ring, sizeSectors: SIZE_SECTORS, queues, depth: 16 }, disk.serve);
     try {
-      assert.equal(device.queues, 2);
+      assert.equal(device.queues, queues);
+      const expected = await queuesOfCpus(device.blockPath, [0, 1]);
+      assert.equal(expected.length, 2, `blk-mq maps CPUs 0 and 1 to two queues of ${queues}`);
       await mustSh(`for cpu in 0 1; do taskset -c $cpu dd if=${device.blockPath} of=/dev/null bs=4k count=64 iflag=direct status=none & done; wait`);
-      assert.deepEqual([...disk.queuesSeen].sort(), [0, 1], 'requests arrived on both hardware queues');
+      assert.deepEqual([...disk.queuesSeen].sort((a, b) => a - b), expected, 'requests arrived on both CPUs\' hardware queues');
     } finally {
       await device.stop();
     }
   });
 });
+
+/** The hardware queues (sorted) that blk-mq maps `cpus` to, from /sys/block/DEV/mq/N/cpu_list. */
+async function queuesOfCpus(blockPath: string, cpus: readonly number[]): Promise<number[]> {
+  const mqDir = `/sys/block/${blockPath.replace('/dev/', '')}/mq`;
+  const found = new Set<number>();
+  for (const entry of await readdir(mqDir)) {
+    const listed = parseCpuList(await readFile(join(mqDir, entry, 'cpu_list'), 'utf8'));
+    if (cpus.some((cpu) => listed.includes(cpu))) found.add(Number(entry));
+  }
+  return [...found].sort((a, b) => a - b);
+}
