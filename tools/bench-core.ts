@@ -389,11 +389,15 @@ function formatCServerTable(report: CoreReport, modes: readonly QueueLoop[]): st
   row('ublksrv null / null_blk', columns.map((c) => ratio('ublksrv', 'null_blk', c.pattern, c.iodepth)));
   row('ublksrv loop / loop (dio)', columns.map((c) => ratio('ublksrv', 'loop', c.pattern, c.iodepth)));
   row('ublksrv loop-dev / dm-linear', columns.map((c) => ratio('ublksrv', 'dm-linear', c.pattern, c.iodepth)));
-  for (const [label, device] of [['null', 'ublksrv-null'], ['loop', 'ublksrv-loop'], ['loop-dev', 'ublksrv-loop-dev']] as const) {
-    row(`ublksrv ${label} IOPS`, columns.map((c) => String(cell(device, c.pattern, c.iodepth)?.iops ?? '-')));
-  }
-  for (const [label, device] of [['null', 'ublksrv-null'], ['loop', 'ublksrv-loop'], ['loop-dev', 'ublksrv-loop-dev']] as const) {
-    row(`ublksrv ${label} us CPU/IO`, columns.map((c) => String(cell(device, c.pattern, c.iodepth)?.cpuMicrosPerIo ?? '-')));
+  const servers = [['null', 'ublksrv-null'], ['loop', 'ublksrv-loop'], ['loop-dev', 'ublksrv-loop-dev']] as const;
+  const figures = [['IOPS', (c: CoreCell) => c.iops], ['us CPU/IO', (c: CoreCell) => c.cpuMicrosPerIo]] as const;
+  for (const [figure, of] of figures) {
+    for (const [label, device] of servers) {
+      row(`ublksrv ${label} ${figure}`, columns.map((c) => {
+        const measured = cell(device, c.pattern, c.iodepth);
+        return String((measured === undefined ? undefined : of(measured)) ?? '-');
+      }));
+    }
   }
   lines.push('(loop-dev: ublksrv\'s loop over the loop device, the counterpart of our linear-loop)');
   return lines;

@@ -47,9 +47,9 @@ describe('integration: queue threads', function () {
   });
 
   // ublk grants at most one queue per possible CPU: the guest has 4 (2 online; the queues of the
-  // others exist but get no requests), a bigger machine runs more.
-  const queueCounts = [...new Set([2, Math.min(4, possibleCpuCount())])].filter((queues) => queues >= 2);
-  for (const queues of queueCounts) {
+  // others exist but get no requests). A machine with fewer fails the 4-queue case with the
+  // kernel's grant in the message, rather than leave it out unseen (issue 11 asks for both).
+  for (const queues of [2, 4]) {
     it(`serves a ${queues}-queue linear device with fio verify from ${queues} jobs`, async function () {
       const backing = await makeBackingFile(box.dir, `q${queues}.img`, 64 * MiB, 'zero');
       const dev = await box.create(`q${queues}`, `0 ${(64 * MiB) / 512} linear ${backing} 0`, ['--queues', String(queues)]);
