@@ -3,7 +3,7 @@
 # --ublksrv, of the C server's null) while fio runs on its device, in the guest; read on the host.
 #
 #   tools/profile-guest.sh [--table TABLE] [--rw randread|randwrite] [--qd N] [--seconds S]
-#                          [--ublksrv PATH/sbin/ublk] [--out DIR]
+#                          [--warmup S] [--ublksrv PATH/sbin/ublk] [--out DIR]
 #
 # Prints, per server, the CPU time per I/O the samples add up to, the split by DSO (kernel, ublk_drv,
 # V8's JIT code, node, the addon, liburing) and the top symbols. JIT frames are named through
@@ -11,16 +11,19 @@
 # where interrupts are enabled again, so kernel symbols are approximate, the DSO split is not.
 # Default table: our null over 1 GiB (a file the table names under /dev/shm is created, 1 GiB of written zeros; the
 # word LOOP becomes a direct-I/O loop device over another); DIR (default .cache/profile) keeps perf.data, the JIT map and
-# the guest's kallsyms for `perf report -i DIR/ours.data --kallsyms DIR/kallsyms`.
+# the guest's kallsyms for `perf report -i DIR/ours.data --kallsyms DIR/kallsyms`. Before the profiled
+# run, fio runs --warmup seconds (default 3) unprofiled on each server: under TCG V8's optimizing
+# compiler takes most of a second on a fresh daemon, which is start-up, not the cost of an I/O.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-table='0 2097152 null' rw=randread qd=1 seconds=10 ublksrv='' out=.cache/profile in_guest=0
+table='0 2097152 null' rw=randread qd=1 seconds=10 warmup=3 ublksrv='' out=.cache/profile in_guest=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --table) table=$2; shift 2 ;;
     --rw) rw=$2; shift 2 ;;
     --qd) qd=$2; shift 2 ;;
     --seconds) seconds=$2; shift 2 ;;
+    --warmup) warmup=$2; shift 2 ;;
     --ublksrv) ublksrv=$(realpath "$2"); shift 2 ;;
     --out) out=$2; shift 2 ;;
     --in-guest) in_guest=1; shift ;;
@@ -32,11 +35,15 @@ mkdir -p "$out" && out=$(realpath "$out")
 # The guest runs the host's perf binary (its / is the host's), so the host needs perf installed.
 perf_ok() { command -v perf >/dev/null && perf version >/dev/null 2>&1; }
 
-fio_under_perf() { # pid device label: perf samples pid for as long as fio runs on device
-  perf record -q -e cpu-clock -F 999 -p "$1" -o "$out/$3.data" -- \
-    fio --name=profile --filename="$2" --allow_file_create=0 --ioengine=io_uring --direct=1 --rw="$rw" --bs=4k \
-      --iodepth="$qd" --time_based --runtime="$seconds" --size=100% --randrepeat=0 --norandommap \
-      --output-format=json > "$out/$3.fio.json" 2>/dev/null
+fio_job() { # device seconds: the profile's fio command line, into the array `job`
+  job=(fio --name=profile --filename="$1" --allow_file_create=0 --ioengine=io_uring --direct=1 --rw="$rw" --bs=4k
+    --iodepth="$qd" --time_based --runtime="$2" --size=100% --randrepeat=0 --norandommap --output-format=json)
+}
+
+fio_under_perf() { # pid device label: warm up, then perf samples pid for as long as fio runs on device
+  if [[ $warmup -gt 0 ]]; then fio_job "$2" "$warmup"; "${job[@]}" > /dev/null 2>&1; fi
+  fio_job "$2" "$seconds"
+  perf record -q -e cpu-clock -F 999 -p "$1" -o "$out/$3.data" -- "${job[@]}" > "$out/$3.fio.json" 2>/dev/null
 }
 
 if [[ $in_guest -eq 1 ]]; then
@@ -77,7 +84,7 @@ if ! perf_ok; then
   [[ $EUID -eq 0 ]] || { echo "profile-guest: need root to apt-get install linux-perf" >&2; exit 1; }
   apt-get install -y -qq --no-install-recommends linux-perf >/dev/null
 fi
-args=(--in-guest --table "$table" --rw "$rw" --qd "$qd" --seconds "$seconds" --out "$out")
+args=(--in-guest --table "$table" --rw "$rw" --qd "$qd" --seconds "$seconds" --warmup "$warmup" --out "$out")
 [[ -n $ublksrv ]] && args+=(--ublksrv "$ublksrv")
 if [[ -e /dev/ublk-control && $EUID -eq 0 ]]; then bash "$0" "${args[@]}"
 else UBLK_DM_GUEST_MAX_CPUS=${UBLK_DM_GUEST_MAX_CPUS:-4} tools/guest-run --mem "${UBLK_DM_GUEST_MEM:-10240}" -- bash "$0" "${args[@]}"; fi
@@ -92,5 +99,8 @@ for label in ours ublksrv; do
   count=$(perf script -i "$out/$label.data" --kallsyms "$out/kallsyms" -F ip 2>/dev/null | wc -l)
   echo "== $label: $rw QD$qd, $ios I/Os in ${seconds}s, $count samples at 999 Hz: $(python3 -c "print(round($count / 999 * 1e6 / max($ios, 1), 1))") us CPU per I/O"
   perf report -i "$out/$label.data" --kallsyms "$out/kallsyms" --stdio --sort dso 2>/dev/null | grep -E '^ +[0-9]' | head -8
-  perf report -i "$out/$label.data" --kallsyms "$out/kallsyms" --stdio --sort sym 2>/dev/null | grep -E '^ +[0-9]' | head -25
+  perf report -i "$out/$label.data" --kallsyms "$out/kallsyms" --stdio --sort sym 2>/dev/null | grep -E '^ +[0-9]' > "$out/$label.symbols"
+  # V8 compiling (TurboFan, on its own threads) is start-up unless it goes on after the warm-up.
+  awk '/v8::internal::compiler::/ { sum += $1 } END { if (sum > 0) printf "    %.2f%%  V8 optimizing compiler\n", sum }' "$out/$label.symbols"
+  head -25 "$out/$label.symbols"
 done
