@@ -204,7 +204,7 @@ export class Dispatcher<T extends DispatchTable = DispatchTable> {
       finish(-EIO);
       return;
     }
-    if (carriesData(op) && bio.data.byteLength !== sectorsToBytes(sectorCount)) {
+    if (carriesData(op) && bio.data.length !== sectorsToBytes(sectorCount)) {
       finish(-EIO); // the ublk layer sizes every data view exactly: this is a bug below us
       return;
     }

@@ -123,27 +123,27 @@ export class FileDevice implements BlockDevice {
   }
 
   read(buf: Uint8Array, sector: number, options?: ReadOptions): Promise<IoResult> {
-    const misuse = this.misuse(buf.byteLength);
+    const misuse = this.misuse(buf.length);
     if (misuse) return Promise.reject(misuse);
     return new Promise((resolve) => this.startRead(buf, sector, resolve, options?.throughPageCache === true));
   }
 
   write(buf: Uint8Array, sector: number, fua: boolean): Promise<IoResult> {
-    const misuse = this.misuse(buf.byteLength);
+    const misuse = this.misuse(buf.length);
     if (misuse) return Promise.reject(misuse);
     return new Promise((resolve) => this.startWrite(buf, sector, fua, resolve));
   }
 
   /** read() without a promise: `done` gets the result. Throws (synchronously) on misuse. */
   readCb(buf: Uint8Array, sector: number, done: IoCallback): void {
-    const misuse = this.misuse(buf.byteLength);
+    const misuse = this.misuse(buf.length);
     if (misuse) throw misuse;
     this.startRead(buf, sector, done);
   }
 
   /** write() without a promise: `done` gets the result. Throws (synchronously) on misuse. */
   writeCb(buf: Uint8Array, sector: number, fua: boolean, done: IoCallback): void {
-    const misuse = this.misuse(buf.byteLength);
+    const misuse = this.misuse(buf.length);
     if (misuse) throw misuse;
     this.startWrite(buf, sector, fua, done);
   }
@@ -242,7 +242,7 @@ export class FileDevice implements BlockDevice {
   private startWrite(buf: Uint8Array, sector: number, fua: boolean, done: IoCallback): void {
     // A device never grows: a write past its end fails as the block layer's does ("attempt to
     // access beyond end of device"), instead of silently extending a backing file.
-    if (this.beyondEnd(sector, buf.byteLength)) return done(-EIO);
+    if (this.beyondEnd(sector, buf.length)) return done(-EIO);
     const byteOffset = sector * SECTOR_BYTES;
     if (this.inlineIo) {
       // FUA asks for nothing more here: tmpfs has no stable storage for the write to reach.
@@ -305,12 +305,12 @@ export class FileDevice implements BlockDevice {
   }
 
   private alignedForDirect(buf: Uint8Array, byteOffset: number): boolean {
-    return byteOffset % DIRECT_IO_ALIGNMENT_BYTES === 0 && isDirectIoAligned(buf, DIRECT_IO_ALIGNMENT_BYTES);
+    return byteOffset % DIRECT_IO_ALIGNMENT_BYTES === 0 && isDirectIoAligned(buf, buf.length, DIRECT_IO_ALIGNMENT_BYTES);
   }
 
   private allAlignedForDirect(bufs: Uint8Array[], byteOffset: number): boolean {
     if (byteOffset % DIRECT_IO_ALIGNMENT_BYTES !== 0) return false;
-    for (const buf of bufs) if (!isDirectIoAligned(buf, DIRECT_IO_ALIGNMENT_BYTES)) return false;
+    for (const buf of bufs) if (!isDirectIoAligned(buf, buf.length, DIRECT_IO_ALIGNMENT_BYTES)) return false;
     return true;
   }
 

@@ -159,18 +159,37 @@ export function allocPageAligned(byteLength: number): ArrayBuffer {
  * done with it.
  */
 export function stableAddressOf(view: ArrayBufferView): number | undefined {
-  const bufferAddress = pageAlignedBuffers.get(view.buffer);
+  const known = stableViewAddresses.get(view);
+  if (known !== undefined) return known;
+  const buffer = view.buffer;
+  const bufferAddress = pageAlignedBuffers.get(buffer);
   if (bufferAddress === undefined) return undefined;
-  if (bufferAddress !== ADDRESS_NOT_ASKED) return bufferAddress + view.byteOffset;
-  const viewAddress = native().addressOf(view);
-  pageAlignedBuffers.set(view.buffer, viewAddress - view.byteOffset);
+  let viewAddress: number;
+  if (bufferAddress !== ADDRESS_NOT_ASKED) {
+    viewAddress = bufferAddress + view.byteOffset;
+  } else {
+    viewAddress = native().addressOf(view);
+    pageAlignedBuffers.set(buffer, viewAddress - view.byteOffset);
+  }
+  stableViewAddresses.set(view, viewAddress);
   return viewAddress;
 }
 
 /**
- * True when `view` starts and ends on `alignmentBytes` boundaries of page-aligned memory: the
- * condition for handing it to an O_DIRECT file descriptor.
+ * The addresses stableAddressOf found, by view. The request path asks again and again about the
+ * same views (a tag's data view, kept across its requests), and this lookup spares it
+ * `view.buffer`, which in Node 20 is a call into C++ on every read (~25 ns natively, far more
+ * under TCG), and `byteOffset`, a builtin call too.
  */
-export function isDirectIoAligned(view: ArrayBufferView, alignmentBytes: number): boolean {
-  return view.byteOffset % alignmentBytes === 0 && view.byteLength % alignmentBytes === 0 && pageAlignedBuffers.has(view.buffer);
+const stableViewAddresses = new WeakMap<ArrayBufferView, number>();
+
+/**
+ * True when `view` (`byteLength` bytes long: the caller knows it, and reading it is a builtin
+ * call) starts and ends on `alignmentBytes` boundaries of page-aligned memory: the condition for
+ * handing it to an O_DIRECT file descriptor.
+ */
+export function isDirectIoAligned(view: ArrayBufferView, byteLength: number, alignmentBytes: number): boolean {
+  if (byteLength % alignmentBytes !== 0) return false;
+  const address = stableAddressOf(view);
+  return address !== undefined && address % alignmentBytes === 0;
 }

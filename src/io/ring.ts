@@ -237,7 +237,7 @@ export class IoRing {
     const token = this.nextToken();
     const address = stableAddressOf(buf);
     if (address === undefined) this.ring.prepRead(fd, buf, fileByteOffset, token);
-    else this.stage(StagedSqeKind.Read, fd, address, buf.byteLength, fileByteOffset, 0, 0, token);
+    else this.stage(StagedSqeKind.Read, fd, address, buf.length, fileByteOffset, 0, 0, token);
     return this.issued(token, done, buf);
   }
 
@@ -250,7 +250,7 @@ export class IoRing {
     const token = this.nextToken();
     const address = stableAddressOf(buf);
     if (address === undefined) this.ring.prepWrite(fd, buf, fileByteOffset, rwFlags, token);
-    else this.stage(StagedSqeKind.Write, fd, address, buf.byteLength, fileByteOffset, rwFlags, 0, token);
+    else this.stage(StagedSqeKind.Write, fd, address, buf.length, fileByteOffset, rwFlags, 0, token);
     return this.issued(token, done, buf);
   }
 

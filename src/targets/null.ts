@@ -13,7 +13,7 @@ export class NullTarget implements Target {
   readonly capabilities = ALL_CAPABILITIES;
 
   map(bio: Bio, done: MapDone): void {
-    done(carriesData(bio.op) ? bio.data.byteLength : 0);
+    done(carriesData(bio.op) ? bio.data.length : 0);
   }
 
   status(): string {

@@ -147,7 +147,7 @@ export class UblkQueue {
     }
     const withData = carriesData(op);
     const byteLength = desc.sectorCount * SECTOR_BYTES;
-    if (withData && byteLength > slot.buffer.byteLength) {
+    if (withData && byteLength > slot.buffer.length) {
       slot.commit(-EIO); // the kernel never sends more than max_sectors; refuse rather than overrun
       return;
     }
@@ -286,7 +286,7 @@ export class TagSlot {
    * the costlier allocations on the request path, and the view aliases the same bytes either way.
    */
   dataView(byteLength: number): Uint8Array {
-    if (this.lastView.byteLength !== byteLength) this.lastView = this.buffer.subarray(0, byteLength);
+    if (this.lastView.length !== byteLength) this.lastView = this.buffer.subarray(0, byteLength);
     return this.lastView;
   }
 

@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { execFile } from 'node:child_process';
-import { allocPageAligned, native, stableAddressOf } from '../../../src/io/native';
+import { allocPageAligned, isDirectIoAligned, native, stableAddressOf } from '../../../src/io/native';
 import { ECANCELED, EOPNOTSUPP } from '../../../src/base/errno';
 import { IoRing } from '../../../src/io/ring';
 import { UBLK_U_IO_FETCH_REQ } from '../../../src/ublk/abi';
@@ -338,5 +338,23 @@ describe('stableAddressOf', () => {
     assert.equal(stableAddressOf(other), native().addressOf(other));
     assert.equal(stableAddressOf(Buffer.alloc(4096)), undefined);
     assert.equal(stableAddressOf(new Uint8Array(4096)), undefined);
+  });
+
+  it('answers again for a view it has seen, and for views of other types over the same memory', () => {
+    const memory = new Uint8Array(allocPageAligned(2 * 4096));
+    const view = memory.subarray(4096);
+    assert.equal(stableAddressOf(view), stableAddressOf(view));
+    assert.equal(stableAddressOf(new DataView(memory.buffer, 512)), native().addressOf(memory) + 512);
+  });
+});
+
+describe('isDirectIoAligned', () => {
+  it('takes page-aligned memory whose start and length are both on the alignment', () => {
+    const memory = new Uint8Array(allocPageAligned(4 * 4096));
+    assert.equal(isDirectIoAligned(memory.subarray(4096, 8192), 4096, 4096), true);
+    assert.equal(isDirectIoAligned(memory.subarray(512, 4608), 4096, 4096), false, 'start off the alignment');
+    assert.equal(isDirectIoAligned(memory.subarray(512, 4608), 4096, 512), true, 'on a smaller one');
+    assert.equal(isDirectIoAligned(memory.subarray(0, 2048), 2048, 4096), false, 'length off the alignment');
+    assert.equal(isDirectIoAligned(new Uint8Array(4096), 4096, 4096), false, 'heap memory, wherever it lies');
   });
 });
