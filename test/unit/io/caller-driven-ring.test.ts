@@ -46,6 +46,22 @@ describe('IoRing driven by its caller (real io_uring)', () => {
     assert.ok(readBack.every((byte) => byte === 7));
   });
 
+  it('routes completions by slot once tokens pass 2^31 (a slot reused over 1024 times)', () => {
+    // A token is generation * 2^21 + slot: from the 1024th reuse of a slot on it is no longer a
+    // small integer, and the slot must still come out of its low bits.
+    const buf = Buffer.alloc(512);
+    let completed = 0;
+    for (let request = 0; request < 1100; request++) {
+      const token = ring.readCb(handle.fd, buf, 0, (result) => {
+        assert.equal(result, 0, 'a read of the empty file');
+        completed++;
+      });
+      if (request === 1099) assert.ok(token > 2 ** 31, `token ${token}`);
+      while (completed === request) ring.waitAndDispatch(1000);
+    }
+    assert.equal(completed, 1100);
+  });
+
   it('times its wait in the kernel for a clock, without the callbacks it ran after', () => {
     // A poll policy judges the gap between requests by this: a slow callback (a target's own
     // copy) must not read as a slow client.
