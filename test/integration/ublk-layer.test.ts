@@ -125,10 +125,12 @@ describe('integration: the ublk layer serving a RAM disk', function () {
 
   it('requests from two CPUs arrive on the two hardware queues blk-mq maps them to (one job pinned to each)', async function () {
     // One queue per possible CPU: blk-mq groups neighbouring CPUs, so with 4 possible CPUs a
-    // 2-queue device maps CPUs 0 and 1 both to queue 0 (src/base/cpus.ts).
+    // 2-queue device maps CPUs 0 and 1 both to queue 0 (src/base/cpus.ts). Each tag's buffer is
+    // kept at 64 KiB (dd asks 4 KiB): on a host with 64 possible CPUs, 16 tags of the default
+    // 512 KiB would hold 512 MiB for this test alone.
     const queues = Math.max(2, possibleCpuCount());
     const disk = new RamDisk();
-    const device = await UblkDevice.create({ ring, sizeSectors: SIZE_SECTORS, queues, depth: 16 }, disk.serve);
+    const device = await UblkDevice.create({ ring, sizeSectors: SIZE_SECTORS, queues, depth: 16, maxIoBytes: 64 * 1024 }, disk.serve);
     try {
       assert.equal(device.queues, queues);
       const expected = await queuesOfCpus(device.blockPath, [0, 1]);
