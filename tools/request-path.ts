@@ -18,7 +18,7 @@ import * as path from 'node:path';
 import yargs from 'yargs';
 
 import { IoOp } from '../src/io/bio';
-import { openFileDevice } from '../src/io/file-device';
+import { openFileDevice, type FileDevice } from '../src/io/file-device';
 import { STAGED_SQE_WORDS, StagedSqeKind, native, type NativeRing, type NativeRingHandle } from '../src/io/native';
 import { WaitPolicies } from '../src/io/poll-policy';
 import { IoRing, type WaitClock, type WaitOptions } from '../src/io/ring';
@@ -29,10 +29,13 @@ import { LinearTarget } from '../src/targets/linear';
 import { NullTarget } from '../src/targets/null';
 import { IO_DESC_BYTES, UBLK_IO_RES_OK, descriptorMmapByteLength } from '../src/ublk/abi';
 import { UblkQueue } from '../src/ublk/queue';
+import { DEFAULT_POLL_MICROS } from '../src/daemon/queue-threads';
 
 const REQUEST_BYTES = 4096;
 const REQUEST_SECTORS = REQUEST_BYTES / 512;
 const BACKING_BYTES = 64 * 1024 * 1024;
+/** ublk's largest queue depth. */
+const MAX_DEPTH = 4096;
 
 /**
  * A NativeRing that completes every request it is given on the next wait() or reap(): ublk
@@ -163,34 +166,36 @@ export interface RequestPath {
  * themselves as the thread's do.
  */
 export async function openRequestPath(target: PathTarget, depth: number, op: IoOp.Read | IoOp.Write, dir: string): Promise<RequestPath> {
+  if (!Number.isInteger(depth) || depth < 1 || depth > MAX_DEPTH) throw new RangeError(`depth must be 1 to ${MAX_DEPTH}, not ${depth}`);
   const { ring, native: instant } = instantRing();
-  const descriptorPath = path.join(dir, 'descriptors');
-  await fsp.writeFile(descriptorPath, descriptors(depth, op));
-  const descriptorFile = await fsp.open(descriptorPath, 'r');
-  let device: Awaited<ReturnType<typeof openFileDevice>> | undefined;
-  let mapped: Target;
-  if (target === 'null') {
-    mapped = new NullTarget();
-  } else {
-    const backingPath = target === 'linear-tmpfs' ? path.join('/dev/shm', `request-path-${process.pid}`) : path.join(dir, 'backing');
-    const backing = await fsp.open(backingPath, 'w');
-    await backing.truncate(BACKING_BYTES);
-    await backing.close();
-    device = await openFileDevice(backingPath, { ring });
-    if (target === 'linear' && !device.usesDirectIo) throw new Error(`${backingPath}: the filesystem refuses O_DIRECT; put --dir elsewhere`);
-    if (target === 'linear-tmpfs' && !device.inlineIo) throw new Error(`${backingPath} is not on tmpfs`);
-    if (target === 'linear-tmpfs') await fsp.unlink(backingPath);
-    mapped = new LinearTarget(device, 0);
+  let descriptorFile: fsp.FileHandle | undefined;
+  let device: FileDevice | undefined;
+  let queue: UblkQueue;
+  try {
+    const descriptorPath = path.join(dir, 'descriptors');
+    await fsp.writeFile(descriptorPath, descriptors(depth, op));
+    descriptorFile = await fsp.open(descriptorPath, 'r');
+    let mapped: Target;
+    if (target === 'null') {
+      mapped = new NullTarget();
+    } else {
+      device = await openBacking(target, dir, ring);
+      mapped = new LinearTarget(device, 0);
+    }
+    const dispatcher = new Dispatcher<Table>(new Table([{ startSector: 0, lengthSectors: BACKING_BYTES / 512, target: mapped }], []));
+    queue = new UblkQueue(ring, { devId: 0, charFd: descriptorFile.fd, queues: 1, depth, maxIoBytes: 128 * 1024 }, 0, (request, done) =>
+      dispatcher.submit(request, done),
+    );
+  } catch (error) {
+    ring.close();
+    await descriptorFile?.close();
+    await device?.close();
+    throw error;
   }
-  const sizeSectors = BACKING_BYTES / 512;
-  const dispatcher = new Dispatcher<Table>(new Table([{ startSector: 0, lengthSectors: sizeSectors, target: mapped }], []));
-  const queue = new UblkQueue(ring, { devId: 0, charFd: descriptorFile.fd, queues: 1, depth, maxIoBytes: 128 * 1024 }, 0, (request, done) =>
-    dispatcher.submit(request, done),
-  );
-  const policies = new WaitPolicies(200);
+  const policies = new WaitPolicies(DEFAULT_POLL_MICROS);
   const clock: WaitClock = { waitMicros: 0 };
   const sleep: WaitOptions = { queued: 'hold' };
-  const poll: WaitOptions = { queued: 'hold', pollMicros: 200 };
+  const poll: WaitOptions = { queued: 'hold', pollMicros: DEFAULT_POLL_MICROS };
   let answered = 0;
   const countAnswers = queue.requestAnswered.bind(queue);
   queue.requestAnswered = () => {
@@ -214,10 +219,35 @@ export async function openRequestPath(target: PathTarget, depth: number, op: IoO
     async close(): Promise<void> {
       ring.close();
       queue.unmap();
-      await descriptorFile.close();
+      await descriptorFile?.close();
       await device?.close();
     },
   };
+}
+
+/**
+ * The linear target's backing file, 64 MiB: on `dir` through its O_DIRECT descriptor, or on
+ * /dev/shm, unlinked once open, copied inline. Refuses a filesystem that would time another path.
+ */
+async function openBacking(target: 'linear' | 'linear-tmpfs', dir: string, ring: IoRing): Promise<FileDevice> {
+  const tmpfs = target === 'linear-tmpfs';
+  const backingPath = tmpfs ? path.join('/dev/shm', `request-path-${process.pid}`) : path.join(dir, 'backing');
+  try {
+    const backing = await fsp.open(backingPath, 'w');
+    await backing.truncate(BACKING_BYTES);
+    await backing.close();
+    const device = await openFileDevice(backingPath, { ring });
+    const refusal = tmpfs
+      ? device.inlineIo ? undefined : `${backingPath} is not on tmpfs`
+      : device.usesDirectIo && !device.inlineIo ? undefined : `${backingPath}: not read through O_DIRECT and the ring (tmpfs, or no O_DIRECT); put --dir on a disk`;
+    if (refusal !== undefined) {
+      await device.close();
+      throw new Error(refusal);
+    }
+    return device;
+  } finally {
+    if (tmpfs) await fsp.rm(backingPath, { force: true });
+  }
 }
 
 /** A queue's descriptor array: tag t asks for `op` of 4 KiB at sector t * 8. */

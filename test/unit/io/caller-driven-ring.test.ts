@@ -57,7 +57,9 @@ describe('IoRing driven by its caller (real io_uring)', () => {
         completed++;
       });
       if (request === 1099) assert.ok(token > 2 ** 31, `token ${token}`);
-      while (completed === request) ring.waitAndDispatch(1000);
+      // A completion routed to no callback is dropped: the read would never count.
+      for (let wait = 0; wait < 100 && completed === request; wait++) ring.waitAndDispatch(100);
+      assert.equal(completed, request + 1, `request ${request} (token ${token}) completed`);
     }
     assert.equal(completed, 1100);
   });
