@@ -10,7 +10,11 @@
 #
 # DIR_A and DIR_B are checkouts set up with tools/setup.sh (a `git worktree add` of the commit to
 # compare, say). Prints every pass, then per cell the median IOPS of each, B/A, the range of the
-# pairs' B/A and in how many pairs B was ahead.
+# pairs' B/A and in how many pairs B was ahead; and the same for the daemon's CPU time per I/O
+# (all its threads, from schedstat): whether a change saves the daemon work, which at QD 32 (the
+# guest's two CPUs shared by fio, the daemon and a loop device's worker) is what IOPS come from.
+# Its passes swing about as much as IOPS under TCG; at QD 1 a polling thread spends CPU on
+# purpose, so there it says how much, not which build is faster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pairs=10 seconds=2 cells='null:randread:1 null:randread:32 linear:randwrite:1 linear:randwrite:32' in_guest=0
@@ -36,7 +40,7 @@ if [[ $in_guest -eq 0 ]]; then
     bash tools/ab-guest.sh --in-guest --pairs "$pairs" --seconds "$seconds" --cells "$cells" "${dirs[@]}"
 fi
 
-declare -A null_dev linear_dev blk_dev
+declare -A null_dev linear_dev blk_dev daemon_pid
 for i in 0 1; do
   v=$([[ $i -eq 0 ]] && echo A || echo B) dir=${dirs[$i]}
   export UBLK_DM_RUN_DIR=/tmp/ab$v/run UBLK_DM_STATE_DIR=/tmp/ab$v/state UBLK_DM_LINK_DIR=/tmp/ab$v/links
@@ -44,6 +48,7 @@ for i in 0 1; do
   # Written through, not sparse: a read of a tmpfs hole copies the shared zero page.
   dd if=/dev/zero of="/dev/shm/ab-backing-$v" bs=1M count=1024 status=none
   ( cd "$dir" && exec node bin/ublk-dm daemon > "/tmp/ab$v/daemon.log" 2>&1 ) &
+  daemon_pid[$v]=$!
   for _ in $(seq 60); do [[ -S $UBLK_DM_RUN_DIR/ublk-dm.sock ]] && break; sleep 0.5; done
   null_dev[$v]=$(cd "$dir" && node bin/ublk-dm create "abnull$v" --table "0 2097152 null" --queues 1 --depth 128)
   linear_dev[$v]=$(cd "$dir" && node bin/ublk-dm create "ablinear$v" --table "0 2097152 linear /dev/shm/ab-backing-$v 0" --queues 1 --depth 128)
@@ -54,10 +59,20 @@ for i in 0 1; do
   fi
 done
 
-iops() { # device rw qd
+cpu_ns() { # pid: nanoseconds on CPU of all its threads so far
+  local total=0 ns rest f
+  for f in /proc/"$1"/task/*/schedstat; do read -r ns rest < "$f" 2>/dev/null && total=$((total + ns)); done
+  echo "$total"
+}
+pass() { # device rw qd pid: IOPS and the daemon's CPU microseconds per I/O
+  local before after
+  before=$(cpu_ns "$4")
   fio --name=ab --filename="$1" --allow_file_create=0 --ioengine=io_uring --direct=1 --rw="$2" --bs=4k \
-    --iodepth="$3" --time_based --runtime="$seconds" --size=100% --randrepeat=0 --norandommap --output-format=json |
-    node -e 'const j = JSON.parse(require("fs").readFileSync(0, "utf8")).jobs[0]; console.log(Math.round(j.read.iops + j.write.iops))'
+    --iodepth="$3" --time_based --runtime="$seconds" --size=100% --randrepeat=0 --norandommap --output-format=json > /tmp/ab-fio.json
+  after=$(cpu_ns "$4")
+  node -e 'const j = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).jobs[0];
+    const ios = j.read.total_ios + j.write.total_ios;
+    console.log(Math.round(j.read.iops + j.write.iops), (Number(process.argv[2]) / 1000 / Math.max(ios, 1)).toFixed(1))' /tmp/ab-fio.json $((after - before))
 }
 results=$(mktemp)
 for pair in $(seq "$pairs"); do
@@ -70,7 +85,7 @@ for pair in $(seq "$pairs"); do
         blk) dev=${blk_dev[$v]} ;;
         *) dev=${linear_dev[$v]} ;;
       esac
-      echo "$pair $v $cell $(iops "$dev" "$rw" "$qd")" | tee -a "$results"
+      echo "$pair $v $cell $(pass "$dev" "$rw" "$qd" "${daemon_pid[$v]}")" | tee -a "$results"
     done
   done
 done
@@ -80,10 +95,15 @@ node -e '
   for (const cell of [...new Set(rows.map((r) => r[2]))]) {
     // In pair order: the two passes of a pair ran next to each other, so their ratio is the one
     // drift hit least; the range of those ratios is the noise a median B/A is read against.
-    const of = (v) => rows.filter((r) => r[2] === cell && r[1] === v).map((r) => Number(r[3]));
-    const a = median(of("A")), b = median(of("B"));
-    const pairRatios = roundRatios(of("B"), of("A"));
-    const ahead = pairRatios.filter((ratio) => ratio > 1).length;
-    console.log(`${cell.padEnd(22)} A ${String(a).padStart(7)}  B ${String(b).padStart(7)}  B/A ${(b / a).toFixed(2)}` +
-      `  pairs ${formatSpread(pairRatios)}, B ahead in ${ahead} of ${pairRatios.length}`);
+    const of = (v, column) => rows.filter((r) => r[2] === cell && r[1] === v).map((r) => Number(r[column]));
+    const report = (label, column, better) => {
+      const a = median(of("A", column)), b = median(of("B", column));
+      const pairRatios = roundRatios(of("B", column), of("A", column));
+      const ahead = pairRatios.filter((ratio) => better(ratio)).length;
+      const shown = (value) => (Number.isInteger(value) ? String(value) : value.toFixed(1)).padStart(7);
+      console.log(`${label.padEnd(30)} A ${shown(a)}  B ${shown(b)}  B/A ${(b / a).toFixed(2)}` +
+        `  pairs ${formatSpread(pairRatios)}, B ahead in ${ahead} of ${pairRatios.length}`);
+    };
+    report(cell, 3, (ratio) => ratio > 1);
+    report(`${cell} cpu us/IO`, 4, (ratio) => ratio < 1);
   }' "$results"

@@ -2,6 +2,7 @@ import { strict as assert } from 'node:assert';
 import { promises as fsp, writeSync, closeSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
 
 import { native } from '../../../src/io/native';
 import { TMPFS_MAGIC, openFileDevice } from '../../../src/io/file-device';
@@ -172,6 +173,37 @@ describe('IoRing driven by its caller (real io_uring)', () => {
       assert.deepEqual(rung, [8]);
       assert.equal(new BigUint64Array(bell.buffer)[0], 3n);
     } finally {
+      closeSync(doorbell);
+    }
+  });
+
+  it('while polling, finds a completion another thread causes meanwhile, long before the poll budget ends', async () => {
+    // With DEFER_TASKRUN a completion caused from elsewhere waits as task work until this thread
+    // enters the kernel for events: each look of the poll must do that, or the poll runs out its
+    // budget with the answer sitting there.
+    const doorbell = native().createEventFd();
+    const started = new Int32Array(new SharedArrayBuffer(4));
+    const ringer = new Worker(
+      `const { workerData } = require('node:worker_threads');
+       const { writeSync } = require('node:fs');
+       Atomics.store(workerData.started, 0, 1);
+       Atomics.notify(workerData.started, 0);
+       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
+       writeSync(workerData.doorbell, new Uint8Array(new BigUint64Array([5n]).buffer));`,
+      { eval: true, workerData: { doorbell, started } },
+    );
+    try {
+      const rung: number[] = [];
+      ring.readCb(doorbell, new Uint8Array(8), 0, (result) => rung.push(result));
+      assert.equal(Atomics.wait(started, 0, 0, 10_000) === 'timed-out', false, 'the ringing thread started');
+      const pollStarted = process.hrtime.bigint();
+      while (rung.length === 0) ring.waitAndDispatch(10_000, { queued: 'submit', pollMicros: 5_000_000 });
+      const elapsedMs = Number(process.hrtime.bigint() - pollStarted) / 1e6;
+      assert.deepEqual(rung, [8]);
+      assert.ok(elapsedMs >= 50, `the bell rang ${elapsedMs} ms into the poll, before it was due`);
+      assert.ok(elapsedMs < 2500, `a poll of 5 s ended ${elapsedMs} ms in: it saw the completion only at its end`);
+    } finally {
+      await ringer.terminate();
       closeSync(doorbell);
     }
   });
