@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Where a ublk server's CPU goes per I/O (issue 11): perf samples of our daemon (and, with
-# --ublksrv, of the C server's null) while fio runs on its device, in the guest; read on the host.
+# --ublksrv, of the C server serving the same: its loop target over the same backing for a table
+# of one linear segment from offset 0, its null for any other) while fio runs on its device, in
+# the guest; read on the host.
 #
 #   tools/profile-guest.sh [--table TABLE] [--rw randread|randwrite] [--qd N] [--seconds S]
 #                          [--warmup S] [--ublksrv PATH/sbin/ublk] [--out DIR]
@@ -27,7 +29,7 @@ while [[ $# -gt 0 ]]; do
     --ublksrv) ublksrv=$(realpath "$2"); shift 2 ;;
     --out) out=$2; shift 2 ;;
     --in-guest) in_guest=1; shift ;;
-    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,16p' "$0" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out" && out=$(realpath "$out")
@@ -70,9 +72,11 @@ if [[ $in_guest -eq 1 ]]; then
   fio_under_perf "$daemon" "$dev" ours
   cp "/tmp/perf-$daemon.map" "$out/"
   if [[ -n $ublksrv ]]; then
-    "$ublksrv" add -t null -n 90 -q 1 -d 128 >/dev/null
+    read -r _ _ target backing offset rest <<< "$table"
+    if [[ $target == linear && $offset == 0 && -z $rest ]]; then served=(-t loop -f "$backing"); else served=(-t null); fi
+    "$ublksrv" add "${served[@]}" -n 90 -q 1 -d 128 >/dev/null
     for _ in $(seq 20); do [[ -b /dev/ublkb90 ]] && break; sleep 0.5; done
-    fio_under_perf "$(pgrep -f 'ublk.null add' | head -1)" /dev/ublkb90 ublksrv
+    fio_under_perf "$("$ublksrv" list -n 90 | sed -n 's/.*daemon pid \([0-9]*\).*/\1/p')" /dev/ublkb90 ublksrv
     "$ublksrv" del -n 90 >/dev/null
   fi
   cat /proc/kallsyms > "$out/kallsyms"
