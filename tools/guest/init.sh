@@ -41,6 +41,9 @@ ln -sf /proc/self/fd/1 /newroot/dev/stdout
 ln -sf /proc/self/fd/2 /newroot/dev/stderr
 hostname ublk-dm-guest
 
+# Booted: from here on a failure is the command's, and the host must not run it again.
+: > /newroot$rundir/started
+sync -f /newroot$rundir/started
 chroot /newroot /bin/bash $rundir/run.sh </dev/console >/dev/console 2>&1
 echo $? > /newroot$rundir/rc
 # The exit code first, on the project's filesystem alone: a global sync can hang for good on a
