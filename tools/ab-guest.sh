@@ -9,26 +9,28 @@
 #   tools/ab-guest.sh [--pairs N] [--seconds S] [--cells "null:randread:1 blk:randwrite:32 ..."] DIR_A DIR_B
 #
 # DIR_A and DIR_B are checkouts set up with tools/setup.sh (a `git worktree add` of the commit to
-# compare, say). Prints every pass, then per cell the median IOPS of each, B/A, the range of the
-# pairs' B/A and in how many pairs B was ahead; and the same for the daemon's CPU time per I/O
-# (all its threads, from schedstat): whether a change saves the daemon work, which at QD 32 (the
-# guest's two CPUs shared by fio, the daemon and a loop device's worker) is what IOPS come from.
-# Its passes swing about as much as IOPS under TCG; at QD 1 a polling thread spends CPU on
-# purpose, so there it says how much, not which build is faster.
+# compare, say). The builds run twice, the second time each in the other's daemon slot, N pairs
+# of passes each time (default 6). Prints every pass, then per cell the median IOPS of each, B/A
+# as the geometric mean of the two halves' (which cancels the slots' own bias; each half's is
+# shown too), the range of the pairs' B/A and in how many pairs B was ahead. The same follows for
+# the daemon's CPU time per I/O (all its threads, from schedstat): whether a change saves the
+# daemon work, which at QD 32 (the guest's two CPUs shared by fio, the daemon and a loop device's
+# worker) is what IOPS come from. Its passes swing about as much as IOPS under TCG; at QD 1 a
+# polling thread spends CPU on purpose, so there it says how much, not which build is faster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pairs=10 seconds=2 cells='null:randread:1 null:randread:32 linear:randwrite:1 linear:randwrite:32' in_guest=0
+pairs=6 seconds=2 cells='null:randread:1 null:randread:32 linear:randwrite:1 linear:randwrite:32' in_guest=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --pairs) pairs=$2; shift 2 ;;
     --seconds) seconds=$2; shift 2 ;;
     --cells) cells=$2; shift 2 ;;
     --in-guest) in_guest=1; shift ;;
-    -*) sed -n '2,10p' "$0" >&2; exit 2 ;;
+    -*) sed -n '2,20p' "$0" >&2; exit 2 ;;
     *) break ;;
   esac
 done
-[[ $# -eq 2 ]] || { sed -n '2,10p' "$0" >&2; exit 2; }
+[[ $# -eq 2 ]] || { sed -n '2,20p' "$0" >&2; exit 2; }
 dirs=( "$(realpath "$1")" "$(realpath "$2")" )
 
 if [[ $in_guest -eq 0 ]]; then
@@ -40,24 +42,43 @@ if [[ $in_guest -eq 0 ]]; then
     bash tools/ab-guest.sh --in-guest --pairs "$pairs" --seconds "$seconds" --cells "$cells" "${dirs[@]}"
 fi
 
-declare -A null_dev linear_dev blk_dev daemon_pid
-for i in 0 1; do
-  v=$([[ $i -eq 0 ]] && echo A || echo B) dir=${dirs[$i]}
-  export UBLK_DM_RUN_DIR=/tmp/ab$v/run UBLK_DM_STATE_DIR=/tmp/ab$v/state UBLK_DM_LINK_DIR=/tmp/ab$v/links
-  mkdir -p "/tmp/ab$v"
+# Two halves, each `pairs` pairs: in the first, slot 1 runs DIR_A's build and slot 2 DIR_B's; in
+# the second they swap. What differs between the slots (which daemon started first, its devices'
+# numbers, where the scheduler put its queue thread) is a bias of its own (an untouched control
+# has read 0.85 on one side), and the geometric mean of the two halves' B/A cancels it.
+declare -A null_dev linear_dev blk_dev daemon_pid loop_dev slot_dir
+slot_env() { # slot
+  export UBLK_DM_RUN_DIR=/tmp/ab$1/run UBLK_DM_STATE_DIR=/tmp/ab$1/state UBLK_DM_LINK_DIR=/tmp/ab$1/links
+}
+for slot in 1 2; do
+  mkdir -p "/tmp/ab$slot"
   # Written through, not sparse: a read of a tmpfs hole copies the shared zero page.
-  dd if=/dev/zero of="/dev/shm/ab-backing-$v" bs=1M count=1024 status=none
-  ( cd "$dir" && exec node bin/ublk-dm daemon > "/tmp/ab$v/daemon.log" 2>&1 ) &
-  daemon_pid[$v]=$!
-  for _ in $(seq 60); do [[ -S $UBLK_DM_RUN_DIR/ublk-dm.sock ]] && break; sleep 0.5; done
-  null_dev[$v]=$(cd "$dir" && node bin/ublk-dm create "abnull$v" --table "0 2097152 null" --queues 1 --depth 128)
-  linear_dev[$v]=$(cd "$dir" && node bin/ublk-dm create "ablinear$v" --table "0 2097152 linear /dev/shm/ab-backing-$v 0" --queues 1 --depth 128)
+  dd if=/dev/zero of="/dev/shm/ab-backing-$slot" bs=1M count=1024 status=none
   if [[ $cells == *blk:* ]]; then
-    dd if=/dev/zero of="/dev/shm/ab-loop-$v" bs=1M count=1024 status=none
-    loop=$(losetup --direct-io=on -f --show "/dev/shm/ab-loop-$v")
-    blk_dev[$v]=$(cd "$dir" && node bin/ublk-dm create "abblk$v" --table "0 2097152 linear $loop 0" --queues 1 --depth 128)
+    dd if=/dev/zero of="/dev/shm/ab-loop-$slot" bs=1M count=1024 status=none
+    loop_dev[$slot]=$(losetup --direct-io=on -f --show "/dev/shm/ab-loop-$slot")
   fi
 done
+start_slot() { # slot dir
+  local slot=$1 dir=$2
+  slot_env "$slot"
+  slot_dir[$slot]=$dir
+  ( cd "$dir" && exec node bin/ublk-dm daemon >> "/tmp/ab$slot/daemon.log" 2>&1 ) &
+  daemon_pid[$slot]=$!
+  for _ in $(seq 60); do [[ -S $UBLK_DM_RUN_DIR/ublk-dm.sock ]] && break; sleep 0.5; done
+  null_dev[$slot]=$(cd "$dir" && node bin/ublk-dm create "abnull$slot" --table "0 2097152 null" --queues 1 --depth 128)
+  linear_dev[$slot]=$(cd "$dir" && node bin/ublk-dm create "ablinear$slot" --table "0 2097152 linear /dev/shm/ab-backing-$slot 0" --queues 1 --depth 128)
+  if [[ $cells == *blk:* ]]; then
+    blk_dev[$slot]=$(cd "$dir" && node bin/ublk-dm create "abblk$slot" --table "0 2097152 linear ${loop_dev[$slot]} 0" --queues 1 --depth 128)
+  fi
+}
+stop_slot() { # slot
+  slot_env "$1"
+  (cd "${slot_dir[$1]}" && node bin/ublk-dm shutdown --remove-devices > /dev/null)
+  wait "${daemon_pid[$1]}" || true
+  # The next daemon in this slot starts afresh: shutdown keeps saved tables, which it would restore.
+  rm -rf "/tmp/ab$1/run" "/tmp/ab$1/state" "/tmp/ab$1/links"
+}
 
 cpu_ns() { # pid: nanoseconds on CPU of all its threads so far
   local total=0 ns rest f
@@ -75,35 +96,50 @@ pass() { # device rw qd pid: IOPS and the daemon's CPU microseconds per I/O
     console.log(Math.round(j.read.iops + j.write.iops), (Number(process.argv[2]) / 1000 / Math.max(ios, 1)).toFixed(1))' /tmp/ab-fio.json $((after - before))
 }
 results=$(mktemp)
-for pair in $(seq "$pairs"); do
-  order='A B'; (( pair % 2 == 0 )) && order='B A'
-  for v in $order; do
-    for cell in $cells; do
-      IFS=: read -r kind rw qd <<< "$cell"
-      case $kind in
-        null) dev=${null_dev[$v]} ;;
-        blk) dev=${blk_dev[$v]} ;;
-        *) dev=${linear_dev[$v]} ;;
-      esac
-      echo "$pair $v $cell $(pass "$dev" "$rw" "$qd" "${daemon_pid[$v]}")" | tee -a "$results"
+for half in 1 2; do
+  # The slot each build runs in this half.
+  declare -A slot_of=([A]=1 [B]=2)
+  (( half == 2 )) && slot_of=([A]=2 [B]=1)
+  start_slot "${slot_of[A]}" "${dirs[0]}"
+  start_slot "${slot_of[B]}" "${dirs[1]}"
+  for pair in $(seq "$pairs"); do
+    order='A B'; (( pair % 2 == 0 )) && order='B A'
+    for v in $order; do
+      slot=${slot_of[$v]}
+      for cell in $cells; do
+        IFS=: read -r kind rw qd <<< "$cell"
+        case $kind in
+          null) dev=${null_dev[$slot]} ;;
+          blk) dev=${blk_dev[$slot]} ;;
+          *) dev=${linear_dev[$slot]} ;;
+        esac
+        echo "$half $pair $v $cell $(pass "$dev" "$rw" "$qd" "${daemon_pid[$slot]}")" | tee -a "$results"
+      done
     done
   done
+  stop_slot 1
+  stop_slot 2
 done
 node -e '
   const rows = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map((l) => l.split(" "));
   const { formatSpread, median, roundRatios } = require("./dist/tools/bench-rounds");
-  for (const cell of [...new Set(rows.map((r) => r[2]))]) {
-    // In pair order: the two passes of a pair ran next to each other, so their ratio is the one
-    // drift hit least; the range of those ratios is the noise a median B/A is read against.
-    const of = (v, column) => rows.filter((r) => r[2] === cell && r[1] === v).map((r) => Number(r[column]));
+  for (const cell of [...new Set(rows.map((r) => r[3]))]) {
+    const of = (half, v, column) =>
+      rows.filter((r) => r[0] === half && r[3] === cell && r[2] === v).map((r) => Number(r[column]));
     const report = (label, column, better) => {
-      const a = median(of("A", column)), b = median(of("B", column));
-      const pairRatios = roundRatios(of("B", column), of("A", column));
+      // In pair order: the two passes of a pair ran next to each other, so their ratio is the one
+      // drift hit least; the range of those ratios is the noise a B/A is read against.
+      const halves = ["1", "2"].map((half) => {
+        const a = of(half, "A", column), b = of(half, "B", column);
+        return { a, b, ratio: median(b) / median(a), pairRatios: roundRatios(b, a) };
+      });
+      const pairRatios = halves.flatMap((h) => h.pairRatios);
       const ahead = pairRatios.filter((ratio) => better(ratio)).length;
+      const a = median(halves.flatMap((h) => h.a)), b = median(halves.flatMap((h) => h.b));
       const shown = (value) => (Number.isInteger(value) ? String(value) : value.toFixed(1)).padStart(7);
-      console.log(`${label.padEnd(30)} A ${shown(a)}  B ${shown(b)}  B/A ${(b / a).toFixed(2)}` +
-        `  pairs ${formatSpread(pairRatios)}, B ahead in ${ahead} of ${pairRatios.length}`);
+      console.log(`${label.padEnd(30)} A ${shown(a)}  B ${shown(b)}  B/A ${Math.sqrt(halves[0].ratio * halves[1].ratio).toFixed(2)}` +
+        ` (halves ${halves[0].ratio.toFixed(2)}, ${halves[1].ratio.toFixed(2)})  pairs ${formatSpread(pairRatios)}, B ahead in ${ahead} of ${pairRatios.length}`);
     };
-    report(cell, 3, (ratio) => ratio > 1);
-    report(`${cell} cpu us/IO`, 4, (ratio) => ratio < 1);
+    report(cell, 4, (ratio) => ratio > 1);
+    report(`${cell} cpu us/IO`, 5, (ratio) => ratio < 1);
   }' "$results"
