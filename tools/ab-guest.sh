@@ -98,8 +98,7 @@ pass() { # device rw qd pid: IOPS and the daemon's CPU microseconds per I/O
 results=$(mktemp)
 for half in 1 2; do
   # The slot each build runs in this half.
-  declare -A slot_of=([A]=1 [B]=2)
-  (( half == 2 )) && slot_of=([A]=2 [B]=1)
+  declare -A slot_of=([A]=$half [B]=$((3 - half)))
   start_slot "${slot_of[A]}" "${dirs[0]}"
   start_slot "${slot_of[B]}" "${dirs[1]}"
   for pair in $(seq "$pairs"); do

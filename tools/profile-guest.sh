@@ -29,7 +29,7 @@ while [[ $# -gt 0 ]]; do
     --ublksrv) ublksrv=$(realpath "$2"); shift 2 ;;
     --out) out=$2; shift 2 ;;
     --in-guest) in_guest=1; shift ;;
-    *) sed -n '2,16p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,18p' "$0" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out" && out=$(realpath "$out")
