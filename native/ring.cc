@@ -1,5 +1,6 @@
 #include "ring.h"
 
+#include <fcntl.h>
 #include <sys/eventfd.h>
 #include <sched.h>
 #include <time.h>
@@ -479,6 +480,22 @@ Napi::Value Ring::Close(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// keepUntilExit(): from now on the kernel's ring outlives this object and every close of it; only
+// the process's exit releases it (IoRing.keepUntilExit says why). Close-on-exec, so that no
+// program the daemon runs holds the ring: the next daemon's START_USER_RECOVERY waits for it.
+Napi::Value Ring::KeepUntilExit(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!open_) {
+    Napi::Error::New(env, "ring is closed").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (keptFd_ < 0) {
+    keptFd_ = fcntl(ring_.ring_fd, F_DUPFD_CLOEXEC, 0);
+    if (keptFd_ < 0) ThrowErrno(env, "fcntl(F_DUPFD_CLOEXEC)", errno);
+  }
+  return env.Undefined();
+}
+
 void Ring::OnEventFdReadable(uv_poll_t* handle, int status, int events) {
   Ring* self = static_cast<Ring*>(handle->data);
   if (self == nullptr || !self->open_) return;
@@ -603,6 +620,7 @@ Napi::Value Ring::BoundMethods(const Napi::CallbackInfo& info) {
   bind("reap", Napi::Function::New(env, CallBound<&Ring::Reap>, "reap", this));
   bind("wait", Napi::Function::New(env, CallBound<&Ring::Wait>, "wait", this));
   bind("close", Napi::Function::New(env, CallBound<&Ring::Close>, "close", this));
+  bind("keepUntilExit", Napi::Function::New(env, CallBound<&Ring::KeepUntilExit>, "keepUntilExit", this));
   return methods;
 }
 

@@ -43,6 +43,7 @@ class Ring : public Napi::ObjectWrap<Ring> {
   Napi::Value Wait(const Napi::CallbackInfo& info);
   Napi::Value BoundMethods(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
+  Napi::Value KeepUntilExit(const Napi::CallbackInfo& info);
 
   // Shared by readv/writev: builds the iovec array kept until the request completes.
   Napi::Value PrepVectored(const Napi::CallbackInfo& info, bool isWrite);
@@ -78,6 +79,8 @@ class Ring : public Napi::ObjectWrap<Ring> {
   // No eventfd and no uv_poll: the owner blocks in Wait() instead of the libuv loop.
   bool callerDriven_ = false;
   int eventFd_ = -1;
+  // A second descriptor of the ring, never closed (see KeepUntilExit).
+  int keptFd_ = -1;
   uv_poll_t* poll_ = nullptr;  // freed by uv_close's callback, which may outlive this object
   uint64_t inFlight_ = 0;
 

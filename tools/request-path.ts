@@ -111,6 +111,8 @@ export class InstantNativeRing implements NativeRing {
 
   close(): void {}
 
+  keepUntilExit(): void {}
+
   prepRead(): void {
     offPath('an unstaged read (a buffer not from allocPageAligned)');
   }

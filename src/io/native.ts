@@ -64,6 +64,8 @@ export interface NativeRing {
   wait(minComplete: number, timeoutMs: number, pollMicros?: number): number;
   /** Stop watching the ring and tear it down. Pending requests are abandoned. */
   close(): void;
+  /** Hold a close-on-exec second descriptor of the ring that is never closed (IoRing.keepUntilExit). */
+  keepUntilExit(): void;
 }
 
 /** What `new Ring(...)` makes: a handle whose only method gives the ring's methods. */

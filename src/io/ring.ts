@@ -370,6 +370,20 @@ export class IoRing {
     return new Promise((resolve) => this.cancelCb(target, resolve));
   }
 
+  /**
+   * From now on the kernel keeps this ring until the process exits, whatever closes it here
+   * (close(), or the addon's finalizer when a worker's environment goes). Every ring that carries
+   * ublk I/O commands needs it. Linux 6.12 cancels a queue's commands when its ring is released,
+   * and a request that reaches the queue at that moment is handed to the task work of the thread
+   * that submitted them: if that thread is still running, it delivers the request after the
+   * cancel aborted the queue's others, so nothing ever ends it, the device never quiesces and no
+   * later daemon can take it over (seen as the mirror handover that stayed LIVE). Released at
+   * exit instead, when every thread is exiting, the kernel requeues such a request.
+   */
+  keepUntilExit(): void {
+    this.ring.keepUntilExit();
+  }
+
   /** Tear the ring down; every request still pending completes with -ECANCELED. Idempotent. */
   close(): void {
     if (this.closed) return;

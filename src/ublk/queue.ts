@@ -134,6 +134,8 @@ export class UblkQueue {
   }
 
   postFetches(): void {
+    // The ring must not be released while this thread runs (IoRing.keepUntilExit).
+    this.ring.keepUntilExit();
     for (const slot of this.tags) slot.post(UBLK_U_IO_FETCH_REQ, 0);
   }
 

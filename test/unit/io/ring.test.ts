@@ -137,6 +137,25 @@ describe('IoRing (real io_uring)', () => {
     await assert.rejects(ring.read(handle.fd, Buffer.alloc(512), 0), /closed/);
   });
 
+  it('keepUntilExit(): the kernel ring outlives close() on one close-on-exec descriptor of its own', async () => {
+    const ioUringFds = async (): Promise<string[]> => {
+      const fds = await fsp.readdir('/proc/self/fd');
+      const links = await Promise.all(fds.map((fd) => fsp.readlink(`/proc/self/fd/${fd}`).catch(() => '')));
+      return fds.filter((_, i) => links[i] === 'anon_inode:[io_uring]');
+    };
+    const before = await ioUringFds();
+    const kept = IoRing.create({ entries: 8, drivenBy: 'caller' });
+    kept.keepUntilExit();
+    kept.keepUntilExit(); // once is enough: no second descriptor
+    assert.equal((await ioUringFds()).length, before.length + 2);
+    kept.close();
+    const left = (await ioUringFds()).filter((fd) => !before.includes(fd));
+    assert.equal(left.length, 1, 'the kept descriptor stays after close()');
+    const flags = /^flags:\s*([0-7]+)$/m.exec(await fsp.readFile(`/proc/self/fdinfo/${left[0]}`, 'utf8'))?.[1];
+    assert.ok(flags !== undefined && (parseInt(flags, 8) & 0o2000000) !== 0, `close-on-exec (flags ${flags})`);
+    assert.throws(() => kept.keepUntilExit(), /closed/);
+  });
+
   it('cancel() ends a request that would never complete', async () => {
     const pipe = await openPipeReadEnd(dir);
     let token = -1;

@@ -32,6 +32,11 @@ interface Posted {
 class RecordingRing {
   readonly posted: Posted[] = [];
   readonly isClosed = false;
+  kept = false;
+
+  keepUntilExit(): void {
+    this.kept = true;
+  }
 
   ublkIoCmdCb(_fd: number, cmdOp: number, _queueId: number, tag: number, result: IoResult, _bufAddress: number, done: IoCallback): number {
     this.posted.push({ cmdOp, tag, result, done });
@@ -83,6 +88,10 @@ describe('UblkQueue dispatch', () => {
     queue.unmap();
     await descriptors.close();
     await fsp.rm(dir, { recursive: true, force: true });
+  });
+
+  it('posting the FETCHes keeps the ring until the process exits (a live thread must not release it)', () => {
+    assert.ok(ring.kept);
   });
 
   it("hands the handler the descriptor's request, in the tag's one request object, refilled for the next", async () => {
