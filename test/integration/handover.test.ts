@@ -145,7 +145,10 @@ describe('integration: restart handover (the daemon stops, the devices stay)', f
     await mustSh(`mount ${back[0]!.blockPath} ${mnt} && sha256sum --quiet -c ${box.dir}/before.sum; umount ${mnt}`);
   });
 
-  it('a disk-log mirror under writes: the handover leaves its log all clean and its legs identical (nothing to resync), and the writes go on', async function () {
+  // Several handovers in a row: a request that reaches the queue while the old daemon's rings go
+  // once left the device LIVE for good (IoRing.keepUntilExit): about one handover in five, in a stress loop.
+  it('a disk-log mirror under writes, handed over six times: each leaves its log all clean and its legs identical (nothing to resync), and the writes go on', async function () {
+    const HANDOVERS = 6;
     const legBytes = 8 * MiB;
     const regions = legBytes / 512 / 256;
     const leg0 = await makeBackingFile(box.dir, 'leg0.img', legBytes, 'zero');
@@ -159,24 +162,28 @@ describe('integration: restart handover (the daemon stops, the devices stay)', f
       `for w in 0 1; do (while [ ! -e ${stop} ]; do i=$((RANDOM % ${legBytes / 4096})); ` +
         `printf 'W%07d' $i | dd of=${m} bs=4096 seek=$i count=1 conv=sync,notrunc,nocreat oflag=direct status=none || { echo "write $i failed"; exit 1; }; done) & done; wait`,
     );
+    const daemonLog = async (): Promise<string> =>
+      (await readFile(join(box.env.UBLK_DM_RUN_DIR!, 'daemon.log'), 'utf8').catch(() => '(no daemon log)')) +
+      `\nrequests in flight (reads, writes): ${(await sh(`cat /sys/block/${m.replace('/dev/', '')}/inflight`)).stdout}` +
+      `\nthe kernel's log:\n${(await sh('dmesg | tail -40')).stdout}`;
     try {
-      await until('writes leave dirty regions in the log', async () => cleanBits(await readFile(log), regions).some((clean) => !clean), 30_000);
-      const pid = await daemonPid(box);
-      process.kill(pid, 'SIGTERM');
-      await until('the daemon exits', () => processExited(pid));
-      const clean = cleanBits(await readFile(log), regions);
-      assert.deepEqual(clean.flatMap((c, r) => (c ? [] : [r])), [], 'every region is clean in the log: the writes finished and the log was written out');
-      assert.equal(await sha256OfFile(leg0), await sha256OfFile(leg1), 'the legs are identical');
-      assert.equal(writer.child.exitCode, null, 'the writers wait for the next daemon');
+      for (let handover = 1; handover <= HANDOVERS; handover++) {
+        const which = `handover ${handover} of ${HANDOVERS}`;
+        await until('writes leave dirty regions in the log', async () => cleanBits(await readFile(log), regions).some((clean) => !clean), 30_000);
+        const pid = await daemonPid(box);
+        process.kill(pid, 'SIGTERM');
+        await until('the daemon exits', () => processExited(pid));
+        const clean = cleanBits(await readFile(log), regions);
+        assert.deepEqual(clean.flatMap((c, r) => (c ? [] : [r])), [], `${which}: every region is clean in the log: the writes finished and the log was written out`);
+        assert.equal(await sha256OfFile(leg0), await sha256OfFile(leg1), `${which}: the legs are identical`);
+        assert.equal(writer.child.exitCode, null, `${which}: the writers wait for the next daemon`);
 
-      const back = JSON.parse(await box.ok(['ls', '--json'])) as Listed[];
-      const daemonLog = async (): Promise<string> =>
-        (await readFile(join(box.env.UBLK_DM_RUN_DIR!, 'daemon.log'), 'utf8').catch(() => '(no daemon log)')) +
-        `\nthe kernel's log:\n${(await sh('dmesg | tail -40')).stdout}`;
-      assert.equal(back.find((d) => d.name === 'm')?.blockPath, m, `the same device; the daemon's log:\n${await daemonLog()}`);
-      const status = parseMirrorStatus(await box.ok(['status', 'm']));
-      assert.deepEqual([status.inSync, status.legChars], [regions, 'AA'], `in sync at once, both legs alive: ${status.line}`);
-      await sleep(1000);
+        const back = JSON.parse(await box.ok(['ls', '--json'])) as Listed[];
+        assert.equal(back.find((d) => d.name === 'm')?.blockPath, m, `${which}: the same device; the daemon's log:\n${await daemonLog()}`);
+        const status = parseMirrorStatus(await box.ok(['status', 'm']));
+        assert.deepEqual([status.inSync, status.legChars], [regions, 'AA'], `${which}: in sync at once, both legs alive: ${status.line}`);
+        await sleep(1000);
+      }
     } finally {
       await mustSh(`touch ${stop}`);
     }
