@@ -88,12 +88,17 @@ function deadDevice(device: KernelUblkDevice, facts: DoctorFacts): Problem | und
   } else if (device.state === 'live' && facts.processIsAlive(device.serverPid)) {
     if (!ours) return undefined; // someone else's, served
     detail = `served by process ${device.serverPid}, which is not this installation's daemon`;
+  } else if (device.state === 'live') {
+    // The kernel quiesces a recoverable device within a moment of its server's death. One that
+    // stays LIVE lost a request when its server's rings went (IoRing.keepUntilExit): its
+    // quiesce waits for it for good, holding the device's lock that every control command takes.
+    detail =
+      `its server ${device.serverPid} is gone but the kernel has not quiesced it: if that lasts more than a few seconds, ` +
+      'the kernel lost one of its requests and only a reboot frees it (its I/O waits; STOP_DEV or DEL_DEV would hang)';
   } else if (!ours) {
-    detail = `its server ${device.serverPid} is gone${device.state === 'live' ? '' : `; ${device.state}, its I/O waits for a new server`}`;
+    detail = `its server ${device.serverPid} is gone; ${device.state}, its I/O waits for a new server`;
   } else if (facts.daemon === undefined) {
     detail = `${device.state}, waiting for the next daemon (its I/O waits; any ublk-dm command starts one)`;
-  } else if (device.state === 'live') {
-    detail = `its server ${device.serverPid} is gone but the kernel has not quiesced it: its requests wait, and deleting it would block until they end`;
   } else {
     detail = `${device.state}, and the running daemon does not serve it (a daemon deletes such devices when it starts)`;
   }

@@ -414,7 +414,11 @@ async function waitUntilRecoverable(control: UblkControl, options: UblkRecoverOp
     if (info.serverPid !== process.pid && processIsAlive(info.serverPid)) {
       throw new ErrnoError(`${what} is live, served by process ${info.serverPid}`, EBUSY);
     }
-    if (Date.now() >= deadline) throw new ErrnoError(`${what}: its server ${info.serverPid} is gone but the kernel has not quiesced it`, ETIMEDOUT);
+    if (Date.now() >= deadline) {
+      // It takes the kernel well under a second; a device still LIVE by now lost a request when its
+      // server's rings went (IoRing.keepUntilExit), and nothing but a reboot frees it.
+      throw new ErrnoError(`${what}: its server ${info.serverPid} is gone but the kernel has not quiesced it: the kernel most likely lost one of its requests, and then only a reboot frees it`, ETIMEDOUT);
+    }
     await sleep(RECOVERY_POLL_MS);
   }
 }

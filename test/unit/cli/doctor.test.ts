@@ -50,17 +50,26 @@ describe('ublk-dm doctor', () => {
       [
         [2, 'this installation', 'stopped but never deleted'],
         [3, 'this installation', 'quiesced, and the running daemon does not serve it (a daemon deletes such devices when it starts)'],
-        [4, 'other', 'its server 99 is gone'],
+        [4, 'other', "its server 99 is gone but the kernel has not quiesced it: if that lasts more than a few seconds, the kernel lost one of its requests and only a reboot frees it (its I/O waits; STOP_DEV or DEL_DEV would hang)"],
         [5, 'this installation', 'served by process 777, which is not this installation\'s daemon'],
       ],
     );
-    assert.match(formatDoctorReport({ problems }), /^dead ublk device 4 \(\/dev\/ublkb4\), not this installation's \(mark 0x[0-9a-f]+: another ublk server or ublk-dm installation\): its server 99 is gone$/m);
+    assert.match(formatDoctorReport({ problems }), /^dead ublk device 4 \(\/dev\/ublkb4\), not this installation's \(mark 0x[0-9a-f]+: another ublk server or ublk-dm installation\): its server 99 is gone but /m);
   });
 
   it('with no daemon running, a quiesced device of ours waits for the next daemon', () => {
     const problems = diagnose(facts({ daemon: undefined, kernelDevices: [{ id: 0, state: 'quiesced', serverPid: 99, serverFlags: mark(INSTALLATION, 1) }] })).problems;
     assert.equal(problems.length, 1);
     assert.match(formatDoctorReport({ problems }), /dead ublk device 0 .*this installation's: quiesced, waiting for the next daemon/);
+  });
+
+  it('a device of ours still LIVE with its server gone may be wedged in the kernel: said so, with or without a daemon', () => {
+    const kernelDevices: KernelUblkDevice[] = [{ id: 6, state: 'live', serverPid: 99, serverFlags: mark(INSTALLATION, 6) }];
+    for (const daemon of [undefined, { devices: [], failures: [] }]) {
+      const problems = diagnose(facts({ daemon, kernelDevices })).problems;
+      assert.equal(problems.length, 1);
+      assert.match(formatDoctorReport({ problems }), /dead ublk device 6 .*this installation's: its server 99 is gone but the kernel has not quiesced it: if that lasts more than a few seconds, the kernel lost one of its requests and only a reboot frees it/);
+    }
   });
 
   it('lists stale links: to a missing node, to a device the daemon does not have, to the wrong device; none it cannot judge without a daemon', () => {
