@@ -20,6 +20,7 @@ import { randomUUID } from 'node:crypto';
 import * as path from 'node:path';
 import type { StatusKind } from '../dm/target';
 import { UNUSED, busyReason, openCount, type DeviceUsage, type UsageProbe } from './usage';
+import { UnquiescedDeviceError } from '../ublk/unquiesced';
 
 /** Everything the registry needs from the outside world; tests pass fakes for the kernel parts. */
 export interface RegistryDeps {
@@ -423,7 +424,8 @@ export class DeviceRegistry {
           const busy = busyReason(await recovery.usageOf(candidate.id).catch(() => UNUSED));
           if (busy !== undefined) {
             throw new DeviceError(
-              `cannot reattach to ${what}: ${reason}; it is ${busy}, so it is left in the kernel as it is (its I/O waits) instead of being deleted: restart the daemon to try again`,
+              `cannot reattach to ${what}: ${reason}; it is ${busy}, so it is left in the kernel as it is (its I/O waits) instead of being deleted` +
+                (err instanceof UnquiescedDeviceError ? '' : ': restart the daemon to try again'),
               'EBUSY',
             );
           }

@@ -1,6 +1,6 @@
 import { promises as fsp } from 'node:fs';
 
-import { EBUSY, EINVAL, EIO, ENOENT, ETIMEDOUT, ErrnoError } from '../base/errno';
+import { EBUSY, EINVAL, EIO, ENOENT, ErrnoError } from '../base/errno';
 import type { IoRing } from '../io/ring';
 import { PAGE_BYTES, SECTOR_BYTES } from '../base/units';
 import {
@@ -17,6 +17,7 @@ import {
 } from './abi';
 import { UblkControl } from './control';
 import { processIsAlive } from './processes';
+import { UnquiescedDeviceError } from './unquiesced';
 import { ThreadQueues, type QueueServer, type UblkHandler } from './queue';
 
 export type { UblkHandler, UblkRequest } from './queue';
@@ -414,11 +415,8 @@ async function waitUntilRecoverable(control: UblkControl, options: UblkRecoverOp
     if (info.serverPid !== process.pid && processIsAlive(info.serverPid)) {
       throw new ErrnoError(`${what} is live, served by process ${info.serverPid}`, EBUSY);
     }
-    if (Date.now() >= deadline) {
-      // It takes the kernel well under a second; a device still LIVE by now lost a request when its
-      // server's rings went (IoRing.keepUntilExit), and nothing but a reboot frees it.
-      throw new ErrnoError(`${what}: its server ${info.serverPid} is gone but the kernel has not quiesced it: the kernel most likely lost one of its requests, and then only a reboot frees it`, ETIMEDOUT);
-    }
+    // It takes the kernel well under a second; a device still LIVE by now is wedged.
+    if (Date.now() >= deadline) throw new UnquiescedDeviceError(what, info.serverPid);
     await sleep(RECOVERY_POLL_MS);
   }
 }

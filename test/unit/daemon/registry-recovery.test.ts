@@ -1,3 +1,4 @@
+import { UnquiescedDeviceError } from '../../../src/ublk/unquiesced';
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import * as winston from 'winston';
@@ -170,6 +171,20 @@ describe('DeviceRegistry with ublk user recovery', () => {
     bed.ublk.failRecover = undefined;
     const third = new DeviceRegistry(deps());
     assert.deepEqual((await third.restoreSaved()).recovered, ['vol']);
+  });
+
+  it('a mounted device the kernel never quiesced: the restore fails saying a reboot frees it, and not that a restart would', async () => {
+    const first = new DeviceRegistry(deps());
+    await first.create('vol', ZERO_8, options);
+    await crash();
+    bed.ublk.failRecover = new UnquiescedDeviceError("ublk device 0", 4242);
+    kernel.usage.set(0, { openFds: 0, mounts: 1, holders: [] });
+
+    const report = await new DeviceRegistry(deps()).restoreSaved();
+    assert.deepEqual(report.failed, ['vol']);
+    assert.deepEqual(kernel.deleted, [], 'left alone');
+    const line = logged.lines.find((l) => /cannot restore vol: /.test(l)) ?? logged.lines.join('\n');
+    assert.match(line, /only a reboot frees it: ETIMEDOUT; it is mounted \(1 mount\), so it is left in the kernel as it is \(its I\/O waits\) instead of being deleted$/);
   });
 
   it('a kernel device with the same id but another mark is not the saved one: left alone, a new device is made', async () => {
