@@ -5,12 +5,15 @@
 # the guest; read on the host.
 #
 #   tools/profile-guest.sh [--table TABLE] [--rw randread|randwrite] [--qd N] [--seconds S]
-#                          [--warmup S] [--ublksrv PATH/sbin/ublk] [--out DIR]
+#                          [--warmup S] [--ublksrv PATH/sbin/ublk] [--system] [--out DIR]
 #
 # Prints, per server, the CPU time per I/O the samples add up to, the split by DSO (kernel, ublk_drv,
 # V8's JIT code, node, the addon, liburing) and the top symbols. JIT frames are named through
-# node's --perf-basic-prof map. Samples are cpu-clock (TCG has no PMU): inside the kernel they land
-# where interrupts are enabled again, so kernel symbols are approximate, the DSO split is not.
+# node's --perf-basic-prof map. --system samples every CPU of the guest instead of the server
+# alone and adds the split by command (fio, the server, kernel workers, idle as swapper): whether
+# a cell is bound by the guest's CPUs or by waiting. Samples are cpu-clock (TCG has no PMU): inside
+# the kernel they land where interrupts are enabled again, so kernel symbols are approximate, the
+# DSO split is not.
 # Default table: our null over 1 GiB (a file the table names under /dev/shm is created, 1 GiB of written zeros; the
 # word LOOP becomes a direct-I/O loop device over another); DIR (default .cache/profile) keeps perf.data, the JIT map and
 # the guest's kallsyms for `perf report -i DIR/ours.data --kallsyms DIR/kallsyms`. Before the profiled
@@ -18,7 +21,7 @@
 # compiler takes most of a second on a fresh daemon, which is start-up, not the cost of an I/O.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-table='0 2097152 null' rw=randread qd=1 seconds=10 warmup=3 ublksrv='' out=.cache/profile in_guest=0
+table='0 2097152 null' rw=randread qd=1 seconds=10 warmup=3 ublksrv='' out=.cache/profile in_guest=0 system=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --table) table=$2; shift 2 ;;
@@ -28,8 +31,9 @@ while [[ $# -gt 0 ]]; do
     --warmup) warmup=$2; shift 2 ;;
     --ublksrv) ublksrv=$(realpath "$2"); shift 2 ;;
     --out) out=$2; shift 2 ;;
+    --system) system=1; shift ;;
     --in-guest) in_guest=1; shift ;;
-    *) sed -n '2,18p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,21p' "$0" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out" && out=$(realpath "$out")
@@ -45,7 +49,9 @@ fio_job() { # device seconds: the profile's fio command line, into the array `jo
 fio_under_perf() { # pid device label: warm up, then perf samples pid for as long as fio runs on device
   if [[ $warmup -gt 0 ]]; then fio_job "$2" "$warmup"; "${job[@]}" > /dev/null 2>&1; fi
   fio_job "$2" "$seconds"
-  perf record -q -e cpu-clock -F 999 -p "$1" -o "$out/$3.data" -- "${job[@]}" > "$out/$3.fio.json" 2>/dev/null
+  local who=(-p "$1")
+  [[ $system -eq 1 ]] && who=(-a)
+  perf record -q -e cpu-clock -F 999 "${who[@]}" -o "$out/$3.data" -- "${job[@]}" > "$out/$3.fio.json" 2>/dev/null
 }
 
 if [[ $in_guest -eq 1 ]]; then
@@ -90,6 +96,7 @@ if ! perf_ok; then
 fi
 args=(--in-guest --table "$table" --rw "$rw" --qd "$qd" --seconds "$seconds" --warmup "$warmup" --out "$out")
 [[ -n $ublksrv ]] && args+=(--ublksrv "$ublksrv")
+[[ $system -eq 1 ]] && args+=(--system)
 if [[ -e /dev/ublk-control && $EUID -eq 0 ]]; then bash "$0" "${args[@]}"
 else UBLK_DM_GUEST_MAX_CPUS=${UBLK_DM_GUEST_MAX_CPUS:-4} tools/guest-run --mem "${UBLK_DM_GUEST_MEM:-10240}" -- bash "$0" "${args[@]}"; fi
 
@@ -102,6 +109,11 @@ for label in ours ublksrv; do
   ios=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; print(j["read"]["total_ios"]+j["write"]["total_ios"])' "$out/$label.fio.json")
   count=$(perf script -i "$out/$label.data" --kallsyms "$out/kallsyms" -F ip 2>/dev/null | wc -l)
   echo "== $label: $rw QD$qd, $ios I/Os in ${seconds}s, $count samples at 999 Hz: $(python3 -c "print(round($count / 999 * 1e6 / max($ios, 1), 1))") us CPU per I/O"
+  if [[ $system -eq 1 ]]; then
+    # Every CPU, idle included (swapper): the split by command, as microseconds per I/O.
+    perf report -i "$out/$label.data" --kallsyms "$out/kallsyms" --stdio --sort comm 2>/dev/null | grep -E '^ +[0-9]' |
+      awk -v total="$count" -v ios="$ios" '{ sub("%", "", $1); printf "    %6.1f us  %5.1f%%  %s\n", $1 / 100 * total / 999 * 1e6 / ios, $1, $2 }' | head -12
+  fi
   perf report -i "$out/$label.data" --kallsyms "$out/kallsyms" --stdio --sort dso 2>/dev/null | grep -E '^ +[0-9]' | head -8
   perf report -i "$out/$label.data" --kallsyms "$out/kallsyms" --stdio --sort sym 2>/dev/null | grep -E '^ +[0-9]' > "$out/$label.symbols"
   # V8 compiling (TurboFan, on its own threads) is start-up unless it goes on after the warm-up.
