@@ -108,11 +108,14 @@ for label in ours ublksrv; do
   [[ -f $out/$label.data ]] || continue
   ios=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; print(j["read"]["total_ios"]+j["write"]["total_ios"])' "$out/$label.fio.json")
   count=$(perf script -i "$out/$label.data" --kallsyms "$out/kallsyms" -F ip 2>/dev/null | wc -l)
-  echo "== $label: $rw QD$qd, $ios I/Os in ${seconds}s, $count samples at 999 Hz: $(python3 -c "print(round($count / 999 * 1e6 / max($ios, 1), 1))") us CPU per I/O"
+  per_io=$(python3 -c "print(round($count / 999 * 1e6 / max($ios, 1), 1))")
+  if [[ $system -eq 1 ]]; then what="us of the guest's CPU time per I/O, idle included"; else what="us CPU per I/O"; fi
+  echo "== $label: $rw QD$qd, $ios I/Os in ${seconds}s, $count samples at 999 Hz: $per_io $what"
   if [[ $system -eq 1 ]]; then
     # Every CPU, idle included (swapper): the split by command, as microseconds per I/O.
     perf report -i "$out/$label.data" --kallsyms "$out/kallsyms" --stdio --sort comm 2>/dev/null | grep -E '^ +[0-9]' |
-      awk -v total="$count" -v ios="$ios" '{ sub("%", "", $1); printf "    %6.1f us  %5.1f%%  %s\n", $1 / 100 * total / 999 * 1e6 / ios, $1, $2 }' | head -12
+      awk -v total="$count" -v ios="$ios" '{ share = $1; sub("%", "", share); comm = $0; sub(/^ *[0-9.]+% +/, "", comm); sub(/ +$/, "", comm)
+        printf "    %6.1f us  %5.1f%%  %s\n", share / 100 * total / 999 * 1e6 / ios, share, comm }' | head -12
   fi
   perf report -i "$out/$label.data" --kallsyms "$out/kallsyms" --stdio --sort dso 2>/dev/null | grep -E '^ +[0-9]' | head -8
   perf report -i "$out/$label.data" --kallsyms "$out/kallsyms" --stdio --sort sym 2>/dev/null | grep -E '^ +[0-9]' > "$out/$label.symbols"

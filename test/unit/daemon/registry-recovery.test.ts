@@ -1,4 +1,3 @@
-import { UnquiescedDeviceError } from '../../../src/ublk/unquiesced';
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import * as winston from 'winston';
@@ -6,6 +5,7 @@ import { DeviceRegistry, type RegistryDeps } from '../../../src/daemon/registry'
 import { installationMark, isMarkedBy } from '../../../src/daemon/ownership';
 import { FakeKernel, TestBed } from '../../support/fake-ublk';
 import type { RebuiltTable } from '../../../src/dm/target';
+import { UnquiescedDeviceError } from '../../../src/ublk/unquiesced';
 
 const ZERO_8 = '0 8 zero\n';
 const options = { readOnly: false };
@@ -177,7 +177,7 @@ describe('DeviceRegistry with ublk user recovery', () => {
     const first = new DeviceRegistry(deps());
     await first.create('vol', ZERO_8, options);
     await crash();
-    bed.ublk.failRecover = new UnquiescedDeviceError("ublk device 0", 4242);
+    bed.ublk.failRecover = new UnquiescedDeviceError('ublk device 0', 4242);
     kernel.usage.set(0, { openFds: 0, mounts: 1, holders: [] });
 
     const report = await new DeviceRegistry(deps()).restoreSaved();
