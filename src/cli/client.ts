@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as net from 'node:net';
 import type { DaemonPaths } from '../daemon/paths';
-import { LineSplitter, decodeResponse, encodeRequest, type Request, type Results } from '../wire/protocol';
+import { LineSplitter, changesState, decodeResponse, encodeRequest, type Request, type Results } from '../wire/protocol';
 
 /** The daemon answered with an error: its message and errno name. */
 export class DaemonError extends Error {
@@ -16,6 +16,13 @@ export class DaemonError extends Error {
 
 /** Nothing listens on the socket (no daemon, or a stale socket file). */
 export class DaemonAbsentError extends Error {}
+
+/**
+ * The daemon took the connection and dropped it without answering: it is exiting or was killed.
+ * A killed daemon's socket takes connections until its last thread has exited, so this is what a
+ * command sent in that instant meets.
+ */
+export class DaemonGoneError extends Error {}
 
 // Generous: a daemon that dies is noticed at once (its exit ends the wait); this bounds only a
 // live daemon that is slow to load, as under emulation with cold caches.
@@ -49,15 +56,29 @@ export function sendRequest<R extends Request>(socketPath: string, request: R): 
     });
     socket.once('error', (err: NodeJS.ErrnoException) => {
       const absent = err.code === 'ENOENT' || err.code === 'ECONNREFUSED';
-      finish(() => reject(absent ? new DaemonAbsentError(`no ublk-dm daemon on ${socketPath}`) : err));
+      const gone = err.code === 'ECONNRESET' || err.code === 'EPIPE';
+      finish(() => reject(absent ? new DaemonAbsentError(`no ublk-dm daemon on ${socketPath}`) : gone ? goneError(request) : err));
     });
-    socket.once('close', () => finish(() => reject(new Error('the daemon closed the connection without answering'))));
+    socket.once('close', () => finish(() => reject(goneError(request))));
   });
 }
 
+function goneError(request: Request): DaemonGoneError {
+  const what = 'the daemon closed the connection without answering (it is exiting, or was killed)';
+  if (!changesState(request)) return new DaemonGoneError(what);
+  return new DaemonGoneError(`${what}; \`${request.verb}\` may or may not have been carried out (\`ublk-dm ls\` and \`ublk-dm table\` show which, starting a new daemon if need be)`);
+}
+
+// A killed daemon's socket is gone once its last thread has exited: well under a second, unless
+// its threads are stuck in the kernel. Past this, the error is the user's to see.
+const GONE_RETRY_FOR_MS = 10_000;
+const GONE_RETRY_MS = 100;
+
 /**
  * Send a request, starting the daemon first if none is running: `node <cliScript> daemon`,
- * detached, its output in <run>/daemon.log.
+ * detached, its output in <run>/daemon.log. A request that changes nothing is sent again when a
+ * dying daemon drops it (to the next daemon, started here if need be); one that changes something
+ * is not, since the dying daemon may have carried it out: its error says so.
  */
 export async function sendRequestStartingDaemon<R extends Request>(
   paths: DaemonPaths,
@@ -65,6 +86,29 @@ export async function sendRequestStartingDaemon<R extends Request>(
   request: R,
   /** The environment the daemon is started with: the one `paths` were read from. */
   env: NodeJS.ProcessEnv = process.env,
+): Promise<Results[R['verb']]> {
+  const deadline = Date.now() + GONE_RETRY_FOR_MS;
+  for (;;) {
+    try {
+      return await sendRequestToRunningOrNewDaemon(paths, cliScript, request, env);
+    } catch (err) {
+      const retry = err instanceof DaemonGoneError && resendable(request) && Date.now() < deadline;
+      if (!retry) throw err;
+      await new Promise((resolve) => setTimeout(resolve, GONE_RETRY_MS));
+    }
+  }
+}
+
+// `wait` changes nothing, but its event number counts the dying daemon's events, not the next one's.
+function resendable(request: Request): boolean {
+  return !changesState(request) && request.verb !== 'wait';
+}
+
+async function sendRequestToRunningOrNewDaemon<R extends Request>(
+  paths: DaemonPaths,
+  cliScript: string,
+  request: R,
+  env: NodeJS.ProcessEnv,
 ): Promise<Results[R['verb']]> {
   try {
     return await sendRequest(paths.socketPath, request);

@@ -46,6 +46,30 @@ export const VERBS: readonly Verb[] = [
   'failures', 'shutdown',
 ];
 
+/** True if answering `request` changes something in the daemon or its devices. */
+export function changesState(request: Request): boolean {
+  switch (request.verb) {
+    case 'wait':
+    case 'ls':
+    case 'table':
+    case 'status':
+    case 'info':
+    case 'version':
+    case 'failures':
+      return false;
+    case 'param':
+      return request.value !== undefined;
+    case 'create':
+    case 'reload':
+    case 'remove':
+    case 'suspend':
+    case 'resume':
+    case 'message':
+    case 'shutdown':
+      return true;
+  }
+}
+
 export interface CreatedDevice {
   readonly name: string;
   readonly blockPath: string;

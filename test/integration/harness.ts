@@ -5,12 +5,13 @@
  * when this machine has no ublk), they never skip.
  */
 import { execFile, spawn, ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { readFile, stat, writeFile, truncate } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { runCli } from '../../src/cli/cli';
+import { processHasExited } from '../../src/ublk/processes';
 
 export const projectRoot = resolve(__dirname, '..', '..', '..');
 export const cliPath = join(projectRoot, 'bin', 'ublk-dm');
@@ -152,20 +153,9 @@ export async function daemonPid(box: Sandbox): Promise<number> {
   return Number((await readFile(join(box.env.UBLK_DM_RUN_DIR!, 'ublk-dm.pid'), 'utf8')).trim());
 }
 
-/**
- * Gone, or a zombie with no thread left: either way it has let go of its socket, rings and char
- * devices. The main thread of a killed process turns zombie while its other threads (the daemon's
- * queue threads) may still be exiting, and the descriptors they share go only with the last of
- * them: a client connecting meanwhile reaches the dying daemon's socket and is reset.
- */
+/** Gone, or a zombie with no thread left: it has let go of its socket, rings and char devices. */
 export function processExited(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    if (stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z') return false;
-    return readdirSync(`/proc/${pid}/task`).length <= 1;
-  } catch {
-    return true;
-  }
+  return processHasExited(pid);
 }
 
 /** Runs a command in the background; resolves with its exit code and output. */
