@@ -4,6 +4,7 @@
  * block device, O_DIRECT through io_uring, time-based, one JSON summary for all its jobs).
  */
 import { execFile } from 'node:child_process';
+import { onlineCpus } from '../src/base/cpus';
 
 /** Runs `file` and resolves to its stdout; rejects with the command and its stderr. */
 export function run(file: string, args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<string> {
@@ -66,9 +67,9 @@ export async function fio(spec: FioSpec): Promise<FioMeasurement> {
   };
 }
 
-/** The CPUs fio() pins `jobs` parallel jobs to, one each (a single job is not pinned). */
+/** The CPUs fio() pins `jobs` parallel jobs to, one each, the first online ones (a single job is not pinned). */
 export function fioJobCpus(jobs: number): number[] {
-  return Array.from({ length: jobs }, (_, cpu) => cpu);
+  return onlineCpus().slice(0, jobs);
 }
 
 /** Reads and writes the block layer completed on a device so far (/sys/block/NAME/stat). */

@@ -39,3 +39,12 @@ export function possibleCpuCount(): number {
     return cpus().length;
   }
 }
+
+/** The CPUs online (/sys/devices/system/cpu/online); 0 to os.cpus() - 1 where sysfs lacks it. */
+export function onlineCpus(): number[] {
+  try {
+    return parseCpuList(readFileSync('/sys/devices/system/cpu/online', 'utf8'));
+  } catch {
+    return Array.from({ length: cpus().length }, (_, cpu) => cpu);
+  }
+}
