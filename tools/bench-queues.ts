@@ -6,9 +6,9 @@
  * With more queues than CPUs the extra queues stay idle, as in the kernel; and blk-mq groups
  * neighbouring CPUs, so with CPUs 0 and 1 of 4 possible online both map to queue 0 of a 2-queue
  * device: in our guest the part runs with CPUs 0 and 2 online instead (bench-cpus.ts). The report
- * says how many queues fio's CPUs reach at each count (sysfs's mq/N/cpu_list). Reported: IOPS, the ratio to 1 queue (issue 11: 2 and 4 queues must not
- * shrink), and daemon CPU time per I/O, each the median of `rounds` (bench-rounds.ts), with the
- * range of the rounds' ratios.
+ * says how many queues fio's CPUs reach at each count (sysfs's mq/N/cpu_list). Reported: IOPS, the
+ * ratio to 1 queue (issue 11: 2 and 4 queues must not shrink), and daemon CPU time per I/O, each
+ * the median of `rounds` (bench-rounds.ts), with the range of the rounds' ratios.
  * Never throws: a failure is recorded in `error` beside what was measured.
  */
 import { readFileSync, readdirSync } from 'node:fs';
