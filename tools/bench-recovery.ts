@@ -12,6 +12,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync, openSync, readFileSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
+import { processHasExited } from '../src/ublk/processes';
 import { run, sleep } from './bench-common';
 
 export interface RecoveryBenchOptions {
@@ -41,15 +42,6 @@ export interface RecoveryReport {
   readonly error?: string;
 }
 
-function exited(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z';
-  } catch {
-    return true;
-  }
-}
-
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted.length === 0 ? NaN : sorted[Math.floor((sorted.length - 1) / 2)]!;
@@ -77,7 +69,8 @@ export async function runRecoveryBench(o: RecoveryBenchOptions): Promise<Recover
         const daemonLog = join(runDir, `recovery-bench-${round}.log`);
         const killedAt = Date.now();
         process.kill(oldPid, 'SIGKILL');
-        while (!exited(oldPid)) await sleep(5);
+        // Until its last thread is gone, not just its main one: the next daemon must find its socket closed.
+        while (!processHasExited(oldPid)) await sleep(5);
         // What systemd's Restart=always does: the next daemon at once.
         const logFd = openSync(daemonLog, 'w');
         const daemon = spawn(node!, [...cliArgs, 'daemon'], { env: o.env, detached: true, stdio: ['ignore', 'ignore', logFd] });
