@@ -157,13 +157,13 @@ export async function runCoreBench(o: CoreBenchOptions): Promise<CoreReport> {
 
     const cServerDevices = new Map<Kernel, { device: CServer; server: UblksrvDevice }>();
     if (o.ublksrv !== undefined) {
-      const nullDevice = await UblksrvDevice.add(o.ublksrv, 90, 'null', DEPTH);
+      const nullDevice = await UblksrvDevice.add(o.ublksrv, 90, 'null', { depth: DEPTH });
       cleanups.push(() => nullDevice.remove());
       cServerDevices.set('null_blk', { device: 'ublksrv-null', server: nullDevice });
-      const loopDevice = await UblksrvDevice.add(o.ublksrv, 91, 'loop', DEPTH, img);
+      const loopDevice = await UblksrvDevice.add(o.ublksrv, 91, 'loop', { depth: DEPTH, backingPath: img });
       cleanups.push(() => loopDevice.remove());
       cServerDevices.set('loop', { device: 'ublksrv-loop', server: loopDevice });
-      const loopDevDevice = await UblksrvDevice.add(o.ublksrv, 92, 'loop', DEPTH, loop);
+      const loopDevDevice = await UblksrvDevice.add(o.ublksrv, 92, 'loop', { depth: DEPTH, backingPath: loop });
       cleanups.push(() => loopDevDevice.remove());
       cServerDevices.set('dm-linear', { device: 'ublksrv-loop-dev', server: loopDevDevice });
     }

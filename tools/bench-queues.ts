@@ -8,7 +8,10 @@
  * device: in our guest the part runs with CPUs 0 and 2 online instead (bench-cpus.ts). The report
  * says how many queues fio's CPUs reach at each count (sysfs's mq/N/cpu_list). Reported: IOPS, the
  * ratio to 1 queue (issue 11: 2 and 4 queues must not shrink), and daemon CPU time per I/O, each
- * the median of `rounds` (bench-rounds.ts), with the range of the rounds' ratios.
+ * the median of `rounds` (bench-rounds.ts), with the range of the rounds' ratios. With `ublksrv`
+ * (the C server's `ublk`), its null and its loop over the same file run with the same queue counts
+ * in the same rounds, and each of ours is set against its counterpart at each count: whether a
+ * shrinking cell is ours or every ublk server's on this guest.
  * Never throws: a failure is recorded in `error` beside what was measured.
  */
 import { readFileSync, readdirSync } from 'node:fs';
@@ -20,19 +23,29 @@ import { withCpusSpreadInGuest } from './bench-cpus';
 import { BenchDaemon, withCpuPerIo } from './bench-daemon';
 import { queueLoopEnv, type DaemonPartOptions, type QueueLoop } from './bench-queue-loop';
 import { DEFAULT_ROUNDS, formatSpread, median, roundOrder, roundRatios } from './bench-rounds';
+import { UblksrvDevice } from './bench-ublksrv';
 
 export interface QueueBenchOptions extends DaemonPartOptions {
   /** Times every cell is measured (default 3). */
   readonly rounds?: number;
+  /** ublksrv's `ublk` program: its null and loop are measured beside ours when given. */
+  readonly ublksrv?: string;
 }
 
 type Pattern = 'randread' | 'randwrite';
-type Device = 'linear' | 'null';
+type Ours = 'linear' | 'null';
+/** The C server's counterparts of ours: its loop over the same file, and its null. */
+type CServer = 'ublksrv-loop' | 'ublksrv-null';
+type Device = Ours | CServer;
+const COUNTERPART: Record<Ours, CServer> = { linear: 'ublksrv-loop', null: 'ublksrv-null' };
+/** ublksrv device ids of the queue part: far from our daemons' and from the core part's (90-92). */
+const FIRST_UBLKSRV_ID = 93;
 
 /** One fio run of the queue part: a device of some queue count, one pattern, one round. */
 export interface QueueRun {
   readonly device: Device;
-  readonly queueLoop: QueueLoop;
+  /** Set on our devices. */
+  readonly queueLoop?: QueueLoop;
   readonly queues: number;
   readonly pattern: Pattern;
   readonly iops: number;
@@ -65,7 +78,21 @@ export interface QueueReport {
   /** Per queue count: how many of the device's queues fio's CPUs map to (absent where sysfs does not say). */
   readonly queuesReached: Record<number, number>;
   readonly results: QueueCell[];
+  /** With the C server: each of our cells ÷ its counterpart's with as many queues. */
+  readonly cServerRatios: QueueRatio[];
   error?: string;
+}
+
+/** One of our cells against the C server's counterpart with the same queue count and pattern. */
+export interface QueueRatio {
+  readonly device: Ours;
+  readonly queueLoop: QueueLoop;
+  readonly queues: number;
+  readonly pattern: Pattern;
+  /** Of the medians. */
+  readonly ratio: number;
+  /** Round by round (the two ran in the same round). */
+  readonly roundRatios: number[];
 }
 
 export const QUEUE_COUNTS = [1, 2, 4] as const;
@@ -86,21 +113,34 @@ async function measureQueues(o: QueueBenchOptions): Promise<QueueReport> {
   const queueCounts = QUEUE_COUNTS.filter((q) => q <= possibleCpus);
   const report: QueueReport = {
     cpus: cpus().length, onlineCpus: onlineCpus(), possibleCpus, fioJobs, iodepthPerJob, depth: DEPTH, rounds: o.rounds ?? DEFAULT_ROUNDS, skippedQueueCounts: QUEUE_COUNTS.filter((q) => q > possibleCpus), queuesReached: {}, results: [],
+    cServerRatios: [],
   };
   const cleanups: Array<() => Promise<unknown>> = [];
   try {
-    const devices: Array<{ device: Device; mode: QueueLoop; queues: number; daemon: BenchDaemon; path: string }> = [];
-    for (const mode of o.queueLoops) {
-      const daemon = new BenchDaemon(o.dir, `queues-${mode}`, queueLoopEnv(mode));
-      cleanups.push(() => daemon.stop());
-      for (const queues of queueCounts) {
-        for (const [device, table] of [['linear', `0 ${o.backingSectors} linear ${o.backingPath} 0`], ['null', `0 ${o.backingSectors} null`]] as const) {
+    // Ours and the C server's side by side, so that neighbours in a round compare.
+    const devices: Array<{ device: Device; mode?: QueueLoop; queues: number; server: { pid(): number }; path: string }> = [];
+    const noteQueuesReached = (queues: number, path: string) => {
+      const reached = queuesReached(join('/sys/block', basename(path), 'mq'), fioJobCpus(fioJobs));
+      if (reached !== undefined) report.queuesReached[queues] = reached;
+    };
+    const daemons = o.queueLoops.map((mode) => ({ mode, daemon: new BenchDaemon(o.dir, `queues-${mode}`, queueLoopEnv(mode)) }));
+    for (const { daemon } of daemons) cleanups.push(() => daemon.stop());
+    let ublksrvId = FIRST_UBLKSRV_ID;
+    for (const queues of queueCounts) {
+      for (const [device, table] of [['linear', `0 ${o.backingSectors} linear ${o.backingPath} 0`], ['null', `0 ${o.backingSectors} null`]] as const) {
+        for (const { mode, daemon } of daemons) {
           const name = `bench-q${queues}-${device}`;
           const path = await daemon.create(name, table, { queues, depth: DEPTH });
           cleanups.push(() => daemon.remove(name));
-          const reached = queuesReached(join('/sys/block', basename(path), 'mq'), fioJobCpus(fioJobs));
-          if (reached !== undefined) report.queuesReached[queues] = reached;
-          devices.push({ device, mode, queues, daemon, path });
+          noteQueuesReached(queues, path);
+          devices.push({ device, mode, queues, server: daemon, path });
+        }
+        if (o.ublksrv !== undefined) {
+          const target = device === 'linear' ? 'loop' : 'null';
+          const server = await UblksrvDevice.add(o.ublksrv, ublksrvId++, target, { queues, depth: DEPTH, backingPath: o.backingPath });
+          cleanups.push(() => server.remove());
+          noteQueuesReached(queues, server.path);
+          devices.push({ device: COUNTERPART[device], queues, server, path: server.path });
         }
       }
     }
@@ -115,16 +155,17 @@ async function measureQueues(o: QueueBenchOptions): Promise<QueueReport> {
       for (let round = 0; round < report.rounds; round++) {
         for (const pattern of PATTERNS) {
           for (const d of roundOrder(devices, round)) {
-            const { result, cpuMicrosPerIo } = await withCpuPerIo(d.daemon, [d.path], () =>
+            const { result, cpuMicrosPerIo } = await withCpuPerIo(d.server, [d.path], () =>
               fio({ path: d.path, rw: pattern, blockSize: '4k', iodepth: iodepthPerJob, jobs: fioJobs, runtimeSeconds: o.runtimeSeconds }));
-            runs.push({ device: d.device, queueLoop: d.mode, queues: d.queues, pattern, iops: result.iops, cpuMicrosPerIo });
-            o.log(`  queues ${d.device.padEnd(6)} ${d.mode.padEnd(7)} ${d.queues}q r${round + 1} ${pattern.padEnd(9)} ${String(result.iops).padStart(8)} IOPS ${cpuMicrosPerIo} us CPU/IO`);
+            runs.push({ device: d.device, ...(d.mode !== undefined ? { queueLoop: d.mode } : {}), queues: d.queues, pattern, iops: result.iops, cpuMicrosPerIo });
+            o.log(`  queues ${d.device.padEnd(12)} ${(d.mode ?? '').padEnd(7)} ${d.queues}q r${round + 1} ${pattern.padEnd(9)} ${String(result.iops).padStart(8)} IOPS ${cpuMicrosPerIo} us CPU/IO`);
           }
         }
       }
     } finally {
       // What was measured stays in the report, even when a later round failed.
       report.results.push(...queueCells(runs));
+      report.cServerRatios.push(...cServerQueueRatios(report.results));
     }
   } catch (error) {
     report.error = (error as Error).message;
@@ -162,6 +203,22 @@ export function queueCells(runs: readonly QueueRun[]): QueueCell[] {
   return cells;
 }
 
+/** Each of our cells against the C server's counterpart with the same queue count and pattern, where both ran. */
+export function cServerQueueRatios(cells: readonly QueueCell[]): QueueRatio[] {
+  const ratios: QueueRatio[] = [];
+  for (const ours of cells) {
+    if (ours.device !== 'linear' && ours.device !== 'null') continue;
+    if (ours.queueLoop === undefined) continue;
+    const theirs = cells.find((c) => c.device === COUNTERPART[ours.device as Ours] && c.queues === ours.queues && c.pattern === ours.pattern);
+    if (!theirs) continue;
+    ratios.push({
+      device: ours.device, queueLoop: ours.queueLoop, queues: ours.queues, pattern: ours.pattern,
+      ratio: ours.iops / theirs.iops, roundRatios: roundRatios(ours.roundIops, theirs.roundIops),
+    });
+  }
+  return ratios;
+}
+
 /**
  * How many hardware queues of a device requests from `submitterCpus` reach: blk-mq sends each to
  * the queue its CPU maps to, which `mqDir` (/sys/block/DEV/mq) lists as N/cpu_list. Undefined
@@ -185,12 +242,11 @@ export function formatQueueReport(report: QueueReport): string {
     '',
     `queue scaling: 4k at QD ${report.fioJobs * report.iodepthPerJob} (${report.fioJobs} fio jobs x QD ${report.iodepthPerJob}, one per CPU of ${report.cpus} online${report.onlineCpus ? ` (${report.onlineCpus.join(',')})` : ''}, ` +
       `${report.possibleCpus ?? report.cpus} possible), depth ${report.depth}; medians of ${report.rounds} rounds: IOPS, ratio to 1 queue ` +
-      `with the rounds' range, daemon us CPU/IO`,
-    `device  loop    pattern   ${'1 queue'.padEnd(32)}${'2 queues'.padEnd(32)}4 queues`,
+      `with the rounds' range, the server's us CPU/IO`,
+    `device       loop    pattern   ${'1 queue'.padEnd(32)}${'2 queues'.padEnd(32)}4 queues`,
   ];
-  const keys = [...new Set(report.results.map((r) => `${r.device}|${r.queueLoop}|${r.pattern}`))];
-  for (const key of keys) {
-    const [device, mode, pattern] = key.split('|');
+  const rows = report.results.filter((r, i) => report.results.findIndex((o) => o.device === r.device && o.queueLoop === r.queueLoop && o.pattern === r.pattern) === i);
+  for (const { device, queueLoop: mode, pattern } of rows) {
     const row = QUEUE_COUNTS.map((queues) => {
       const c = report.results.find((r) => r.device === device && r.queueLoop === mode && r.pattern === pattern && r.queues === queues);
       if (!c) return '-'.padEnd(30);
@@ -198,7 +254,20 @@ export function formatQueueReport(report: QueueReport): string {
       const ratio = queues === 1 ? '' : ` x${formatRatio(c.ratioToOneQueue)}${c.ratioToOneQueue >= 1 ? '' : '!'}${spread ? ` ${spread}` : ''}`;
       return `${String(c.iops).padStart(7)}${ratio} ${c.cpuMicrosPerIo}us`.padEnd(30);
     });
-    lines.push(`${device.padEnd(7)} ${mode.padEnd(7)} ${pattern.padEnd(9)} ${row.join('  ')}`);
+    lines.push(`${device.padEnd(12)} ${(mode ?? '-').padEnd(7)} ${pattern.padEnd(9)} ${row.join('  ')}`);
+  }
+  if (report.cServerRatios.length > 0) {
+    lines.push('ours / the C server\'s counterpart (linear / ublksrv-loop, null / ublksrv-null) with as many queues: IOPS of the medians, with the rounds\' range');
+    const ratioRows = report.cServerRatios.filter((r, i) => report.cServerRatios.findIndex((o) => o.device === r.device && o.queueLoop === r.queueLoop && o.pattern === r.pattern) === i);
+    for (const { device, queueLoop, pattern } of ratioRows) {
+      const row = QUEUE_COUNTS.map((queues) => {
+        const r = report.cServerRatios.find((x) => x.device === device && x.queueLoop === queueLoop && x.pattern === pattern && x.queues === queues);
+        if (!r) return '-'.padEnd(30);
+        const spread = formatSpread(r.roundRatios);
+        return `${`x${formatRatio(r.ratio)}`.padStart(7)}${spread ? ` ${spread}` : ''}`.padEnd(30);
+      });
+      lines.push(`${device.padEnd(12)} ${queueLoop.padEnd(7)} ${pattern.padEnd(9)} ${row.join('  ')}`);
+    }
   }
   const reached = QUEUE_COUNTS.filter((queues) => report.queuesReached[queues] !== undefined).map((queues) => `${report.queuesReached[queues]} of ${queues}`);
   if (reached.length > 0) {

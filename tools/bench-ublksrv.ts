@@ -10,6 +10,14 @@ import { run } from './bench-common';
 
 export type UblksrvTarget = 'null' | 'loop';
 
+export interface UblksrvShape {
+  readonly depth: number;
+  /** 1 unless given. */
+  readonly queues?: number;
+  /** The file or device a loop serves. */
+  readonly backingPath?: string;
+}
+
 export class UblksrvDevice {
   private constructor(
     private readonly ublk: string,
@@ -19,15 +27,15 @@ export class UblksrvDevice {
   ) {}
 
   /**
-   * `ublk add -t TARGET -n ID -q 1 -d DEPTH` (with `-f BACKING` for loop, which opens it with
-   * O_DIRECT as our linear does). The server forks into the background; add returns once the
-   * device is live.
+   * `ublk add -t TARGET -n ID -q QUEUES -d DEPTH` (with `-f BACKING` for loop, which opens it
+   * with O_DIRECT as our linear does). The server forks into the background, a thread per queue;
+   * add returns once the device is live.
    */
-  static async add(ublk: string, id: number, target: UblksrvTarget, depth: number, backingPath?: string): Promise<UblksrvDevice> {
-    const args = ['add', '-t', target, '-n', String(id), '-q', '1', '-d', String(depth)];
+  static async add(ublk: string, id: number, target: UblksrvTarget, shape: UblksrvShape): Promise<UblksrvDevice> {
+    const args = ['add', '-t', target, '-n', String(id), '-q', String(shape.queues ?? 1), '-d', String(shape.depth)];
     if (target === 'loop') {
-      if (backingPath === undefined) throw new Error('ublksrv loop needs a backing file');
-      args.push('-f', backingPath);
+      if (shape.backingPath === undefined) throw new Error('ublksrv loop needs a backing file');
+      args.push('-f', shape.backingPath);
     }
     await run(ublk, args);
     try {

@@ -40,7 +40,8 @@ Options:
   --queue-loop main|threads|both|default
                        the daemon's queue loop (UBLK_DM_QUEUE_LOOP) for core, queues and memory
   --ublksrv PATH       the C server's installed ublk: its null and loop (over the tmpfs file and
-                       over the loop device) join core's cells
+                       over the loop device) join core's cells, and its null and loop over the
+                       tmpfs file join queues' cells with 1, 2 and 4 queues
   --rounds N           times core's and queues' tables are measured (default ${DEFAULT_ROUNDS}): medians, with ranges
   --runtime S          seconds per fio run (default 5)
   --out PATH           the JSON (default bench-results/latest.json)
@@ -146,7 +147,7 @@ async function main(): Promise<void> {
     const common = { dir: work, backingPath, queueLoops: args.queueLoops, log };
     try {
       if (has('core')) core = await runCoreBench({ ...common, backingSectors, runtimeSeconds: args.runtimeSeconds, ublksrv: args.ublksrv, rounds: args.coreRounds });
-      if (has('queues')) queues = await runQueueBench({ ...common, backingSectors, runtimeSeconds: args.runtimeSeconds, rounds: args.coreRounds });
+      if (has('queues')) queues = await runQueueBench({ ...common, backingSectors, runtimeSeconds: args.runtimeSeconds, rounds: args.coreRounds, ublksrv: args.ublksrv });
       if (has('memory')) memory = await runMemoryBench({ ...common, backingSectors, runtimeSeconds: args.memoryRuntimeSeconds });
     } finally {
       await sh(`rm -f ${backingPath}`);

@@ -4,7 +4,7 @@
 # of one linear segment from offset 0, its null for any other) while fio runs on its device, in
 # the guest; read on the host.
 #
-#   tools/profile-guest.sh [--table TABLE] [--rw randread|randwrite] [--qd N] [--seconds S]
+#   tools/profile-guest.sh [--table TABLE] [--rw randread|randwrite] [--qd N] [--jobs N] [--seconds S]
 #                          [--warmup S] [--ublksrv PATH/sbin/ublk] [--system] [--out DIR]
 #
 # Prints, per server, the CPU time per I/O the samples add up to, the split by DSO (kernel, ublk_drv,
@@ -13,7 +13,8 @@
 # alone and adds the split by command (fio, the server, kernel workers, idle as swapper): whether
 # a cell is bound by the guest's CPUs or by waiting. Samples are cpu-clock (TCG has no PMU): inside
 # the kernel they land where interrupts are enabled again, so kernel symbols are approximate, the
-# DSO split is not.
+# DSO split is not. --jobs N runs N fio jobs at QD N each, one pinned to each online CPU in turn
+# (the bench's queue part loads a device so; default 1, unpinned).
 # Default table: our null over 1 GiB (a file the table names under /dev/shm is created, 1 GiB of written zeros; the
 # word LOOP becomes a direct-I/O loop device over another); DIR (default .cache/profile) keeps perf.data, the JIT map and
 # the guest's kallsyms for `perf report -i DIR/ours.data --kallsyms DIR/kallsyms`. Before the profiled
@@ -21,19 +22,20 @@
 # compiler takes most of a second on a fresh daemon, which is start-up, not the cost of an I/O.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-table='0 2097152 null' rw=randread qd=1 seconds=10 warmup=3 ublksrv='' out=.cache/profile in_guest=0 system=0
+table='0 2097152 null' rw=randread qd=1 jobs=1 seconds=10 warmup=3 ublksrv='' out=.cache/profile in_guest=0 system=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --table) table=$2; shift 2 ;;
     --rw) rw=$2; shift 2 ;;
     --qd) qd=$2; shift 2 ;;
+    --jobs) jobs=$2; shift 2 ;;
     --seconds) seconds=$2; shift 2 ;;
     --warmup) warmup=$2; shift 2 ;;
     --ublksrv) ublksrv=$(realpath "$2"); shift 2 ;;
     --out) out=$2; shift 2 ;;
     --system) system=1; shift ;;
     --in-guest) in_guest=1; shift ;;
-    *) sed -n '2,21p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,23p' "$0" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out" && out=$(realpath "$out")
@@ -44,6 +46,9 @@ perf_ok() { command -v perf >/dev/null && perf version >/dev/null 2>&1; }
 fio_job() { # device seconds: the profile's fio command line, into the array `job`
   job=(fio --name=profile --filename="$1" --allow_file_create=0 --ioengine=io_uring --direct=1 --rw="$rw" --bs=4k
     --iodepth="$qd" --time_based --runtime="$2" --size=100% --randrepeat=0 --norandommap --output-format=json)
+  if [[ $jobs -gt 1 ]]; then
+    job+=(--numjobs="$jobs" --group_reporting --cpus_allowed="$(cat /sys/devices/system/cpu/online)" --cpus_allowed_policy=split)
+  fi
 }
 
 fio_under_perf() { # pid device label: warm up, then perf samples pid for as long as fio runs on device
@@ -94,7 +99,7 @@ if ! perf_ok; then
   [[ $EUID -eq 0 ]] || { echo "profile-guest: need root to apt-get install linux-perf" >&2; exit 1; }
   apt-get install -y -qq --no-install-recommends linux-perf >/dev/null
 fi
-args=(--in-guest --table "$table" --rw "$rw" --qd "$qd" --seconds "$seconds" --warmup "$warmup" --out "$out")
+args=(--in-guest --table "$table" --rw "$rw" --qd "$qd" --jobs "$jobs" --seconds "$seconds" --warmup "$warmup" --out "$out")
 [[ -n $ublksrv ]] && args+=(--ublksrv "$ublksrv")
 [[ $system -eq 1 ]] && args+=(--system)
 if [[ -e /dev/ublk-control && $EUID -eq 0 ]]; then bash "$0" "${args[@]}"
@@ -110,7 +115,7 @@ for label in ours ublksrv; do
   count=$(perf script -i "$out/$label.data" --kallsyms "$out/kallsyms" -F ip 2>/dev/null | wc -l)
   per_io=$(python3 -c "print(round($count / 999 * 1e6 / max($ios, 1), 1))")
   if [[ $system -eq 1 ]]; then what="us of the guest's CPU time per I/O, idle included"; else what="us CPU per I/O"; fi
-  echo "== $label: $rw QD$qd, $ios I/Os in ${seconds}s, $count samples at 999 Hz: $per_io $what"
+  echo "== $label: $rw QD$qd x $jobs job(s), $ios I/Os in ${seconds}s, $count samples at 999 Hz: $per_io $what"
   if [[ $system -eq 1 ]]; then
     # Every CPU, idle included (swapper): the split by command, as microseconds per I/O.
     perf report -i "$out/$label.data" --kallsyms "$out/kallsyms" --stdio --sort comm 2>/dev/null | grep -E '^ +[0-9]' |
