@@ -4,8 +4,9 @@
 # of one linear segment from offset 0, its null for any other) while fio runs on its device, in
 # the guest; read on the host.
 #
-#   tools/profile-guest.sh [--table TABLE] [--rw randread|randwrite] [--qd N] [--jobs N] [--seconds S]
-#                          [--warmup S] [--ublksrv PATH/sbin/ublk] [--system] [--out DIR]
+#   tools/profile-guest.sh [--table TABLE] [--rw randread|randwrite] [--qd N] [--jobs N] [--queues N]
+#                          [--cpus LIST] [--seconds S] [--warmup S] [--ublksrv PATH/sbin/ublk] [--system]
+#                          [--out DIR]
 #
 # Prints, per server, the CPU time per I/O the samples add up to, the split by DSO (kernel, ublk_drv,
 # V8's JIT code, node, the addon, liburing) and the top symbols. JIT frames are named through
@@ -14,7 +15,10 @@
 # a cell is bound by the guest's CPUs or by waiting. Samples are cpu-clock (TCG has no PMU): inside
 # the kernel they land where interrupts are enabled again, so kernel symbols are approximate, the
 # DSO split is not. --jobs N runs N fio jobs at QD N each, one pinned to each online CPU in turn
-# (the bench's queue part loads a device so; default 1, unpinned).
+# (the bench's queue part loads a device so; default 1, unpinned). --queues N serves both servers'
+# devices with N queues (default 1); --cpus LIST (say 0,2) brings those of the guest's possible CPUs
+# online and the others offline first, as the bench's queue part does, so that blk-mq maps fio's
+# CPUs to different queues of a 2-queue device.
 # Default table: our null over 1 GiB (a file the table names under /dev/shm is created, 1 GiB of written zeros; the
 # word LOOP becomes a direct-I/O loop device over another); DIR (default .cache/profile) keeps perf.data, the JIT map and
 # the guest's kallsyms for `perf report -i DIR/ours.data --kallsyms DIR/kallsyms`. Before the profiled
@@ -22,20 +26,22 @@
 # compiler takes most of a second on a fresh daemon, which is start-up, not the cost of an I/O.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-table='0 2097152 null' rw=randread qd=1 jobs=1 seconds=10 warmup=3 ublksrv='' out=.cache/profile in_guest=0 system=0
+table='0 2097152 null' rw=randread qd=1 jobs=1 queues=1 cpus='' seconds=10 warmup=3 ublksrv='' out=.cache/profile in_guest=0 system=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --table) table=$2; shift 2 ;;
     --rw) rw=$2; shift 2 ;;
     --qd) qd=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
+    --queues) queues=$2; shift 2 ;;
+    --cpus) cpus=$2; shift 2 ;;
     --seconds) seconds=$2; shift 2 ;;
     --warmup) warmup=$2; shift 2 ;;
     --ublksrv) ublksrv=$(realpath "$2"); shift 2 ;;
     --out) out=$2; shift 2 ;;
     --system) system=1; shift ;;
     --in-guest) in_guest=1; shift ;;
-    *) sed -n '2,23p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,27p' "$0" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out" && out=$(realpath "$out")
@@ -60,6 +66,17 @@ fio_under_perf() { # pid device label: warm up, then perf samples pid for as lon
 }
 
 if [[ $in_guest -eq 1 ]]; then
+  if [[ -n $cpus ]]; then
+    # The guest is thrown away after the run; a host's CPUs are not ours to take offline.
+    [[ -n ${UBLK_DM_IN_GUEST:-} ]] || { echo "profile-guest: --cpus only in the test guest" >&2; exit 2; }
+    # Online first, then offline: CPU 0 cannot go offline, and some CPU must stay online.
+    for c in ${cpus//,/ }; do [[ -e /sys/devices/system/cpu/cpu$c/online ]] && echo 1 > /sys/devices/system/cpu/cpu$c/online; done
+    for f in /sys/devices/system/cpu/cpu[0-9]*/online; do
+      c=${f#/sys/devices/system/cpu/cpu}; c=${c%/online}
+      [[ ",$cpus," == *",$c,"* ]] || echo 0 > "$f"
+    done
+    echo "profile: CPUs $(cat /sys/devices/system/cpu/online) online" >&2
+  fi
   export UBLK_DM_RUN_DIR=/tmp/profile/run UBLK_DM_STATE_DIR=/tmp/profile/state UBLK_DM_LINK_DIR=/tmp/profile/links
   rm -f "$out"/*.data "$out"/*.fio.json "$out"/perf-*.map
   # Started here rather than by the CLI, so node gets --perf-basic-prof (not allowed in NODE_OPTIONS).
@@ -79,13 +96,13 @@ if [[ $in_guest -eq 1 ]]; then
     loop=$(losetup --direct-io=on -f --show /dev/shm/profile-loop)
     table=${table//LOOP/$loop}
   fi
-  dev=$(node bin/ublk-dm create profile --table "$table" --queues 1 --depth 128)
+  dev=$(node bin/ublk-dm create profile --table "$table" --queues "$queues" --depth 128)
   fio_under_perf "$daemon" "$dev" ours
   cp "/tmp/perf-$daemon.map" "$out/"
   if [[ -n $ublksrv ]]; then
     read -r _ _ target backing offset rest <<< "$table"
     if [[ $target == linear && $offset == 0 && -z $rest ]]; then served=(-t loop -f "$backing"); else served=(-t null); fi
-    "$ublksrv" add "${served[@]}" -n 90 -q 1 -d 128 >/dev/null
+    "$ublksrv" add "${served[@]}" -n 90 -q "$queues" -d 128 >/dev/null
     for _ in $(seq 20); do [[ -b /dev/ublkb90 ]] && break; sleep 0.5; done
     fio_under_perf "$("$ublksrv" list -n 90 | sed -n 's/.*daemon pid \([0-9]*\).*/\1/p')" /dev/ublkb90 ublksrv
     "$ublksrv" del -n 90 >/dev/null
@@ -99,9 +116,10 @@ if ! perf_ok; then
   [[ $EUID -eq 0 ]] || { echo "profile-guest: need root to apt-get install linux-perf" >&2; exit 1; }
   apt-get install -y -qq --no-install-recommends linux-perf >/dev/null
 fi
-args=(--in-guest --table "$table" --rw "$rw" --qd "$qd" --jobs "$jobs" --seconds "$seconds" --warmup "$warmup" --out "$out")
+args=(--in-guest --table "$table" --rw "$rw" --qd "$qd" --jobs "$jobs" --queues "$queues" --seconds "$seconds" --warmup "$warmup" --out "$out")
 [[ -n $ublksrv ]] && args+=(--ublksrv "$ublksrv")
 [[ $system -eq 1 ]] && args+=(--system)
+[[ -n $cpus ]] && args+=(--cpus "$cpus")
 if [[ -e /dev/ublk-control && $EUID -eq 0 ]]; then bash "$0" "${args[@]}"
 else UBLK_DM_GUEST_MAX_CPUS=${UBLK_DM_GUEST_MAX_CPUS:-4} tools/guest-run --mem "${UBLK_DM_GUEST_MEM:-10240}" -- bash "$0" "${args[@]}"; fi
 
@@ -115,7 +133,7 @@ for label in ours ublksrv; do
   count=$(perf script -i "$out/$label.data" --kallsyms "$out/kallsyms" -F ip 2>/dev/null | wc -l)
   per_io=$(python3 -c "print(round($count / 999 * 1e6 / max($ios, 1), 1))")
   if [[ $system -eq 1 ]]; then what="us of the guest's CPU time per I/O, idle included"; else what="us CPU per I/O"; fi
-  echo "== $label: $rw QD$qd x $jobs job(s), $ios I/Os in ${seconds}s, $count samples at 999 Hz: $per_io $what"
+  echo "== $label: $rw QD$qd x $jobs job(s), $queues queue(s), $ios I/Os in ${seconds}s, $count samples at 999 Hz: $per_io $what"
   if [[ $system -eq 1 ]]; then
     # Every CPU, idle included (swapper): the split by command, as microseconds per I/O.
     perf report -i "$out/$label.data" --kallsyms "$out/kallsyms" --stdio --sort comm 2>/dev/null | grep -E '^ +[0-9]' |
