@@ -102,6 +102,12 @@ export class UblkQueue {
       const queueAddress = addon.addressOf(queueBuffer);
       for (let tag = 0; tag < depth; tag++) {
         const byteOffset = tag * maxIoBytes;
+        // ublk_drv copies a read's data out of this buffer through get_user_pages. A page never
+        // written is mapped to the shared zero page, which the lock-free fast path refuses, so a
+        // target that answers reads without writing the buffer (null) would send every read down
+        // the slow path (mmap lock, VMA walk). Writing the first page of each tag (a page a tag,
+        // not the whole buffer: RSS) gives 4 KiB reads the fast path from the first request.
+        queueBuffer[byteOffset] = 0;
         this.tags.push(new TagSlot(this, queueId, tag, queueBuffer.subarray(byteOffset, byteOffset + maxIoBytes), queueAddress + byteOffset));
       }
     } catch (error) {
