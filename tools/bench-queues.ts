@@ -207,12 +207,12 @@ export function queueCells(runs: readonly QueueRun[]): QueueCell[] {
 export function cServerQueueRatios(cells: readonly QueueCell[]): QueueRatio[] {
   const ratios: QueueRatio[] = [];
   for (const ours of cells) {
-    if (ours.device !== 'linear' && ours.device !== 'null') continue;
-    if (ours.queueLoop === undefined) continue;
-    const theirs = cells.find((c) => c.device === COUNTERPART[ours.device as Ours] && c.queues === ours.queues && c.pattern === ours.pattern);
+    const device = ours.device;
+    if ((device !== 'linear' && device !== 'null') || ours.queueLoop === undefined) continue;
+    const theirs = cells.find((c) => c.device === COUNTERPART[device] && c.queues === ours.queues && c.pattern === ours.pattern);
     if (!theirs) continue;
     ratios.push({
-      device: ours.device, queueLoop: ours.queueLoop, queues: ours.queues, pattern: ours.pattern,
+      device, queueLoop: ours.queueLoop, queues: ours.queues, pattern: ours.pattern,
       ratio: ours.iops / theirs.iops, roundRatios: roundRatios(ours.roundIops, theirs.roundIops),
     });
   }
