@@ -14,7 +14,7 @@
 # alone and adds the split by command (fio, the server, kernel workers, idle as swapper): whether
 # a cell is bound by the guest's CPUs or by waiting. Samples are cpu-clock (TCG has no PMU): inside
 # the kernel they land where interrupts are enabled again, so kernel symbols are approximate, the
-# DSO split is not. --jobs N runs N fio jobs at QD N each, one pinned to each online CPU in turn
+# DSO split is not. --jobs N runs N fio jobs, each at the --qd depth, one pinned to each online CPU in turn
 # (the bench's queue part loads a device so; default 1, unpinned). --queues N serves both servers'
 # devices with N queues (default 1); --cpus LIST (say 0,2) brings those of the guest's possible CPUs
 # online and the others offline first, as the bench's queue part does, so that blk-mq maps fio's
@@ -70,7 +70,12 @@ if [[ $in_guest -eq 1 ]]; then
     # The guest is thrown away after the run; a host's CPUs are not ours to take offline.
     [[ -n ${UBLK_DM_IN_GUEST:-} ]] || { echo "profile-guest: --cpus only in the test guest" >&2; exit 2; }
     # Online first, then offline: CPU 0 cannot go offline, and some CPU must stay online.
-    for c in ${cpus//,/ }; do [[ -e /sys/devices/system/cpu/cpu$c/online ]] && echo 1 > /sys/devices/system/cpu/cpu$c/online; done
+    for c in ${cpus//,/ }; do
+      # CPU 0 has no online switch (it cannot go offline); any other CPU the guest lacks is a mistake.
+      [[ $c == 0 ]] && continue
+      [[ -e /sys/devices/system/cpu/cpu$c/online ]] || { echo "profile-guest: --cpus: the guest has no CPU $c (possible: $(cat /sys/devices/system/cpu/possible))" >&2; exit 2; }
+      echo 1 > /sys/devices/system/cpu/cpu$c/online
+    done
     for f in /sys/devices/system/cpu/cpu[0-9]*/online; do
       c=${f#/sys/devices/system/cpu/cpu}; c=${c%/online}
       [[ ",$cpus," == *",$c,"* ]] || echo 0 > "$f"
