@@ -10,7 +10,7 @@
 #
 # A cell is KIND:RW:QD, or KIND:RW:QD:JOBS for JOBS fio jobs at QD each, one pinned to each
 # online CPU in turn (the bench's queue part loads a device so: the guest's CPUs all busy, where
-# the daemon's CPU per I/O sets the IOPS).
+# the daemon's CPU per I/O sets the IOPS), or KIND:RW:QD:JOBS:BS for a block size other than 4k.
 #
 # DIR_A and DIR_B are checkouts set up with tools/setup.sh (a `git worktree add` of the commit to
 # compare, say). The builds run twice, the second time each in the other's daemon slot, N pairs
@@ -89,11 +89,11 @@ cpu_ns() { # pid: nanoseconds on CPU of all its threads so far
   for f in /proc/"$1"/task/*/schedstat; do read -r ns rest < "$f" 2>/dev/null && total=$((total + ns)); done
   echo "$total"
 }
-pass() { # device rw qd pid jobs: IOPS and the daemon's CPU microseconds per I/O
+pass() { # device rw qd pid jobs bs: IOPS and the daemon's CPU microseconds per I/O
   local before after jobs=()
   [[ ${5:-1} -gt 1 ]] && jobs=(--numjobs="$5" --group_reporting --cpus_allowed="$(cat /sys/devices/system/cpu/online)" --cpus_allowed_policy=split)
   before=$(cpu_ns "$4")
-  fio --name=ab --filename="$1" --allow_file_create=0 --ioengine=io_uring --direct=1 --rw="$2" --bs=4k \
+  fio --name=ab --filename="$1" --allow_file_create=0 --ioengine=io_uring --direct=1 --rw="$2" --bs="${6:-4k}" \
     --iodepth="$3" "${jobs[@]}" --time_based --runtime="$seconds" --size=100% --randrepeat=0 --norandommap --output-format=json > /tmp/ab-fio.json
   after=$(cpu_ns "$4")
   node -e 'const j = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).jobs[0];
@@ -111,13 +111,13 @@ for half in 1 2; do
     for v in $order; do
       slot=${slot_of[$v]}
       for cell in $cells; do
-        IFS=: read -r kind rw qd njobs <<< "$cell"
+        IFS=: read -r kind rw qd njobs bs <<< "$cell"
         case $kind in
           null) dev=${null_dev[$slot]} ;;
           blk) dev=${blk_dev[$slot]} ;;
           *) dev=${linear_dev[$slot]} ;;
         esac
-        echo "$half $pair $v $cell $(pass "$dev" "$rw" "$qd" "${daemon_pid[$slot]}" "${njobs:-1}")" | tee -a "$results"
+        echo "$half $pair $v $cell $(pass "$dev" "$rw" "$qd" "${daemon_pid[$slot]}" "${njobs:-1}" "${bs:-4k}")" | tee -a "$results"
       done
     done
   done

@@ -1,5 +1,5 @@
 import { EIO, ENODEV, EOPNOTSUPP, ETIMEDOUT, ErrnoError, type IoResult } from '../base/errno';
-import { SECTOR_BYTES } from '../base/units';
+import { PAGE_BYTES, SECTOR_BYTES } from '../base/units';
 import { IoOp, NO_DATA, carriesData, type Bio, type IoDone } from '../io/bio';
 import { allocPageAligned, native } from '../io/native';
 import type { IoRing } from '../io/ring';
@@ -102,12 +102,6 @@ export class UblkQueue {
       const queueAddress = addon.addressOf(queueBuffer);
       for (let tag = 0; tag < depth; tag++) {
         const byteOffset = tag * maxIoBytes;
-        // ublk_drv copies a read's data out of this buffer through get_user_pages. A page never
-        // written is mapped to the shared zero page, which the lock-free fast path refuses, so a
-        // target that answers reads without writing the buffer (null) would send every read down
-        // the slow path (mmap lock, VMA walk). Writing the first page of each tag (a page a tag,
-        // not the whole buffer: RSS) gives 4 KiB reads the fast path from the first request.
-        queueBuffer[byteOffset] = 0;
         this.tags.push(new TagSlot(this, queueId, tag, queueBuffer.subarray(byteOffset, byteOffset + maxIoBytes), queueAddress + byteOffset));
       }
     } catch (error) {
@@ -159,6 +153,12 @@ export class UblkQueue {
       slot.commit(-EIO); // the kernel never sends more than max_sectors; refuse rather than overrun
       return;
     }
+    // ublk_drv copies a read's data out of the tag's buffer through get_user_pages. A page never
+    // written is mapped to the shared zero page, which the lock-free fast path refuses, so a
+    // target that answers reads without writing the buffer (null) would send every read down the
+    // slow path (mmap lock, VMA walk). Each page is written once, when a read first reaches it:
+    // the buffer is resident only as far as reads have gone, as a target filling it would make it.
+    if (op === IoOp.Read) slot.makeResident(byteLength);
     const done = slot.begin(op, withData ? byteLength : 0);
     const request = slot.request;
     request.op = op;
@@ -274,6 +274,8 @@ export class TagSlot {
   /** Counts the requests delivered to this tag; names the one being served. */
   private generation = 0;
   private lastView: Uint8Array = NO_DATA;
+  /** How far from its start the buffer's pages are this process's own (makeResident); page-aligned. */
+  private residentBytes = 0;
   /** @internal What UblkQueue.dispatch hands the handler. */
   readonly request: TagRequest;
 
@@ -296,6 +298,25 @@ export class TagSlot {
   dataView(byteLength: number): Uint8Array {
     if (this.lastView.length !== byteLength) this.lastView = this.buffer.subarray(0, byteLength);
     return this.lastView;
+  }
+
+  /** Bytes at the buffer's start known to be in pages of their own, not the zero page. */
+  get residentByteLength(): number {
+    return this.residentBytes;
+  }
+
+  /**
+   * Write each page of the buffer's first `byteLength` bytes that no read has reached before
+   * (UblkQueue.dispatch says why). Each byte is written with its own value: a target that leaves
+   * a read's buffer alone (null) still answers with what was there.
+   */
+  makeResident(byteLength: number): void {
+    if (byteLength <= this.residentBytes) return;
+    const buffer = this.buffer;
+    const end = Math.min(byteLength, buffer.length);
+    let offset = this.residentBytes;
+    for (; offset < end; offset += PAGE_BYTES) buffer[offset] = buffer[offset]!;
+    this.residentBytes = offset;
   }
 
   post(cmdOp: number, result: IoResult): void {

@@ -84,6 +84,24 @@ describe('TagSlot', () => {
     assert.equal(slot.dataView(512).byteLength, 512);
   });
 
+  it('makes its buffer resident page by page as reads reach further, keeping its bytes, never past its end', () => {
+    const buffer = new Uint8Array(16384).map((_, i) => i % 251);
+    const wide = new TagSlot(owner, 0, 4, buffer, 0x20000);
+    const before = Uint8Array.from(buffer);
+    assert.equal(wide.residentByteLength, 0, 'nothing written when the tag is made');
+    wide.makeResident(512);
+    assert.equal(wide.residentByteLength, 4096, 'a read of a sector makes its whole page resident');
+    wide.makeResident(4096);
+    assert.equal(wide.residentByteLength, 4096);
+    wide.makeResident(4097);
+    assert.equal(wide.residentByteLength, 8192);
+    wide.makeResident(1024);
+    assert.equal(wide.residentByteLength, 8192, 'a shorter read does not shrink it');
+    wide.makeResident(1 << 20);
+    assert.equal(wide.residentByteLength, 16384, 'clipped to the buffer');
+    assert.deepEqual(buffer, before, 'each page written with its own bytes: a read left alone answers what was there');
+  });
+
   it('retries a post the ring refused, keeping the command and its result, and never retires the tag', async () => {
     owner.ring.failures = 2;
     slot.post(UBLK_U_IO_FETCH_REQ, 0);
