@@ -72,14 +72,14 @@ Ring::Ring(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Ring>(info) {
   Napi::Env env = info.Env();
   if (info.Length() < 5 || !info[0].IsNumber() || !info[1].IsBoolean() || !info[2].IsTypedArray() ||
       !info[3].IsTypedArray() || !info[4].IsFunction() ||
-      info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+      info[2].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
       info[3].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
-    ThrowType(env, "new Ring(entries, sqe128, tokens: Float64Array, results: Int32Array, onCompletions[, callerDriven])");
+    ThrowType(env, "new Ring(entries, sqe128, tokens: Int32Array, results: Int32Array, onCompletions[, callerDriven])");
     return;
   }
   unsigned entries = info[0].As<Napi::Number>().Uint32Value();
   sqe128_ = info[1].As<Napi::Boolean>().Value();
-  Napi::Float64Array tokens = info[2].As<Napi::Float64Array>();
+  Napi::Int32Array tokens = info[2].As<Napi::Int32Array>();
   Napi::Int32Array results = info[3].As<Napi::Int32Array>();
   size_t capacity = std::min(tokens.ElementLength(), results.ElementLength());
   if (entries == 0 || capacity == 0) {
@@ -150,7 +150,7 @@ Ring::~Ring() { Teardown(); }
 // through a reference and a typed-array lookup each time (a fifth of a QD 1 request's CPU went
 // there). Data() asks V8 for the array's buffer, which moves the bytes of a small on-heap array
 // off the heap for good; the references keep the arrays, so the pointers stay valid.
-void Ring::KeepCompletionArrays(Napi::Float64Array tokens, Napi::Int32Array results) {
+void Ring::KeepCompletionArrays(Napi::Int32Array tokens, Napi::Int32Array results) {
   tokens_ = Napi::Persistent(tokens);
   results_ = Napi::Persistent(results);
   tokensData_ = tokens.Data();
@@ -522,11 +522,12 @@ unsigned Ring::CollectBatch() {
   }
   unsigned ready = io_uring_peek_batch_cqe(&ring_, cqes_.data(), static_cast<unsigned>(cqes_.size()));
   if (ready == 0) return 0;
-  double* tokens = tokensData_;
+  int32_t* tokens = tokensData_;
   int32_t* results = resultsData_;
   for (unsigned i = 0; i < ready; i++) {
     uint64_t token = cqes_[i]->user_data;
-    tokens[i] = static_cast<double>(token);
+    // JS makes every token, and each fits 31 bits (IoRing.nextToken says why).
+    tokens[i] = static_cast<int32_t>(token);
     results[i] = cqes_[i]->res;
     if (!iovecsInFlight_.empty()) iovecsInFlight_.erase(token);
   }

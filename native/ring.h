@@ -84,11 +84,11 @@ class Ring : public Napi::ObjectWrap<Ring> {
   uv_poll_t* poll_ = nullptr;  // freed by uv_close's callback, which may outlive this object
   uint64_t inFlight_ = 0;
 
-  void KeepCompletionArrays(Napi::Float64Array tokens, Napi::Int32Array results);
+  void KeepCompletionArrays(Napi::Int32Array tokens, Napi::Int32Array results);
 
-  Napi::Reference<Napi::Float64Array> tokens_;
+  Napi::Reference<Napi::Int32Array> tokens_;
   Napi::Reference<Napi::Int32Array> results_;
-  double* tokensData_ = nullptr;
+  int32_t* tokensData_ = nullptr;
   int32_t* resultsData_ = nullptr;
   Napi::FunctionReference onCompletions_;
   std::unique_ptr<Napi::AsyncContext> asyncContext_;

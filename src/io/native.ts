@@ -97,7 +97,7 @@ export interface NativeRingConstructor {
   new (
     entries: number,
     sqe128: boolean,
-    tokens: Float64Array,
+    tokens: Int32Array,
     results: Int32Array,
     onCompletions: (count: number) => void,
     /** No eventfd and no libuv watcher: the owner calls wait() (a queue thread). */

@@ -331,7 +331,7 @@ describe('native memory helpers', () => {
 
   it('ring setup errors carry errno text', () => {
     const Ring = native().Ring;
-    assert.throws(() => new Ring(1 << 30, false, new Float64Array(4), new Int32Array(4), () => {}), /io_uring/);
+    assert.throws(() => new Ring(1 << 30, false, new Int32Array(4), new Int32Array(4), () => {}), /io_uring/);
   });
 });
 
