@@ -6,7 +6,7 @@ import { EINVAL, EIO, ENOENT, EOPNOTSUPP, ErrnoError, type IoResult } from '../b
 import { NO_DATA } from './bio';
 import { isDirectIoAligned, native } from './native';
 import { RWF_DSYNC, type IoCallback, type IoRing } from './ring';
-import { SECTOR_BYTES, SECTOR_SHIFT } from '../base/units';
+import { SECTOR_BYTES, SECTOR_SHIFT, isMultipleOfPowerOfTwo } from '../base/units';
 
 /**
  * FileDevice: a regular file or a block device used as a BlockDevice, with all I/O going
@@ -369,11 +369,11 @@ export class FileDevice implements BlockDevice {
   }
 
   private alignedForDirect(buf: Uint8Array, byteOffset: number): boolean {
-    return byteOffset % DIRECT_IO_ALIGNMENT_BYTES === 0 && isDirectIoAligned(buf, buf.length, DIRECT_IO_ALIGNMENT_BYTES);
+    return isMultipleOfPowerOfTwo(byteOffset, DIRECT_IO_ALIGNMENT_BYTES) && isDirectIoAligned(buf, buf.length, DIRECT_IO_ALIGNMENT_BYTES);
   }
 
   private allAlignedForDirect(bufs: Uint8Array[], byteOffset: number): boolean {
-    if (byteOffset % DIRECT_IO_ALIGNMENT_BYTES !== 0) return false;
+    if (!isMultipleOfPowerOfTwo(byteOffset, DIRECT_IO_ALIGNMENT_BYTES)) return false;
     for (const buf of bufs) if (!isDirectIoAligned(buf, buf.length, DIRECT_IO_ALIGNMENT_BYTES)) return false;
     return true;
   }

@@ -1,4 +1,5 @@
 import { nativeAddonPath } from '../base/package-files';
+import { isMultipleOfPowerOfTwo } from '../base/units';
 
 /**
  * The native addon's surface (native/*.cc), typed. The addon is transport only: io_uring rings,
@@ -187,11 +188,11 @@ const stableViewAddresses = new WeakMap<ArrayBufferView, number>();
 
 /**
  * True when `view` (`byteLength` bytes long: the caller knows it, and reading it is a builtin
- * call) starts and ends on `alignmentBytes` boundaries of page-aligned memory: the condition for
+ * call) starts and ends on `alignmentBytes` (a power of two) boundaries of page-aligned memory: the condition for
  * handing it to an O_DIRECT file descriptor.
  */
 export function isDirectIoAligned(view: ArrayBufferView, byteLength: number, alignmentBytes: number): boolean {
-  if (byteLength % alignmentBytes !== 0) return false;
+  if (!isMultipleOfPowerOfTwo(byteLength, alignmentBytes)) return false;
   const address = stableAddressOf(view);
-  return address !== undefined && address % alignmentBytes === 0;
+  return address !== undefined && isMultipleOfPowerOfTwo(address, alignmentBytes);
 }
