@@ -109,6 +109,12 @@ Ring::Ring(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Ring>(info) {
     return;
   }
   if (callerDriven_) {
+    // io_uring_enter looks the ring's descriptor up on every call, and in a process with threads
+    // that takes a reference on the file each time (fget, fput): registered, the thread's own
+    // table names the ring instead. Only this thread enters this ring, which the registration
+    // (per thread) requires; io_uring_queue_exit drops it. A kernel without it (before 5.18)
+    // refuses, and the ring works as before.
+    io_uring_register_ring_fd(&ring_);
     KeepCompletionArrays(tokens, results);
     cqes_.resize(capacity);
     open_ = true;
