@@ -58,7 +58,7 @@ export class InstantNativeRing implements NativeRing {
   waits = 0;
 
   constructor(
-    private readonly tokens: Float64Array,
+    private readonly tokens: Int32Array,
     private readonly results: Int32Array,
   ) {}
 
@@ -138,7 +138,7 @@ export function instantRing(): { ring: IoRing; native: InstantNativeRing } {
   const realRing = addon.Ring;
   let made: InstantNativeRing | undefined;
   addon.Ring = class {
-    constructor(_entries: number, _sqe128: boolean, tokens: Float64Array, results: Int32Array) {
+    constructor(_entries: number, _sqe128: boolean, tokens: Int32Array, results: Int32Array) {
       made = new InstantNativeRing(tokens, results);
     }
     boundMethods(): NativeRing {
