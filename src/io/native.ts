@@ -188,8 +188,8 @@ const stableViewAddresses = new WeakMap<ArrayBufferView, number>();
 
 /**
  * True when `view` (`byteLength` bytes long: the caller knows it, and reading it is a builtin
- * call) starts and ends on `alignmentBytes` (a power of two) boundaries of page-aligned memory: the condition for
- * handing it to an O_DIRECT file descriptor.
+ * call) starts and ends on `alignmentBytes` (a power of two) boundaries of page-aligned memory:
+ * the condition for handing it to an O_DIRECT file descriptor.
  */
 export function isDirectIoAligned(view: ArrayBufferView, byteLength: number, alignmentBytes: number): boolean {
   if (!isMultipleOfPowerOfTwo(byteLength, alignmentBytes)) return false;

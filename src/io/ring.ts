@@ -80,10 +80,10 @@ const MICROTASK_FLUSHES_PER_TURN = 8;
 // A token is generation << SLOT_BITS | slot: slots are reused, and the generation keeps a late
 // cancel() from hitting whichever request took the slot next (one that came a multiple of 1024
 // requests later still could; the one caller, a control command's timeout, cancels only a
-// request in flight, whose slot nobody else holds). A token fits 31 bits: an int32,
-// and a small integer to V8, so each completion's token is taken apart with integer operations.
-// As a double (the wider generation this once had) its % and / cost 16 ns natively and 150-190
-// under TCG, once per completion.
+// request in flight, whose slot nobody else holds). A token fits 31 bits: an int32, and a small
+// integer to V8, so each completion's token is taken apart with integer operations. As a double
+// (the wider generation this once had) its % and / cost 16 ns natively and 150-190 under TCG,
+// once per completion.
 const SLOT_BITS = 21;
 const SLOT_LIMIT = 2 ** SLOT_BITS;
 const SLOT_MASK = SLOT_LIMIT - 1;

@@ -116,6 +116,19 @@ describe('UblkQueue dispatch', () => {
     assert.equal(served[2]!.request.tag, 3);
   });
 
+  it("makes a tag's buffer resident as far as a read reaches, and not for a write (the kernel fills that itself)", async () => {
+    const residentByteLength = (tag: number): number =>
+      (queue as unknown as { tags: Array<{ residentByteLength: number }> }).tags[tag]!.residentByteLength;
+    await writeDescriptor(1, UBLK_IO_OP_WRITE, 16, 0);
+    ring.deliver(1);
+    assert.equal(residentByteLength(1), 0, 'a write leaves the pages to the kernel');
+    served[0]!.done(8192);
+    await writeDescriptor(1, UBLK_IO_OP_READ, 24, 0);
+    ring.deliver(1);
+    assert.equal(residentByteLength(1), 12288, 'a 12 KiB read: three pages');
+    assert.equal(residentByteLength(0), 0, "another tag's buffer untouched");
+  });
+
   it('answers an operation it does not know with -EOPNOTSUPP, without the handler', async () => {
     await writeDescriptor(1, UBLK_IO_OP_WRITE_SAME, 8, 0);
     ring.deliver(1);
