@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Two builds of ublk-dm side by side in one guest boot (issue 11): which is faster, with the
 # boot-to-boot swing of TCG taken out. Both daemons run at once, each with a null, a linear and
-# a blk device (1 queue x 128; linear over its own 1 GiB file in the guest's /dev/shm, which a
-# queue thread copies itself; blk, linear over a loop device of another such file, so its I/O
-# goes through io_uring as on a real disk); fio runs short passes that alternate between the
-# two builds' devices (ABBA), so drift hits both alike.
+# a blk device (depth 128, 1 queue unless --queues says otherwise; linear over its own 1 GiB file
+# in the guest's /dev/shm, which a queue thread copies itself; blk, linear over a loop device of
+# another such file, so its I/O goes through io_uring as on a real disk); fio runs short passes
+# that alternate between the two builds' devices (ABBA), so drift hits both alike.
 #
-#   tools/ab-guest.sh [--pairs N] [--seconds S] [--cells "null:randread:1 blk:randwrite:32 ..."] DIR_A DIR_B
+#   tools/ab-guest.sh [--pairs N] [--seconds S] [--queues N] [--cpus LIST] [--cells "null:randread:1 blk:randwrite:32 ..."] DIR_A DIR_B
+#
+# --queues N serves every device with N queues; --cpus LIST (say 0,2) brings those of the guest's
+# possible CPUs online and the others offline first, as the bench's queue part does, so that
+# blk-mq maps the CPUs of a cell's fio jobs to different queues of a 2-queue device.
 #
 # A cell is KIND:RW:QD, or KIND:RW:QD:JOBS for JOBS fio jobs at QD each, one pinned to each
 # online CPU in turn (the bench's queue part loads a device so: the guest's CPUs all busy, where
@@ -23,18 +27,20 @@
 # polling thread spends CPU on purpose, so there it says how much, not which build is faster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pairs=6 seconds=2 cells='null:randread:1 null:randread:32 linear:randwrite:1 linear:randwrite:32' in_guest=0
+pairs=6 seconds=2 cells='null:randread:1 null:randread:32 linear:randwrite:1 linear:randwrite:32' in_guest=0 queues=1 cpus=''
 while [[ $# -gt 0 ]]; do
   case $1 in
     --pairs) pairs=$2; shift 2 ;;
     --seconds) seconds=$2; shift 2 ;;
     --cells) cells=$2; shift 2 ;;
+    --queues) queues=$2; shift 2 ;;
+    --cpus) cpus=$2; shift 2 ;;
     --in-guest) in_guest=1; shift ;;
-    -*) sed -n '2,24p' "$0" >&2; exit 2 ;;
+    -*) sed -n '2,28p' "$0" >&2; exit 2 ;;
     *) break ;;
   esac
 done
-[[ $# -eq 2 ]] || { sed -n '2,24p' "$0" >&2; exit 2; }
+[[ $# -eq 2 ]] || { sed -n '2,28p' "$0" >&2; exit 2; }
 dirs=( "$(realpath "$1")" "$(realpath "$2")" )
 
 if [[ $in_guest -eq 0 ]]; then
@@ -43,7 +49,12 @@ if [[ $in_guest -eq 0 ]]; then
   done
   # 10 GiB, as the bench: up to four 1 GiB written files on the guest's /dev/shm (half its memory).
   exec env UBLK_DM_GUEST_MAX_CPUS="${UBLK_DM_GUEST_MAX_CPUS:-4}" tools/guest-run --mem "${UBLK_DM_GUEST_MEM:-10240}" -- \
-    bash tools/ab-guest.sh --in-guest --pairs "$pairs" --seconds "$seconds" --cells "$cells" "${dirs[@]}"
+    bash tools/ab-guest.sh --in-guest --pairs "$pairs" --seconds "$seconds" --queues "$queues" --cpus "$cpus" --cells "$cells" "${dirs[@]}"
+fi
+
+if [[ -n $cpus ]]; then
+  source tools/guest-cpus.sh
+  guest_online_cpus ab-guest "$cpus"
 fi
 
 # Two halves, each `pairs` pairs: in the first, slot 1 runs DIR_A's build and slot 2 DIR_B's; in
@@ -70,10 +81,10 @@ start_slot() { # slot dir
   ( cd "$dir" && exec node bin/ublk-dm daemon >> "/tmp/ab$slot/daemon.log" 2>&1 ) &
   daemon_pid[$slot]=$!
   for _ in $(seq 60); do [[ -S $UBLK_DM_RUN_DIR/ublk-dm.sock ]] && break; sleep 0.5; done
-  null_dev[$slot]=$(cd "$dir" && node bin/ublk-dm create "abnull$slot" --table "0 2097152 null" --queues 1 --depth 128)
-  linear_dev[$slot]=$(cd "$dir" && node bin/ublk-dm create "ablinear$slot" --table "0 2097152 linear /dev/shm/ab-backing-$slot 0" --queues 1 --depth 128)
+  null_dev[$slot]=$(cd "$dir" && node bin/ublk-dm create "abnull$slot" --table "0 2097152 null" --queues "$queues" --depth 128)
+  linear_dev[$slot]=$(cd "$dir" && node bin/ublk-dm create "ablinear$slot" --table "0 2097152 linear /dev/shm/ab-backing-$slot 0" --queues "$queues" --depth 128)
   if [[ $cells == *blk:* ]]; then
-    blk_dev[$slot]=$(cd "$dir" && node bin/ublk-dm create "abblk$slot" --table "0 2097152 linear ${loop_dev[$slot]} 0" --queues 1 --depth 128)
+    blk_dev[$slot]=$(cd "$dir" && node bin/ublk-dm create "abblk$slot" --table "0 2097152 linear ${loop_dev[$slot]} 0" --queues "$queues" --depth 128)
   fi
 }
 stop_slot() { # slot

@@ -67,20 +67,8 @@ fio_under_perf() { # pid device label: warm up, then perf samples pid for as lon
 
 if [[ $in_guest -eq 1 ]]; then
   if [[ -n $cpus ]]; then
-    # The guest is thrown away after the run; a host's CPUs are not ours to take offline.
-    [[ -n ${UBLK_DM_IN_GUEST:-} ]] || { echo "profile-guest: --cpus only in the test guest" >&2; exit 2; }
-    # Online first, then offline: CPU 0 cannot go offline, and some CPU must stay online.
-    for c in ${cpus//,/ }; do
-      # CPU 0 has no online switch (it cannot go offline); any other CPU the guest lacks is a mistake.
-      [[ $c == 0 ]] && continue
-      [[ -e /sys/devices/system/cpu/cpu$c/online ]] || { echo "profile-guest: --cpus: the guest has no CPU $c (possible: $(cat /sys/devices/system/cpu/possible))" >&2; exit 2; }
-      echo 1 > /sys/devices/system/cpu/cpu$c/online
-    done
-    for f in /sys/devices/system/cpu/cpu[0-9]*/online; do
-      c=${f#/sys/devices/system/cpu/cpu}; c=${c%/online}
-      [[ ",$cpus," == *",$c,"* ]] || echo 0 > "$f"
-    done
-    echo "profile: CPUs $(cat /sys/devices/system/cpu/online) online" >&2
+    source tools/guest-cpus.sh
+    guest_online_cpus profile-guest "$cpus"
   fi
   export UBLK_DM_RUN_DIR=/tmp/profile/run UBLK_DM_STATE_DIR=/tmp/profile/state UBLK_DM_LINK_DIR=/tmp/profile/links
   rm -f "$out"/*.data "$out"/*.fio.json "$out"/perf-*.map
