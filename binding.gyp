@@ -7,7 +7,8 @@
         "native/ring.cc",
         "native/memory.cc",
         "native/fileio.cc",
-        "native/blockdev.cc"
+        "native/blockdev.cc",
+        "native/affinity.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_DISABLE_CPP_EXCEPTIONS", "NAPI_VERSION=8"],

@@ -1,7 +1,9 @@
-// ublkdm_native: io_uring transport, aligned buffers, descriptor mmaps, pread/pwrite and block
-// device geometry. Transport only; it knows nothing of ublk semantics beyond the I/O command layout.
+// ublkdm_native: io_uring transport, aligned buffers, descriptor mmaps, pread/pwrite, block
+// device geometry and a thread's CPU affinity. Transport only; it knows nothing of ublk semantics
+// beyond the I/O command layout.
 #include <napi.h>
 
+#include "affinity.h"
 #include "blockdev.h"
 #include "fileio.h"
 #include "memory.h"
@@ -20,6 +22,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("pread", Napi::Function::New(env, Pread, "pread"));
   exports.Set("pwrite", Napi::Function::New(env, Pwrite, "pwrite"));
   exports.Set("logicalBlockBytes", Napi::Function::New(env, LogicalBlockBytes, "logicalBlockBytes"));
+  exports.Set("threadCpus", Napi::Function::New(env, ThreadCpus, "threadCpus"));
+  exports.Set("setThreadCpus", Napi::Function::New(env, SetThreadCpus, "setThreadCpus"));
   return exports;
 }
 

@@ -126,6 +126,10 @@ export interface NativeAddon {
   pwrite(fd: number, view: ArrayBufferView, fileByteOffset: number): number;
   /** ioctl(BLKSSZGET) on a block device fd. */
   logicalBlockBytes(fd: number): number;
+  /** The CPUs the calling thread may run on (sched_getaffinity of the thread itself), ascending. */
+  threadCpus(): number[];
+  /** Let the calling thread run only on `cpus` (sched_setaffinity); EINVAL when none of them is online. */
+  setThreadCpus(cpus: readonly number[]): void;
 }
 
 let cached: NativeAddon | undefined;

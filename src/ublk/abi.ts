@@ -133,6 +133,22 @@ export function encodeDevInfo(request: DevInfoRequest, into: Uint8Array = new Ui
   return into;
 }
 
+/**
+ * GET_QUEUE_AFFINITY's buffer: a CPU bitmap of native longs (little-endian here). 128 bytes is
+ * glibc's cpu_set_t, 1024 CPUs; the kernel wants at least nr_cpu_ids bits, in multiples of 8 bytes.
+ */
+export const CPU_SET_BYTES = 128;
+
+/** The CPUs set in a GET_QUEUE_AFFINITY bitmap, ascending. */
+export function decodeCpuSet(bitmap: Uint8Array): number[] {
+  const cpus: number[] = [];
+  for (let byte = 0; byte < bitmap.length; byte++) {
+    const bits = bitmap[byte]!;
+    for (let bit = 0; bit < 8; bit++) if ((bits >> bit) & 1) cpus.push(byte * 8 + bit);
+  }
+  return cpus;
+}
+
 export function decodeDevInfo(bytes: Uint8Array): DevInfo {
   const view = dataView(bytes);
   return {

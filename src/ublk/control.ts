@@ -5,6 +5,7 @@ import { native } from '../io/native';
 import { IoRing } from '../io/ring';
 import {
   ANY_DEV_ID,
+  CPU_SET_BYTES,
   DEV_INFO_BYTES,
   UBLK_U_CMD_ADD_DEV,
   UBLK_U_CMD_DEL_DEV,
@@ -12,10 +13,12 @@ import {
   UBLK_U_CMD_GET_DEV_INFO,
   UBLK_U_CMD_GET_FEATURES,
   UBLK_U_CMD_GET_PARAMS,
+  UBLK_U_CMD_GET_QUEUE_AFFINITY,
   UBLK_U_CMD_SET_PARAMS,
   UBLK_U_CMD_START_DEV,
   UBLK_U_CMD_START_USER_RECOVERY,
   UBLK_U_CMD_STOP_DEV,
+  decodeCpuSet,
   decodeDevInfo,
   decodeParams,
   encodeCtrlCmd,
@@ -125,6 +128,16 @@ export class UblkControl {
     buffer.set(query);
     await this.command('GET_PARAMS', UBLK_U_CMD_GET_PARAMS, devId, buffer);
     return decodeParams(buffer);
+  }
+
+  /**
+   * GET_QUEUE_AFFINITY: the CPUs blk-mq sends to queue `queueId` (possible CPUs, online or not),
+   * ascending. The device must have been added.
+   */
+  async getQueueCpus(devId: number, queueId: number): Promise<number[]> {
+    const buffer = commandBuffer(CPU_SET_BYTES);
+    await this.command('GET_QUEUE_AFFINITY', UBLK_U_CMD_GET_QUEUE_AFFINITY, devId, buffer, BigInt(queueId));
+    return decodeCpuSet(buffer);
   }
 
   async getDeviceInfo(devId: number): Promise<DevInfo> {

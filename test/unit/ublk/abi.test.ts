@@ -8,6 +8,16 @@ function view(bytes: Uint8Array): DataView {
 }
 
 describe('ublk ABI encoding (spec ublk.md)', () => {
+  it('decodes a GET_QUEUE_AFFINITY bitmap (native longs, little-endian) into ascending CPU numbers', () => {
+    assert.equal(abi.CPU_SET_BYTES % 8, 0);
+    const bitmap = new Uint8Array(abi.CPU_SET_BYTES);
+    assert.deepEqual(abi.decodeCpuSet(bitmap), []);
+    view(bitmap).setBigUint64(0, 0b1100n | (1n << 63n), true); // CPUs 2, 3 and 63
+    view(bitmap).setBigUint64(8, 1n, true); // CPU 64
+    bitmap[127] = 0x80; // CPU 1023
+    assert.deepEqual(abi.decodeCpuSet(bitmap), [2, 3, 63, 64, 1023]);
+  });
+
   it('control and I/O command numbers match the spec table (§3)', () => {
     assert.equal(abi.UBLK_U_CMD_GET_QUEUE_AFFINITY, 0x80207501);
     assert.equal(abi.UBLK_U_CMD_GET_DEV_INFO, 0x80207502);
