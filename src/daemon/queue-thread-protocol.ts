@@ -1,6 +1,7 @@
 import type { MessagePort } from 'node:worker_threads';
 import type { IoOp } from '../io/bio';
 import type { DeviceKey } from '../io/block-device';
+import type { QueuePlacement } from './queue-placement';
 
 /**
  * The messages between the daemon thread and its queue threads (daemon/queue-threads.ts and
@@ -28,6 +29,8 @@ export interface QueueThreadData {
   readonly stopFlag: Int32Array;
   /** How long the thread polls its ring before it sleeps (PollPolicy's budget; 0: never). */
   readonly pollMicros: number;
+  /** Where the thread runs relative to the CPUs that submit to its queues. */
+  readonly placement: QueuePlacement;
 }
 
 type Sequenced = { readonly seq: number };
@@ -46,6 +49,8 @@ export type AttachMessage = Sequenced & {
   readonly maxIoBytes: number;
   readonly sizeSectors: number;
   readonly table: TablePlan | null;
+  /** The CPUs whose requests blk-mq sends to this queue (empty if unknown). */
+  readonly submitterCpus: readonly number[];
 };
 
 export type ToQueueThread =

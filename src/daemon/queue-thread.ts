@@ -3,6 +3,7 @@ import { receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { ENODEV, type IoResult } from '../base/errno';
 import { IoOp, carriesData, type Bio } from '../io/bio';
 import { openFileDevice } from '../io/file-device';
+import { native } from '../io/native';
 import { WaitPolicies } from '../io/poll-policy';
 import { IoRing, type WaitOptions } from '../io/ring';
 import { Dispatcher } from '../dm/dispatcher';
@@ -11,6 +12,7 @@ import { Table, loadTable } from '../dm/table';
 import { ALL_CAPABILITIES, type MapDone, type Target, type DeviceHandle } from '../dm/target';
 import { builtInTargetTypes } from '../targets';
 import { UblkQueue } from '../ublk/queue';
+import { queueThreadCpus, sameCpus } from './queue-placement';
 import { RingTurns } from './ring-turns';
 import type { AttachMessage, FromQueueThread, QueueThreadData, TablePlan, ToQueueThread } from './queue-thread-protocol';
 
@@ -36,7 +38,11 @@ const ASYNC_POLL_MS = 1;
 const IDLE_WAIT_MS = 1000;
 const ONE_DOORBELL_READ_BYTES = 8;
 
-const { doorbellFd, port, stopFlag, pollMicros } = workerData as QueueThreadData;
+const { doorbellFd, port, stopFlag, pollMicros, placement } = workerData as QueueThreadData;
+/** The CPUs this thread was allowed at start (the daemon's own affinity): placement stays within them. */
+const startCpus = queueThreadCpus('any', native().threadCpus(), []);
+/** The CPUs it is allowed now. */
+let placedCpus = startCpus;
 const waitPolicies = new WaitPolicies(pollMicros);
 /** The policy of the wait under way: picked before it, told how it went after it. */
 let waitPolicy = waitPolicies.client;
@@ -117,9 +123,12 @@ class DeviceQueue {
   readonly queue: UblkQueue;
   readonly dispatcher: Dispatcher<Table>;
   readonly forward: ForwardTarget;
+  /** The CPUs whose requests blk-mq sends to this queue. */
+  readonly submitterCpus: readonly number[];
   private readonly forwardTable: Table;
 
   constructor(attach: AttachMessage, initial: Table | undefined) {
+    this.submitterCpus = attach.submitterCpus;
     this.forward = new ForwardTarget(attach.devId);
     this.forwardTable = new Table([{ startSector: 0, lengthSectors: attach.sizeSectors, target: this.forward }], []);
     this.dispatcher = new Dispatcher<Table>(initial ?? this.forwardTable);
@@ -146,6 +155,26 @@ function requestsInService(): number {
   let count = 0;
   for (const device of devices.values()) count += device.queue.requestsInService;
   return count;
+}
+
+/** Move the thread to the CPUs its placement picks for the queues it serves now (queue-placement.ts). */
+function place(): void {
+  const cpus = queueThreadCpus(placement, startCpus, [...devices.values()].map((device) => device.submitterCpus));
+  if (sameCpus(cpus, placedCpus)) return;
+  try {
+    native().setThreadCpus(cpus);
+    placedCpus = cpus;
+  } catch {
+    // EINVAL: none of them is online (a queue whose CPUs were taken offline). The thread runs
+    // where it was allowed at start, which the scheduler always honours.
+    if (sameCpus(placedCpus, startCpus)) return;
+    try {
+      native().setThreadCpus(startCpus);
+      placedCpus = startCpus;
+    } catch (error) {
+      send({ kind: 'warn', message: `queue thread: cannot run on CPUs ${startCpus.join(',')} again: ${String(error)}` });
+    }
+  }
 }
 
 /**
@@ -189,6 +218,7 @@ async function attach(message: AttachMessage): Promise<boolean> {
     throw error;
   }
   devices.set(message.devId, device);
+  place();
   device.queue.onRetired = () => {
     // Closing the copy's files goes through libuv: keep the waits short until it is done.
     asyncSteps++;
@@ -203,6 +233,7 @@ async function retire(devId: number, queueId: number): Promise<void> {
   const device = devices.get(devId);
   if (device === undefined) return;
   devices.delete(devId);
+  place();
   device.forward.abandon();
   device.queue.unmap();
   let error: string | undefined;

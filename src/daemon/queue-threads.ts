@@ -11,6 +11,7 @@ import type { DeviceDispatcher, DeviceTable } from '../dm/mapped-device';
 import type { ScopeKey } from '../dm/scope';
 import type { SuspendOptions } from '../dm/target';
 import type { QueueServer, UblkQueueGeometry } from '../ublk/queue';
+import { queuePlacementFromEnvironment } from './queue-placement';
 import type { FromQueueThread, QueueThreadData, Reply, TablePlan, ToQueueThread } from './queue-thread-protocol';
 
 /**
@@ -149,7 +150,13 @@ export class QueueThread {
     const { port1, port2 } = new MessageChannel();
     this.doorbellFd = native().createEventFd();
     this.port = port1;
-    const data: QueueThreadData = { doorbellFd: this.doorbellFd, port: port2, stopFlag: this.stopFlag, pollMicros: pollMicrosFromEnvironment() };
+    const data: QueueThreadData = {
+      doorbellFd: this.doorbellFd,
+      port: port2,
+      stopFlag: this.stopFlag,
+      pollMicros: pollMicrosFromEnvironment(),
+      placement: queuePlacementFromEnvironment(),
+    };
     this.worker = new Worker(path.join(__dirname, 'queue-thread.js'), { workerData: data, transferList: [port2] });
     // Neither keeps the daemon alive: it lives as long as its socket, and exits with its devices.
     this.worker.unref();
@@ -321,7 +328,7 @@ class RemoteQueues implements QueueServer {
     private readonly dispatcher: ThreadedDispatcher,
   ) {}
 
-  async start(geometry: UblkQueueGeometry): Promise<void> {
+  async start(geometry: UblkQueueGeometry, submitterCpus: ReadonlyArray<readonly number[]>): Promise<void> {
     this.devId = geometry.devId;
     this.pool.register(geometry.devId, this);
     const table = this.dispatcher.livePlan();
@@ -338,6 +345,7 @@ class RemoteQueues implements QueueServer {
           maxIoBytes: geometry.maxIoBytes,
           sizeSectors: this.sizeSectors,
           table,
+          submitterCpus: submitterCpus[queueId] ?? [],
         }),
       ),
     );

@@ -249,9 +249,14 @@ export class UblkDevice {
   }
 
   /** Post every queue's FETCHes (START_DEV and END_USER_RECOVERY wait for them). */
-  private startQueues(): Promise<void> {
+  private async startQueues(): Promise<void> {
     const { queues, depth, maxIoBytes } = this.config;
-    return this.queueServer.start({ devId: this.id, charFd: this.charHandle.fd, queues, depth, maxIoBytes });
+    const submitterCpus: number[][] = [];
+    for (let queueId = 0; queueId < queues; queueId++) {
+      // Only a placement hint: a device is served as well without it.
+      submitterCpus.push(await this.control.getQueueCpus(this.id, queueId).catch(() => []));
+    }
+    await this.queueServer.start({ devId: this.id, charFd: this.charHandle.fd, queues, depth, maxIoBytes }, submitterCpus);
   }
 
   get queues(): number {

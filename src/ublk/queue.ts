@@ -55,8 +55,12 @@ export interface UblkQueueGeometry {
  * every tag is retired after STOP_DEV.
  */
 export interface QueueServer {
-  /** Post every queue's FETCHes; resolves once they are posted. */
-  start(geometry: UblkQueueGeometry): Promise<void>;
+  /**
+   * Post every queue's FETCHes; resolves once they are posted. `submitterCpus[q]`: the CPUs whose
+   * requests blk-mq sends to queue q (GET_QUEUE_AFFINITY; empty if unknown), for placing the
+   * threads that serve them.
+   */
+  start(geometry: UblkQueueGeometry, submitterCpus: ReadonlyArray<readonly number[]>): Promise<void>;
   /** Resolves once every tag of every queue was completed without a request (STOP_DEV's ABORT). */
   retired(timeoutMs: number): Promise<void>;
   /** Release what start() set up. Only after retired(), or when start() failed. */
@@ -221,6 +225,7 @@ export class ThreadQueues implements QueueServer {
     private readonly handler: UblkHandler,
   ) {}
 
+  /** One thread serves every queue here (the daemon's): there is nothing to place. */
   async start(geometry: UblkQueueGeometry): Promise<void> {
     for (let queueId = 0; queueId < geometry.queues; queueId++) {
       this.queues.push(new UblkQueue(this.ring, geometry, queueId, this.handler));

@@ -5,11 +5,11 @@
  * (UBLK_DM_QUEUE_LOOP=main) still serves.
  */
 import { strict as assert } from 'node:assert';
-import { readdir } from 'node:fs/promises';
+import { readFile, readdir } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { basename } from 'node:path';
-import { possibleCpuCount } from '../../src/base/cpus';
-import { Sandbox, requireRealUblk, makeBackingFile, mustSh, sh } from './harness';
+import { parseCpuList, possibleCpuCount } from '../../src/base/cpus';
+import { Sandbox, daemonPid, requireRealUblk, makeBackingFile, mustSh, sh } from './harness';
 
 const MiB = 1 << 20;
 
@@ -61,6 +61,35 @@ describe('integration: queue threads', function () {
       await box.ok(['remove', `q${queues}`]);
     });
   }
+
+  it('runs each queue thread off the CPUs blk-mq maps to its queue (UBLK_DM_QUEUE_CPUS=apart), and where it was once the device goes', async function () {
+    // One queue per possible CPU (4 in the guest): each queue has CPUs of its own to stay off.
+    const queues = possibleCpuCount();
+    assert.ok(queues >= 2, `this machine has ${queues} possible CPU: no queue has CPUs to stay off`);
+    const backing = await makeBackingFile(box.dir, 'place.img', 8 * MiB, 'zero');
+    const dev = await box.create('place', `0 ${(8 * MiB) / 512} linear ${backing} 0`, ['--queues', String(queues)]);
+    const pid = await daemonPid(box);
+    // Compared on the online CPUs only: the kernel keeps a thread's mask within the online CPUs
+    // when it sets one (sched_setaffinity), not when a thread inherits its creator's.
+    const online = parseCpuList(await readFile('/sys/devices/system/cpu/online', 'utf8'));
+    const allowed = (await allowedCpus(`/proc/${pid}/status`)).filter((cpu) => online.includes(cpu));
+    const threads = await daemonThreadCpus(pid, online);
+    let placed = 0;
+    for (let queueId = 0; queueId < queues; queueId++) {
+      // The kernel's own map, not GET_QUEUE_AFFINITY's answer that the daemon placed by.
+      const submitters = parseCpuList(await readFile(`/sys/block/${basename(dev)}/mq/${queueId}/cpu_list`, 'utf8'));
+      const apart = allowed.filter((cpu) => !submitters.includes(cpu));
+      // With no online CPU apart from its queue's, a thread stays where it was; with none of its
+      // queue's online, apart is everywhere: neither says whether the daemon placed it.
+      if (apart.length === 0 || apart.length === allowed.length) continue;
+      placed++;
+      assert.ok(threads.includes(apart.join(',')), `queue ${queueId} takes CPUs ${submitters}: no thread of the daemon runs on ${apart} alone (its threads: ${threads.join(' | ')})`);
+    }
+    assert.ok(placed >= 2, `only ${placed} queues had an online CPU to run apart on`);
+    await box.ok(['remove', 'place']);
+    const after = await daemonThreadCpus(pid, online);
+    assert.ok(after.every((cpus) => cpus === allowed.join(',')), `with no device, a thread still runs apart: ${after.join(' | ')} (the daemon: ${allowed})`);
+  });
 
   it('serves a linear over a tmpfs file (the queue thread copies it itself; the unit tests check that it does): fio verify, and the bytes are the file\'s', async function () {
     const shm = `${box.dir}/shm`;
@@ -137,3 +166,20 @@ describe('integration: queue threads', function () {
     }
   });
 });
+
+/** Cpus_allowed_list of a /proc status file. */
+async function allowedCpus(statusPath: string): Promise<number[]> {
+  const match = /^Cpus_allowed_list:\s*(\S+)$/m.exec(await readFile(statusPath, 'utf8'));
+  assert.ok(match, `no Cpus_allowed_list in ${statusPath}`);
+  return parseCpuList(match[1]!);
+}
+
+/** The CPUs of `among` each thread of the daemon may run on, as "0,2,3" (its io_uring workers left out). */
+async function daemonThreadCpus(pid: number, among: readonly number[]): Promise<string[]> {
+  const lists: string[] = [];
+  for (const tid of await readdir(`/proc/${pid}/task`)) {
+    if ((await readFile(`/proc/${pid}/task/${tid}/comm`, 'utf8')).startsWith('iou-')) continue;
+    lists.push((await allowedCpus(`/proc/${pid}/task/${tid}/status`)).filter((cpu) => among.includes(cpu)).join(','));
+  }
+  return lists;
+}
