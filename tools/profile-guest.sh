@@ -6,11 +6,14 @@
 #
 #   tools/profile-guest.sh [--table TABLE] [--rw randread|randwrite] [--qd N] [--jobs N] [--queues N]
 #                          [--cpus LIST] [--seconds S] [--warmup S] [--ublksrv PATH/sbin/ublk] [--system]
-#                          [--out DIR]
+#                          [--builtins] [--out DIR]
 #
 # Prints, per server, the CPU time per I/O the samples add up to, the split by DSO (kernel, ublk_drv,
 # V8's JIT code, node, the addon, liburing) and the top symbols. JIT frames are named through
-# node's --perf-basic-prof map. --system samples every CPU of the guest instead of the server
+# node's --perf-basic-prof map; V8's builtins are not in it (node copies them next to the JIT
+# code, where they show as bare addresses) unless --builtins runs the daemon with
+# --no-short-builtin-calls, which leaves them in node's binary under their names (calls into them
+# cost a little more). --system samples every CPU of the guest instead of the server
 # alone and adds the split by command (fio, the server, kernel workers, idle as swapper): whether
 # a cell is bound by the guest's CPUs or by waiting. Samples are cpu-clock (TCG has no PMU): inside
 # the kernel they land where interrupts are enabled again, so kernel symbols are approximate, the
@@ -26,7 +29,7 @@
 # compiler takes most of a second on a fresh daemon, which is start-up, not the cost of an I/O.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-table='0 2097152 null' rw=randread qd=1 jobs=1 queues=1 cpus='' seconds=10 warmup=3 ublksrv='' out=.cache/profile in_guest=0 system=0
+table='0 2097152 null' rw=randread qd=1 jobs=1 queues=1 cpus='' seconds=10 warmup=3 ublksrv='' out=.cache/profile in_guest=0 system=0 builtins=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --table) table=$2; shift 2 ;;
@@ -40,8 +43,9 @@ while [[ $# -gt 0 ]]; do
     --ublksrv) ublksrv=$(realpath "$2"); shift 2 ;;
     --out) out=$2; shift 2 ;;
     --system) system=1; shift ;;
+    --builtins) builtins=1; shift ;;
     --in-guest) in_guest=1; shift ;;
-    *) sed -n '2,27p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,30p' "$0" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out" && out=$(realpath "$out")
@@ -73,7 +77,9 @@ if [[ $in_guest -eq 1 ]]; then
   export UBLK_DM_RUN_DIR=/tmp/profile/run UBLK_DM_STATE_DIR=/tmp/profile/state UBLK_DM_LINK_DIR=/tmp/profile/links
   rm -f "$out"/*.data "$out"/*.fio.json "$out"/perf-*.map
   # Started here rather than by the CLI, so node gets --perf-basic-prof (not allowed in NODE_OPTIONS).
-  node --perf-basic-prof bin/ublk-dm daemon > /tmp/profile-daemon.log 2>&1 &
+  node_flags=(--perf-basic-prof)
+  [[ $builtins -eq 1 ]] && node_flags+=(--no-short-builtin-calls)
+  node "${node_flags[@]}" bin/ublk-dm daemon > /tmp/profile-daemon.log 2>&1 &
   daemon=$!
   trap 'node bin/ublk-dm shutdown --remove-devices >/dev/null 2>&1 || kill $daemon' EXIT
   for _ in $(seq 60); do [[ -S $UBLK_DM_RUN_DIR/ublk-dm.sock ]] && break; sleep 0.5; done
@@ -112,6 +118,7 @@ fi
 args=(--in-guest --table "$table" --rw "$rw" --qd "$qd" --jobs "$jobs" --queues "$queues" --seconds "$seconds" --warmup "$warmup" --out "$out")
 [[ -n $ublksrv ]] && args+=(--ublksrv "$ublksrv")
 [[ $system -eq 1 ]] && args+=(--system)
+[[ $builtins -eq 1 ]] && args+=(--builtins)
 [[ -n $cpus ]] && args+=(--cpus "$cpus")
 if [[ -e /dev/ublk-control && $EUID -eq 0 ]]; then bash "$0" "${args[@]}"
 else UBLK_DM_GUEST_MAX_CPUS=${UBLK_DM_GUEST_MAX_CPUS:-4} tools/guest-run --mem "${UBLK_DM_GUEST_MEM:-10240}" -- bash "$0" "${args[@]}"; fi
