@@ -35,6 +35,7 @@ class Ring : public Napi::ObjectWrap<Ring> {
   Napi::Value PrepFallocate(const Napi::CallbackInfo& info);
   Napi::Value PrepUringCmd(const Napi::CallbackInfo& info);
   Napi::Value StageSqes(const Napi::CallbackInfo& info);
+  Napi::Value TimeWaitsInto(const Napi::CallbackInfo& info);
   Napi::Value PrepStaged(const Napi::CallbackInfo& info);
   Napi::Value PrepBlockDiscard(const Napi::CallbackInfo& info);
   Napi::Value PrepCancel(const Napi::CallbackInfo& info);
@@ -69,8 +70,9 @@ class Ring : public Napi::ObjectWrap<Ring> {
   // Copies up to one batch of ready CQEs into the shared arrays and consumes them; returns how
   // many. Completions the kernel still holds back (overflow list, pending task work) count.
   unsigned CollectBatch();
-  // Poll without sleeping until minComplete completions are ready or pollMicros passed: 0 or -errno.
-  int PollFor(unsigned minComplete, int64_t pollMicros);
+  // Poll without sleeping until minComplete completions are ready or pollMicros passed (counted
+  // from startNanos, a CLOCK_MONOTONIC reading): 0 or -errno.
+  int PollFor(unsigned minComplete, int64_t pollMicros, int64_t startNanos);
   void Teardown();
 
   io_uring ring_{};
@@ -99,6 +101,11 @@ class Ring : public Napi::ObjectWrap<Ring> {
   Napi::Reference<Napi::Float64Array> stagedSqes_;
   double* stagedWords_ = nullptr;
   size_t stagedCapacity_ = 0;
+
+  // Where Wait() writes how long its last wait in the kernel took, in microseconds (see
+  // TimeWaitsInto); null: waits are not timed.
+  Napi::Reference<Napi::Float64Array> waitTimes_;
+  double* waitMicros_ = nullptr;
 
   // readv/writev argument arrays, read by the kernel until the request completes.
   std::unordered_map<uint64_t, std::unique_ptr<iovec[]>> iovecsInFlight_;

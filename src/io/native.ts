@@ -41,6 +41,11 @@ export interface NativeRing {
   /** Prepare the staged requests now, without submitting (the staging array is full). */
   prepStaged(): void;
   /**
+   * From now on every wait() writes into times[0] how long it waited in the kernel (polling and
+   * sleeping), in microseconds, without the collecting after it.
+   */
+  timeWaitsInto(times: Float64Array): void;
+  /**
    * Queue a discard of [byteOffset, byteOffset + byteLength) on a block device opened for
    * writing (IORING_OP_URING_CMD with BLOCK_URING_CMD_DISCARD, Linux 6.12+). Both must be
    * multiples of the device's logical block size; the kernel answers -EINVAL otherwise.

@@ -86,6 +86,15 @@ describe('IoRing driven by its caller (real io_uring)', () => {
     assert.ok(clock.waitMicros >= 0 && clock.waitMicros < 40_000, `the wait took ${clock.waitMicros} us, not the callback's 50 ms`);
   });
 
+  it('times a wait that sleeps out its timeout, and one that polls out its budget first', () => {
+    // Nothing is in flight: both waits find nothing, and their length is all the clock can see.
+    const clock = { waitMicros: -1 };
+    assert.equal(ring.waitAndDispatch(30, { queued: 'submit' }, clock), 0);
+    assert.ok(clock.waitMicros >= 25_000 && clock.waitMicros < 1_000_000, `a 30 ms sleep took ${clock.waitMicros} us`);
+    assert.equal(ring.waitAndDispatch(0, { queued: 'submit', pollMicros: 5000 }, clock), 0);
+    assert.ok(clock.waitMicros >= 4_500 && clock.waitMicros < 1_000_000, `a 5 ms poll took ${clock.waitMicros} us`);
+  });
+
   it('submits what its callbacks queued before it returns, not at the next call', async () => {
     // A write its callback queues lands in the file with no further waitAndDispatch: a queue
     // thread's COMMIT_AND_FETCH must not wait for the thread's next turn of its event loop.
