@@ -39,8 +39,8 @@ const IDLE_WAIT_MS = 1000;
 const ONE_DOORBELL_READ_BYTES = 8;
 
 const { doorbellFd, port, stopFlag, pollMicros, placement } = workerData as QueueThreadData;
-/** The CPUs this thread was allowed at start (the daemon's own affinity): placement stays within them. */
-const startCpus = queueThreadCpus('any', native().threadCpus(), []);
+/** The CPUs this thread was allowed at start (the daemon's own affinity), ascending: placement stays within them. */
+const startCpus = native().threadCpus();
 /** The CPUs it is allowed now. */
 let placedCpus = startCpus;
 const waitPolicies = new WaitPolicies(pollMicros);
