@@ -1,7 +1,7 @@
-import { constants as fsConstants, promises as fsp } from 'node:fs';
+import { constants as fsConstants, fstatSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 
-import type { BlockDevice, DeviceCapabilities, DeviceKey, ReadOptions } from './block-device';
+import type { BlockDevice, DeviceCapabilities, DeviceKey, InPlaceAccess, ReadOptions } from './block-device';
 import { EINVAL, EIO, ENOENT, EOPNOTSUPP, ErrnoError, type IoResult } from '../base/errno';
 import { NO_DATA } from './bio';
 import { isDirectIoAligned, native } from './native';
@@ -36,6 +36,8 @@ const FALLOC_FL_PUNCH_HOLE = 0x02;
 const FALLOC_FL_ZERO_RANGE = 0x10;
 /** Offsets, lengths and buffers aligned to this go through the O_DIRECT descriptor. */
 const DIRECT_IO_ALIGNMENT_BYTES = 4096;
+/** In-place answers between two looks at a memory-backed file's size (FileDevice.inPlaceAddress). */
+const SIZE_CHECK_ANSWERS = 1024;
 
 export interface OpenFileDeviceOptions {
   /** The ring every request of the device goes through: the calling thread's. */
@@ -121,6 +123,14 @@ export class FileDevice implements BlockDevice {
   private retiredDirectClosing: Promise<void> | undefined;
   /** Reads and writes are done synchronously by this thread (see the class comment). */
   readonly inlineIo: boolean;
+  readonly servesInPlace: boolean;
+  /** The whole file mapped shared, made on the first in-place request (queue threads only). */
+  private inPlaceMapping: ArrayBuffer | undefined;
+  private inPlaceBase = 0;
+  private inPlaceRefused = false;
+  /** The file's size when last looked at, and in-place answers left before looking again. */
+  private fileBytes = 0;
+  private answersBeforeSizeCheck = 0;
   /** DirectRequests not in flight, for the next direct request to reuse. */
   private readonly idleDirectRequests: DirectRequest[] = [];
 
@@ -140,6 +150,44 @@ export class FileDevice implements BlockDevice {
     this.key = description.key;
     this.capabilities = description.capabilities;
     this.inlineIo = description.memoryBacked && ring.isCallerDriven;
+    this.servesInPlace = description.memoryBacked;
+  }
+
+  /**
+   * BlockDevice.inPlaceAddress: a memory-backed file served by a queue thread answers from a
+   * shared mapping of the whole file, made on first use.
+   *
+   * Someone may shrink the file under the device. ublk does not fail a copy that faults on the
+   * mapping: it retries a write's and requeues a read's, so an address past the file's end
+   * would bring the request back for ever. So the file's size is looked at again every
+   * SIZE_CHECK_ANSWERS answers (a requeued read comes back at once, so that is soon), and
+   * whenever a range lies past the size last seen; past it, the request is served by a plain
+   * read or write, as before.
+   */
+  inPlaceAddress(sector: number, byteLength: number, access: InPlaceAccess): number {
+    if (!this.inlineIo || this.closed || this.inPlaceRefused || (access === 'write' && this.readOnly)) return 0;
+    const endByte = sector * SECTOR_BYTES + byteLength;
+    if (endByte > this.sizeSectors * SECTOR_BYTES) return 0;
+    if (this.inPlaceBase === 0 && !this.mapForInPlace()) return 0;
+    if (--this.answersBeforeSizeCheck < 0 || endByte > this.fileBytes) {
+      this.fileBytes = fstatSync(this.handle.fd).size;
+      this.answersBeforeSizeCheck = SIZE_CHECK_ANSWERS;
+      if (endByte > this.fileBytes) return 0;
+    }
+    return this.inPlaceBase + sector * SECTOR_BYTES;
+  }
+
+  private mapForInPlace(): boolean {
+    try {
+      const byteLength = this.sizeSectors * SECTOR_BYTES;
+      if (byteLength === 0) throw new RangeError('an empty file');
+      this.inPlaceMapping = this.readOnly ? native().mmapReadOnly(this.handle.fd, 0, byteLength) : native().mmapShared(this.handle.fd, 0, byteLength);
+      this.inPlaceBase = native().addressOf(new Uint8Array(this.inPlaceMapping));
+      return true;
+    } catch {
+      this.inPlaceRefused = true; // served by reads and writes, as any file
+      return false;
+    }
   }
 
   get tableName(): string {
@@ -249,6 +297,13 @@ export class FileDevice implements BlockDevice {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // No commit can still name the mapping: a device closes after its table was drained, and
+    // a queue thread submits the commits it staged (where ublk copies a read's data) before
+    // any control step runs (RingTurns). Unmapped now rather than at GC, the file's space goes
+    // with its last link.
+    if (this.inPlaceMapping !== undefined) native().unmap(this.inPlaceMapping);
+    this.inPlaceMapping = undefined;
+    this.inPlaceBase = 0;
     const directHandle = this.directHandle ?? this.retiredDirectHandle;
     this.directHandle = undefined;
     this.retiredDirectHandle = undefined;
