@@ -49,6 +49,15 @@ class FakeOwner implements TagOwner {
     this.retired.push(result);
   }
 
+  readonly placed: TagSlot[] = [];
+  placeData(slot: TagSlot): void {
+    this.placed.push(slot);
+  }
+  abandoned = 0;
+  abandonPlacedWrite(): void {
+    this.abandoned++;
+  }
+
   inService = 0;
   requestBegan(): void {
     this.inService++;
