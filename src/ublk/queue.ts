@@ -452,10 +452,6 @@ export class TagSlot {
     } else if (result === UBLK_IO_RES_NEED_GET_DATA) {
       this.device.placeData(this);
     } else {
-      if (this.placedWrite) {
-        this.placedWrite = false;
-        this.device.abandonPlacedWrite();
-      }
       this.retire(result);
     }
   };
@@ -475,6 +471,11 @@ export class TagSlot {
   }
 
   private retire(result: IoResult): void {
+    if (this.placedWrite) {
+      // The write's data will not land where it was placed: its command failed, or cannot be sent.
+      this.placedWrite = false;
+      this.device.abandonPlacedWrite();
+    }
     if (this.phase === TagPhase.Retired) return;
     this.phase = TagPhase.Retired;
     this.device.retire(result);
