@@ -65,6 +65,15 @@ class RecordingRing {
   }
 }
 
+/** What the kernel would write for `tag` in the descriptor array (here a regular file the queue maps). */
+async function writeDescriptorInto(descriptors: fsp.FileHandle, tag: number, opFlags: number, sectorCount: number, sector: number): Promise<void> {
+  const entry = Buffer.alloc(IO_DESC_BYTES);
+  entry.writeUInt32LE(opFlags, 0);
+  entry.writeUInt32LE(sectorCount, 4);
+  entry.writeBigUInt64LE(BigInt(sector), 8);
+  await descriptors.write(entry, 0, IO_DESC_BYTES, tag * IO_DESC_BYTES);
+}
+
 /**
  * UblkQueue.dispatch against a descriptor array that is a regular file: the mapping is MAP_SHARED,
  * so what the test writes to the file is what the queue decodes, as it would be the kernel's.
@@ -76,13 +85,8 @@ describe('UblkQueue dispatch', () => {
   let queue: UblkQueue;
   let served: Array<{ request: UblkRequest; seen: Omit<UblkRequest, 'data' | 'inPlaceAddress'> & { dataByteLength: number }; done: IoDone }>;
 
-  async function writeDescriptor(tag: number, opFlags: number, sectorCount: number, sector: number): Promise<void> {
-    const entry = Buffer.alloc(IO_DESC_BYTES);
-    entry.writeUInt32LE(opFlags, 0);
-    entry.writeUInt32LE(sectorCount, 4);
-    entry.writeBigUInt64LE(BigInt(sector), 8);
-    await descriptors.write(entry, 0, IO_DESC_BYTES, tag * IO_DESC_BYTES);
-  }
+  const writeDescriptor = (tag: number, opFlags: number, sectorCount: number, sector: number): Promise<void> =>
+    writeDescriptorInto(descriptors, tag, opFlags, sectorCount, sector);
 
   beforeEach(async () => {
     dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ublkdm-queue-'));
@@ -183,13 +187,8 @@ describe('UblkQueue on a device whose writes come without their data (UBLK_F_NEE
   /** Each tag's own buffer address, as its FETCH named it. */
   let bufferOf: (tag: number) => number;
 
-  async function writeDescriptor(tag: number, opFlags: number, sectorCount: number, sector: number): Promise<void> {
-    const entry = Buffer.alloc(IO_DESC_BYTES);
-    entry.writeUInt32LE(opFlags, 0);
-    entry.writeUInt32LE(sectorCount, 4);
-    entry.writeBigUInt64LE(BigInt(sector), 8);
-    await descriptors.write(entry, 0, IO_DESC_BYTES, tag * IO_DESC_BYTES);
-  }
+  const writeDescriptor = (tag: number, opFlags: number, sectorCount: number, sector: number): Promise<void> =>
+    writeDescriptorInto(descriptors, tag, opFlags, sectorCount, sector);
 
   function start(withPlacer: boolean): void {
     const geometry = { devId: 7, charFd: descriptors.fd, queues: 1, depth: DEPTH, maxIoBytes: MAX_IO_BYTES, needGetData: true };
