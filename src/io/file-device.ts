@@ -1,4 +1,4 @@
-import { constants as fsConstants, fstatSync, promises as fsp } from 'node:fs';
+import { constants as fsConstants, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 
 import type { BlockDevice, DeviceCapabilities, DeviceKey, InPlaceAccess, ReadOptions } from './block-device';
@@ -36,8 +36,6 @@ const FALLOC_FL_PUNCH_HOLE = 0x02;
 const FALLOC_FL_ZERO_RANGE = 0x10;
 /** Offsets, lengths and buffers aligned to this go through the O_DIRECT descriptor. */
 const DIRECT_IO_ALIGNMENT_BYTES = 4096;
-/** In-place answers between two looks at a memory-backed file's size (FileDevice.inPlaceAddress). */
-const SIZE_CHECK_ANSWERS = 1024;
 
 export interface OpenFileDeviceOptions {
   /** The ring every request of the device goes through: the calling thread's. */
@@ -128,9 +126,6 @@ export class FileDevice implements BlockDevice {
   private inPlaceMapping: ArrayBuffer | undefined;
   private inPlaceBase = 0;
   private inPlaceRefused = false;
-  /** The file's size when last looked at, and in-place answers left before looking again. */
-  private fileBytes = 0;
-  private answersBeforeSizeCheck = 0;
   /** DirectRequests not in flight, for the next direct request to reuse. */
   private readonly idleDirectRequests: DirectRequest[] = [];
 
@@ -157,22 +152,23 @@ export class FileDevice implements BlockDevice {
    * BlockDevice.inPlaceAddress: a memory-backed file served by a queue thread answers from a
    * shared mapping of the whole file, made on first use.
    *
-   * Someone may shrink the file under the device. ublk does not fail a copy that faults on the
-   * mapping: it retries a write's and requeues a read's, so an address past the file's end
-   * would bring the request back for ever. So the file's size is looked at again every
-   * SIZE_CHECK_ANSWERS answers (a requeued read comes back at once, so that is soon), and
-   * whenever a range lies past the size last seen; past it, the request is served by a plain
-   * read or write, as before.
+   * Someone may shrink the file under the device, and ublk must never be handed an address past
+   * the file's end: it does not fail a copy that faults there but requeues the read (retries the
+   * write), and in the 6.12 guest a queue that met one such read stopped serving: every later
+   * request failed with EIO and a suspend never drained. Looking at the size every 1024 answers
+   * was not enough, so it is looked at on every one (an fstat), and once the file is smaller than
+   * the device nothing is served in place any more: plain reads and writes, as before (a read
+   * past the new end fails, a write there extends the file). A truncate between the fstat and
+   * ublk's copy can still meet the fault; closing that would take a lease on the file.
    */
   inPlaceAddress(sector: number, byteLength: number, access: InPlaceAccess): number {
     if (!this.inlineIo || this.closed || this.inPlaceRefused || (access === 'write' && this.readOnly)) return 0;
     const endByte = sector * SECTOR_BYTES + byteLength;
     if (endByte > this.sizeSectors * SECTOR_BYTES) return 0;
     if (this.inPlaceBase === 0 && !this.mapForInPlace()) return 0;
-    if (--this.answersBeforeSizeCheck < 0 || endByte > this.fileBytes) {
-      this.fileBytes = fstatSync(this.handle.fd).size;
-      this.answersBeforeSizeCheck = SIZE_CHECK_ANSWERS;
-      if (endByte > this.fileBytes) return 0;
+    if (native().fileSize(this.handle.fd) < this.sizeSectors * SECTOR_BYTES) {
+      this.inPlaceRefused = true; // shrunk under the device: reads and writes from now on, as any file
+      return 0;
     }
     return this.inPlaceBase + sector * SECTOR_BYTES;
   }
