@@ -1,5 +1,6 @@
 #include "fileio.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -38,5 +39,17 @@ Napi::Value Transfer(const Napi::CallbackInfo& info, bool isWrite) {
 Napi::Value Pread(const Napi::CallbackInfo& info) { return Transfer(info, false); }
 
 Napi::Value Pwrite(const Napi::CallbackInfo& info) { return Transfer(info, true); }
+
+Napi::Value FileSize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int32_t fd = -1;
+  if (info.Length() < 1 || napi_get_value_int32(env, info[0], &fd) != napi_ok) {
+    ThrowType(env, "fileSize(fd)");
+    return env.Undefined();
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0) return Napi::Number::New(env, -errno);
+  return Napi::Number::New(env, static_cast<double>(st.st_size));
+}
 
 }  // namespace ublkdm

@@ -10,5 +10,7 @@ namespace ublkdm {
 // Never throws for an I/O error: the result goes to the request as a ring completion's would.
 Napi::Value Pread(const Napi::CallbackInfo& info);
 Napi::Value Pwrite(const Napi::CallbackInfo& info);
+// fileSize(fd): fstat's st_size, or -errno.
+Napi::Value FileSize(const Napi::CallbackInfo& info);
 
 }  // namespace ublkdm

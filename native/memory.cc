@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 
 #include "js_errors.h"
@@ -115,20 +116,23 @@ Napi::Value AddressOf(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(reinterpret_cast<uintptr_t>(data)));
 }
 
-Napi::Value MmapReadOnly(const Napi::CallbackInfo& info) {
+namespace {
+
+// mmap(MAP_SHARED) of a file range as an ArrayBuffer that munmaps on GC or unmap().
+Napi::Value MapShared(const Napi::CallbackInfo& info, const char* usage, int protection) {
   Napi::Env env = info.Env();
   if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber()) {
-    ThrowType(env, "mmapReadOnly(fd, fileByteOffset, byteLength)");
+    ThrowType(env, usage);
     return env.Undefined();
   }
   int fd = info[0].As<Napi::Number>().Int32Value();
   int64_t fileByteOffset = info[1].As<Napi::Number>().Int64Value();
   int64_t byteLength = info[2].As<Napi::Number>().Int64Value();
   if (byteLength <= 0 || fileByteOffset < 0) {
-    Napi::RangeError::New(env, "mmapReadOnly: bad offset or length").ThrowAsJavaScriptException();
+    Napi::RangeError::New(env, std::string(usage) + ": bad offset or length").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  void* address = mmap(nullptr, static_cast<size_t>(byteLength), PROT_READ, MAP_SHARED, fd, fileByteOffset);
+  void* address = mmap(nullptr, static_cast<size_t>(byteLength), protection, MAP_SHARED, fd, fileByteOffset);
   if (address == MAP_FAILED) {
     ThrowErrno(env, "mmap", errno);
     return env.Undefined();
@@ -139,6 +143,16 @@ Napi::Value MmapReadOnly(const Napi::CallbackInfo& info) {
     mappings[address] = mapping;
   }
   return Napi::ArrayBuffer::New(env, address, mapping->byteLength, ReleaseMapping, mapping);
+}
+
+}  // namespace
+
+Napi::Value MmapReadOnly(const Napi::CallbackInfo& info) {
+  return MapShared(info, "mmapReadOnly(fd, fileByteOffset, byteLength)", PROT_READ);
+}
+
+Napi::Value MmapShared(const Napi::CallbackInfo& info) {
+  return MapShared(info, "mmapShared(fd, fileByteOffset, byteLength)", PROT_READ | PROT_WRITE);
 }
 
 Napi::Value Unmap(const Napi::CallbackInfo& info) {
@@ -153,7 +167,7 @@ Napi::Value Unmap(const Napi::CallbackInfo& info) {
     std::lock_guard<std::mutex> guard(mappingsLock);
     auto found = mappings.find(address);
     if (found == mappings.end()) {
-      ThrowType(env, "unmap: not a live mapping from mmapReadOnly");
+      ThrowType(env, "unmap: not a live mapping from mmapReadOnly or mmapShared");
       return env.Undefined();
     }
     Mapping* mapping = found->second;

@@ -9,6 +9,7 @@ namespace ublkdm {
 Napi::Value AllocAligned(const Napi::CallbackInfo& info);
 Napi::Value AddressOf(const Napi::CallbackInfo& info);
 Napi::Value MmapReadOnly(const Napi::CallbackInfo& info);
+Napi::Value MmapShared(const Napi::CallbackInfo& info);
 Napi::Value Unmap(const Napi::CallbackInfo& info);
 
 // The bytes of a TypedArray, DataView or Buffer; false (with a pending TypeError) otherwise.

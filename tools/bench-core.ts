@@ -365,7 +365,7 @@ export function formatCoreReport(report: CoreReport): string {
       }
     }
     const memory = report.daemonMemory[mode];
-    if (memory) lines.push(`daemon memory after these runs (3 devices): RSS ${memory.rssMiB} MiB (THP ${memory.anonHugePagesMiB}), peak ${memory.peakMiB} MiB; CPU while idle ${report.idleCpuPercent[mode]} %`);
+    if (memory) lines.push(`daemon memory after these runs (3 devices): own ${memory.ownMiB} MiB, RSS ${memory.rssMiB} MiB (THP ${memory.anonHugePagesMiB}, backing mapped ${memory.mappedBackingMiB}), peak ${memory.peakMiB} MiB; CPU while idle ${report.idleCpuPercent[mode]} %`);
   }
   if (report.ublksrv !== null) lines.push(...formatCServerTable(report, modes));
   if (report.error !== undefined) lines.push(`core bench FAILED: ${report.error.split('\n')[0]}`);

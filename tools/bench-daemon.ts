@@ -17,6 +17,13 @@ export interface DaemonMemory {
   readonly peakMiB: number;
   /** Of the resident memory, anonymous transparent huge pages (smaps_rollup AnonHugePages). */
   readonly anonHugePagesMiB: number;
+  /**
+   * Of the resident memory, the pages of tmpfs backing files that queue threads map to serve
+   * them in place (RssShmem): the files' memory, which the daemon maps but does not add to.
+   */
+  readonly mappedBackingMiB: number;
+  /** VmRSS without mappedBackingMiB: the daemon's own memory (RssAnon + RssFile). */
+  readonly ownMiB: number;
 }
 
 export interface DeviceShape {
@@ -78,7 +85,13 @@ export class BenchDaemon {
     // A 4k request faults in a whole 2 MiB page of a buffer when THP backs it: worth seeing.
     const rollup = readFileSync(`/proc/${this.pid()}/smaps_rollup`, 'latin1');
     const hugeKib = Number(/^AnonHugePages:\s+(\d+) kB/m.exec(rollup)?.[1] ?? NaN);
-    return { rssMiB: Math.round(kib('VmRSS') / 1024), peakMiB: Math.round(kib('VmHWM') / 1024), anonHugePagesMiB: Math.round(hugeKib / 1024) };
+    return {
+      rssMiB: Math.round(kib('VmRSS') / 1024),
+      peakMiB: Math.round(kib('VmHWM') / 1024),
+      anonHugePagesMiB: Math.round(hugeKib / 1024),
+      mappedBackingMiB: Math.round(kib('RssShmem') / 1024),
+      ownMiB: Math.round((kib('RssAnon') + kib('RssFile')) / 1024),
+    };
   }
 
   /** Share of one CPU the daemon uses over `seconds` in which the bench sends it nothing. */

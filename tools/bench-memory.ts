@@ -46,7 +46,7 @@ export async function runMemoryBench(o: MemoryBenchOptions): Promise<MemoryRepor
       for (const path of paths) await fio({ path, rw: 'randwrite', blockSize: '4k', iodepth: DEPTH, runtimeSeconds: o.runtimeSeconds });
       const afterFio = daemon.memory();
       report.results.push({ queueLoop: mode, afterCreate, afterFio });
-      o.log(`  memory ${mode.padEnd(7)} after create RSS ${afterCreate.rssMiB} MiB; after fio RSS ${afterFio.rssMiB} MiB, peak ${afterFio.peakMiB} MiB`);
+      o.log(`  memory ${mode.padEnd(7)} after create RSS ${afterCreate.rssMiB} MiB; after fio own ${afterFio.ownMiB} MiB, RSS ${afterFio.rssMiB} MiB (backing mapped ${afterFio.mappedBackingMiB}), peak ${afterFio.peakMiB} MiB`);
     } catch (error) {
       report.error = (error as Error).message;
     } finally {
@@ -60,8 +60,13 @@ export async function runMemoryBench(o: MemoryBenchOptions): Promise<MemoryRepor
 export function formatMemoryReport(report: MemoryReport): string {
   const lines = ['', `daemon memory, ${report.devices} linear devices x 1 queue x ${report.depth}, after fio QD ${report.depth} on each (goal <= ${report.goalMiB} MiB)`];
   for (const r of report.results) {
-    const met = r.afterFio.peakMiB <= report.goalMiB ? 'ok' : `over ${report.goalMiB}`;
-    lines.push(`  queue loop ${r.queueLoop.padEnd(7)} RSS ${r.afterFio.rssMiB} MiB (THP ${r.afterFio.anonHugePagesMiB}), peak ${r.afterFio.peakMiB} MiB (${met}); ${r.afterCreate.rssMiB} MiB before any I/O`);
+    // Held to the goal: the daemon's own memory. The tmpfs backing's pages it maps to serve in
+    // place are the files' memory (they count in VmRSS and VmHWM, which the kernel cannot split).
+    const met = r.afterFio.ownMiB <= report.goalMiB ? 'ok' : `over ${report.goalMiB}`;
+    lines.push(
+      `  queue loop ${r.queueLoop.padEnd(7)} own ${r.afterFio.ownMiB} MiB (${met}); RSS ${r.afterFio.rssMiB} MiB (THP ${r.afterFio.anonHugePagesMiB}, ` +
+        `backing mapped ${r.afterFio.mappedBackingMiB}), peak ${r.afterFio.peakMiB} MiB; ${r.afterCreate.rssMiB} MiB before any I/O`,
+    );
   }
   if (report.error !== undefined) lines.push(`memory bench FAILED: ${report.error.split('\n')[0]}`);
   return lines.join('\n');

@@ -1,6 +1,6 @@
 import { promises as fsp } from 'node:fs';
 
-import { Dispatcher } from '../dm/dispatcher';
+import { Dispatcher, servesInPlace } from '../dm/dispatcher';
 import type { DispatcherFactory, UblkFactory } from '../dm/mapped-device';
 import type { DaemonScope } from '../dm/scope';
 import { loadTable } from '../dm/table';
@@ -28,12 +28,15 @@ export function kernelCollaborators(
     // A ublk request is a Bio: the dispatcher takes it as it comes, no copy, no promise; or the
     // queue threads serve it, with the dispatcher here for what they forward.
     const serve = dispatcher instanceof ThreadedDispatcher ? dispatcher.queueServer(options.sizeSectors) : handler;
+    // Writes come without their data where queue threads can place them in the device (a
+    // linear over a tmpfs file); elsewhere the extra command per write would buy nothing.
+    const placeWrites = dispatcher instanceof ThreadedDispatcher && dispatcher.livePlan() !== null && servesInPlace(dispatcher.main.table);
     return recoverFrom !== undefined
       ? UblkDevice.recover(
           { ring: scope.ring, devId: recoverFrom.id, serverFlags: recoverFrom.serverFlags, sizeSectors: options.sizeSectors },
           serve,
         )
-      : UblkDevice.create({ ...options, ring: scope.ring }, serve);
+      : UblkDevice.create({ ...options, ring: scope.ring, placeWrites }, serve);
   };
   return {
     scope,

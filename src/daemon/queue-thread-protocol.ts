@@ -51,6 +51,8 @@ export type AttachMessage = Sequenced & {
   readonly table: TablePlan | null;
   /** The CPUs whose requests blk-mq sends to this queue (empty if unknown). */
   readonly submitterCpus: readonly number[];
+  /** The device has UBLK_F_NEED_GET_DATA: the thread serves its table in place where it can. */
+  readonly needGetData: boolean;
 };
 
 export type ToQueueThread =

@@ -131,10 +131,15 @@ class DeviceQueue {
     this.submitterCpus = attach.submitterCpus;
     this.forward = new ForwardTarget(attach.devId);
     this.forwardTable = new Table([{ startSector: 0, lengthSectors: attach.sizeSectors, target: this.forward }], []);
-    this.dispatcher = new Dispatcher<Table>(initial ?? this.forwardTable);
-    const { devId, charFd, queues, depth, maxIoBytes } = attach;
-    this.queue = new UblkQueue(ring, { devId, charFd, queues, depth, maxIoBytes }, attach.queueId, (request, done) =>
-      this.dispatcher.submit(request, done),
+    // In place only where ublk asks for write data: see Dispatcher's inPlace.
+    this.dispatcher = new Dispatcher<Table>(initial ?? this.forwardTable, { inPlace: attach.needGetData });
+    const { devId, charFd, queues, depth, maxIoBytes, needGetData } = attach;
+    this.queue = new UblkQueue(
+      ring,
+      { devId, charFd, queues, depth, maxIoBytes, needGetData },
+      attach.queueId,
+      (request, done) => this.dispatcher.submit(request, done),
+      this.dispatcher,
     );
   }
 

@@ -346,6 +346,7 @@ class RemoteQueues implements QueueServer {
           sizeSectors: this.sizeSectors,
           table,
           submitterCpus: submitterCpus[queueId] ?? [],
+          needGetData: geometry.needGetData ?? false,
         }),
       ),
     );

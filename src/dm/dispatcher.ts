@@ -1,6 +1,6 @@
 import { EBUSY, EINVAL, EIO, ErrnoError, type IoResult } from '../base/errno';
 import { sectorsToBytes } from '../base/units';
-import { carriesData, IoOp, NO_DATA, type Bio, type IoDone } from '../io/bio';
+import { carriesData, IoOp, NO_DATA, type Bio, type InPlaceBio, type IoDone } from '../io/bio';
 import { pieceSectorCount, splitRequest } from './split';
 import { REQUEUE, type MapOutcome, type SuspendOptions, type Target } from './target';
 import { findSegmentIndex, type Segment } from './table';
@@ -45,14 +45,22 @@ export class Dispatcher<T extends DispatchTable = DispatchTable> {
   private deferred: WaitingRequest[] = [];
   private mappedCount = 0;
   private notifyDrained: (() => void) | undefined;
+  private readonly inPlace: boolean;
 
   /**
    * `suspended`: start as a freshly loaded dm device does, with the table's resume hooks not yet
    * run; the first resume() runs them (dmsetup create is load + resume).
+   *
+   * `inPlace`: serve in place where the table's targets can (Target.inPlaceAddress): reads are
+   * answered with an address (every request submitted must then be an InPlaceBio), and writes
+   * are placed through placeWrite(). Only for a ublk device whose writes ublk delivers without
+   * their data (UBLK_F_NEED_GET_DATA): otherwise ublk would copy the next write of a tag
+   * answered so to the address the read named, into the device.
    */
-  constructor(table: T, options: { readonly suspended?: boolean } = {}) {
+  constructor(table: T, options: { readonly suspended?: boolean; readonly inPlace?: boolean } = {}) {
     this.liveTable = table;
     if (options.suspended) this.state = 'suspended';
+    this.inPlace = options.inPlace ?? false;
   }
 
   get table(): T {
@@ -86,6 +94,42 @@ export class Dispatcher<T extends DispatchTable = DispatchTable> {
       completed = true;
       this.settle(bio, done, outcome);
     });
+  }
+
+  /**
+   * Where ublk should copy a write's data before the write is submitted (UBLK_F_NEED_GET_DATA):
+   * the device's own bytes, when the whole request falls in one target that serves in place and
+   * the device is active; or 0 for the request's buffer, and the write is then submit()ted as
+   * any. A placed write counts as mapped from now until landed() or abandoned(), so a suspend or
+   * a table swap waits for the copy into the old table's device.
+   */
+  placeWrite(bio: Bio): number {
+    if (!this.inPlace || this.state !== 'active' || bio.op !== IoOp.Write) return 0;
+    const table = this.liveTable;
+    const { sector, sectorCount } = bio;
+    if (!(sectorCount > 0 && sector >= 0 && sector + sectorCount <= table.sizeSectors)) return 0;
+    const segment = table.segments[findSegmentIndex(table.segments, sector)]!;
+    const target = segment.target;
+    if (target.inPlaceAddress === undefined) return 0;
+    const targetSector = sector - segment.startSector;
+    if (pieceSectorCount(segment, targetSector, sectorCount) !== sectorCount) return 0;
+    const address = target.inPlaceAddress(targetSector, sectorsToBytes(sectorCount), 'write');
+    if (address !== 0) this.mappedCount++;
+    return address;
+  }
+
+  /**
+   * ublk copied a placed write's data to the device: answer it with the bytes of `bio` (ublk
+   * shortens a request it could copy only part of, and delivers the rest as another).
+   */
+  landed(bio: Bio, done: IoDone): void {
+    done(sectorsToBytes(bio.sectorCount));
+    this.unmapped();
+  }
+
+  /** A placed write will not land there (its command failed, or ublk could not copy to the place). */
+  abandoned(): void {
+    this.unmapped();
   }
 
   /**
@@ -185,6 +229,10 @@ export class Dispatcher<T extends DispatchTable = DispatchTable> {
     } else {
       done(outcome);
     }
+    this.unmapped();
+  }
+
+  private unmapped(): void {
     if (--this.mappedCount === 0 && this.notifyDrained !== undefined) {
       const notify = this.notifyDrained;
       this.notifyDrained = undefined;
@@ -215,6 +263,14 @@ export class Dispatcher<T extends DispatchTable = DispatchTable> {
     const segment = table.segments[findSegmentIndex(table.segments, sector)]!;
     const targetSector = sector - segment.startSector;
     if (pieceSectorCount(segment, targetSector, sectorCount) === sectorCount) {
+      if (op === IoOp.Read && this.inPlace && segment.target.inPlaceAddress !== undefined) {
+        const address = segment.target.inPlaceAddress(targetSector, bio.data.length, 'read');
+        if (address !== 0) {
+          (bio as InPlaceBio).inPlaceAddress = address;
+          finish(bio.data.length);
+          return;
+        }
+      }
       mapSafely(segment.target, targetSector === sector ? bio : { ...bio, sector: targetSector }, finish);
       return;
     }
@@ -308,4 +364,12 @@ async function undoPresuspend(targets: readonly Target[]): Promise<void> {
       // Reported through the presuspend failure.
     }
   }
+}
+
+/**
+ * Whether a device serving `table` should have ublk deliver writes without their data
+ * (UBLK_F_NEED_GET_DATA), for placeWrite(): some target of it can serve in place.
+ */
+export function servesInPlace(table: DispatchTable): boolean {
+  return table.segments.some((segment) => segment.target.inPlaceAddress !== undefined && segment.target.devices().some((device) => device.servesInPlace === true));
 }

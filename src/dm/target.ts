@@ -1,6 +1,6 @@
 import { DmError, EIO, type IoResult } from '../base/errno';
 import type { Bio } from '../io/bio';
-import type { BlockDevice } from '../io/block-device';
+import type { BlockDevice, InPlaceAccess } from '../io/block-device';
 import type { DaemonScope } from './scope';
 
 /**
@@ -67,6 +67,17 @@ export interface Target {
    * bio at endio, the ublk layer refills the same object and buffer for the tag's next request.
    */
   map(bio: Bio, done: MapDone): void;
+
+  /**
+   * Optional, for a target that passes data through unchanged to a device that can serve in
+   * place (linear over a tmpfs file; BlockDevice.inPlaceAddress): where the bytes of
+   * [sector, sector + byteLength) (target-relative) are, or 0 to have map() serve the request.
+   * The core asks it for a read or write that fits in the target, instead of calling map(): a
+   * read is answered from the address, and a write's data is copied there by ublk before the
+   * core sees the request again. So only a target whose map() would do exactly that copy and
+   * nothing else (no copy-out first, no second leg) may have it.
+   */
+  inPlaceAddress?(sector: number, byteLength: number, access: InPlaceAccess): number;
 
   /** INFO (`dmsetup status`) or TABLE (`dmsetup table`) text, without the `start len type` prefix. */
   status(kind: StatusKind): string;

@@ -37,6 +37,15 @@ export interface Bio {
   readonly noUnmap: boolean;
 }
 
+/**
+ * A request that may be answered in place (the ublk layer's): a dispatcher serving in place sets
+ * `inPlaceAddress` when it answers a read from a device's own bytes (Target.inPlaceAddress), and
+ * ublk then copies the data from that address instead of from `data`. 0: from `data`.
+ */
+export interface InPlaceBio extends Bio {
+  inPlaceAddress: number;
+}
+
 /** Completes one request: bytes moved (Read/Write) or 0, or -errno. Called exactly once. */
 export type IoDone = (result: IoResult) => void;
 

@@ -39,6 +39,9 @@ export interface ReadOptions {
   readonly throughPageCache?: boolean;
 }
 
+/** Which way ublk copies a request's data in place: out of the device (a read) or into it (a write). */
+export type InPlaceAccess = 'read' | 'write';
+
 export interface BlockDevice {
   /** Absolute path as opened (for files) or the device node. */
   readonly path: string;
@@ -72,6 +75,17 @@ export interface BlockDevice {
   discard(sector: number, sectorCount: number): Promise<IoResult>;
   /** Make a range read as zeroes; with `noUnmap` the space stays allocated. */
   writeZeroes(sector: number, sectorCount: number, noUnmap: boolean): Promise<IoResult>;
+  /**
+   * Optional, for a device whose bytes are memory this process can map (a file on tmpfs): the
+   * address, in a shared mapping of the device, of the bytes of [sector, sector + byteLength), or
+   * 0 when they cannot be reached so now (not on a queue thread, out of range, a write to a
+   * read-only device). ublk then copies the request's data straight between the request and
+   * those bytes: one copy, where a read into the request's buffer makes two. Only for memory: a
+   * write copied there is already where a flush would put it.
+   */
+  inPlaceAddress?(sector: number, byteLength: number, access: InPlaceAccess): number;
+  /** Whether inPlaceAddress can answer on a queue thread (a device over it then asks ublk for NEED_GET_DATA). */
+  readonly servesInPlace?: boolean;
   /** Release the device (closes the fd for file-backed devices). Idempotent. */
   close(): Promise<void>;
 }

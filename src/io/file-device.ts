@@ -1,7 +1,7 @@
 import { constants as fsConstants, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 
-import type { BlockDevice, DeviceCapabilities, DeviceKey, ReadOptions } from './block-device';
+import type { BlockDevice, DeviceCapabilities, DeviceKey, InPlaceAccess, ReadOptions } from './block-device';
 import { EINVAL, EIO, ENOENT, EOPNOTSUPP, ErrnoError, type IoResult } from '../base/errno';
 import { NO_DATA } from './bio';
 import { isDirectIoAligned, native } from './native';
@@ -121,6 +121,11 @@ export class FileDevice implements BlockDevice {
   private retiredDirectClosing: Promise<void> | undefined;
   /** Reads and writes are done synchronously by this thread (see the class comment). */
   readonly inlineIo: boolean;
+  readonly servesInPlace: boolean;
+  /** The whole file mapped shared, made on the first in-place request (queue threads only). */
+  private inPlaceMapping: ArrayBuffer | undefined;
+  private inPlaceBase = 0;
+  private inPlaceRefused = false;
   /** DirectRequests not in flight, for the next direct request to reuse. */
   private readonly idleDirectRequests: DirectRequest[] = [];
 
@@ -140,6 +145,45 @@ export class FileDevice implements BlockDevice {
     this.key = description.key;
     this.capabilities = description.capabilities;
     this.inlineIo = description.memoryBacked && ring.isCallerDriven;
+    this.servesInPlace = description.memoryBacked;
+  }
+
+  /**
+   * BlockDevice.inPlaceAddress: a memory-backed file served by a queue thread answers from a
+   * shared mapping of the whole file, made on first use.
+   *
+   * Someone may shrink the file under the device, and ublk must never be handed an address past
+   * the file's end: it does not fail a copy that faults there but requeues the read (retries the
+   * write), and in the 6.12 guest a queue that met one such read stopped serving: every later
+   * request failed with EIO and a suspend never drained. Looking at the size every 1024 answers
+   * was not enough, so it is looked at on every one (an fstat), and once the file is smaller than
+   * the device nothing is served in place any more: plain reads and writes, as before (a read
+   * past the new end fails, a write there extends the file). A truncate between the fstat and
+   * ublk's copy can still meet the fault; closing that would take a lease on the file.
+   */
+  inPlaceAddress(sector: number, byteLength: number, access: InPlaceAccess): number {
+    if (!this.inlineIo || this.closed || this.inPlaceRefused || (access === 'write' && this.readOnly)) return 0;
+    const endByte = sector * SECTOR_BYTES + byteLength;
+    if (endByte > this.sizeSectors * SECTOR_BYTES) return 0;
+    if (this.inPlaceBase === 0 && !this.mapForInPlace()) return 0;
+    if (native().fileSize(this.handle.fd) < this.sizeSectors * SECTOR_BYTES) {
+      this.inPlaceRefused = true; // shrunk under the device: reads and writes from now on, as any file
+      return 0;
+    }
+    return this.inPlaceBase + sector * SECTOR_BYTES;
+  }
+
+  private mapForInPlace(): boolean {
+    try {
+      const byteLength = this.sizeSectors * SECTOR_BYTES;
+      if (byteLength === 0) throw new RangeError('an empty file');
+      this.inPlaceMapping = this.readOnly ? native().mmapReadOnly(this.handle.fd, 0, byteLength) : native().mmapShared(this.handle.fd, 0, byteLength);
+      this.inPlaceBase = native().addressOf(new Uint8Array(this.inPlaceMapping));
+      return true;
+    } catch {
+      this.inPlaceRefused = true; // served by reads and writes, as any file
+      return false;
+    }
   }
 
   get tableName(): string {
@@ -249,6 +293,13 @@ export class FileDevice implements BlockDevice {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // No commit can still name the mapping: a device closes after its table was drained, and
+    // a queue thread submits the commits it staged (where ublk copies a read's data) before
+    // any control step runs (RingTurns). Unmapped now rather than at GC, the file's space goes
+    // with its last link.
+    if (this.inPlaceMapping !== undefined) native().unmap(this.inPlaceMapping);
+    this.inPlaceMapping = undefined;
+    this.inPlaceBase = 0;
     const directHandle = this.directHandle ?? this.retiredDirectHandle;
     this.directHandle = undefined;
     this.retiredDirectHandle = undefined;

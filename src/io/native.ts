@@ -121,6 +121,10 @@ export interface NativeAddon {
   addressOf(view: ArrayBufferView): number;
   /** mmap(PROT_READ, MAP_SHARED) of `byteLength` bytes of `fd` at `fileByteOffset`; munmap on GC or unmap(). */
   mmapReadOnly(fd: number, fileByteOffset: number, byteLength: number): ArrayBuffer;
+  /** mmap(PROT_READ | PROT_WRITE, MAP_SHARED): stores into it are stores into the file. Released as mmapReadOnly's. */
+  mmapShared(fd: number, fileByteOffset: number, byteLength: number): ArrayBuffer;
+  /** fstat(fd).st_size, or -errno: cheaper per call than fs.fstatSync's Stats. */
+  fileSize(fd: number): number;
   /** munmap now; the ArrayBuffer must not be used afterwards (it is detached). */
   unmap(buffer: ArrayBuffer): void;
   /** ioctl(BLKGETSIZE64) on a block device fd. */

@@ -1,4 +1,4 @@
-import type { BlockDevice } from '../io/block-device';
+import type { BlockDevice, InPlaceAccess } from '../io/block-device';
 import type { Bio } from '../io/bio';
 import { passthroughCapabilities, type MapDone, type StatusKind, type Target, type TargetCapabilities, type TargetContext, type TargetType } from '../dm/target';
 import { expectArgCount, openDeviceArea } from '../dm/table-args';
@@ -22,6 +22,10 @@ export class LinearTarget implements Target {
 
   map(bio: Bio, done: MapDone): void {
     remapToDevice(this.device, this.deviceStartSector + bio.sector, bio, done);
+  }
+
+  inPlaceAddress(sector: number, byteLength: number, access: InPlaceAccess): number {
+    return this.device.inPlaceAddress?.(this.deviceStartSector + sector, byteLength, access) ?? 0;
   }
 
   status(kind: StatusKind): string {

@@ -38,6 +38,7 @@ export const UBLK_U_CMD_GET_FEATURES = ior(0x13);
 /** I/O commands (sent to /dev/ublkcN). */
 export const UBLK_U_IO_FETCH_REQ = ioc(IOC_READ | IOC_WRITE, 0x20, IO_CMD_BYTES);
 export const UBLK_U_IO_COMMIT_AND_FETCH_REQ = ioc(IOC_READ | IOC_WRITE, 0x21, IO_CMD_BYTES);
+export const UBLK_U_IO_NEED_GET_DATA = ioc(IOC_READ | IOC_WRITE, 0x22, IO_CMD_BYTES);
 
 /** I/O command CQE results (§7.3). */
 export const UBLK_IO_RES_OK = 0;

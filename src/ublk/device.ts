@@ -8,6 +8,7 @@ import {
   UBLK_ATTR_FUA,
   UBLK_ATTR_READ_ONLY,
   UBLK_ATTR_VOLATILE_CACHE,
+  UBLK_F_NEED_GET_DATA,
   UBLK_F_USER_RECOVERY,
   UBLK_F_USER_RECOVERY_REISSUE,
   UblkDevState,
@@ -67,6 +68,12 @@ export interface UblkDeviceOptions {
   recovery?: boolean;
   /** Stored by the kernel with the device (ublksrv_flags) and checked by recover(): whose device it is. Default 0. */
   serverFlags?: bigint;
+  /**
+   * Ask for UBLK_F_NEED_GET_DATA when offered: ublk delivers a write without its data and copies
+   * the data where the server then says, which lets a table served in place take it straight
+   * into its device (Dispatcher.placeWrite). Default false: each write costs a command less.
+   */
+  placeWrites?: boolean;
 }
 
 /** What recover() needs to find the device again and know it is the one it means. */
@@ -120,17 +127,18 @@ export class UblkDevice {
     let devId: number | undefined;
     let device: UblkDevice | undefined;
     try {
-      // We rely on no optional feature (no USER_COPY, no NEED_GET_DATA) and take user recovery
+      // We rely on no optional feature (no USER_COPY) and take user recovery and NEED_GET_DATA
       // when asked and offered; the probe also tells us the kernel speaks the ioctl-encoded
       // protocol (6.5+).
       const offered = await control.getFeatures();
       const recovery = config.recovery && (offered & RECOVERY_FEATURES) === RECOVERY_FEATURES;
+      const needGetData = config.placeWrites && (offered & UBLK_F_NEED_GET_DATA) !== 0n;
       const info = await control.addDevice({
         queues: config.queues,
         depth: config.depth,
         maxIoBufBytes: config.maxIoBytes,
         devId: config.devId,
-        flags: recovery ? RECOVERY_FEATURES : 0n,
+        flags: (recovery ? RECOVERY_FEATURES : 0n) | (needGetData ? UBLK_F_NEED_GET_DATA : 0n),
         serverFlags: config.serverFlags,
       });
       devId = info.devId;
@@ -256,7 +264,8 @@ export class UblkDevice {
       // Only a placement hint: a device is served as well without it.
       submitterCpus.push(await this.control.getQueueCpus(this.id, queueId).catch(() => []));
     }
-    await this.queueServer.start({ devId: this.id, charFd: this.charHandle.fd, queues, depth, maxIoBytes }, submitterCpus);
+    const needGetData = (this.features & UBLK_F_NEED_GET_DATA) !== 0n;
+    await this.queueServer.start({ devId: this.id, charFd: this.charHandle.fd, queues, depth, maxIoBytes, needGetData }, submitterCpus);
   }
 
   get queues(): number {
@@ -332,6 +341,7 @@ function validate(options: UblkDeviceOptions): Required<UblkDeviceOptions> {
     writeZeroes: options.writeZeroes ?? false,
     recovery: options.recovery ?? false,
     serverFlags: options.serverFlags ?? 0n,
+    placeWrites: options.placeWrites ?? false,
   };
   const fail = (message: string): never => {
     throw new ErrnoError(`ublk device: ${message}`, EINVAL);

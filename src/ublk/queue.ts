@@ -1,14 +1,16 @@
 import { EIO, ENODEV, EOPNOTSUPP, ETIMEDOUT, ErrnoError, type IoResult } from '../base/errno';
 import { PAGE_BYTES, SECTOR_BYTES } from '../base/units';
-import { IoOp, NO_DATA, carriesData, type Bio, type IoDone } from '../io/bio';
+import { IoOp, NO_DATA, carriesData, type InPlaceBio, type IoDone } from '../io/bio';
 import { allocPageAligned, native } from '../io/native';
 import type { IoRing } from '../io/ring';
 import {
   UBLK_IO_F_FUA,
   UBLK_IO_F_NOUNMAP,
+  UBLK_IO_RES_NEED_GET_DATA,
   UBLK_IO_RES_OK,
   UBLK_U_IO_COMMIT_AND_FETCH_REQ,
   UBLK_U_IO_FETCH_REQ,
+  UBLK_U_IO_NEED_GET_DATA,
   decodeIoDescInto,
   descriptorMmapByteLength,
   descriptorMmapByteOffset,
@@ -27,9 +29,21 @@ import {
  * object is the tag's own and is refilled for the tag's next request, as its data buffer is: it
  * belongs to the handler until `done`, and nothing may read it after.
  */
-export interface UblkRequest extends Bio {
+export interface UblkRequest extends InPlaceBio {
   readonly queueId: number;
   readonly tag: number;
+}
+
+/**
+ * Who says where the data of a device's writes goes, when ublk delivers them without it
+ * (UBLK_F_NEED_GET_DATA): a Dispatcher serving in place. A nonzero placeWrite() is an address
+ * ublk copies the write's data to; the queue then hands the request to landed() instead of the
+ * handler, or reports abandoned() if it never lands there.
+ */
+export interface WritePlacer {
+  placeWrite(request: UblkRequest): number;
+  landed(request: UblkRequest, done: IoDone): void;
+  abandoned(): void;
 }
 
 /**
@@ -47,6 +61,8 @@ export interface UblkQueueGeometry {
   readonly queues: number;
   readonly depth: number;
   readonly maxIoBytes: number;
+  /** The device has UBLK_F_NEED_GET_DATA: a write arrives without its data, which the server asks for. */
+  readonly needGetData?: boolean;
 }
 
 /**
@@ -96,6 +112,8 @@ export class UblkQueue {
     private readonly geometry: UblkQueueGeometry,
     readonly queueId: number,
     private readonly handler: UblkHandler,
+    /** Places writes on a device with needGetData; without one their data goes to the tag's buffer. */
+    private readonly placer?: WritePlacer,
   ) {
     const addon = native();
     const { charFd, depth, maxIoBytes } = geometry;
@@ -143,9 +161,54 @@ export class UblkQueue {
     for (const slot of this.tags) slot.post(UBLK_U_IO_FETCH_REQ, 0);
   }
 
+  /**
+   * @internal A write arrived without its data (UBLK_F_NEED_GET_DATA): name where ublk copies
+   * it, the place the placer gives or the tag's buffer.
+   */
+  placeData(slot: TagSlot): void {
+    if (slot.placedWrite) {
+      // ublk could not copy into the place named (the file shrank under its mapping) and asks
+      // again: into the tag's own buffer this time, and the write is served as any other.
+      slot.placedWrite = false;
+      this.placer!.abandoned();
+      slot.getData(slot.bufferAddress);
+      return;
+    }
+    let address = 0;
+    if (this.placer !== undefined) {
+      const desc = decodeIoDescInto(this.descriptorWords, slot.tag, this.desc);
+      const byteLength = desc.sectorCount * SECTOR_BYTES;
+      if (desc.op === IoOp.Write && byteLength <= slot.buffer.length) {
+        this.fillRequest(slot.request, IoOp.Write, desc, slot.dataView(byteLength));
+        address = this.placer.placeWrite(slot.request);
+      }
+    }
+    slot.placedWrite = address !== 0;
+    slot.getData(address !== 0 ? address : slot.bufferAddress);
+  }
+
+  /** @internal A placed write's command failed: it will not land. */
+  abandonPlacedWrite(): void {
+    this.placer!.abandoned();
+  }
+
+  private fillRequest(request: TagRequest, op: IoOp, desc: IoDesc, data: Uint8Array): void {
+    request.op = op;
+    request.fua = (desc.flags & UBLK_IO_F_FUA) !== 0;
+    request.noUnmap = (desc.flags & UBLK_IO_F_NOUNMAP) !== 0;
+    request.sector = desc.sector;
+    request.sectorCount = desc.sectorCount;
+    request.data = data;
+  }
+
   /** @internal A FETCH/COMMIT completed with a request: hand it to the handler. */
   dispatch(slot: TagSlot): void {
     const desc = decodeIoDescInto(this.descriptorWords, slot.tag, this.desc);
+    slot.request.inPlaceAddress = 0;
+    if (slot.placedWrite) {
+      this.dispatchLanded(slot, desc);
+      return;
+    }
     const op = knownOp(desc.op);
     if (op === undefined) {
       slot.commit(-EOPNOTSUPP);
@@ -165,17 +228,26 @@ export class UblkQueue {
     if (op === IoOp.Read) slot.makeResident(byteLength);
     const done = slot.begin(op, withData ? byteLength : 0);
     const request = slot.request;
-    request.op = op;
-    request.fua = (desc.flags & UBLK_IO_F_FUA) !== 0;
-    request.noUnmap = (desc.flags & UBLK_IO_F_NOUNMAP) !== 0;
-    request.sector = desc.sector;
-    request.sectorCount = desc.sectorCount;
-    request.data = withData ? slot.dataView(byteLength) : NO_DATA;
+    this.fillRequest(request, op, desc, withData ? slot.dataView(byteLength) : NO_DATA);
     try {
       this.handler(request, done);
     } catch {
       done(-EIO);
     }
+  }
+
+  /** A placed write's data is where the placer said: it answers the write (ublk may have copied only a prefix, then shortened the request). */
+  private dispatchLanded(slot: TagSlot, desc: IoDesc): void {
+    slot.placedWrite = false;
+    const byteLength = desc.sectorCount * SECTOR_BYTES;
+    if (desc.op !== IoOp.Write || byteLength > slot.buffer.length) {
+      this.placer!.abandoned();
+      slot.commit(-EIO); // not what was placed: a kernel we do not understand
+      return;
+    }
+    const done = slot.begin(IoOp.Write, byteLength);
+    this.fillRequest(slot.request, IoOp.Write, desc, slot.dataView(byteLength));
+    this.placer!.landed(slot.request, done);
   }
 
   /** @internal The tag's command completed without a request (ABORT, or a rejected command). */
@@ -247,6 +319,8 @@ export interface TagOwner {
   readonly ring: Pick<IoRing, 'ublkIoCmdCb' | 'isClosed'>;
   readonly charFd: number;
   dispatch(slot: TagSlot): void;
+  placeData(slot: TagSlot): void;
+  abandonPlacedWrite(): void;
   retire(result: IoResult): void;
   /** A request was handed out (begin), and later answered (its first valid done). */
   requestBegan(): void;
@@ -264,6 +338,7 @@ class TagRequest implements UblkRequest {
   sector = 0;
   sectorCount = 0;
   data: Uint8Array = NO_DATA;
+  inPlaceAddress = 0;
 
   constructor(
     readonly queueId: number,
@@ -283,6 +358,8 @@ export class TagSlot {
   private residentBytes = 0;
   /** @internal What UblkQueue.dispatch hands the handler. */
   readonly request: TagRequest;
+  /** @internal The write being delivered has its data copied to a place the queue's placer gave. */
+  placedWrite = false;
 
   constructor(
     private readonly device: TagOwner,
@@ -290,7 +367,8 @@ export class TagSlot {
     readonly tag: number,
     /** maxIoBytes of page-aligned memory the kernel copies request data to and from. */
     readonly buffer: Uint8Array,
-    private readonly bufAddress: number,
+    /** @internal The address of `buffer`, named to ublk in every command. */
+    readonly bufferAddress: number,
   ) {
     this.request = new TagRequest(queueId, tag);
   }
@@ -324,25 +402,18 @@ export class TagSlot {
     this.residentBytes = offset;
   }
 
-  post(cmdOp: number, result: IoResult): void {
+  /** `address`: the buffer the command names (the tag's, unless the data is elsewhere). */
+  post(cmdOp: number, result: IoResult, address: number = this.bufferAddress): void {
     this.phase = TagPhase.Posted;
     try {
-      this.device.ring.ublkIoCmdCb(
-        this.device.charFd,
-        cmdOp,
-        this.queueId,
-        this.tag,
-        result,
-        this.bufAddress,
-        this.onCommandDone,
-      );
+      this.device.ring.ublkIoCmdCb(this.device.charFd, cmdOp, this.queueId, this.tag, result, address, this.onCommandDone);
     } catch {
       // A full SQ the kernel would not take (EBUSY/EAGAIN) is passing: completions being reaped
       // meanwhile make room. Giving the tag up instead would leave the kernel's request
       // unanswered forever, and STOP_DEV waiting behind it; so keep the command and its result
       // and try again on the next turn. Only a closed ring is final.
       if (this.device.ring.isClosed) this.retire(-EIO);
-      else setImmediate(() => this.post(cmdOp, result));
+      else setImmediate(() => this.post(cmdOp, result, address));
     }
   }
 
@@ -360,13 +431,26 @@ export class TagSlot {
     return (result) => this.handled(generation, result);
   }
 
+  /**
+   * Answer the request and fetch the next. A read answered in place names its data's address,
+   * which ublk copies from now; the address then stays the tag's until its next command, which
+   * is harmless only because such a device's writes come without their data (Dispatcher).
+   */
   commit(result: IoResult): void {
-    this.post(UBLK_U_IO_COMMIT_AND_FETCH_REQ, result);
+    const inPlace = this.request.inPlaceAddress;
+    this.post(UBLK_U_IO_COMMIT_AND_FETCH_REQ, result, inPlace !== 0 && result > 0 ? inPlace : this.bufferAddress);
+  }
+
+  /** @internal Ask ublk for the data of the write being delivered, copied to `address`. */
+  getData(address: number): void {
+    this.post(UBLK_U_IO_NEED_GET_DATA, 0, address);
   }
 
   readonly onCommandDone = (result: IoResult): void => {
     if (result === UBLK_IO_RES_OK) {
       this.device.dispatch(this);
+    } else if (result === UBLK_IO_RES_NEED_GET_DATA) {
+      this.device.placeData(this);
     } else {
       this.retire(result);
     }
@@ -387,6 +471,11 @@ export class TagSlot {
   }
 
   private retire(result: IoResult): void {
+    if (this.placedWrite) {
+      // The write's data will not land where it was placed: its command failed, or cannot be sent.
+      this.placedWrite = false;
+      this.device.abandonPlacedWrite();
+    }
     if (this.phase === TagPhase.Retired) return;
     this.phase = TagPhase.Retired;
     this.device.retire(result);

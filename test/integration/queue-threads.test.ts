@@ -108,6 +108,90 @@ describe('integration: queue threads', function () {
     }
   });
 
+  describe('in place over a tmpfs file', function () {
+    let shm: string;
+
+    before(async function () {
+      shm = `${box.dir}/inplace`;
+      await mustSh(`mkdir -p ${shm} && mount -t tmpfs -o size=160m ublkdm-inplace ${shm}`);
+    });
+
+    after(async function () {
+      if (shm) await sh(`umount ${shm}`);
+    });
+
+    /** Whether the daemon has `file` mapped: a queue thread serving it in place maps it whole. */
+    async function daemonMaps(file: string): Promise<boolean> {
+      const maps = await readFile(`/proc/${await daemonPid(box)}/maps`, 'utf8');
+      return maps.split('\n').some((line) => line.endsWith(` ${file}`));
+    }
+
+    it('has ublk copy between the requests and a shared mapping of the file, on 2 queues: fio verify, and the bytes are the file\'s', async function () {
+      const backing = `${shm}/two.img`;
+      await mustSh(`truncate -s 32M ${backing}`);
+      const dev = await box.create('inplace2', `0 ${(32 * MiB) / 512} linear ${backing} 0`, ['--queues', '2']);
+      await stamp(dev, 'write', 16);
+      assert.ok(await daemonMaps(backing), `the daemon did not map ${backing}: the writes did not go in place`);
+      await stamp(dev, 'verify', 16);
+      await mustSh(`cmp -n ${16 * MiB} ${dev} ${backing}`);
+      await fioVerify(dev, `--numjobs=2 --size=8M --offset_increment=8M --iodepth=32 --cpus_allowed=0-${cpus().length - 1} --cpus_allowed_policy=split`);
+      await mustSh(`cmp ${dev} ${backing}`);
+      await box.ok(['remove', 'inplace2']);
+      assert.ok(!(await daemonMaps(backing)), `the daemon still maps ${backing} after the device went`);
+    });
+
+    it('loses no write across suspends and a reload to another file under a writer (a write being copied in place holds the suspend)', async function () {
+      const first = `${shm}/first.img`;
+      const second = `${shm}/second.img`;
+      await mustSh(`truncate -s 16M ${first}`);
+      const sectors = (16 * MiB) / 512;
+      const dev = await box.create('inplacesw', `0 ${sectors} linear ${first} 0`, ['--queues', '2']);
+      // Each loop writes the 16 MiB in random order and reads it back: a write the suspend let
+      // land in the first file after the copy below is missing from the second.
+      const writer = sh(
+        `fio --name=sw --filename=${dev} --allow_file_create=0 --ioengine=io_uring --direct=1 --rw=randwrite --bs=4k ` +
+          `--iodepth=32 --size=16M --loops=6 --verify=crc32c --do_verify=1 --verify_fatal=1`,
+        { timeoutMs: 600_000 },
+      );
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      for (let round = 0; round < 3; round++) {
+        await box.ok(['suspend', 'inplacesw']);
+        await box.ok(['resume', 'inplacesw']);
+      }
+      await box.ok(['suspend', 'inplacesw']);
+      await mustSh(`cp ${first} ${second}`);
+      await box.ok(['reload', 'inplacesw', '--table', `0 ${sectors} linear ${second} 0`]);
+      await box.ok(['resume', 'inplacesw']);
+      const sealed = await mustSh(`sha256sum < ${first}`);
+      const r = await writer;
+      assert.equal(r.code, 0, `fio verify across the suspends and the reload failed:\n${r.stdout}\n${r.stderr}`);
+      assert.equal(await mustSh(`sha256sum < ${first}`), sealed, 'the first file changed after the reload');
+      await mustSh(`cmp ${dev} ${second}`);
+      await box.ok(['remove', 'inplacesw']);
+    });
+
+    it('a file shrunk under the device: a read past its new end fails with EIO instead of coming back for ever, a write there extends it', async function () {
+      const backing = `${shm}/shrink.img`;
+      await mustSh(`dd if=/dev/zero of=${backing} bs=1M count=8 status=none`);
+      const dev = await box.create('inplacesh', `0 ${(8 * MiB) / 512} linear ${backing} 0`);
+      await stamp(dev, 'write', 8);
+      assert.ok(await daemonMaps(backing), 'not served in place');
+      await mustSh(`truncate -s 4M ${backing}`);
+      const past = await sh(`dd if=${dev} of=/dev/null bs=4k skip=1536 count=1 iflag=direct status=none`, { timeoutMs: 60_000 });
+      assert.notEqual(past.code, 0, 'a read past the end of the shrunk file succeeded');
+      assert.match(past.stderr, /Input\/output error/);
+      await stamp(dev, 'verify', 4);
+      await mustSh(`dd if=/dev/urandom of=${box.dir}/block bs=4k count=1 status=none`);
+      await mustSh(`dd if=${box.dir}/block of=${dev} bs=4k seek=1536 count=1 oflag=direct status=none`);
+      await mustSh(`cmp -n 4096 -i 0:${6 * MiB} ${box.dir}/block ${backing}`);
+      // One direct read: a buffered one reads ahead past the file's new end, which fails.
+      await mustSh(`dd if=${dev} of=${box.dir}/readback bs=4k skip=1536 count=1 iflag=direct status=none && cmp ${box.dir}/block ${box.dir}/readback`);
+      const size = Number(await mustSh(`stat -c %s ${backing}`));
+      assert.equal(size, 6 * MiB + 4096, 'the write past the end did not extend the file to its end');
+      await box.ok(['remove', 'inplacesh']);
+    });
+  });
+
   it('refuses more queues than the kernel grants (one per possible CPU), leaving no device behind', async function () {
     const tooMany = possibleCpuCount() + 1;
     const backing = await makeBackingFile(box.dir, 'many.img', 8 * MiB);

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { Dispatcher } from '../../../src/dm/dispatcher';
+import { Dispatcher, servesInPlace } from '../../../src/dm/dispatcher';
 import { splitRequest, type SplittableSegment } from '../../../src/dm/split';
 import type { Bio } from '../../../src/io/bio';
 import { loadMemoryTable, submitted } from '../../../src/testing/tables';
@@ -686,5 +686,106 @@ describe('dispatch: REQUEUE', () => {
     await dispatcher.resume();
     await dispatcher.suspend();
     assert.deepEqual(seen, [true, false]);
+  });
+});
+
+/** A recording target whose device serves in place: its bytes are at PLACE_BASE + byte offset, up to `reach` sectors. */
+class InPlaceTarget extends RecordingTarget {
+  static readonly PLACE_BASE = 0x7f0000000000;
+  readonly asked: Array<{ sector: number; byteLength: number; access: string }> = [];
+  constructor(
+    name: string,
+    log: string[],
+    readonly reach = Infinity,
+  ) {
+    super(name, log);
+  }
+  inPlaceAddress(sector: number, byteLength: number, access: 'read' | 'write'): number {
+    this.asked.push({ sector, byteLength, access });
+    return sector + byteLength / 512 <= this.reach ? InPlaceTarget.PLACE_BASE + sector * 512 : 0;
+  }
+  override devices(): never[] {
+    return [{ servesInPlace: true } as never];
+  }
+}
+
+function inPlaceRequest(op: IoOp, sector: number, sectorCount: number): Bio & { inPlaceAddress: number } {
+  return { ...request(op, sector, sectorCount), inPlaceAddress: 0 };
+}
+
+describe('dispatch: serving in place', () => {
+  it('answers a read with its address in the target, without map(), only when serving in place', async () => {
+    const log: string[] = [];
+    const target = new InPlaceTarget('p', log);
+    const table = contiguousTable([new RecordingTarget('r', log), target], [8, 64]);
+    const serving = new Dispatcher(table, { inPlace: true });
+    const read = inPlaceRequest(IoOp.Read, 16, 8);
+    assert.equal(await handle(serving, read), 4096);
+    assert.equal(read.inPlaceAddress, InPlaceTarget.PLACE_BASE + 8 * 512, 'target-relative');
+    assert.equal(target.ios.length, 0, 'map() not called');
+
+    const beyond = new Dispatcher(contiguousTable([new InPlaceTarget('q', log, 4)], [64]), { inPlace: true });
+    const far = inPlaceRequest(IoOp.Read, 8, 8);
+    assert.equal(await handle(beyond, far), 4096);
+    assert.equal(far.inPlaceAddress, 0, 'a target that cannot reach the bytes: map() serves it');
+
+    const plain = new Dispatcher(table);
+    const other = inPlaceRequest(IoOp.Read, 16, 8);
+    assert.equal(await handle(plain, other), 4096);
+    assert.equal(other.inPlaceAddress, 0);
+    assert.equal(target.ios.length, 1, 'without inPlace, map() serves the read');
+
+    const split = inPlaceRequest(IoOp.Read, 4, 8);
+    assert.equal(await handle(serving, split), 4096);
+    assert.equal(split.inPlaceAddress, 0, 'a read across two segments is mapped piece by piece');
+  });
+
+  it('places a write that fits one target serving in place, and counts it as mapped until it lands: a suspend waits for it', async () => {
+    const log: string[] = [];
+    const target = new InPlaceTarget('p', log);
+    const dispatcher = new Dispatcher(contiguousTable([new RecordingTarget('r', log), target], [8, 64]), { inPlace: true });
+    const write = request(IoOp.Write, 24, 8);
+    assert.equal(dispatcher.placeWrite(write), InPlaceTarget.PLACE_BASE + 16 * 512);
+    assert.equal(dispatcher.inFlight, 1);
+    let suspended = false;
+    const suspending = dispatcher.suspend().then(() => {
+      suspended = true;
+    });
+    await settle();
+    assert.equal(suspended, false, 'the suspend went ahead of a write ublk is still copying');
+    assert.equal(dispatcher.placeWrite(request(IoOp.Write, 24, 8)), 0, 'nothing placed while suspending');
+    const results: IoResult[] = [];
+    dispatcher.landed(request(IoOp.Write, 24, 4), (result) => results.push(result));
+    assert.deepEqual(results, [2048], 'answered with what ublk copied');
+    await suspending;
+    assert.equal(dispatcher.inFlight, 0);
+    assert.equal(target.ios.length, 0, 'map() never saw it');
+  });
+
+  it('abandoned() releases a placed write', async () => {
+    const dispatcher = new Dispatcher(contiguousTable([new InPlaceTarget('p', [])], [64]), { inPlace: true });
+    assert.notEqual(dispatcher.placeWrite(request(IoOp.Write, 0, 8)), 0);
+    dispatcher.abandoned();
+    assert.equal(dispatcher.inFlight, 0);
+    await dispatcher.suspend();
+  });
+
+  it('places nothing when not serving in place, for a read, across targets, past the end, or to a target without the hook', () => {
+    const log: string[] = [];
+    const table = contiguousTable([new RecordingTarget('r', log), new InPlaceTarget('p', log)], [8, 64]);
+    assert.equal(new Dispatcher(table).placeWrite(request(IoOp.Write, 16, 8)), 0);
+    const dispatcher = new Dispatcher(table, { inPlace: true });
+    assert.equal(dispatcher.placeWrite(request(IoOp.Read, 16, 8)), 0);
+    assert.equal(dispatcher.placeWrite(request(IoOp.Write, 4, 8)), 0, 'across two segments');
+    assert.equal(dispatcher.placeWrite(request(IoOp.Write, 0, 8)), 0, 'a target without inPlaceAddress');
+    assert.equal(dispatcher.placeWrite(request(IoOp.Write, 68, 8)), 0, 'past the end');
+    assert.equal(dispatcher.inFlight, 0);
+    assert.equal(new Dispatcher(table, { inPlace: true, suspended: true }).placeWrite(request(IoOp.Write, 16, 8)), 0, 'suspended');
+  });
+
+  it('servesInPlace: a table with a target that has the hook over a device that serves in place', () => {
+    const log: string[] = [];
+    assert.equal(servesInPlace(contiguousTable([new RecordingTarget('r', log), new InPlaceTarget('p', log)], [8, 8])), true);
+    assert.equal(servesInPlace(contiguousTable([new RecordingTarget('r', log)], [8])), false);
   });
 });

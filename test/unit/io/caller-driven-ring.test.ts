@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { promises as fsp, writeSync, closeSync } from 'node:fs';
+import { promises as fsp, writeSync, closeSync, openSync, readSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
@@ -276,6 +276,67 @@ describe('IoRing driven by its caller (real io_uring)', () => {
       await onDisk.close();
       await device.close();
       await elsewhere.close();
+      loopRing.close();
+      await fsp.rm(shm!, { recursive: true, force: true });
+    }
+  });
+
+  it('a FileDevice on tmpfs on a caller-driven ring names where its bytes are, in a shared mapping of the file, and nowhere else', async function () {
+    const shm = await fsp.mkdtemp('/dev/shm/ublkdm-inplace-').catch(() => undefined);
+    if (shm === undefined) this.skip(); // a host without /dev/shm: --forbid-pending makes that a failure
+    const file = path.join(shm!, 'backing');
+    await fsp.writeFile(file, Buffer.alloc(64 * 1024, 1));
+    const loopRing = IoRing.create({ entries: 4 });
+    const device = await openFileDevice(file, { ring });
+    const readOnly = await openFileDevice(file, { ring, readOnly: true });
+    const elsewhere = await openFileDevice(file, { ring: loopRing });
+    const onDisk = await openFileDevice(path.join(dir, 'data'), { ring });
+    /** What this process's memory holds at `address` (through /proc/self/mem, as the kernel's copy would see it). */
+    const memoryAt = (address: number, byteLength: number): Buffer => {
+      const mem = openSync('/proc/self/mem', 'r');
+      try {
+        const bytes = Buffer.alloc(byteLength);
+        assert.equal(readSync(mem, bytes, 0, byteLength, address), byteLength);
+        return bytes;
+      } finally {
+        closeSync(mem);
+      }
+    };
+    const mapsFile = async (): Promise<boolean> => (await fsp.readFile('/proc/self/maps', 'utf8')).split('\n').some((line) => line.endsWith(` ${file}`));
+    try {
+      assert.equal(device.servesInPlace, true);
+      assert.equal(onDisk.servesInPlace, (await fsp.statfs(dir)).type === TMPFS_MAGIC, 'only a memory-backed file');
+      assert.equal(await mapsFile(), false, 'nothing mapped before the first request');
+      const at8 = device.inPlaceAddress(8, 4096, 'write');
+      assert.notEqual(at8, 0);
+      assert.equal(device.inPlaceAddress(0, 4096, 'read'), at8 - 4096, 'one mapping of the whole file');
+      assert.ok(await mapsFile());
+      const handle = await fsp.open(file, 'r+');
+      await handle.write(Buffer.alloc(4096, 7), 0, 4096, 4096);
+      await handle.close();
+      assert.ok(memoryAt(at8, 4096).every((byte) => byte === 7), 'the address holds the file as it is now');
+      assert.equal(device.inPlaceAddress(121, 4096, 'read'), 0, 'past the end of the device');
+      assert.notEqual(device.inPlaceAddress(120, 4096, 'read'), 0, 'up to its end');
+      assert.equal(readOnly.inPlaceAddress(8, 4096, 'write'), 0, 'a write to a read-only device');
+      assert.notEqual(readOnly.inPlaceAddress(8, 4096, 'read'), 0);
+      assert.equal(elsewhere.inPlaceAddress(8, 4096, 'read'), 0, 'an event-loop ring: not a queue thread');
+      assert.equal(onDisk.inPlaceAddress(0, 512, 'read'), 0);
+
+      // Shrunk under the device: noticed at the next answer, then nothing in place.
+      await fsp.truncate(file, 32 * 1024);
+      assert.equal(device.inPlaceAddress(96, 4096, 'read'), 0, 'past the new end');
+      assert.equal(device.inPlaceAddress(8, 4096, 'read'), 0, 'nothing in place once the file was seen shrunk');
+      await fsp.truncate(file, 64 * 1024);
+      assert.equal(device.inPlaceAddress(8, 4096, 'read'), 0, 'nor after it grew back');
+      await device.close();
+      assert.equal(device.inPlaceAddress(8, 4096, 'read'), 0, 'a closed device');
+      await readOnly.close();
+      assert.equal(await mapsFile(), false, 'close unmaps the file');
+    } finally {
+      await device.close();
+      await readOnly.close();
+      await elsewhere.close();
+      await onDisk.close();
       loopRing.close();
       await fsp.rm(shm!, { recursive: true, force: true });
     }

@@ -77,7 +77,7 @@ describe('bench: cells measured in rounds', () => {
     const results = [...cell('dm-linear', [4000, 5000, 6000]), ...cell('linear-loop', [1000, 2500, 1500], 'default')];
     const report: CoreReport = {
       backingMiB: 1024, runtimeSeconds: 4, rounds: 3, queues: 1, depth: 128, loopDirectIo: true, results, ratios: [],
-      ublksrv: null, cServerRatios: [], daemonMemory: { default: { rssMiB: 70, peakMiB: 72, anonHugePagesMiB: 0 } }, idleCpuPercent: { default: 1 },
+      ublksrv: null, cServerRatios: [], daemonMemory: { default: { rssMiB: 70, peakMiB: 72, anonHugePagesMiB: 0, mappedBackingMiB: 0, ownMiB: 70 } }, idleCpuPercent: { default: 1 },
     };
     report.ratios.push(...coreRatios(results, ['default']));
     const ratio = report.ratios.find((r) => r.ours === 'linear-loop' && r.kernel === 'dm-linear' && r.pattern === 'randread' && r.iodepth === 1);

@@ -1,9 +1,9 @@
 import { strict as assert } from 'node:assert';
 
-import { EIO, type IoResult } from '../../../src/base/errno';
+import { EIO, ENODEV, type IoResult } from '../../../src/base/errno';
 import { IoOp, type IoDone } from '../../../src/io/bio';
 import type { IoCallback } from '../../../src/io/ring';
-import { UBLK_IO_RES_OK, UBLK_U_IO_COMMIT_AND_FETCH_REQ, UBLK_U_IO_FETCH_REQ } from '../../../src/ublk/abi';
+import { UBLK_IO_RES_NEED_GET_DATA, UBLK_IO_RES_OK, UBLK_U_IO_COMMIT_AND_FETCH_REQ, UBLK_U_IO_FETCH_REQ } from '../../../src/ublk/abi';
 import { TagSlot, type TagOwner } from '../../../src/ublk/queue';
 
 interface PostedCommand {
@@ -47,6 +47,15 @@ class FakeOwner implements TagOwner {
 
   retire(result: IoResult): void {
     this.retired.push(result);
+  }
+
+  readonly placed: TagSlot[] = [];
+  placeData(slot: TagSlot): void {
+    this.placed.push(slot);
+  }
+  abandoned = 0;
+  abandonPlacedWrite(): void {
+    this.abandoned++;
   }
 
   inService = 0;
@@ -169,5 +178,24 @@ describe('TagSlot', () => {
     owner.ring.failures = 1;
     slot.post(UBLK_U_IO_FETCH_REQ, 0);
     assert.equal(owner.retired.length, 1);
+  });
+
+  it('gives a placed write up when its data is never asked for, or its command fails', () => {
+    slot.post(UBLK_U_IO_FETCH_REQ, 0);
+    owner.ring.completeLast(UBLK_IO_RES_NEED_GET_DATA);
+    assert.deepEqual(owner.placed, [slot], 'the owner is asked where the data goes');
+    slot.placedWrite = true;
+    owner.ring.isClosed = true;
+    owner.ring.failures = 1;
+    slot.getData(0x7f0000000000);
+    assert.equal(owner.abandoned, 1, 'a NEED_GET_DATA that cannot be sent');
+    assert.equal(slot.placedWrite, false);
+
+    const other = new TagSlot(owner, 0, 5, new Uint8Array(8192), 0x30000);
+    owner.ring.isClosed = false;
+    other.post(UBLK_U_IO_FETCH_REQ, 0);
+    other.placedWrite = true;
+    owner.ring.completeLast(-ENODEV);
+    assert.equal(owner.abandoned, 2, 'a command ended by the queue going away');
   });
 });
