@@ -2,7 +2,7 @@
 # Two builds of ublk-dm side by side in one guest boot (issue 11): which is faster, with the
 # boot-to-boot swing of TCG taken out. Both daemons run at once, each with a null, a linear and
 # a blk device (depth 128, 1 queue unless --queues says otherwise; linear over its own 1 GiB file
-# in the guest's /dev/shm, which a queue thread copies itself; blk, linear over a loop device of
+# in the guest's /dev/shm, whose data ublk copies in place; blk, linear over a loop device of
 # another such file, so its I/O goes through io_uring as on a real disk); fio runs short passes
 # that alternate between the two builds' devices (ABBA), so drift hits both alike.
 #

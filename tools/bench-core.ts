@@ -2,7 +2,7 @@
  * The core table of `npm run bench` (issue 11): fio 4k randread / randwrite at QD 1 and QD 32 on
  * our `null` beside null_blk, and our `linear` over a tmpfs file beside a loop device over that
  * file (direct I/O, as `losetup --direct-io=on`) and dm-linear over that loop device; and our
- * `linear` over that loop device too beside dm-linear (the tmpfs one copies inline; this one's
+ * `linear` over that loop device too beside dm-linear (ublk copies the tmpfs one's data in place; this one's
  * backing I/O goes through io_uring, as over a disk). Our devices have 1 queue of depth 128, as null_blk here. The cells are interleaved (every device for one
  * cell, then the next cell) so a drift of the guest's speed hits every column alike, and the
  * whole table is measured `rounds` times (each round's devices in the other order from the last):

@@ -2,6 +2,7 @@ import { EBUSY, EINVAL, EIO, ErrnoError, type IoResult } from '../base/errno';
 import { sectorsToBytes } from '../base/units';
 import { carriesData, IoOp, NO_DATA, type Bio, type InPlaceBio, type IoDone } from '../io/bio';
 import { pieceSectorCount, splitRequest } from './split';
+import type { InPlaceAccess } from '../io/block-device';
 import { REQUEUE, type MapOutcome, type SuspendOptions, type Target } from './target';
 import { findSegmentIndex, type Segment } from './table';
 
@@ -109,13 +110,16 @@ export class Dispatcher<T extends DispatchTable = DispatchTable> {
     const { sector, sectorCount } = bio;
     if (!(sectorCount > 0 && sector >= 0 && sector + sectorCount <= table.sizeSectors)) return 0;
     const segment = table.segments[findSegmentIndex(table.segments, sector)]!;
-    const target = segment.target;
-    if (target.inPlaceAddress === undefined) return 0;
     const targetSector = sector - segment.startSector;
     if (pieceSectorCount(segment, targetSector, sectorCount) !== sectorCount) return 0;
-    const address = target.inPlaceAddress(targetSector, sectorsToBytes(sectorCount), 'write');
+    const address = this.inPlaceAddressIn(segment.target, targetSector, sectorsToBytes(sectorCount), 'write');
     if (address !== 0) this.mappedCount++;
     return address;
+  }
+
+  /** Where `target` has these bytes, when this dispatcher serves in place and the target can; else 0. */
+  private inPlaceAddressIn(target: Target, targetSector: number, byteLength: number, access: InPlaceAccess): number {
+    return this.inPlace && target.inPlaceAddress !== undefined ? target.inPlaceAddress(targetSector, byteLength, access) : 0;
   }
 
   /**
@@ -263,13 +267,11 @@ export class Dispatcher<T extends DispatchTable = DispatchTable> {
     const segment = table.segments[findSegmentIndex(table.segments, sector)]!;
     const targetSector = sector - segment.startSector;
     if (pieceSectorCount(segment, targetSector, sectorCount) === sectorCount) {
-      if (op === IoOp.Read && this.inPlace && segment.target.inPlaceAddress !== undefined) {
-        const address = segment.target.inPlaceAddress(targetSector, bio.data.length, 'read');
-        if (address !== 0) {
-          (bio as InPlaceBio).inPlaceAddress = address;
-          finish(bio.data.length);
-          return;
-        }
+      const address = op === IoOp.Read ? this.inPlaceAddressIn(segment.target, targetSector, bio.data.length, 'read') : 0;
+      if (address !== 0) {
+        (bio as InPlaceBio).inPlaceAddress = address;
+        finish(bio.data.length);
+        return;
       }
       mapSafely(segment.target, targetSector === sector ? bio : { ...bio, sector: targetSector }, finish);
       return;

@@ -91,7 +91,7 @@ describe('integration: queue threads', function () {
     assert.ok(after.every((cpus) => cpus === allowed.join(',')), `with no device, a thread still runs apart: ${after.join(' | ')} (the daemon: ${allowed})`);
   });
 
-  it('serves a linear over a tmpfs file (the queue thread copies it itself; the unit tests check that it does): fio verify, and the bytes are the file\'s', async function () {
+  it('serves a 1-queue linear over a tmpfs file: fio verify, and the bytes are the file\'s', async function () {
     const shm = `${box.dir}/shm`;
     await mustSh(`mkdir -p ${shm} && mount -t tmpfs -o size=96m ublkdm-test ${shm}`);
     try {
