@@ -19,6 +19,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mmapReadOnly", Napi::Function::New(env, MmapReadOnly, "mmapReadOnly"));
   exports.Set("mmapShared", Napi::Function::New(env, MmapShared, "mmapShared"));
   exports.Set("unmap", Napi::Function::New(env, Unmap, "unmap"));
+  exports.Set("pagesResident", Napi::Function::New(env, PagesResident, "pagesResident"));
   exports.Set("blockDeviceBytes", Napi::Function::New(env, BlockDeviceBytes, "blockDeviceBytes"));
   exports.Set("pread", Napi::Function::New(env, Pread, "pread"));
   exports.Set("fileSize", Napi::Function::New(env, FileSize, "fileSize"));

@@ -152,25 +152,32 @@ export class FileDevice implements BlockDevice {
    * BlockDevice.inPlaceAddress: a memory-backed file served by a queue thread answers from a
    * shared mapping of the whole file, made on first use.
    *
-   * Someone may shrink the file under the device, and ublk must never be handed an address past
-   * the file's end: it does not fail a copy that faults there but requeues the read (retries the
-   * write), and in the 6.12 guest a queue that met one such read stopped serving: every later
-   * request failed with EIO and a suspend never drained. Looking at the size every 1024 answers
-   * was not enough, so it is looked at on every one (an fstat), and once the file is smaller than
-   * the device nothing is served in place any more: plain reads and writes, as before (a read
-   * past the new end fails, a write there extends the file). A truncate between the fstat and
-   * ublk's copy can still meet the fault; closing that would take a lease on the file.
+   * ublk copies through the mapping as a process touching it would, so an address must never
+   * name a page whose copy would fault where a read or write of the file would not:
+   * - A read only where every page is in the file's page cache (mincore). A hole would otherwise
+   *   be faulted in, taking memory that loop's and pread's reads of a sparse file never take,
+   *   and with the tmpfs full the fault fails: ublk then failed the read with EIO where the
+   *   file reads as zeros. Pages past the end of a file shrunk under the device are gone from
+   *   the cache too, so such a read goes to pread and fails there.
+   * - A write where the file still covers the device (an fstat): ublk does not fail a write
+   *   whose copy faults, it delivers the request again (UblkQueue.placeData then names the tag's
+   *   buffer). Once the file is smaller than the device nothing is served in place any more: a
+   *   write past the end then extends the file, as a pwrite does.
+   * Someone truncating the file between the check and ublk's copy can still meet the fault; the
+   * read is then requeued or failed, and the next answer looks again.
    */
   inPlaceAddress(sector: number, byteLength: number, access: InPlaceAccess): number {
     if (!this.inlineIo || this.closed || this.inPlaceRefused || (access === 'write' && this.readOnly)) return 0;
     const endByte = sector * SECTOR_BYTES + byteLength;
     if (endByte > this.sizeSectors * SECTOR_BYTES) return 0;
     if (this.inPlaceBase === 0 && !this.mapForInPlace()) return 0;
+    const address = this.inPlaceBase + sector * SECTOR_BYTES;
+    if (access === 'read') return native().pagesResident(address, byteLength) ? address : 0;
     if (native().fileSize(this.handle.fd) < this.sizeSectors * SECTOR_BYTES) {
       this.inPlaceRefused = true; // shrunk under the device: reads and writes from now on, as any file
       return 0;
     }
-    return this.inPlaceBase + sector * SECTOR_BYTES;
+    return address;
   }
 
   private mapForInPlace(): boolean {

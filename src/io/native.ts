@@ -125,6 +125,11 @@ export interface NativeAddon {
   mmapShared(fd: number, fileByteOffset: number, byteLength: number): ArrayBuffer;
   /** fstat(fd).st_size, or -errno: cheaper per call than fs.fstatSync's Stats. */
   fileSize(fd: number): number;
+  /**
+   * Whether every page of [address, address + byteLength) is in memory (mincore): for a file
+   * mapping, in the file's page cache; a tmpfs hole and a page past the file's end are not.
+   */
+  pagesResident(address: number, byteLength: number): boolean;
   /** munmap now; the ArrayBuffer must not be used afterwards (it is detached). */
   unmap(buffer: ArrayBuffer): void;
   /** ioctl(BLKGETSIZE64) on a block device fd. */

@@ -190,6 +190,31 @@ describe('integration: queue threads', function () {
       assert.equal(size, 6 * MiB + 4096, 'the write past the end did not extend the file to its end');
       await box.ok(['remove', 'inplacesh']);
     });
+
+    it('reads a sparse file\'s holes as zeros without filling them, also with the tmpfs full', async function () {
+      const backing = `${shm}/sparse.img`;
+      await mustSh(`truncate -s 64M ${backing}`);
+      const dev = await box.create('inplacesp', `0 ${(64 * MiB) / 512} linear ${backing} 0`);
+      await stamp(dev, 'write', 1);
+      assert.ok(await daemonMaps(backing), 'not served in place');
+      const allocated = async (): Promise<number> => Number(await mustSh(`stat -c %b ${backing}`));
+      const before = await allocated();
+      // A read of a hole through the file's mapping would fault a page into the file, as loop's
+      // reads never do; with no room left in the tmpfs that fault fails, and ublk requeues the
+      // read for ever.
+      const filled = await sh(`dd if=/dev/zero of=${shm}/filler bs=1M status=none`, { timeoutMs: 120_000 });
+      assert.notEqual(filled.code, 0, 'the filler did not fill the tmpfs');
+      try {
+        const read = await sh(`dd if=${dev} of=${box.dir}/sparse-read bs=64k iflag=direct status=none`, { timeoutMs: 60_000 });
+        assert.equal(read.code, 0, `reading the sparse device failed:\n${read.stderr}`);
+        await mustSh(`cmp -n ${63 * MiB} -i ${MiB}:0 ${box.dir}/sparse-read /dev/zero`);
+        assert.equal(await allocated(), before, 'reading the holes allocated pages of the file');
+      } finally {
+        await sh(`rm -f ${shm}/filler ${box.dir}/sparse-read`);
+      }
+      await stamp(dev, 'verify', 1);
+      await box.ok(['remove', 'inplacesp']);
+    });
   });
 
   it('refuses more queues than the kernel grants (one per possible CPU), leaving no device behind', async function () {

@@ -322,9 +322,26 @@ describe('IoRing driven by its caller (real io_uring)', () => {
       assert.equal(elsewhere.inPlaceAddress(8, 4096, 'read'), 0, 'an event-loop ring: not a queue thread');
       assert.equal(onDisk.inPlaceAddress(0, 512, 'read'), 0);
 
-      // Shrunk under the device: noticed at the next answer, then nothing in place.
+      // A hole is read from the file (as zeroes, taking no memory), not faulted in through the mapping.
+      const sparseFile = path.join(shm!, 'sparse');
+      await fsp.writeFile(sparseFile, Buffer.alloc(4096, 3));
+      await fsp.truncate(sparseFile, 64 * 1024);
+      const sparse = await openFileDevice(sparseFile, { ring });
+      try {
+        assert.notEqual(sparse.inPlaceAddress(0, 4096, 'read'), 0, 'the page written');
+        assert.equal(sparse.inPlaceAddress(8, 4096, 'read'), 0, 'a hole');
+        assert.equal(sparse.inPlaceAddress(0, 8192, 'read'), 0, 'a read reaching into a hole');
+        assert.notEqual(sparse.inPlaceAddress(8, 4096, 'write'), 0, 'a write fills a hole anyway');
+        assert.equal((await fsp.stat(sparseFile)).blocks, 8, 'looking allocated nothing');
+      } finally {
+        await sparse.close();
+      }
+      // Shrunk under the device: a read past the new end is not in place, a write anywhere
+      // notices the shrink, and then nothing is in place.
       await fsp.truncate(file, 32 * 1024);
-      assert.equal(device.inPlaceAddress(96, 4096, 'read'), 0, 'past the new end');
+      assert.equal(device.inPlaceAddress(96, 4096, 'read'), 0, 'past the new end: no page there');
+      assert.notEqual(device.inPlaceAddress(8, 4096, 'read'), 0, 'a read of pages the file still has');
+      assert.equal(device.inPlaceAddress(8, 4096, 'write'), 0, 'a write, once the file is smaller than the device');
       assert.equal(device.inPlaceAddress(8, 4096, 'read'), 0, 'nothing in place once the file was seen shrunk');
       await fsp.truncate(file, 64 * 1024);
       assert.equal(device.inPlaceAddress(8, 4096, 'read'), 0, 'nor after it grew back');
