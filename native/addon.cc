@@ -19,10 +19,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mmapReadOnly", Napi::Function::New(env, MmapReadOnly, "mmapReadOnly"));
   exports.Set("mmapShared", Napi::Function::New(env, MmapShared, "mmapShared"));
   exports.Set("unmap", Napi::Function::New(env, Unmap, "unmap"));
-  exports.Set("pagesResident", Napi::Function::New(env, PagesResident, "pagesResident"));
   exports.Set("blockDeviceBytes", Napi::Function::New(env, BlockDeviceBytes, "blockDeviceBytes"));
   exports.Set("pread", Napi::Function::New(env, Pread, "pread"));
   exports.Set("fileSize", Napi::Function::New(env, FileSize, "fileSize"));
+  exports.Set("nextData", Napi::Function::New(env, NextData, "nextData"));
+  exports.Set("nextHole", Napi::Function::New(env, NextHole, "nextHole"));
   exports.Set("pwrite", Napi::Function::New(env, Pwrite, "pwrite"));
   exports.Set("logicalBlockBytes", Napi::Function::New(env, LogicalBlockBytes, "logicalBlockBytes"));
   exports.Set("threadCpus", Napi::Function::New(env, ThreadCpus, "threadCpus"));

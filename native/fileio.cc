@@ -52,4 +52,25 @@ Napi::Value FileSize(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(st.st_size));
 }
 
+namespace {
+
+Napi::Value Seek(const Napi::CallbackInfo& info, int whence, const char* usage) {
+  Napi::Env env = info.Env();
+  int32_t fd = -1;
+  int64_t fileByteOffset = -1;
+  if (info.Length() < 2 || napi_get_value_int32(env, info[0], &fd) != napi_ok ||
+      napi_get_value_int64(env, info[1], &fileByteOffset) != napi_ok || fileByteOffset < 0) {
+    ThrowType(env, usage);
+    return env.Undefined();
+  }
+  off_t found = lseek(fd, static_cast<off_t>(fileByteOffset), whence);
+  return Napi::Number::New(env, found < 0 ? -errno : static_cast<double>(found));
+}
+
+}  // namespace
+
+Napi::Value NextData(const Napi::CallbackInfo& info) { return Seek(info, SEEK_DATA, "nextData(fd, fileByteOffset)"); }
+
+Napi::Value NextHole(const Napi::CallbackInfo& info) { return Seek(info, SEEK_HOLE, "nextHole(fd, fileByteOffset)"); }
+
 }  // namespace ublkdm

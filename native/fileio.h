@@ -12,5 +12,10 @@ Napi::Value Pread(const Napi::CallbackInfo& info);
 Napi::Value Pwrite(const Napi::CallbackInfo& info);
 // fileSize(fd): fstat's st_size, or -errno.
 Napi::Value FileSize(const Napi::CallbackInfo& info);
+// nextData(fd, fileByteOffset) / nextHole(fd, fileByteOffset): lseek(SEEK_DATA / SEEK_HOLE),
+// where the first data (hole) at or after the offset begins, or -errno (-ENXIO at or past the
+// end). The file's end counts as a hole.
+Napi::Value NextData(const Napi::CallbackInfo& info);
+Napi::Value NextHole(const Napi::CallbackInfo& info);
 
 }  // namespace ublkdm

@@ -1,9 +1,6 @@
 #include "memory.h"
 
 #include <sys/mman.h>
-#include <unistd.h>
-
-#include <algorithm>
 
 #include <cerrno>
 #include <cstdlib>
@@ -156,33 +153,6 @@ Napi::Value MmapReadOnly(const Napi::CallbackInfo& info) {
 
 Napi::Value MmapShared(const Napi::CallbackInfo& info) {
   return MapShared(info, "mmapShared(fd, fileByteOffset, byteLength)", PROT_READ | PROT_WRITE);
-}
-
-// pagesResident(address, byteLength): whether every page of the range (of a mapping) is in
-// memory: mincore(2), which for a file mapping also finds the file's cached pages this process
-// has not touched yet. A hole in a tmpfs file is not, and neither is anything past its end.
-Napi::Value PagesResident(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) {
-    ThrowType(env, "pagesResident(address, byteLength)");
-    return env.Undefined();
-  }
-  const uintptr_t pageBytes = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  uintptr_t start = static_cast<uintptr_t>(info[0].As<Napi::Number>().Int64Value());
-  uintptr_t end = start + static_cast<uintptr_t>(info[1].As<Napi::Number>().Int64Value());
-  start &= ~(pageBytes - 1);
-  // A chunk at a time, so a range of any length needs only this vector.
-  constexpr size_t kChunkPages = 128;
-  unsigned char resident[kChunkPages];
-  while (start < end) {
-    size_t pages = std::min<size_t>(kChunkPages, (end - start + pageBytes - 1) / pageBytes);
-    if (mincore(reinterpret_cast<void*>(start), pages * pageBytes, resident) != 0) return Napi::Boolean::New(env, false);
-    for (size_t page = 0; page < pages; page++) {
-      if ((resident[page] & 1) == 0) return Napi::Boolean::New(env, false);
-    }
-    start += pages * pageBytes;
-  }
-  return Napi::Boolean::New(env, true);
 }
 
 Napi::Value Unmap(const Napi::CallbackInfo& info) {

@@ -11,7 +11,6 @@ Napi::Value AddressOf(const Napi::CallbackInfo& info);
 Napi::Value MmapReadOnly(const Napi::CallbackInfo& info);
 Napi::Value MmapShared(const Napi::CallbackInfo& info);
 Napi::Value Unmap(const Napi::CallbackInfo& info);
-Napi::Value PagesResident(const Napi::CallbackInfo& info);
 
 // The bytes of a TypedArray, DataView or Buffer; false (with a pending TypeError) otherwise.
 bool ViewBytes(Napi::Value value, void** data, size_t* byteLength);

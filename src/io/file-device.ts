@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import type { BlockDevice, DeviceCapabilities, DeviceKey, InPlaceAccess, ReadOptions } from './block-device';
 import { EINVAL, EIO, ENOENT, EOPNOTSUPP, ErrnoError, type IoResult } from '../base/errno';
 import { NO_DATA } from './bio';
+import { AllocatedPages } from './allocated-pages';
 import { isDirectIoAligned, native } from './native';
 import { RWF_DSYNC, type IoCallback, type IoRing } from './ring';
 import { SECTOR_BYTES, SECTOR_SHIFT, isMultipleOfPowerOfTwo } from '../base/units';
@@ -126,6 +127,8 @@ export class FileDevice implements BlockDevice {
   private inPlaceMapping: ArrayBuffer | undefined;
   private inPlaceBase = 0;
   private inPlaceRefused = false;
+  /** Where the file has data, as far as this device has learned: reads are in place only there. */
+  private readonly allocatedPages = new AllocatedPages();
   /** DirectRequests not in flight, for the next direct request to reuse. */
   private readonly idleDirectRequests: DirectRequest[] = [];
 
@@ -154,30 +157,45 @@ export class FileDevice implements BlockDevice {
    *
    * ublk copies through the mapping as a process touching it would, so an address must never
    * name a page whose copy would fault where a read or write of the file would not:
-   * - A read only where every page is in the file's page cache (mincore). A hole would otherwise
-   *   be faulted in, taking memory that loop's and pread's reads of a sparse file never take,
-   *   and with the tmpfs full the fault fails: ublk then failed the read with EIO where the
-   *   file reads as zeros. Pages past the end of a file shrunk under the device are gone from
-   *   the cache too, so such a read goes to pread and fails there.
-   * - A write where the file still covers the device (an fstat): ublk does not fail a write
-   *   whose copy faults, it delivers the request again (UblkQueue.placeData then names the tag's
-   *   buffer). Once the file is smaller than the device nothing is served in place any more: a
-   *   write past the end then extends the file, as a pwrite does.
-   * Someone truncating the file between the check and ublk's copy can still meet the fault; the
-   * read is then requeued or failed, and the next answer looks again.
+   * - Not past the file's end. Someone may shrink the file under the device, and ublk does not
+   *   fail a copy that faults there: it requeues the read (delivers the write again), and in the
+   *   6.12 guest a queue that met such a read stopped serving. So the size is looked at on every
+   *   answer (an fstat), and once the file is smaller than the device nothing is served in place
+   *   any more: a read past the end then fails, a write there extends the file, as with pread
+   *   and pwrite.
+   * - A read not from a hole. The copy would fault a page into the file, taking memory that
+   *   loop's and pread's reads of a sparse file never take; with the tmpfs full that fault
+   *   fails, and ublk failed the read with EIO where the file reads as zeroes. So a read is in
+   *   place only where the file is known to have data (AllocatedPages, learned from lseek).
+   *   A write fills its hole either way.
+   * Someone truncating or punching the file between the check and ublk's copy can still meet
+   * the fault; the next answer looks again.
    */
   inPlaceAddress(sector: number, byteLength: number, access: InPlaceAccess): number {
     if (!this.inlineIo || this.closed || this.inPlaceRefused || (access === 'write' && this.readOnly)) return 0;
-    const endByte = sector * SECTOR_BYTES + byteLength;
+    const startByte = sector * SECTOR_BYTES;
+    const endByte = startByte + byteLength;
     if (endByte > this.sizeSectors * SECTOR_BYTES) return 0;
     if (this.inPlaceBase === 0 && !this.mapForInPlace()) return 0;
-    const address = this.inPlaceBase + sector * SECTOR_BYTES;
-    if (access === 'read') return native().pagesResident(address, byteLength) ? address : 0;
     if (native().fileSize(this.handle.fd) < this.sizeSectors * SECTOR_BYTES) {
       this.inPlaceRefused = true; // shrunk under the device: reads and writes from now on, as any file
       return 0;
     }
-    return address;
+    if (access === 'read' && !this.allocatedPages.covers(startByte, endByte) && !this.learnData(startByte, endByte)) return 0;
+    return this.inPlaceBase + startByte;
+  }
+
+  /**
+   * Ask the file whether [startByte, endByte) is all data, remembering the whole extent found:
+   * for a file written through, the first miss learns the file at once (one SEEK_HOLE scan).
+   */
+  private learnData(startByte: number, endByte: number): boolean {
+    const fd = this.handle.fd;
+    if (native().nextData(fd, startByte) !== startByte) return false; // a hole here (or an error)
+    const extentEnd = native().nextHole(fd, startByte);
+    if (extentEnd <= startByte) return false;
+    this.allocatedPages.mark(startByte, extentEnd);
+    return extentEnd >= endByte;
   }
 
   private mapForInPlace(): boolean {
@@ -444,6 +462,8 @@ export class FileDevice implements BlockDevice {
   private fallocate(mode: number, sector: number, sectorCount: number): Promise<IoResult> {
     const misuse = this.misuse(0);
     if (misuse) return Promise.reject(misuse);
+    // Before the punch, so no read named in place after it finds the range allocated.
+    if ((mode & FALLOC_FL_PUNCH_HOLE) !== 0) this.allocatedPages.unmark(sector * SECTOR_BYTES, (sector + sectorCount) * SECTOR_BYTES);
     return this.ring.fallocate(this.handle.fd, mode, sector * SECTOR_BYTES, sectorCount * SECTOR_BYTES);
   }
 

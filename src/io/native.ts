@@ -126,10 +126,13 @@ export interface NativeAddon {
   /** fstat(fd).st_size, or -errno: cheaper per call than fs.fstatSync's Stats. */
   fileSize(fd: number): number;
   /**
-   * Whether every page of [address, address + byteLength) is in memory (mincore): for a file
-   * mapping, in the file's page cache; a tmpfs hole and a page past the file's end are not.
+   * lseek(fd, fileByteOffset, SEEK_DATA): where the first data at or after the offset begins,
+   * or -errno (-ENXIO when there is none before the end). Moves the descriptor's position, which
+   * pread, pwrite and the ring do not use.
    */
-  pagesResident(address: number, byteLength: number): boolean;
+  nextData(fd: number, fileByteOffset: number): number;
+  /** lseek(SEEK_HOLE), as nextData: where the first hole at or after the offset begins (the file's end counts as one). */
+  nextHole(fd: number, fileByteOffset: number): number;
   /** munmap now; the ArrayBuffer must not be used afterwards (it is detached). */
   unmap(buffer: ArrayBuffer): void;
   /** ioctl(BLKGETSIZE64) on a block device fd. */
