@@ -15,6 +15,7 @@ export const EOPNOTSUPP = errno.EOPNOTSUPP;
 export const ENODEV = errno.ENODEV;
 export const EBUSY = errno.EBUSY;
 export const ENOENT = errno.ENOENT;
+export const ENXIO = errno.ENXIO;
 export const EEXIST = errno.EEXIST;
 export const ETIMEDOUT = errno.ETIMEDOUT;
 export const EAGAIN = errno.EAGAIN;

@@ -2,10 +2,10 @@ import { constants as fsConstants, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 
 import type { BlockDevice, DeviceCapabilities, DeviceKey, InPlaceAccess, ReadOptions } from './block-device';
-import { EINVAL, EIO, ENOENT, EOPNOTSUPP, ErrnoError, type IoResult } from '../base/errno';
+import { EINVAL, EIO, ENOENT, ENXIO, EOPNOTSUPP, ErrnoError, type IoResult } from '../base/errno';
 import { NO_DATA } from './bio';
-import { AllocatedPages } from './allocated-pages';
 import { isDirectIoAligned, native } from './native';
+import { PageBitmap } from './page-bitmap';
 import { RWF_DSYNC, type IoCallback, type IoRing } from './ring';
 import { SECTOR_BYTES, SECTOR_SHIFT, isMultipleOfPowerOfTwo } from '../base/units';
 
@@ -127,8 +127,15 @@ export class FileDevice implements BlockDevice {
   private inPlaceMapping: ArrayBuffer | undefined;
   private inPlaceBase = 0;
   private inPlaceRefused = false;
-  /** Where the file has data, as far as this device has learned: reads are in place only there. */
-  private readonly allocatedPages = new AllocatedPages();
+  /**
+   * Where the file has data, and where holes, as far as this device has learned (learnExtent):
+   * reads and writes are in place only where it has data. Hints: this device's writes turn
+   * holes into data and its punches forget data, and nothing else (another process, or another
+   * queue thread's copy of the device) is noticed, so a request can still be served by pread or
+   * pwrite where the file has data since, or (rarely) meet a page another punched.
+   */
+  private readonly dataPages = new PageBitmap();
+  private readonly holePages = new PageBitmap();
   /** DirectRequests not in flight, for the next direct request to reuse. */
   private readonly idleDirectRequests: DirectRequest[] = [];
 
@@ -163,11 +170,13 @@ export class FileDevice implements BlockDevice {
    *   answer (an fstat), and once the file is smaller than the device nothing is served in place
    *   any more: a read past the end then fails, a write there extends the file, as with pread
    *   and pwrite.
-   * - A read not from a hole. The copy would fault a page into the file, taking memory that
-   *   loop's and pread's reads of a sparse file never take; with the tmpfs full that fault
-   *   fails, and ublk failed the read with EIO where the file reads as zeroes. So a read is in
-   *   place only where the file is known to have data (AllocatedPages, learned from lseek).
-   *   A write fills its hole either way.
+   * - Not a hole. A read's copy would fault a page into the file, taking memory that loop's and
+   *   pread's reads of a sparse file never take; with the tmpfs full that fault fails, and ublk
+   *   failed the read with EIO where the file reads as zeroes. A write's copy into a hole of a
+   *   full tmpfs fails the same way, and ublk requeues the write, which blk-mq may hand to
+   *   another tag. So both are in place only where the file is known to have data (learned from
+   *   lseek, learnExtents); a write into a hole goes to pwrite, which fills it or fails with
+   *   ENOSPC, and what it filled is data from then on.
    * Someone truncating or punching the file between the check and ublk's copy can still meet
    * the fault; the next answer looks again.
    */
@@ -181,21 +190,31 @@ export class FileDevice implements BlockDevice {
       this.inPlaceRefused = true; // shrunk under the device: reads and writes from now on, as any file
       return 0;
     }
-    if (access === 'read' && !this.allocatedPages.covers(startByte, endByte) && !this.learnData(startByte, endByte)) return 0;
+    if (!this.dataPages.covers(startByte, endByte) && (this.holePages.touchesAny(startByte, endByte) || !this.learnExtents(startByte, endByte))) return 0;
     return this.inPlaceBase + startByte;
   }
 
   /**
-   * Ask the file whether [startByte, endByte) is all data, remembering the whole extent found:
-   * for a file written through, the first miss learns the file at once (one SEEK_HOLE scan).
+   * Ask the file (lseek) what [startByte, endByte) is, remembering whole extents: each data or
+   * hole extent costs one scan of it, once, and a file written through is learned at its first
+   * read. Asking per read would scan to the extent's end every time. True if the range is data.
    */
-  private learnData(startByte: number, endByte: number): boolean {
+  private learnExtents(startByte: number, endByte: number): boolean {
     const fd = this.handle.fd;
-    if (native().nextData(fd, startByte) !== startByte) return false; // a hole here (or an error)
-    const extentEnd = native().nextHole(fd, startByte);
-    if (extentEnd <= startByte) return false;
-    this.allocatedPages.mark(startByte, extentEnd);
-    return extentEnd >= endByte;
+    let at = startByte;
+    while (at < endByte) {
+      const data = native().nextData(fd, at);
+      if (data !== at) {
+        // A hole from `at` to the next data, or to the end (ENXIO: none after); another error teaches nothing.
+        if (data > at || data === -ENXIO) this.holePages.mark(at, data > at ? data : this.sizeSectors * SECTOR_BYTES);
+        return false;
+      }
+      const hole = native().nextHole(fd, at);
+      if (hole <= at) return false;
+      this.dataPages.mark(at, hole);
+      at = hole;
+    }
+    return true;
   }
 
   private mapForInPlace(): boolean {
@@ -264,6 +283,7 @@ export class FileDevice implements BlockDevice {
     if (misuse) return Promise.reject(misuse);
     if (this.beyondEnd(sector, totalBytes(bufs))) return Promise.resolve(-EIO);
     const byteOffset = sector * SECTOR_BYTES;
+    this.holePages.unmark(byteOffset, byteOffset + totalBytes(bufs));
     const rwFlags = fua ? RWF_DSYNC : 0;
     return new Promise((resolve) => this.issue(this.allAlignedForDirect(bufs, byteOffset), DataOp.Writev, NO_DATA, bufs, byteOffset, rwFlags, resolve));
   }
@@ -349,8 +369,11 @@ export class FileDevice implements BlockDevice {
     if (this.beyondEnd(sector, buf.length)) return done(-EIO);
     const byteOffset = sector * SECTOR_BYTES;
     if (this.inlineIo) {
+      this.holePages.unmark(byteOffset, byteOffset + buf.length);
       // FUA asks for nothing more here: tmpfs has no stable storage for the write to reach.
-      this.ring.completeInline(done, native().pwrite(this.handle.fd, buf, byteOffset));
+      const written = native().pwrite(this.handle.fd, buf, byteOffset);
+      if (written === buf.length) this.dataPages.mark(byteOffset, byteOffset + written); // a hole filled: in place from now on
+      this.ring.completeInline(done, written);
       return;
     }
     const rwFlags = fua ? RWF_DSYNC : 0;
@@ -463,7 +486,7 @@ export class FileDevice implements BlockDevice {
     const misuse = this.misuse(0);
     if (misuse) return Promise.reject(misuse);
     // Before the punch, so no read named in place after it finds the range allocated.
-    if ((mode & FALLOC_FL_PUNCH_HOLE) !== 0) this.allocatedPages.unmark(sector * SECTOR_BYTES, (sector + sectorCount) * SECTOR_BYTES);
+    if ((mode & FALLOC_FL_PUNCH_HOLE) !== 0) this.dataPages.unmark(sector * SECTOR_BYTES, (sector + sectorCount) * SECTOR_BYTES);
     return this.ring.fallocate(this.handle.fd, mode, sector * SECTOR_BYTES, sectorCount * SECTOR_BYTES);
   }
 

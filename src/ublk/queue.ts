@@ -206,8 +206,14 @@ export class UblkQueue {
     const desc = decodeIoDescInto(this.descriptorWords, slot.tag, this.desc);
     slot.request.inPlaceAddress = 0;
     if (slot.placedWrite) {
-      this.dispatchLanded(slot, desc);
-      return;
+      slot.placedWrite = false;
+      if (desc.op === IoOp.Write && desc.sectorCount * SECTOR_BYTES <= slot.buffer.length) {
+        this.dispatchLanded(slot, desc);
+        return;
+      }
+      // Not the write placed here: its copy faulted, ublk requeued it (blk-mq may hand it to
+      // another tag), and this tag now brings another request. Serve that one as any other.
+      this.placer!.abandoned();
     }
     const op = knownOp(desc.op);
     if (op === undefined) {
@@ -238,13 +244,7 @@ export class UblkQueue {
 
   /** A placed write's data is where the placer said: it answers the write (ublk may have copied only a prefix, then shortened the request). */
   private dispatchLanded(slot: TagSlot, desc: IoDesc): void {
-    slot.placedWrite = false;
     const byteLength = desc.sectorCount * SECTOR_BYTES;
-    if (desc.op !== IoOp.Write || byteLength > slot.buffer.length) {
-      this.placer!.abandoned();
-      slot.commit(-EIO); // not what was placed: a kernel we do not understand
-      return;
-    }
     const done = slot.begin(IoOp.Write, byteLength);
     this.fillRequest(slot.request, IoOp.Write, desc, slot.dataView(byteLength));
     this.placer!.landed(slot.request, done);

@@ -209,6 +209,11 @@ describe('integration: queue threads', function () {
         assert.equal(read.code, 0, `reading the sparse device failed:\n${read.stderr}`);
         await mustSh(`cmp -n ${63 * MiB} -i ${MiB}:0 ${box.dir}/sparse-read /dev/zero`);
         assert.equal(await allocated(), before, 'reading the holes allocated pages of the file');
+        // A write into a hole has no room: it fails (ublk's copy into the mapping faults, and the
+        // pwrite it falls back to gets ENOSPC) rather than coming back for ever.
+        const full = await sh(`dd if=/dev/urandom of=${dev} bs=4k seek=4096 count=1 oflag=direct status=none`, { timeoutMs: 60_000 });
+        assert.notEqual(full.code, 0, 'a write into a hole of a full tmpfs succeeded');
+        assert.match(full.stderr, /No space left on device|Input\/output error/);
       } finally {
         await sh(`rm -f ${shm}/filler ${box.dir}/sparse-read`);
       }

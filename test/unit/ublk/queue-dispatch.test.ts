@@ -269,6 +269,20 @@ describe('UblkQueue on a device whose writes come without their data (UBLK_F_NEE
     assert.equal(placer.landings.length, 0);
   });
 
+  it('a placed write whose tag then brings another request (ublk requeued the write, blk-mq gave it elsewhere): the place is given up and the request served', async () => {
+    start(true);
+    await writeDescriptor(2, UBLK_IO_OP_WRITE, 8, 64);
+    ring.answer(2, UBLK_IO_RES_NEED_GET_DATA);
+    await writeDescriptor(2, UBLK_IO_OP_READ, 8, 0);
+    ring.deliver(2);
+    assert.equal(placer.abandonedCount, 1, 'the placement no longer holds a suspend');
+    assert.equal(placer.landings.length, 0);
+    assert.equal(served.length, 1, 'the read goes to the handler');
+    assert.deepEqual([served[0]!.request.op, served[0]!.request.sector], [IoOp.Read, 0]);
+    served[0]!.done(4096);
+    assert.deepEqual([ring.lastFor(2).cmdOp, ring.lastFor(2).result], [UBLK_U_IO_COMMIT_AND_FETCH_REQ, 4096]);
+  });
+
   it('gives a placed write up when its command fails (the queue is torn down)', async () => {
     start(true);
     await writeDescriptor(1, UBLK_IO_OP_WRITE, 8, 64);

@@ -5,16 +5,14 @@ const CHUNK_PAGES = 32768;
 const CHUNK_WORDS = CHUNK_PAGES / 32;
 
 /**
- * The pages of a file known to hold data (not holes), by byte range: what a FileDevice serving
- * in place has learned from lseek(SEEK_DATA / SEEK_HOLE), so that it asks the kernel once per
- * extent rather than once per request. Only a hint that errs towards "unknown": a page is
- * marked when the file was seen to have it and unmarked when the device punches it, and nothing
- * else (another process punching the file) is noticed.
+ * A set of a file's pages, addressed by byte range: a FileDevice serving in place keeps two, the
+ * pages it knows hold data and those it knows are holes (learned from lseek once per extent
+ * rather than asked per request).
  *
- * A sparse bitmap: a chunk is made when one of its pages is first marked, so a huge sparse file
- * costs only for the extents it has.
+ * Sparse: a chunk is made when one of its pages is first marked, so a huge sparse file costs
+ * only for the extents it has.
  */
-export class AllocatedPages {
+export class PageBitmap {
   private readonly chunks = new Map<number, Uint32Array>();
 
   /** Whether every page that [startByte, endByte) touches is marked. */
@@ -27,6 +25,18 @@ export class AllocatedPages {
       if ((chunk[bit >>> 5]! & (1 << (bit & 31))) === 0) return false;
     }
     return true;
+  }
+
+  /** Whether any page that [startByte, endByte) touches is marked. */
+  touchesAny(startByte: number, endByte: number): boolean {
+    const endPage = pageAfter(endByte);
+    for (let page = Math.floor(startByte / PAGE_BYTES); page < endPage; page++) {
+      const chunk = this.chunks.get(Math.floor(page / CHUNK_PAGES));
+      if (chunk === undefined) continue;
+      const bit = page % CHUNK_PAGES;
+      if ((chunk[bit >>> 5]! & (1 << (bit & 31))) !== 0) return true;
+    }
+    return false;
   }
 
   /** Mark every page that [startByte, endByte) touches (tmpfs holds data and holes by whole pages). */
