@@ -136,6 +136,8 @@ export class FileDevice implements BlockDevice {
    */
   private readonly dataPages = new PageBitmap();
   private readonly holePages = new PageBitmap();
+  /** Every extent before this byte was learned once (learnExtents). */
+  private learnedThroughByte = 0;
   /** DirectRequests not in flight, for the next direct request to reuse. */
   private readonly idleDirectRequests: DirectRequest[] = [];
 
@@ -195,26 +197,45 @@ export class FileDevice implements BlockDevice {
   }
 
   /**
-   * Ask the file (lseek) what [startByte, endByte) is, remembering whole extents: each data or
-   * hole extent costs one scan of it, once, and a file written through is learned at its first
-   * read. Asking per read would scan to the extent's end every time. True if the range is data.
+   * Ask the file (lseek) what [startByte, endByte) is, remembering whole extents, and say
+   * whether it is all data. Asking per request would scan to the extent's end every time (the
+   * whole file, for one written through); remembered, each extent costs one scan. Beyond what
+   * was learned, learning goes on from where it stopped, so the file is learned front to back
+   * once however the requests jump about (a file written through: at the first request);
+   * before that, only pages this device changed since are unknown, and are asked about alone.
    */
   private learnExtents(startByte: number, endByte: number): boolean {
+    if (startByte >= this.learnedThroughByte) {
+      this.learnedThroughByte = Math.max(this.learnedThroughByte, this.learnFrom(this.learnedThroughByte, endByte));
+    } else {
+      this.learnFrom(startByte, endByte);
+    }
+    return this.dataPages.covers(startByte, endByte);
+  }
+
+  /** Mark the extents from `atByte` on until one reaches `untilByte`; returns where it stopped. */
+  private learnFrom(atByte: number, untilByte: number): number {
     const fd = this.handle.fd;
-    let at = startByte;
-    while (at < endByte) {
+    const fileEnd = this.sizeSectors * SECTOR_BYTES;
+    let at = atByte;
+    while (at < untilByte) {
       const data = native().nextData(fd, at);
-      if (data !== at) {
-        // A hole from `at` to the next data, or to the end (ENXIO: none after); another error teaches nothing.
-        if (data > at || data === -ENXIO) this.holePages.mark(at, data > at ? data : this.sizeSectors * SECTOR_BYTES);
-        return false;
+      if (data === -ENXIO) {
+        this.holePages.mark(at, fileEnd); // no data after: a hole to the end
+        return fileEnd;
+      }
+      if (data < 0) return at; // another error teaches nothing
+      if (data > at) {
+        this.holePages.mark(at, data);
+        at = data;
+        continue;
       }
       const hole = native().nextHole(fd, at);
-      if (hole <= at) return false;
+      if (hole <= at) return at;
       this.dataPages.mark(at, hole);
       at = hole;
     }
-    return true;
+    return at;
   }
 
   private mapForInPlace(): boolean {

@@ -307,9 +307,21 @@ describe('IoRing driven by its caller (real io_uring)', () => {
       assert.equal(device.servesInPlace, true);
       assert.equal(onDisk.servesInPlace, (await fsp.statfs(dir)).type === TMPFS_MAGIC, 'only a memory-backed file');
       assert.equal(await mapsFile(), false, 'nothing mapped before the first request');
-      const at8 = device.inPlaceAddress(8, 4096, 'write');
-      assert.notEqual(at8, 0);
-      assert.equal(device.inPlaceAddress(0, 4096, 'read'), at8 - 4096, 'one mapping of the whole file');
+      const addon = native() as unknown as Record<'nextData' | 'nextHole', (fd: number, at: number) => number>;
+      const originals = { nextData: addon.nextData, nextHole: addon.nextHole };
+      const asked = { nextData: 0, nextHole: 0 };
+      addon.nextData = (fd, at) => (asked.nextData++, originals.nextData(fd, at));
+      addon.nextHole = (fd, at) => (asked.nextHole++, originals.nextHole(fd, at));
+      let at8: number;
+      try {
+        at8 = device.inPlaceAddress(8, 4096, 'write');
+        assert.notEqual(at8, 0);
+        assert.equal(device.inPlaceAddress(0, 4096, 'read'), at8 - 4096, 'one mapping of the whole file');
+        assert.notEqual(device.inPlaceAddress(120, 4096, 'read'), 0);
+        assert.deepEqual(asked, { nextData: 1, nextHole: 1 }, 'a file written through is learned front to back at the first request, once');
+      } finally {
+        Object.assign(addon, originals);
+      }
       assert.ok(await mapsFile());
       const handle = await fsp.open(file, 'r+');
       await handle.write(Buffer.alloc(4096, 7), 0, 4096, 4096);
@@ -332,9 +344,7 @@ describe('IoRing driven by its caller (real io_uring)', () => {
         assert.equal(sparse.inPlaceAddress(8, 4096, 'read'), 0, 'a hole');
         assert.equal(sparse.inPlaceAddress(0, 8192, 'read'), 0, 'a read reaching into a hole');
         // Each extent is asked about once: a file asked per read would be scanned per read.
-        const addon = native() as unknown as Record<'nextData' | 'nextHole', (fd: number, at: number) => number>;
-        const asked = { nextData: 0, nextHole: 0 };
-        const originals = { nextData: addon.nextData, nextHole: addon.nextHole };
+        asked.nextData = asked.nextHole = 0;
         addon.nextData = (fd, at) => (asked.nextData++, originals.nextData(fd, at));
         addon.nextHole = (fd, at) => (asked.nextHole++, originals.nextHole(fd, at));
         try {
