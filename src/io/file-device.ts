@@ -128,7 +128,7 @@ export class FileDevice implements BlockDevice {
   private inPlaceBase = 0;
   private inPlaceRefused = false;
   /**
-   * Where the file has data, and where holes, as far as this device has learned (learnExtent):
+   * Where the file has data, and where holes, as far as this device has learned (learnExtents):
    * reads and writes are in place only where it has data. Hints: this device's writes turn
    * holes into data and its punches forget data, and nothing else (another process, or another
    * queue thread's copy of the device) is noticed, so a request can still be served by pread or
