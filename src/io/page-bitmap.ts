@@ -19,10 +19,7 @@ export class PageBitmap {
   covers(startByte: number, endByte: number): boolean {
     const endPage = pageAfter(endByte);
     for (let page = Math.floor(startByte / PAGE_BYTES); page < endPage; page++) {
-      const chunk = this.chunks.get(Math.floor(page / CHUNK_PAGES));
-      if (chunk === undefined) return false;
-      const bit = page % CHUNK_PAGES;
-      if ((chunk[bit >>> 5]! & (1 << (bit & 31))) === 0) return false;
+      if (!this.has(page)) return false;
     }
     return true;
   }
@@ -31,12 +28,16 @@ export class PageBitmap {
   touchesAny(startByte: number, endByte: number): boolean {
     const endPage = pageAfter(endByte);
     for (let page = Math.floor(startByte / PAGE_BYTES); page < endPage; page++) {
-      const chunk = this.chunks.get(Math.floor(page / CHUNK_PAGES));
-      if (chunk === undefined) continue;
-      const bit = page % CHUNK_PAGES;
-      if ((chunk[bit >>> 5]! & (1 << (bit & 31))) !== 0) return true;
+      if (this.has(page)) return true;
     }
     return false;
+  }
+
+  private has(page: number): boolean {
+    const chunk = this.chunks.get(Math.floor(page / CHUNK_PAGES));
+    if (chunk === undefined) return false;
+    const bit = page % CHUNK_PAGES;
+    return (chunk[bit >>> 5]! & (1 << (bit & 31))) !== 0;
   }
 
   /** Mark every page that [startByte, endByte) touches (tmpfs holds data and holes by whole pages). */
