@@ -36,7 +36,7 @@ export function kernelCollaborators(
           { ring: scope.ring, devId: recoverFrom.id, serverFlags: recoverFrom.serverFlags, sizeSectors: options.sizeSectors },
           serve,
         )
-      : UblkDevice.create({ ...options, ring: scope.ring, placeWrites }, serve);
+      : UblkDevice.create({ ...options, ring: scope.ring, placeWrites, warn: scope.warn }, serve);
   };
   return {
     scope,

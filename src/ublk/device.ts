@@ -19,6 +19,7 @@ import {
 import { UblkControl } from './control';
 import { processIsAlive } from './processes';
 import { UnquiescedDeviceError } from './unquiesced';
+import { DEFAULT_IO_SCHEDULER, setIoScheduler } from './io-scheduler';
 import { ThreadQueues, type QueueServer, type UblkHandler } from './queue';
 
 export type { UblkHandler, UblkRequest } from './queue';
@@ -74,6 +75,13 @@ export interface UblkDeviceOptions {
    * into its device (Dispatcher.placeWrite). Default false: each write costs a command less.
    */
   placeWrites?: boolean;
+  /**
+   * The block device's I/O scheduler once started (io-scheduler.ts says why 'none', the
+   * default); '' keeps the kernel's choice. A recovered device keeps whatever it had.
+   */
+  ioScheduler?: string;
+  /** Told why a setting that does not stop the device could not be made (the scheduler). Default: dropped. */
+  warn?: (message: string) => void;
 }
 
 /** What recover() needs to find the device again and know it is the one it means. */
@@ -162,6 +170,10 @@ export class UblkDevice {
       await control.startDevice(devId, process.pid);
       const devt = (await control.getParams(devId)).devt;
       if (devt) device.devnoValue = { major: devt.diskMajor, minor: devt.diskMinor };
+      if (config.ioScheduler !== '') {
+        const why = await setIoScheduler(devId, config.ioScheduler);
+        if (why !== undefined) config.warn(`ublk device ${devId}: ${why}`);
+      }
       return device;
     } catch (error) {
       if (device) {
@@ -342,6 +354,8 @@ function validate(options: UblkDeviceOptions): Required<UblkDeviceOptions> {
     recovery: options.recovery ?? false,
     serverFlags: options.serverFlags ?? 0n,
     placeWrites: options.placeWrites ?? false,
+    ioScheduler: options.ioScheduler ?? DEFAULT_IO_SCHEDULER,
+    warn: options.warn ?? (() => {}),
   };
   const fail = (message: string): never => {
     throw new ErrnoError(`ublk device: ${message}`, EINVAL);

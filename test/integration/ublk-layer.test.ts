@@ -12,6 +12,7 @@ import { EIO, EOPNOTSUPP, type IoResult } from '../../src/base/errno';
 import { IoOp, type IoDone } from '../../src/io/bio';
 import { IoRing } from '../../src/io/ring';
 import { UblkDevice, type UblkRequest } from '../../src/ublk/device';
+import { schedulerPath } from '../../src/ublk/io-scheduler';
 import { SECTOR_BYTES } from '../../src/base/units';
 import { parseCpuList, possibleCpuCount } from '../../src/base/cpus';
 import { Sandbox, mustSh, requireRealUblk, sh } from './harness';
@@ -102,6 +103,34 @@ describe('integration: the ublk layer serving a RAM disk', function () {
     }
     assert.ok(!existsSync(device.blockPath), 'stop removed the block device');
     assert.ok(!existsSync(device.charPath), 'and the char device');
+  });
+
+  it('starts a device with no I/O scheduler, as kernel dm and loop; keeps the kernel\'s when asked; a refused one is a warning', async function () {
+    const scheduler = async (device: UblkDevice) => (await readFile(schedulerPath(device.id), 'utf8')).trim();
+    const disk = new RamDisk();
+    const warnings: string[] = [];
+    const plain = await UblkDevice.create({ ring, sizeSectors: SIZE_SECTORS, depth: 8, warn: (m) => warnings.push(m) }, disk.serve);
+    try {
+      assert.match(await scheduler(plain), /^\[none\]/);
+    } finally {
+      await plain.stop();
+    }
+    // blk-mq's own choice for a 1-queue device: mq-deadline.
+    const kept = await UblkDevice.create({ ring, sizeSectors: SIZE_SECTORS, depth: 8, ioScheduler: '' }, disk.serve);
+    try {
+      assert.match(await scheduler(kept), /\[mq-deadline\]/);
+    } finally {
+      await kept.stop();
+    }
+    const refused = await UblkDevice.create({ ring, sizeSectors: SIZE_SECTORS, depth: 8, ioScheduler: 'no-such-elevator', warn: (m) => warnings.push(m) }, disk.serve);
+    try {
+      assert.match(await scheduler(refused), /\[mq-deadline\]/, 'the device serves with the kernel\'s choice');
+      assert.equal(await mustSh(`blockdev --getsz ${refused.blockPath}`), `${SIZE_SECTORS}\n`);
+    } finally {
+      await refused.stop();
+    }
+    assert.equal(warnings.length, 1, warnings.join('\n'));
+    assert.match(warnings[0]!, new RegExp(`ublk device ${refused.id}: could not set .*scheduler to no-such-elevator`));
   });
 
   it('a handler error reaches the reader as EIO', async function () {
