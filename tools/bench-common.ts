@@ -4,6 +4,8 @@
  * block device, O_DIRECT through io_uring, time-based, one JSON summary for all its jobs).
  */
 import { execFile } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import { basename } from 'node:path';
 import { onlineCpus } from '../src/base/cpus';
 
 /** Runs `file` and resolves to its stdout; rejects with the command and its stderr. */
@@ -77,6 +79,20 @@ export async function completedIos(blockPath: string): Promise<number> {
   const name = blockPath.replace(/^\/dev\//, '');
   const fields = (await sh(`cat /sys/block/${name}/stat`)).trim().split(/\s+/).map(Number);
   return fields[0] + fields[4]; // reads completed, writes completed
+}
+
+/**
+ * The I/O scheduler of the block device at `path` (/sys/block/NAME/queue/scheduler, the bracketed
+ * one); 'none (bio-based)' for a device without an elevator at all (kernel dm's linear).
+ */
+export async function ioSchedulerOf(path: string): Promise<string> {
+  const name = basename(await fsp.realpath(path));
+  try {
+    const line = await fsp.readFile(`/sys/block/${name}/queue/scheduler`, 'utf8');
+    return /\[([^\]]+)\]/.exec(line)?.[1] ?? line.trim();
+  } catch {
+    return 'none (bio-based)';
+  }
 }
 
 export function formatRatio(ratio: number): string {

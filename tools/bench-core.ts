@@ -16,7 +16,7 @@
  * too (tools/bench-ublksrv.ts).
  * Never throws: a failure is recorded in `error` beside what was measured.
  */
-import { fio, formatRatio, sh } from './bench-common';
+import { fio, formatRatio, ioSchedulerOf, sh } from './bench-common';
 import { BenchDaemon, withCpuPerIo, type DaemonMemory } from './bench-daemon';
 import { queueLoopEnv, type DaemonPartOptions, type QueueLoop } from './bench-queue-loop';
 import { DEFAULT_ROUNDS, median, roundOrder, roundRatios, formatSpread } from './bench-rounds';
@@ -103,6 +103,8 @@ export interface CoreReport {
   readonly daemonMemory: Partial<Record<QueueLoop, DaemonMemory>>;
   /** Per queue loop: the daemon's CPU use with its 3 devices idle (a loop that polls shows here). */
   readonly idleCpuPercent: Partial<Record<QueueLoop, number>>;
+  /** Each device's I/O scheduler as measured (ours: 'none' unless told otherwise). */
+  readonly schedulers: Record<string, string>;
   error?: string;
 }
 
@@ -126,7 +128,7 @@ export async function runCoreBench(o: CoreBenchOptions): Promise<CoreReport> {
   const rounds = o.rounds ?? DEFAULT_ROUNDS;
   const report: CoreReport = {
     backingMiB, runtimeSeconds: o.runtimeSeconds, rounds, queues: 1, depth: DEPTH, loopDirectIo: null,
-    results: [], ratios: [], ublksrv: o.ublksrv ?? null, cServerRatios: [], daemonMemory: {}, idleCpuPercent: {},
+    results: [], ratios: [], ublksrv: o.ublksrv ?? null, cServerRatios: [], daemonMemory: {}, idleCpuPercent: {}, schedulers: {},
   };
   const cleanups: Array<() => Promise<unknown>> = [];
   const daemons = o.queueLoops.map((mode) => ({ mode, daemon: new BenchDaemon(o.dir, `core-${mode}`, queueLoopEnv(mode)) }));
@@ -168,6 +170,9 @@ export async function runCoreBench(o: CoreBenchOptions): Promise<CoreReport> {
       cServerDevices.set('dm-linear', { device: 'ublksrv-loop-dev', server: loopDevDevice });
     }
 
+    for (const [device, path] of kernelDevices) report.schedulers[device] = await ioSchedulerOf(path);
+    for (const { device, mode, path } of ourDevices) report.schedulers[`ours-${device}-${mode}`] = await ioSchedulerOf(path);
+    for (const { device, server } of cServerDevices.values()) report.schedulers[device] = await ioSchedulerOf(server.path);
     for (const { mode, daemon } of daemons) report.idleCpuPercent[mode] = await daemon.idleCpuPercent(IDLE_SECONDS);
     // Userspace servers warm up before any cell counts: our daemon's request path is JIT code
     // that V8 optimizes only after thousands of requests (slower under TCG), and the first cell
@@ -368,6 +373,8 @@ export function formatCoreReport(report: CoreReport): string {
     if (memory) lines.push(`daemon memory after these runs (3 devices): own ${memory.ownMiB} MiB, RSS ${memory.rssMiB} MiB (THP ${memory.anonHugePagesMiB}, backing mapped ${memory.mappedBackingMiB}), peak ${memory.peakMiB} MiB; CPU while idle ${report.idleCpuPercent[mode]} %`);
   }
   if (report.ublksrv !== null) lines.push(...formatCServerTable(report, modes));
+  const schedulers = Object.entries(report.schedulers ?? {});
+  if (schedulers.length > 0) lines.push('', `I/O schedulers: ${schedulers.map(([device, scheduler]) => `${device} ${scheduler}`).join(', ')}`);
   if (report.error !== undefined) lines.push(`core bench FAILED: ${report.error.split('\n')[0]}`);
   return lines.join('\n');
 }

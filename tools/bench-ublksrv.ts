@@ -6,6 +6,7 @@
  * ones our daemons are given in the bench.
  */
 import { accessSync, constants } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import { run } from './bench-common';
 
 export type UblksrvTarget = 'null' | 'loop';
@@ -40,6 +41,10 @@ export class UblksrvDevice {
     await run(ublk, args);
     try {
       const pid = serverPidOfListing(id, await run(ublk, ['list', '-n', String(id)]));
+      // blk-mq gives a 1-queue ublk device mq-deadline; ours and the kernel's devices here run
+      // without a scheduler (src/ublk/io-scheduler.ts), and so does this one, or the comparison
+      // would be of schedulers as much as of servers.
+      await writeFile(`/sys/block/ublkb${id}/queue/scheduler`, 'none');
       return new UblksrvDevice(ublk, id, `/dev/ublkb${id}`, pid);
     } catch (error) {
       await run(ublk, ['del', '-n', String(id)]).catch(() => ''); // leave no device behind

@@ -60,9 +60,10 @@ describe('bench: cells measured in rounds', () => {
     assert.deepEqual(oursOverServer?.roundRatios, [0.5, 1, 0.5]);
     const report: CoreReport = {
       backingMiB: 1024, runtimeSeconds: 4, rounds: 3, queues: 1, depth: 128, loopDirectIo: true, results, ratios: [],
-      ublksrv: '/x/ublk', cServerRatios: ratios, daemonMemory: {}, idleCpuPercent: {},
+      ublksrv: '/x/ublk', cServerRatios: ratios, daemonMemory: {}, idleCpuPercent: {}, schedulers: { null_blk: 'none', 'ublksrv-null': 'none' },
     };
     const text = formatCoreReport(report);
+    assert.match(text, /I\/O schedulers: null_blk none, ublksrv-null none/);
     assert.match(text, /ours null \(default\) \/ ublksrv null\s+1\.00 0\.50-1\.00/);
     assert.match(text, /median IOPS of 3 rounds/);
     // Cells never measured print '-', not a number.
@@ -77,7 +78,7 @@ describe('bench: cells measured in rounds', () => {
     const results = [...cell('dm-linear', [4000, 5000, 6000]), ...cell('linear-loop', [1000, 2500, 1500], 'default')];
     const report: CoreReport = {
       backingMiB: 1024, runtimeSeconds: 4, rounds: 3, queues: 1, depth: 128, loopDirectIo: true, results, ratios: [],
-      ublksrv: null, cServerRatios: [], daemonMemory: { default: { rssMiB: 70, peakMiB: 72, anonHugePagesMiB: 0, mappedBackingMiB: 0, ownMiB: 70 } }, idleCpuPercent: { default: 1 },
+      ublksrv: null, cServerRatios: [], daemonMemory: { default: { rssMiB: 70, peakMiB: 72, anonHugePagesMiB: 0, mappedBackingMiB: 0, ownMiB: 70 } }, idleCpuPercent: { default: 1 }, schedulers: {},
     };
     report.ratios.push(...coreRatios(results, ['default']));
     const ratio = report.ratios.find((r) => r.ours === 'linear-loop' && r.kernel === 'dm-linear' && r.pattern === 'randread' && r.iodepth === 1);
