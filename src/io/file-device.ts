@@ -138,6 +138,8 @@ export class FileDevice implements BlockDevice {
   private readonly holePages = new PageBitmap();
   /** Every extent before this byte was learned once (learnExtents). */
   private learnedThroughByte = 0;
+  /** The ring wait (IoRing.waitCount) whose requests the file's size was last found whole for; -1: none yet. */
+  private sizeCheckedInWait = -1;
   /** DirectRequests not in flight, for the next direct request to reuse. */
   private readonly idleDirectRequests: DirectRequest[] = [];
 
@@ -168,10 +170,12 @@ export class FileDevice implements BlockDevice {
    * name a page whose copy would fault where a read or write of the file would not:
    * - Not past the file's end. Someone may shrink the file under the device, and ublk does not
    *   fail a copy that faults there: it requeues the read (delivers the write again), and in the
-   *   6.12 guest a queue that met such a read stopped serving. So the size is looked at on every
-   *   answer (an fstat), and once the file is smaller than the device nothing is served in place
-   *   any more: a read past the end then fails, a write there extends the file, as with pread
-   *   and pwrite.
+   *   6.12 guest a queue that met such a read stopped serving. So the size is looked at (an
+   *   fstat) once for the requests of each of the ring's waits, before the first is answered:
+   *   a request ublk requeues comes back in a later wait, which looks again. Once the file is
+   *   smaller than the device nothing is served in place any more: a read past the end then
+   *   fails, a write there extends the file, as with pread and pwrite. (An fstat per request
+   *   was 5-7 % of a queue thread's CPU at QD 32, where a wait brings several.)
    * - Not a hole. A read's copy would fault a page into the file, taking memory that loop's and
    *   pread's reads of a sparse file never take; with the tmpfs full that fault fails, and ublk
    *   failed the read with EIO where the file reads as zeroes. A write's copy into a hole of a
@@ -188,9 +192,13 @@ export class FileDevice implements BlockDevice {
     const endByte = startByte + byteLength;
     if (endByte > this.sizeSectors * SECTOR_BYTES) return 0;
     if (this.inPlaceBase === 0 && !this.mapForInPlace()) return 0;
-    if (native().fileSize(this.handle.fd) < this.sizeSectors * SECTOR_BYTES) {
-      this.inPlaceRefused = true; // shrunk under the device: reads and writes from now on, as any file
-      return 0;
+    const wait = this.ring.waitCount;
+    if (wait !== this.sizeCheckedInWait) {
+      if (native().fileSize(this.handle.fd) < this.sizeSectors * SECTOR_BYTES) {
+        this.inPlaceRefused = true; // shrunk under the device: reads and writes from now on, as any file
+        return 0;
+      }
+      this.sizeCheckedInWait = wait;
     }
     if (!this.dataPages.covers(startByte, endByte) && (this.holePages.touchesAny(startByte, endByte) || !this.learnExtents(startByte, endByte))) return 0;
     return this.inPlaceBase + startByte;

@@ -116,6 +116,7 @@ export class IoRing {
   /** SQEs prepared since the last submit. */
   private unsubmittedCount = 0;
   private closed = false;
+  private waits = 0;
 
   static create(options: IoRingOptions = {}): IoRing {
     return new IoRing(options.entries ?? DEFAULT_ENTRIES, options.sqe128 ?? false, options.drivenBy === 'caller');
@@ -152,6 +153,7 @@ export class IoRing {
   waitAndDispatch(timeoutMs: number, options: WaitOptions = SUBMIT_QUEUED, clock?: WaitClock): number {
     if (!this.callerDriven) throw new Error('waitAndDispatch: this ring is driven by the event loop');
     if (this.closed) return 0;
+    this.waits++;
     const queued = options.queued;
     this.unsubmittedCount = 0;
     if (clock && !this.waitsTimed) {
@@ -186,6 +188,14 @@ export class IoRing {
     if (this.closed || this.unsubmittedCount === 0) return;
     this.unsubmittedCount = 0;
     this.ring.submit();
+  }
+
+  /**
+   * How many times waitAndDispatch() was called: the callbacks one wait runs share a number,
+   * so what holds for a whole batch of requests (a file's size) can be looked up once for it.
+   */
+  get waitCount(): number {
+    return this.waits;
   }
 
   /** Whether this ring is driven by waitAndDispatch() (a queue thread's) rather than the event loop. */

@@ -376,8 +376,24 @@ describe('IoRing driven by its caller (real io_uring)', () => {
       } finally {
         await sparse.close();
       }
-      // Shrunk under the device: noticed at the next answer, then nothing in place.
+      // The size is looked at once for the requests of one wait of the ring, and again in the next.
+      const sizeAddon = native() as unknown as Record<'fileSize', (fd: number) => number>;
+      const originalFileSize = sizeAddon.fileSize;
+      let sized = 0;
+      sizeAddon.fileSize = (fd) => (sized++, originalFileSize(fd));
+      try {
+        ring.waitAndDispatch(0);
+        for (const sector of [8, 16, 64]) assert.notEqual(device.inPlaceAddress(sector, 4096, 'read'), 0);
+        assert.equal(sized, 1, 'one fstat for the requests of one wait');
+        ring.waitAndDispatch(0);
+        assert.notEqual(device.inPlaceAddress(8, 4096, 'write'), 0);
+        assert.equal(sized, 2, 'and one in the next');
+      } finally {
+        sizeAddon.fileSize = originalFileSize;
+      }
+      // Shrunk under the device: noticed from the next wait on, then nothing in place.
       await fsp.truncate(file, 32 * 1024);
+      ring.waitAndDispatch(0);
       assert.equal(device.inPlaceAddress(96, 4096, 'read'), 0, 'past the new end');
       assert.equal(device.inPlaceAddress(8, 4096, 'read'), 0, 'nothing in place once the file was seen shrunk');
       assert.equal(device.inPlaceAddress(8, 4096, 'write'), 0, 'no write either');
