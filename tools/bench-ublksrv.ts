@@ -7,6 +7,7 @@
  */
 import { accessSync, constants } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
+import { schedulerPath } from '../src/ublk/io-scheduler';
 import { run } from './bench-common';
 
 export type UblksrvTarget = 'null' | 'loop';
@@ -44,7 +45,7 @@ export class UblksrvDevice {
       // blk-mq gives a 1-queue ublk device mq-deadline; ours and the kernel's devices here run
       // without a scheduler (src/ublk/io-scheduler.ts), and so does this one, or the comparison
       // would be of schedulers as much as of servers.
-      await writeFile(`/sys/block/ublkb${id}/queue/scheduler`, 'none');
+      await writeFile(schedulerPath(id), 'none');
       return new UblksrvDevice(ublk, id, `/dev/ublkb${id}`, pid);
     } catch (error) {
       await run(ublk, ['del', '-n', String(id)]).catch(() => ''); // leave no device behind
