@@ -101,7 +101,12 @@ export interface CoreReport {
   readonly cServerRatios: CServerRatio[];
   /** Per queue loop: the daemon's memory after every run (3 devices). */
   readonly daemonMemory: Partial<Record<QueueLoop, DaemonMemory>>;
-  /** Per queue loop: the daemon's CPU use with its 3 devices idle (a loop that polls shows here). */
+  /**
+   * Per queue loop: the daemon's CPU use with its 3 devices idle, over the seconds right after the
+   * last cell (a loop that went on polling after a burst shows here). Not right after the devices
+   * are made: V8 then still compiles and collects start-up's garbage on its own threads (a probe
+   * saw 13 % in one second of six there, and 0 % in every second after I/O).
+   */
   readonly idleCpuPercent: Partial<Record<QueueLoop, number>>;
   /** Each device's I/O scheduler as measured (ours: 'none' unless told otherwise). */
   readonly schedulers: Record<string, string>;
@@ -111,7 +116,7 @@ export interface CoreReport {
 const PATTERNS: readonly Pattern[] = ['randread', 'randwrite'];
 const IODEPTHS = [1, 32] as const;
 const DEPTH = 128;
-const IDLE_SECONDS = 2;
+const IDLE_SECONDS = 3;
 /** Seconds of fio at QD 32, each way, on every userspace device before the cells (after fio's own 1 s ramp). */
 const WARM_UP_SECONDS = 2;
 
@@ -173,7 +178,6 @@ export async function runCoreBench(o: CoreBenchOptions): Promise<CoreReport> {
     for (const [device, path] of kernelDevices) report.schedulers[device] = await ioSchedulerOf(path);
     for (const { device, mode, path } of ourDevices) report.schedulers[`ours-${device}-${mode}`] = await ioSchedulerOf(path);
     for (const { device, server } of cServerDevices.values()) report.schedulers[device] = await ioSchedulerOf(server.path);
-    for (const { mode, daemon } of daemons) report.idleCpuPercent[mode] = await daemon.idleCpuPercent(IDLE_SECONDS);
     // Userspace servers warm up before any cell counts: our daemon's request path is JIT code
     // that V8 optimizes only after thousands of requests (slower under TCG), and the first cell
     // of a fresh device was measured cold (in one boot, 3571 IOPS at randread QD 1 against 5664
@@ -229,6 +233,7 @@ export async function runCoreBench(o: CoreBenchOptions): Promise<CoreReport> {
       // What was measured stays in the report, even when a later round failed.
       report.results.push(...mergeRounds(runs));
     }
+    for (const { mode, daemon } of daemons) report.idleCpuPercent[mode] = await daemon.idleCpuPercent(IDLE_SECONDS);
     for (const { mode, daemon } of daemons) report.daemonMemory[mode] = daemon.memory();
     report.ratios.push(...coreRatios(report.results, o.queueLoops));
     if (o.ublksrv !== undefined) report.cServerRatios.push(...cServerRatios(report.results, o.queueLoops));
@@ -370,7 +375,7 @@ export function formatCoreReport(report: CoreReport): string {
       }
     }
     const memory = report.daemonMemory[mode];
-    if (memory) lines.push(`daemon memory after these runs (3 devices): own ${memory.ownMiB} MiB, RSS ${memory.rssMiB} MiB (THP ${memory.anonHugePagesMiB}, backing mapped ${memory.mappedBackingMiB}), peak ${memory.peakMiB} MiB; CPU while idle ${report.idleCpuPercent[mode]} %`);
+    if (memory) lines.push(`daemon memory after these runs (3 devices): own ${memory.ownMiB} MiB, RSS ${memory.rssMiB} MiB (THP ${memory.anonHugePagesMiB}, backing mapped ${memory.mappedBackingMiB}), peak ${memory.peakMiB} MiB; CPU while idle after them ${report.idleCpuPercent[mode]} %`);
   }
   if (report.ublksrv !== null) lines.push(...formatCServerTable(report, modes));
   const schedulers = Object.entries(report.schedulers ?? {});

@@ -5,12 +5,15 @@
  * code per request, without the kernel's and without TCG's noise: under TCG every instruction of
  * it costs 10-20x, and at QD 32 it is most of our daemon's user time.
  *
- *   node dist/tools/request-path.js [--target null|linear|linear-tmpfs] [--depth N] [--op read|write]
- *                                   [--requests N] [--rounds N]
+ *   node dist/tools/request-path.js [--target null|linear|linear-tmpfs|linear-inplace] [--depth N]
+ *                                   [--op read|write] [--requests N] [--rounds N]
  *
  * Prints nanoseconds of wall and user time per request for each round. `linear` maps a file on
  * this disk through its O_DIRECT descriptor (the path of a guest's linear over a loop device);
- * `linear-tmpfs` a file in /dev/shm, read and written inline with pread/pwrite (real syscalls).
+ * `linear-tmpfs` a file in /dev/shm, read and written inline with pread/pwrite (real syscalls);
+ * `linear-inplace` the same file served in place, as a queue thread serves a tmpfs linear: reads
+ * answered with the file's address, writes delivered without their data (UBLK_F_NEED_GET_DATA)
+ * and placed there, two ublk commands each.
  */
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
@@ -27,7 +30,7 @@ import { Table } from '../src/dm/table';
 import type { Target } from '../src/dm/target';
 import { LinearTarget } from '../src/targets/linear';
 import { NullTarget } from '../src/targets/null';
-import { IO_DESC_BYTES, UBLK_IO_RES_OK, descriptorMmapByteLength } from '../src/ublk/abi';
+import { IO_DESC_BYTES, UBLK_IO_RES_NEED_GET_DATA, UBLK_IO_RES_OK, UBLK_U_IO_NEED_GET_DATA, descriptorMmapByteLength } from '../src/ublk/abi';
 import { UblkQueue } from '../src/ublk/queue';
 import { DEFAULT_POLL_MICROS } from '../src/daemon/queue-threads';
 
@@ -56,11 +59,20 @@ export class InstantNativeRing implements NativeRing {
   /** What it was given, by kind: the harness's check that the path it times is the staged one. */
   readonly staged = { ublkCommands: 0, reads: 0, writes: 0 };
   waits = 0;
+  /**
+   * Every request is a write of a device with UBLK_F_NEED_GET_DATA: a FETCH or COMMIT_AND_FETCH
+   * brings it without its data (NEED_GET_DATA), the server's NEED_GET_DATA command then with it.
+   */
+  writesNeedData = false;
 
   constructor(
     private readonly tokens: Int32Array,
     private readonly results: Int32Array,
   ) {}
+
+  private ublkCommandResult(cmdOp: number): number {
+    return this.writesNeedData && cmdOp !== UBLK_U_IO_NEED_GET_DATA ? UBLK_IO_RES_NEED_GET_DATA : UBLK_IO_RES_OK;
+  }
 
   stageSqes(records: Float64Array): void {
     this.records = records;
@@ -79,7 +91,7 @@ export class InstantNativeRing implements NativeRing {
       const at = 1 + i * STAGED_SQE_WORDS;
       const kind = records[at] as StagedSqeKind;
       this.backlogTokens.push(records[at + 7]!);
-      this.backlogResults.push(kind === StagedSqeKind.UblkIoCmd ? UBLK_IO_RES_OK : records[at + 3]!);
+      this.backlogResults.push(kind === StagedSqeKind.UblkIoCmd ? this.ublkCommandResult(records[at + 2]!) : records[at + 3]!);
       if (kind === StagedSqeKind.UblkIoCmd) this.staged.ublkCommands++;
       else if (kind === StagedSqeKind.Read) this.staged.reads++;
       else this.staged.writes++;
@@ -158,12 +170,14 @@ export function instantRing(): { ring: IoRing; native: InstantNativeRing } {
   }
 }
 
-export type PathTarget = 'null' | 'linear' | 'linear-tmpfs';
+export type PathTarget = 'null' | 'linear' | 'linear-tmpfs' | 'linear-inplace';
 
 export interface RequestPath {
   /** Serve `requests` requests (at least); returns how many completed. */
   serve(requests: number): number;
   readonly native: InstantNativeRing;
+  /** What the queue hands requests to (and, in place, asks where a write goes). */
+  readonly dispatcher: Dispatcher<Table>;
   close(): Promise<void>;
 }
 
@@ -178,6 +192,7 @@ export async function openRequestPath(target: PathTarget, depth: number, op: IoO
   let descriptorFile: fsp.FileHandle | undefined;
   let device: FileDevice | undefined;
   let queue: UblkQueue;
+  let dispatcher: Dispatcher<Table>;
   try {
     const descriptorPath = path.join(dir, 'descriptors');
     await fsp.writeFile(descriptorPath, descriptors(depth, op));
@@ -189,9 +204,16 @@ export async function openRequestPath(target: PathTarget, depth: number, op: IoO
       device = await openBacking(target, dir, ring);
       mapped = new LinearTarget(device, 0);
     }
-    const dispatcher = new Dispatcher<Table>(new Table([{ startSector: 0, lengthSectors: BACKING_BYTES / 512, target: mapped }], []));
-    queue = new UblkQueue(ring, { devId: 0, charFd: descriptorFile.fd, queues: 1, depth, maxIoBytes: 128 * 1024 }, 0, (request, done) =>
-      dispatcher.submit(request, done),
+    // As a queue thread builds a device's queue (daemon/queue-thread.ts).
+    const inPlace = target === 'linear-inplace';
+    instant.writesNeedData = inPlace && op === IoOp.Write;
+    dispatcher = new Dispatcher<Table>(new Table([{ startSector: 0, lengthSectors: BACKING_BYTES / 512, target: mapped }], []), { inPlace });
+    queue = new UblkQueue(
+      ring,
+      { devId: 0, charFd: descriptorFile.fd, queues: 1, depth, maxIoBytes: 128 * 1024, needGetData: inPlace },
+      0,
+      (request, done) => dispatcher.submit(request, done),
+      inPlace ? dispatcher : undefined,
     );
   } catch (error) {
     ring.close();
@@ -212,6 +234,7 @@ export async function openRequestPath(target: PathTarget, depth: number, op: IoO
   queue.postFetches();
   return {
     native: instant,
+    dispatcher,
     serve(requests: number): number {
       const until = answered + requests;
       const start = answered;
@@ -234,14 +257,16 @@ export async function openRequestPath(target: PathTarget, depth: number, op: IoO
 
 /**
  * The linear target's backing file, 64 MiB: on `dir` through its O_DIRECT descriptor, or on
- * /dev/shm, unlinked once open, copied inline. Refuses a filesystem that would time another path.
+ * /dev/shm, unlinked once open, copied inline or served in place (written through first: a
+ * hole is never served in place). Refuses a filesystem that would time another path.
  */
-async function openBacking(target: 'linear' | 'linear-tmpfs', dir: string, ring: IoRing): Promise<FileDevice> {
-  const tmpfs = target === 'linear-tmpfs';
+async function openBacking(target: 'linear' | 'linear-tmpfs' | 'linear-inplace', dir: string, ring: IoRing): Promise<FileDevice> {
+  const tmpfs = target !== 'linear';
   const backingPath = tmpfs ? path.join('/dev/shm', `request-path-${process.pid}`) : path.join(dir, 'backing');
   try {
     const backing = await fsp.open(backingPath, 'w');
-    await backing.truncate(BACKING_BYTES);
+    if (target === 'linear-inplace') await backing.write(new Uint8Array(BACKING_BYTES), 0, BACKING_BYTES, 0);
+    else await backing.truncate(BACKING_BYTES);
     await backing.close();
     const device = await openFileDevice(backingPath, { ring });
     const refusal = tmpfs
@@ -272,7 +297,7 @@ function descriptors(depth: number, op: IoOp): Uint8Array {
 
 async function main(): Promise<void> {
   const args = await yargs(process.argv.slice(2))
-    .option('target', { choices: ['null', 'linear', 'linear-tmpfs'] as const, default: 'linear' as const })
+    .option('target', { choices: ['null', 'linear', 'linear-tmpfs', 'linear-inplace'] as const, default: 'linear' as const })
     .option('depth', { type: 'number', default: 32 })
     .option('op', { choices: ['read', 'write'] as const, default: 'read' as const })
     .option('requests', { type: 'number', default: 200_000 })
@@ -285,13 +310,17 @@ async function main(): Promise<void> {
     const requestPath = await openRequestPath(args.target, args.depth, args.op === 'read' ? IoOp.Read : IoOp.Write, dir);
     requestPath.serve(args.requests); // warm up: let V8 optimize what it will
     for (let round = 0; round < args.rounds; round++) {
+      const staged = { ...requestPath.native.staged };
       const cpuBefore = process.cpuUsage();
       const wallBefore = process.hrtime.bigint();
       const served = requestPath.serve(args.requests);
       const wallNs = Number(process.hrtime.bigint() - wallBefore);
       const cpu = process.cpuUsage(cpuBefore);
+      const perRequest = (count: number): string => (count / served).toFixed(2);
+      const { ublkCommands, reads, writes } = requestPath.native.staged;
       console.log(
-        `${args.target} ${args.op} depth ${args.depth}: ${(wallNs / served).toFixed(0)} ns wall, ${((cpu.user * 1000) / served).toFixed(0)} ns user, ${((cpu.system * 1000) / served).toFixed(0)} ns system per request`,
+        `${args.target} ${args.op} depth ${args.depth}: ${(wallNs / served).toFixed(0)} ns wall, ${((cpu.user * 1000) / served).toFixed(0)} ns user, ${((cpu.system * 1000) / served).toFixed(0)} ns system per request;` +
+          ` ublk commands ${perRequest(ublkCommands - staged.ublkCommands)}, ring reads ${perRequest(reads - staged.reads)}, ring writes ${perRequest(writes - staged.writes)} per request`,
       );
     }
     await requestPath.close();

@@ -49,4 +49,30 @@ describe('tools/request-path: the request path on an instant ring', () => {
       }
     });
   }
+
+  it('serves tmpfs linear writes in place: a NEED_GET_DATA and a COMMIT_AND_FETCH each, no ring I/O', async () => {
+    // The path of a queue thread's tmpfs linear on a device with UBLK_F_NEED_GET_DATA: a write
+    // that fell back to a pwrite or a staged write would not be the one the guest's bench times.
+    const requestPath = await openRequestPath('linear-inplace', 8, IoOp.Write, dir);
+    try {
+      const { dispatcher } = requestPath;
+      const place = dispatcher.placeWrite.bind(dispatcher);
+      let placed = 0;
+      dispatcher.placeWrite = (bio) => {
+        const address = place(bio);
+        if (address !== 0) placed++;
+        return address;
+      };
+      const served = requestPath.serve(1000);
+      assert.ok(placed >= served, `${placed} of ${served} writes placed in the file`);
+      requestPath.native.submit();
+      const { ublkCommands, reads, writes } = requestPath.native.staged;
+      // 8 FETCHes, then per write answered its NEED_GET_DATA and COMMIT_AND_FETCH; a write still
+      // in service has had its NEED_GET_DATA.
+      assert.ok(ublkCommands >= 8 + 2 * served && ublkCommands <= 8 + 2 * served + 8, `${ublkCommands} commands for ${served} writes`);
+      assert.equal(reads + writes, 0);
+    } finally {
+      await requestPath.close();
+    }
+  });
 });
