@@ -31,6 +31,8 @@ export interface QueueThreadData {
   readonly pollMicros: number;
   /** Where the thread runs relative to the CPUs that submit to its queues. */
   readonly placement: QueuePlacement;
+  /** The daemon thread's count of hole punches (io/punch-count.ts), which the thread counts with. */
+  readonly punchCounter: Int32Array;
 }
 
 type Sequenced = { readonly seq: number };

@@ -4,6 +4,7 @@ import { ENODEV, type IoResult } from '../base/errno';
 import { IoOp, carriesData, type Bio } from '../io/bio';
 import { openFileDevice } from '../io/file-device';
 import { native } from '../io/native';
+import { adoptPunchCounter } from '../io/punch-count';
 import { WaitPolicies } from '../io/poll-policy';
 import { IoRing, type WaitOptions } from '../io/ring';
 import { Dispatcher } from '../dm/dispatcher';
@@ -38,7 +39,9 @@ const ASYNC_POLL_MS = 1;
 const IDLE_WAIT_MS = 1000;
 const ONE_DOORBELL_READ_BYTES = 8;
 
-const { doorbellFd, port, stopFlag, pollMicros, placement } = workerData as QueueThreadData;
+const { doorbellFd, port, stopFlag, pollMicros, placement, punchCounter } = workerData as QueueThreadData;
+// Before any file is opened: a punch here must reach the daemon thread's devices and the other queue threads'.
+adoptPunchCounter(punchCounter);
 /** The CPUs this thread was allowed at start (the daemon's own affinity), ascending: placement stays within them. */
 const startCpus = native().threadCpus();
 /** The CPUs it is allowed now. */

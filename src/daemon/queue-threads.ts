@@ -5,6 +5,7 @@ import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { EINVAL, ETIMEDOUT, ErrnoError } from '../base/errno';
 import { NO_DATA, IoOp, carriesData, type Bio, type IoDone } from '../io/bio';
 import { allocPageAligned, native } from '../io/native';
+import { sharedPunchCounter } from '../io/punch-count';
 import { SECTOR_BYTES } from '../base/units';
 import { Dispatcher } from '../dm/dispatcher';
 import type { DeviceDispatcher, DeviceTable } from '../dm/mapped-device';
@@ -156,6 +157,7 @@ export class QueueThread {
       stopFlag: this.stopFlag,
       pollMicros: pollMicrosFromEnvironment(),
       placement: queuePlacementFromEnvironment(),
+      punchCounter: sharedPunchCounter(),
     };
     this.worker = new Worker(path.join(__dirname, 'queue-thread.js'), { workerData: data, transferList: [port2] });
     // Neither keeps the daemon alive: it lives as long as its socket, and exits with its devices.

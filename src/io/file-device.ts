@@ -6,6 +6,7 @@ import { EINVAL, EIO, ENOENT, ENXIO, EOPNOTSUPP, ErrnoError, type IoResult } fro
 import { NO_DATA } from './bio';
 import { isDirectIoAligned, native } from './native';
 import { PageBitmap } from './page-bitmap';
+import { countPunch, punchCount } from './punch-count';
 import { RWF_DSYNC, type IoCallback, type IoRing } from './ring';
 import { SECTOR_BYTES, SECTOR_SHIFT, isMultipleOfPowerOfTwo } from '../base/units';
 
@@ -130,14 +131,18 @@ export class FileDevice implements BlockDevice {
   /**
    * Where the file has data, and where holes, as far as this device has learned (learnExtents):
    * reads and writes are in place only where it has data. Hints: this device's writes turn
-   * holes into data and its punches forget data, and nothing else (another process, or another
-   * queue thread's copy of the device) is noticed, so a request can still be served by pread or
-   * pwrite where the file has data since, or (rarely) meet a page another punched.
+   * holes into data and its punches forget data; a punch by another thread of this process (a
+   * queue thread's copy of the device, say) makes it forget all it learned (punch-count.ts), once
+   * per wait; another process's is not noticed. So a request can still be served by pread or
+   * pwrite where the file has data since, or (rarely: between the check and ublk's copy, or
+   * another process's punch) meet a punched page.
    */
-  private readonly dataPages = new PageBitmap();
-  private readonly holePages = new PageBitmap();
+  private dataPages = new PageBitmap();
+  private holePages = new PageBitmap();
   /** Every extent before this byte was learned once (learnExtents). */
   private learnedThroughByte = 0;
+  /** The process's punch count (punch-count.ts) that dataPages and holePages were learned at. */
+  private learnedAtPunchCount = punchCount();
   /** The ring wait (IoRing.waitCount) whose requests the file's size was last found whole for; -1: none yet. */
   private sizeCheckedInWait = -1;
   /** DirectRequests not in flight, for the next direct request to reuse. */
@@ -200,6 +205,8 @@ export class FileDevice implements BlockDevice {
         return 0;
       }
       this.sizeCheckedInWait = wait;
+      const punched = punchCount();
+      if (punched !== this.learnedAtPunchCount) this.forgetExtents(punched);
     }
     if (!this.dataPages.covers(startByte, endByte) && (this.holePages.touchesAny(startByte, endByte) || !this.learnExtents(startByte, endByte))) return 0;
     return this.inPlaceBase + startByte;
@@ -220,6 +227,14 @@ export class FileDevice implements BlockDevice {
       this.learnFrom(startByte, endByte);
     }
     return this.dataPages.covers(startByte, endByte);
+  }
+
+  /** Another thread punched a hole somewhere: learn the file again, from its start, as it is asked. */
+  private forgetExtents(punchCountNow: number): void {
+    this.dataPages = new PageBitmap();
+    this.holePages = new PageBitmap();
+    this.learnedThroughByte = 0;
+    this.learnedAtPunchCount = punchCountNow;
   }
 
   /** Mark the extents from `atByte` on until one reaches `untilByte`; returns where it stopped. */
@@ -515,8 +530,14 @@ export class FileDevice implements BlockDevice {
   private fallocate(mode: number, sector: number, sectorCount: number): Promise<IoResult> {
     const misuse = this.misuse(0);
     if (misuse) return Promise.reject(misuse);
-    // Before the punch, so no read named in place after it finds the range allocated.
-    if ((mode & FALLOC_FL_PUNCH_HOLE) !== 0) this.dataPages.unmark(sector * SECTOR_BYTES, (sector + sectorCount) * SECTOR_BYTES);
+    // Before the punch, so no read named in place after it finds the range allocated: here, and
+    // in the other threads' devices, which forget what they learned at their next wait. This one
+    // knows what it punched, so its own count alone does not make it forget.
+    if ((mode & FALLOC_FL_PUNCH_HOLE) !== 0) {
+      this.dataPages.unmark(sector * SECTOR_BYTES, (sector + sectorCount) * SECTOR_BYTES);
+      const before = countPunch();
+      if (before === this.learnedAtPunchCount) this.learnedAtPunchCount = (before + 1) | 0; // Atomics.add wraps as int32
+    }
     return this.ring.fallocate(this.handle.fd, mode, sector * SECTOR_BYTES, sectorCount * SECTOR_BYTES);
   }
 

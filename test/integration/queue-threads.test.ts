@@ -191,6 +191,40 @@ describe('integration: queue threads', function () {
       await box.ok(['remove', 'inplacesh']);
     });
 
+    it('a range one queue thread punched is read as zeros by another without filling it again', async function () {
+      // Each queue thread keeps its own record of where the file has data; one whose record
+      // still said data after another thread's discard read the hole through the mapping, which
+      // faults pages back into the file (and on a full tmpfs fails, and ublk requeues the read).
+      const queues = possibleCpuCount();
+      const backing = `${shm}/punch.img`;
+      await mustSh(`dd if=/dev/zero of=${backing} bs=1M count=16 status=none`);
+      const dev = await box.create('inplacepu', `0 ${(16 * MiB) / 512} linear ${backing} 0`, ['--queues', String(queues)]);
+      await stamp(dev, 'write', 16);
+      assert.ok(await daemonMaps(backing), 'not served in place');
+      // Two online CPUs whose requests go to different queues, so to different queue threads.
+      const online = parseCpuList(await readFile('/sys/devices/system/cpu/online', 'utf8'));
+      const queueOf = new Map<number, number>();
+      for (let queueId = 0; queueId < queues; queueId++) {
+        for (const cpu of parseCpuList(await readFile(`/sys/block/${basename(dev)}/mq/${queueId}/cpu_list`, 'utf8'))) queueOf.set(cpu, queueId);
+      }
+      const puncher = online[0]!;
+      const reader = online.find((cpu) => queueOf.get(cpu) !== queueOf.get(puncher));
+      assert.ok(reader !== undefined, `every online CPU (${online}) submits to queue ${queueOf.get(puncher)}: no second queue thread to read with`);
+      // Both threads learn the whole file as data.
+      for (const cpu of [puncher, reader]) await mustSh(`taskset -c ${cpu} dd if=${dev} of=/dev/null bs=64k iflag=direct status=none`);
+      const allocated = async (): Promise<number> => Number(await mustSh(`stat -c %b ${backing}`));
+      const whole = await allocated();
+      await mustSh(`taskset -c ${puncher} blkdiscard -o ${4 * MiB} -l ${4 * MiB} ${dev}`);
+      const punched = await allocated();
+      assert.ok(punched < whole, `the discard punched nothing (${whole} blocks before, ${punched} after)`);
+      const read = await sh(`taskset -c ${reader} dd if=${dev} of=${box.dir}/punch-read bs=64k skip=64 count=64 iflag=direct status=none`, { timeoutMs: 60_000 });
+      assert.equal(read.code, 0, `reading the punched range failed:\n${read.stderr}`);
+      await mustSh(`cmp -n ${4 * MiB} ${box.dir}/punch-read /dev/zero`);
+      assert.equal(await allocated(), punched, 'the other queue thread\'s read filled the punched range again');
+      await mustSh(`rm -f ${box.dir}/punch-read`);
+      await box.ok(['remove', 'inplacepu']);
+    });
+
     it('reads a sparse file\'s holes as zeros without filling them, also with the tmpfs full', async function () {
       const backing = `${shm}/sparse.img`;
       await mustSh(`truncate -s 64M ${backing}`);

@@ -413,6 +413,63 @@ describe('IoRing driven by its caller (real io_uring)', () => {
     }
   });
 
+  it("a FileDevice forgets the data it learned once another thread's device punched a hole, at its next wait; its own punch does not", async function () {
+    const shm = await fsp.mkdtemp('/dev/shm/ublkdm-punch-').catch(() => undefined);
+    if (shm === undefined) this.skip(); // a host without /dev/shm: --forbid-pending makes that a failure
+    const file = path.join(shm!, 'backing');
+    await fsp.writeFile(file, Buffer.alloc(64 * 1024, 1));
+    // Two queue threads' copies of one device: each on its own ring, sharing the process's punch count.
+    const otherRing = IoRing.create({ entries: 16, drivenBy: 'caller' });
+    const mine = await openFileDevice(file, { ring });
+    const theirs = await openFileDevice(file, { ring: otherRing });
+    const addon = native() as unknown as Record<'nextData' | 'nextHole', (fd: number, at: number) => number>;
+    const originals = { nextData: addon.nextData, nextHole: addon.nextHole };
+    let asked = 0;
+    addon.nextData = (fd, at) => (asked++, originals.nextData(fd, at));
+    addon.nextHole = (fd, at) => (asked++, originals.nextHole(fd, at));
+    const punch = async (device: typeof mine, deviceRing: IoRing, sector: number): Promise<void> => {
+      let discarded: number | undefined;
+      void device.discard(sector, 8).then((result) => (discarded = result));
+      for (let wait = 0; wait < 100 && discarded === undefined; wait++) {
+        deviceRing.waitAndDispatch(100);
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      assert.equal(discarded, 0);
+    };
+    try {
+      assert.notEqual(mine.inPlaceAddress(16, 4096, 'read'), 0, 'learned as data');
+      assert.notEqual(theirs.inPlaceAddress(16, 4096, 'read'), 0);
+      assert.equal(asked, 4, 'each device learned the file once');
+      await punch(theirs, otherRing, 16);
+      // This ring's wait under way looked already; from the next one on, the punch is seen.
+      ring.waitAndDispatch(0);
+      assert.equal(mine.inPlaceAddress(16, 4096, 'read'), 0, 'the page the other device punched');
+      assert.notEqual(mine.inPlaceAddress(24, 4096, 'read'), 0, 'learned again: the page after it is data');
+      assert.equal((await fsp.stat(file)).blocks, 15 * 8, 'and looking faulted nothing into the hole');
+      // The punching device knows what it punched: it keeps the rest of what it learned.
+      otherRing.waitAndDispatch(0);
+      assert.equal(theirs.inPlaceAddress(16, 4096, 'read'), 0);
+      asked = 0;
+      assert.notEqual(theirs.inPlaceAddress(40, 4096, 'read'), 0);
+      assert.equal(asked, 0, 'its own punch made it ask the file nothing about the rest');
+      // And a punch of its own leaves this device's learning alone too, but not the other's.
+      await punch(mine, ring, 64);
+      ring.waitAndDispatch(0);
+      otherRing.waitAndDispatch(0);
+      assert.equal(mine.inPlaceAddress(64, 4096, 'read'), 0);
+      asked = 0;
+      assert.notEqual(mine.inPlaceAddress(40, 4096, 'read'), 0);
+      assert.equal(asked, 0, 'nor this one');
+      assert.equal(theirs.inPlaceAddress(64, 4096, 'read'), 0, 'the other device sees this one\'s punch');
+    } finally {
+      Object.assign(addon, originals);
+      await mine.close();
+      await theirs.close();
+      otherRing.close();
+      await fsp.rm(shm!, { recursive: true, force: true });
+    }
+  });
+
   it('is refused for a ring the event loop drives', () => {
     const loopRing = IoRing.create({ entries: 4 });
     try {
