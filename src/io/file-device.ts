@@ -137,8 +137,8 @@ export class FileDevice implements BlockDevice {
    * pwrite where the file has data since, or (rarely: between the check and ublk's copy, or
    * another process's punch) meet a punched page.
    */
-  private dataPages = new PageBitmap();
-  private holePages = new PageBitmap();
+  private readonly dataPages = new PageBitmap();
+  private readonly holePages = new PageBitmap();
   /** Every extent before this byte was learned once (learnExtents). */
   private learnedThroughByte = 0;
   /** The process's punch count (punch-count.ts) that dataPages and holePages were learned at. */
@@ -229,11 +229,14 @@ export class FileDevice implements BlockDevice {
     return this.dataPages.covers(startByte, endByte);
   }
 
-  /** Another thread punched a hole somewhere: learn the file again, from its start, as it is asked. */
+  /**
+   * Another thread punched a hole somewhere: learn the file again as it is asked. Where learning
+   * had reached stays: below it learnExtents asks about a request's own range alone, where
+   * starting over from byte 0 would scan every extent before the next request after each punch.
+   */
   private forgetExtents(punchCountNow: number): void {
-    this.dataPages = new PageBitmap();
-    this.holePages = new PageBitmap();
-    this.learnedThroughByte = 0;
+    this.dataPages.clear();
+    this.holePages.clear();
     this.learnedAtPunchCount = punchCountNow;
   }
 

@@ -45,6 +45,11 @@ export class PageBitmap {
     this.set(Math.floor(startByte / PAGE_BYTES), pageAfter(endByte), true);
   }
 
+  /** Unmark every page, and give back the memory of every chunk. */
+  clear(): void {
+    this.chunks.clear();
+  }
+
   /** Unmark every page that [startByte, endByte) touches. */
   unmark(startByte: number, endByte: number): void {
     this.set(Math.floor(startByte / PAGE_BYTES), pageAfter(endByte), false);

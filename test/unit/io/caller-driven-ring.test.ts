@@ -443,7 +443,9 @@ describe('IoRing driven by its caller (real io_uring)', () => {
       await punch(theirs, otherRing, 16);
       // This ring's wait under way looked already; from the next one on, the punch is seen.
       ring.waitAndDispatch(0);
+      asked = 0;
       assert.equal(mine.inPlaceAddress(16, 4096, 'read'), 0, 'the page the other device punched');
+      assert.equal(asked, 1, 'relearning asks about the range asked for, not the file from its start again');
       assert.notEqual(mine.inPlaceAddress(24, 4096, 'read'), 0, 'learned again: the page after it is data');
       assert.equal((await fsp.stat(file)).blocks, 15 * 8, 'and looking faulted nothing into the hole');
       // The punching device knows what it punched: it keeps the rest of what it learned.

@@ -28,6 +28,14 @@ describe('PageBitmap (pages of a file, by byte range)', () => {
     assert.equal(pages.covers(PAGE, PAGE + 512), false, 'the page a punch touched');
   });
 
+  it('clears every page and every chunk at once', () => {
+    const pages = new PageBitmap();
+    pages.mark(0, 2 * CHUNK_BYTES);
+    pages.clear();
+    assert.equal(pages.touchesAny(0, 2 * CHUNK_BYTES), false);
+    assert.equal((pages as unknown as { chunks: Map<number, Uint32Array> }).chunks.size, 0);
+  });
+
   it('spans chunks, and unmarking where nothing was marked makes no chunk', () => {
     const pages = new PageBitmap();
     pages.mark(CHUNK_BYTES - PAGE, CHUNK_BYTES + PAGE);
