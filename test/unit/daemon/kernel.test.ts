@@ -1,0 +1,54 @@
+import { strict as assert } from 'node:assert';
+
+import { kernelCollaborators } from '../../../src/daemon/kernel';
+import { QUEUE_THREADS, ThreadedDispatcher } from '../../../src/daemon/queue-threads';
+import { Dispatcher } from '../../../src/dm/dispatcher';
+import type { DeviceTable } from '../../../src/dm/mapped-device';
+import { DaemonScope } from '../../../src/dm/scope';
+import { ALL_CAPABILITIES, type Target, type ThreadModel } from '../../../src/dm/target';
+
+function tableOf(...threadModels: ThreadModel[]): DeviceTable {
+  const segments = threadModels.map((threadModel, index) => {
+    const target: Target = {
+      type: threadModel === 'any-queue' ? 'linear' : 'striped',
+      threadModel,
+      capabilities: ALL_CAPABILITIES,
+      map: (_bio, done) => done(0),
+      status: (kind) => (kind === 'table' ? '/srv/a.img 0' : ''),
+      devices: () => [],
+      destroy: async () => {},
+    };
+    return { startSector: index * 2048, lengthSectors: 2048, target };
+  });
+  return { segments, sizeSectors: segments.length * 2048, capabilities: ALL_CAPABILITIES, devices: () => [], destroy: async () => {} };
+}
+
+describe('daemon: where a new device is served', () => {
+  let scope: DaemonScope;
+
+  beforeEach(() => {
+    scope = new DaemonScope();
+  });
+
+  afterEach(() => {
+    scope.get(QUEUE_THREADS).close();
+  });
+
+  it('gives a stateless table to the queue threads', () => {
+    const dispatcher = kernelCollaborators(scope, 'threads').createDispatcher(tableOf('any-queue', 'any-queue'));
+    assert.ok(dispatcher instanceof ThreadedDispatcher);
+  });
+
+  it('serves a table that keeps one instance of its state on the daemon thread, not forwarded from queue threads', () => {
+    for (const table of [tableOf('owner-thread'), tableOf('any-queue', 'owner-thread')]) {
+      const dispatcher = kernelCollaborators(scope, 'threads').createDispatcher(table);
+      assert.ok(dispatcher instanceof Dispatcher, 'not a plain dispatcher');
+      assert.ok(!(dispatcher instanceof ThreadedDispatcher), 'handed to the queue threads');
+    }
+  });
+
+  it('serves every table on the daemon thread when UBLK_DM_QUEUE_LOOP=main', () => {
+    const dispatcher = kernelCollaborators(scope, 'main').createDispatcher(tableOf('any-queue'));
+    assert.ok(dispatcher instanceof Dispatcher);
+  });
+});
