@@ -530,7 +530,42 @@ void Ring::OnEventFdReadable(uv_poll_t* handle, int status, int events) {
   Ring* self = static_cast<Ring*>(handle->data);
   if (self == nullptr || !self->open_) return;
   self->DrainEventFd();
-  self->ReapCompletions();
+  self->PollForNext(self->ReapCompletions());
+}
+
+// The most completions one wakeup may find for the poll after it to be worth its CPU: more
+// means a client with requests to spare, whose next comes without waiting (POLL_MAX_BATCH in
+// src/io/poll-policy.ts says what polling cost there).
+constexpr unsigned kPollMaxBatch = 4;
+
+// A thread that sleeps in epoll between a client's requests is woken for each, and in a VM the
+// wakeup costs more than the request: so poll the ring for the next one, as a queue thread does
+// before it sleeps (PollFor), while the client keeps coming back within the budget. One poll per
+// wakeup at most, ending at the first completion: timers and the loop's other handles wait no
+// longer than pollMicros_. The eventfd signal of what the poll found brings the next wakeup,
+// which finds nothing left to reap and polls again while the last poll found something.
+void Ring::PollForNext(unsigned reaped) {
+  if (pollMicros_ <= 0 || !open_) return;
+  bool clientActive = reaped > 0 ? reaped <= kPollMaxBatch : lastPollFound_;
+  lastPollFound_ = false;
+  if (!clientActive || io_uring_cq_ready(&ring_) > 0) return;
+  PrepStagedSqes();  // what a callback staged for a later flush goes in with the poll's first enter
+  if (PollFor(1, pollMicros_, MonotonicNanos()) < 0 || !open_) return;
+  lastPollFound_ = io_uring_cq_ready(&ring_) > 0;
+  if (lastPollFound_) ReapCompletions();
+}
+
+// pollAfterWakeups(micros): from now on, an event-loop ring polls up to `micros` for the next
+// completion after a wakeup that found a few (PollForNext); 0 stops it. Caller-driven rings
+// poll in wait() instead.
+Napi::Value Ring::PollAfterWakeups(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!ArgsAreNumbers(info, 1) || info[0].As<Napi::Number>().Int64Value() < 0) {
+    ThrowType(env, "pollAfterWakeups(micros >= 0)");
+    return env.Undefined();
+  }
+  pollMicros_ = callerDriven_ ? 0 : info[0].As<Napi::Number>().Int64Value();
+  return env.Undefined();
 }
 
 void Ring::DrainEventFd() {
@@ -656,6 +691,7 @@ Napi::Value Ring::BoundMethods(const Napi::CallbackInfo& info) {
   bind("wait", Napi::Function::New(env, CallBound<&Ring::Wait>, "wait", this));
   bind("close", Napi::Function::New(env, CallBound<&Ring::Close>, "close", this));
   bind("keepUntilExit", Napi::Function::New(env, CallBound<&Ring::KeepUntilExit>, "keepUntilExit", this));
+  bind("pollAfterWakeups", Napi::Function::New(env, CallBound<&Ring::PollAfterWakeups>, "pollAfterWakeups", this));
   return methods;
 }
 
@@ -672,12 +708,14 @@ int Ring::PollFor(unsigned minComplete, int64_t pollMicros, int64_t startNanos) 
   return 0;
 }
 
-void Ring::ReapCompletions() {
+unsigned Ring::ReapCompletions() {
   Napi::Env env = Env();
   Napi::HandleScope scope(env);
+  unsigned total = 0;
   while (open_) {
     unsigned ready = CollectBatch();
     if (ready == 0) break;
+    total += ready;
     PrepStagedSqes();  // leftovers of a backed-up Submit, now that there may be room
     if (io_uring_sq_ready(&ring_) > 0) io_uring_submit(&ring_);
 
@@ -686,9 +724,10 @@ void Ring::ReapCompletions() {
       // No JS frame is below us: hand the error to process 'uncaughtException' like any
       // callback from the loop would.
       napi_fatal_exception(env, env.GetAndClearPendingException().Value());
-      return;
+      return total;
     }
   }
+  return total;
 }
 
 }  // namespace ublkdm

@@ -45,6 +45,7 @@ class Ring : public Napi::ObjectWrap<Ring> {
   Napi::Value BoundMethods(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value KeepUntilExit(const Napi::CallbackInfo& info);
+  Napi::Value PollAfterWakeups(const Napi::CallbackInfo& info);
 
   // Shared by readv/writev: builds the iovec array kept until the request completes.
   Napi::Value PrepVectored(const Napi::CallbackInfo& info, bool isWrite);
@@ -66,7 +67,11 @@ class Ring : public Napi::ObjectWrap<Ring> {
 
   static void OnEventFdReadable(uv_poll_t* handle, int status, int events);
   void DrainEventFd();
-  void ReapCompletions();
+  // Runs the JS callback for every batch ready; returns how many completions it ran.
+  unsigned ReapCompletions();
+  // After a wakeup of the loop that found a few completions, poll for the next (see
+  // PollAfterWakeups).
+  void PollForNext(unsigned reaped);
   // Copies up to one batch of ready CQEs into the shared arrays and consumes them; returns how
   // many. Completions the kernel still holds back (overflow list, pending task work) count.
   unsigned CollectBatch();
@@ -85,6 +90,10 @@ class Ring : public Napi::ObjectWrap<Ring> {
   int keptFd_ = -1;
   uv_poll_t* poll_ = nullptr;  // freed by uv_close's callback, which may outlive this object
   uint64_t inFlight_ = 0;
+  // Event-loop rings: how long to poll after a wakeup that found a few completions (0: never),
+  // and whether the last such poll found one (the client is still sending).
+  int64_t pollMicros_ = 0;
+  bool lastPollFound_ = false;
 
   void KeepCompletionArrays(Napi::Int32Array tokens, Napi::Int32Array results);
 

@@ -130,6 +130,8 @@ export class InstantNativeRing implements NativeRing {
 
   keepUntilExit(): void {}
 
+  pollAfterWakeups(): void {}
+
   prepRead(): void {
     offPath('an unstaged read (a buffer not from allocPageAligned)');
   }

@@ -219,15 +219,21 @@ export class DaemonServer {
  * native addon. The scope is built here, once per daemon: this is the composition root.
  */
 async function kernelDeps(paths: DaemonPaths, log: Logger, options: DaemonOptions): Promise<RegistryDeps> {
-  const [{ kernelCollaborators, kernelRecovery }, { DaemonScope }, { builtInTargetTypes }] = await Promise.all([
+  const [{ kernelCollaborators, kernelRecovery }, { DaemonScope }, { builtInTargetTypes }, { pollMicrosFromEnvironment }] = await Promise.all([
     import('./kernel'),
     import('../dm/scope'),
     import('../targets'),
+    import('./queue-threads'),
   ]);
+  const scope = new DaemonScope({ targetTypes: builtInTargetTypes, warn: (message) => log.warn(message) });
+  // The daemon thread serves the queues of stateful tables (and every queue with
+  // UBLK_DM_QUEUE_LOOP=main) from its event loop: it polls between a client's requests, as a
+  // queue thread does, instead of sleeping in epoll and being woken for each.
+  scope.ring.pollAfterWakeups(pollMicrosFromEnvironment());
   return {
     recovery: kernelRecovery(installationMark(path.resolve(paths.stateDir)), options.recovery),
     // One ring for the ublk queues and the backing I/O: one wakeup serves both.
-    ...kernelCollaborators(new DaemonScope({ targetTypes: builtInTargetTypes, warn: (message) => log.warn(message) })),
+    ...kernelCollaborators(scope),
     store: new DeviceStore(paths.stateDir),
     links: new DeviceLinks(paths.linkDir, paths.mapperDir),
     probeUsage: procUsageProbe(),

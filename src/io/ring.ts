@@ -408,6 +408,19 @@ export class IoRing {
     this.ring.keepUntilExit();
   }
 
+  /**
+   * Event-loop rings: after a wakeup that ran a few completions, poll up to `micros` for the next
+   * before the thread goes back to sleep in the event loop (0: never). A thread woken for each
+   * request of a client at QD 1 pays a VM's wakeup per request, which under TCG costs more than
+   * serving it; caller-driven rings poll in waitAndDispatch() instead (WaitOptions.pollMicros).
+   * The loop's timers and other handles wait at most `micros` behind a poll.
+   */
+  pollAfterWakeups(micros: number): void {
+    if (this.callerDriven) throw new Error('pollAfterWakeups: this ring is driven by its caller, which polls in waitAndDispatch');
+    if (!Number.isInteger(micros) || micros < 0) throw new RangeError(`poll budget must be 0 or more whole microseconds, not ${micros}`);
+    if (!this.closed) this.ring.pollAfterWakeups(micros);
+  }
+
   /** Tear the ring down; every request still pending completes with -ECANCELED. Idempotent. */
   close(): void {
     if (this.closed) return;

@@ -1,9 +1,10 @@
 import { strict as assert } from 'node:assert';
-import { promises as fsp } from 'node:fs';
+import { closeSync, promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { execFile } from 'node:child_process';
+import { Worker } from 'node:worker_threads';
 import { allocPageAligned, isDirectIoAligned, native, stableAddressOf } from '../../../src/io/native';
 import { ECANCELED, EOPNOTSUPP } from '../../../src/base/errno';
 import { IoRing } from '../../../src/io/ring';
@@ -135,6 +136,60 @@ describe('IoRing (real io_uring)', () => {
     await pipe.close();
     assert.throws(() => ring.readCb(handle.fd, Buffer.alloc(512), 0, () => {}), /closed/);
     await assert.rejects(ring.read(handle.fd, Buffer.alloc(512), 0), /closed/);
+  });
+
+  /**
+   * Two doorbell reads, the second started by the first's callback; another thread rings the
+   * first bell, then the second 150 ms later. Resolves with whether a 10 ms timer set by the
+   * first callback had run by the time the second callback ran.
+   */
+  async function timerRanBeforeSecondBell(pollMicros: number): Promise<{ timerRan: boolean; gapMs: number }> {
+    ring.pollAfterWakeups(pollMicros);
+    const doorbell = native().createEventFd();
+    const ringer = new Worker(
+      `const { workerData } = require('node:worker_threads');
+       const { writeSync } = require('node:fs');
+       const nap = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+       const ring = () => writeSync(workerData.doorbell, new Uint8Array(new BigUint64Array([1n]).buffer));
+       nap(50); ring(); nap(150); ring();`,
+      { eval: true, workerData: { doorbell } },
+    );
+    try {
+      return await new Promise((resolve) => {
+        let timerRan = false;
+        let firstAt = 0n;
+        ring.readCb(doorbell, new Uint8Array(8), 0, () => {
+          firstAt = process.hrtime.bigint();
+          setTimeout(() => (timerRan = true), 10);
+          ring.readCb(doorbell, new Uint8Array(8), 0, () => resolve({ timerRan, gapMs: Number(process.hrtime.bigint() - firstAt) / 1e6 }));
+        });
+      });
+    } finally {
+      await ringer.terminate();
+      closeSync(doorbell);
+    }
+  }
+
+  it('pollAfterWakeups(): after a wakeup, polls for the next completion instead of going back to the event loop', async function () {
+    this.timeout(10_000);
+    // Long enough to span the bells' gap; the poll after the second bell, which finds nothing, blocks the loop as long.
+    const polled = await timerRanBeforeSecondBell(600_000);
+    assert.ok(polled.gapMs >= 100, `the second bell came ${polled.gapMs} ms after the first`);
+    assert.equal(polled.timerRan, false, 'the loop ran a timer: the thread slept in the event loop between the bells');
+    // The same without the poll: the thread goes back to the loop, whose timer runs first.
+    const slept = await timerRanBeforeSecondBell(0);
+    assert.equal(slept.timerRan, true, 'the timer did not run before the second bell');
+  });
+
+  it('pollAfterWakeups() takes whole microseconds, and only on an event-loop ring', () => {
+    assert.throws(() => ring.pollAfterWakeups(-1), RangeError);
+    assert.throws(() => ring.pollAfterWakeups(1.5), RangeError);
+    const callerDriven = IoRing.create({ entries: 4, drivenBy: 'caller' });
+    try {
+      assert.throws(() => callerDriven.pollAfterWakeups(100), /driven by its caller/);
+    } finally {
+      callerDriven.close();
+    }
   });
 
   it('keepUntilExit(): the kernel ring outlives close() on one close-on-exec descriptor of its own', async () => {
