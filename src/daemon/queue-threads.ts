@@ -412,16 +412,51 @@ class RemoteQueues implements QueueServer {
   /** A request of a forwarding queue: run it through the dispatcher here, answer with a copy of what it read. */
   private serveForwarded(thread: QueueThread, message: Extract<FromQueueThread, { kind: 'io' }>): void {
     const withData = carriesData(message.op);
-    // Page-aligned, so that the targets' backing I/O can go O_DIRECT as it does for requests served here.
-    const data = withData ? new Uint8Array(allocPageAligned(message.sectorCount * SECTOR_BYTES)) : NO_DATA;
+    const data = withData ? this.buffers.take(message.sectorCount * SECTOR_BYTES) : NO_DATA;
     if (message.data !== undefined) data.set(message.data.subarray(0, data.byteLength));
     const bio: Bio = { op: message.op, sector: message.sector, sectorCount: message.sectorCount, fua: message.fua, noUnmap: message.noUnmap, data };
     this.dispatcher.submit(bio, (result) => {
       const readData = message.op === IoOp.Read && result > 0 ? data.slice(0, result) : undefined;
+      // Done with it, as a ublk tag's buffer is once its request is answered.
+      if (withData) this.buffers.give(data);
       thread.post(
         { kind: 'io-done', devId: this.devId, id: message.id, result, ...(readData ? { data: readData } : {}) },
         readData ? [readData.buffer as ArrayBuffer] : undefined,
       );
     });
+  }
+
+  private readonly buffers = new ForwardBuffers();
+}
+
+/**
+ * Page-aligned buffers for forwarded requests (so that the targets' backing I/O can go O_DIRECT
+ * as it does for requests served here), kept for the next request of the same size: a fresh one
+ * each time is memory from the addon, zeroed, faulted in and finalized by the GC. Idle ones are
+ * kept up to `keptBytes` in all, enough for every tag of a 4-queue, depth-128 device at 4 KiB,
+ * without holding large requests' buffers for good.
+ */
+export class ForwardBuffers {
+  private readonly idle = new Map<number, Uint8Array[]>();
+  private idleBytes = 0;
+
+  constructor(private readonly keptBytes: number = 2 * 1024 * 1024) {}
+
+  take(byteLength: number): Uint8Array {
+    const buffer = this.idle.get(byteLength)?.pop();
+    if (buffer === undefined) return new Uint8Array(allocPageAligned(byteLength));
+    this.idleBytes -= byteLength;
+    return buffer;
+  }
+
+  give(buffer: Uint8Array): void {
+    if (this.idleBytes + buffer.byteLength > this.keptBytes) return;
+    let kept = this.idle.get(buffer.byteLength);
+    if (kept === undefined) {
+      kept = [];
+      this.idle.set(buffer.byteLength, kept);
+    }
+    kept.push(buffer);
+    this.idleBytes += buffer.byteLength;
   }
 }

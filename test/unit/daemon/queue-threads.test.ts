@@ -1,6 +1,7 @@
 import { strict as assert } from 'node:assert';
 
-import { DEFAULT_POLL_MICROS, pollMicrosFromEnvironment, queueLoopFromEnvironment, tablePlan } from '../../../src/daemon/queue-threads';
+import { DEFAULT_POLL_MICROS, ForwardBuffers, pollMicrosFromEnvironment, queueLoopFromEnvironment, tablePlan } from '../../../src/daemon/queue-threads';
+import { isDirectIoAligned } from '../../../src/io/native';
 import type { DeviceTable } from '../../../src/dm/mapped-device';
 import { ALL_CAPABILITIES, type Target, type ThreadModel } from '../../../src/dm/target';
 import type { BlockDevice } from '../../../src/io/block-device';
@@ -67,5 +68,26 @@ describe('queue threads: which tables they copy', () => {
     for (const bad of ['-1', '1.5', '5e2', ' 10', 'fast']) {
       assert.throws(() => pollMicrosFromEnvironment({ UBLK_DM_POLL_US: bad }), /UBLK_DM_POLL_US must be a whole number of microseconds/, bad);
     }
+  });
+});
+
+describe('queue threads: buffers of forwarded requests', () => {
+  it('hands a buffer given back to the next request of its size, page-aligned either way', () => {
+    const buffers = new ForwardBuffers();
+    const first = buffers.take(4096);
+    assert.equal(first.byteLength, 4096);
+    assert.ok(isDirectIoAligned(first, first.byteLength, 4096));
+    buffers.give(first);
+    assert.equal(buffers.take(8192).byteLength, 8192, 'another size gets its own');
+    assert.equal(buffers.take(4096), first);
+    assert.notEqual(buffers.take(4096), first, 'taken twice');
+  });
+
+  it('keeps idle buffers only up to its byte budget', () => {
+    const buffers = new ForwardBuffers(8192);
+    const [a, b, c] = [buffers.take(4096), buffers.take(4096), buffers.take(4096)];
+    for (const buffer of [a, b, c]) buffers.give(buffer);
+    const again = new Set([buffers.take(4096), buffers.take(4096), buffers.take(4096)]);
+    assert.equal([a, b, c].filter((buffer) => again.has(buffer)).length, 2);
   });
 });
