@@ -15,7 +15,7 @@ import { builtInTargetTypes } from '../targets';
 import { UblkQueue } from '../ublk/queue';
 import { queueThreadCpus, sameCpus } from './queue-placement';
 import { RingTurns } from './ring-turns';
-import type { AttachMessage, FromQueueThread, QueueThreadData, TablePlan, ToQueueThread } from './queue-thread-protocol';
+import type { AttachMessage, ForwardedRequest, FromQueueThread, QueueThreadData, TablePlan, ToQueueThread } from './queue-thread-protocol';
 
 /**
  * A queue thread (a worker_thread): serves queue k of every device the daemon hands it, on its
@@ -71,7 +71,29 @@ function send(message: FromQueueThread, transfer?: ArrayBuffer[]): void {
  */
 let forwardedInFlight = 0;
 
-/** Forwards every request to the daemon thread; its answer arrives as an 'io-done' message. */
+/**
+ * Requests forwarded since the last wait, sent as one message before the next (RingTurns'
+ * beforeWait): a message per request cost each a serialization and a wakeup of the daemon
+ * thread's loop, where a wait's callbacks often forward several.
+ */
+let outgoing: ForwardedRequest[] = [];
+let outgoingBuffers: ArrayBuffer[] = [];
+
+function forwardLater(request: ForwardedRequest, transfer: ArrayBuffer | undefined): void {
+  outgoing.push(request);
+  if (transfer !== undefined) outgoingBuffers.push(transfer);
+}
+
+function sendForwarded(): void {
+  if (outgoing.length === 0) return;
+  const requests = outgoing;
+  const transfer = outgoingBuffers;
+  outgoing = [];
+  outgoingBuffers = [];
+  send({ kind: 'io', requests }, transfer);
+}
+
+/** Forwards every request to the daemon thread; its answer arrives in an 'io-done' message. */
 class ForwardTarget implements Target {
   readonly type = 'forward';
   readonly threadModel = 'owner-thread';
@@ -87,9 +109,9 @@ class ForwardTarget implements Target {
     forwardedInFlight++;
     // A view of the tag buffer would clone the whole queue buffer: copy the request's bytes.
     const data = bio.op === IoOp.Write ? bio.data.slice() : undefined;
-    send(
-      { kind: 'io', devId: this.devId, id, op: bio.op, sector: bio.sector, sectorCount: bio.sectorCount, fua: bio.fua, noUnmap: bio.noUnmap, ...(data ? { data } : {}) },
-      data ? [data.buffer as ArrayBuffer] : undefined,
+    forwardLater(
+      { devId: this.devId, id, op: bio.op, sector: bio.sector, sectorCount: bio.sectorCount, fua: bio.fua, noUnmap: bio.noUnmap, ...(data ? { data } : {}) },
+      data?.buffer as ArrayBuffer | undefined,
     );
   }
 
@@ -304,7 +326,7 @@ async function control(message: Exclude<ToQueueThread, { kind: 'io-done' } | { k
 function handle(message: ToQueueThread): void {
   switch (message.kind) {
     case 'io-done':
-      devices.get(message.devId)?.forward.answered(message.id, message.result, message.data);
+      for (const answer of message.answers) devices.get(answer.devId)?.forward.answered(answer.id, answer.result, answer.data);
       return;
     case 'exit':
       exiting = true;
@@ -336,6 +358,7 @@ new RingTurns({
     if (!waitPolicy.pollsNext || forwardedInFlight > 0) return sleepAtOnce;
     return waitPolicy === waitPolicies.loneBacking ? pollLongFirst : pollFirst;
   },
+  beforeWait: sendForwarded,
   mustYield: () => asyncSteps > 0,
   stopping,
   onStop: () => {

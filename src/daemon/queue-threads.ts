@@ -13,7 +13,7 @@ import type { ScopeKey } from '../dm/scope';
 import type { SuspendOptions } from '../dm/target';
 import type { QueueServer, UblkQueueGeometry } from '../ublk/queue';
 import { queuePlacementFromEnvironment } from './queue-placement';
-import type { FromQueueThread, QueueThreadData, Reply, TablePlan, ToQueueThread } from './queue-thread-protocol';
+import type { ForwardedAnswer, ForwardedRequest, FromQueueThread, QueueThreadData, Reply, TablePlan, ToQueueThread } from './queue-thread-protocol';
 
 /**
  * The daemon thread's side of queue threads (daemon/queue-thread.ts): the pool of threads (thread
@@ -122,8 +122,13 @@ export class QueueThreadPool {
   }
 
   /** @internal A queue thread's message about a device. */
-  deliver(thread: QueueThread, message: Exclude<FromQueueThread, Reply | { kind: 'warn' }>): void {
+  deliver(thread: QueueThread, message: Exclude<FromQueueThread, Reply | { kind: 'warn' } | { kind: 'io' }>): void {
     this.servers.get(message.devId)?.receive(thread, message);
+  }
+
+  /** @internal Requests a queue thread forwarded. */
+  serveForwarded(thread: QueueThread, requests: readonly ForwardedRequest[]): void {
+    for (const request of requests) this.servers.get(request.devId)?.serveForwarded(thread, request);
   }
 
   /** Stop every thread (devices still attached stop being served). */
@@ -146,6 +151,9 @@ export class QueueThread {
   private exited = false;
   /** The pool it serves; none yet for a thread started early (it has no device before that). */
   private pool: QueueThreadPool | undefined;
+  /** Answers to forwarded requests not sent yet, and the buffers of their read data. */
+  private answers: ForwardedAnswer[] = [];
+  private answerBuffers: ArrayBuffer[] = [];
 
   constructor() {
     const { port1, port2 } = new MessageChannel();
@@ -183,6 +191,24 @@ export class QueueThread {
     this.port.postMessage(message, transfer);
     writeSync(this.doorbellFd, DOORBELL);
   }
+
+  /**
+   * Answer a forwarded request. The answers of one callback run (a reap of the ring: often
+   * several) go as one message and one ring of the doorbell, after it.
+   */
+  answer(answer: ForwardedAnswer): void {
+    if (this.answers.length === 0) queueMicrotask(this.sendAnswers);
+    this.answers.push(answer);
+    if (answer.data !== undefined) this.answerBuffers.push(answer.data.buffer as ArrayBuffer);
+  }
+
+  private readonly sendAnswers = (): void => {
+    const answers = this.answers;
+    const transfer = this.answerBuffers;
+    this.answers = [];
+    this.answerBuffers = [];
+    this.post({ kind: 'io-done', answers }, transfer);
+  };
 
   /** A control step, answered with whether the queue now serves from a local table copy. */
   request(message: DistributiveOmit<Extract<ToQueueThread, { seq: number }>, 'seq'>): Promise<boolean> {
@@ -226,6 +252,9 @@ export class QueueThread {
       }
       case 'warn':
         this.warn(message.message);
+        return;
+      case 'io':
+        this.pool?.serveForwarded(this, message.requests);
         return;
       default:
         this.pool?.deliver(this, message);
@@ -389,11 +418,8 @@ class RemoteQueues implements QueueServer {
   }
 
   /** @internal A queue thread's message about this device. */
-  receive(thread: QueueThread, message: Exclude<FromQueueThread, Reply | { kind: 'warn' }>): void {
+  receive(thread: QueueThread, message: Exclude<FromQueueThread, Reply | { kind: 'warn' } | { kind: 'io' }>): void {
     switch (message.kind) {
-      case 'io':
-        this.serveForwarded(thread, message);
-        return;
       case 'retired':
         this.retiredQueues.add(message.queueId);
         if (message.error !== undefined) this.retireError ??= message.error;
@@ -409,8 +435,8 @@ class RemoteQueues implements QueueServer {
     return this.retireError === undefined ? Promise.resolve() : Promise.reject(new Error(this.retireError));
   }
 
-  /** A request of a forwarding queue: run it through the dispatcher here, answer with a copy of what it read. */
-  private serveForwarded(thread: QueueThread, message: Extract<FromQueueThread, { kind: 'io' }>): void {
+  /** @internal A request of a forwarding queue: run it through the dispatcher here, answer with a copy of what it read. */
+  serveForwarded(thread: QueueThread, message: ForwardedRequest): void {
     const withData = carriesData(message.op);
     const data = withData ? this.buffers.take(message.sectorCount * SECTOR_BYTES) : NO_DATA;
     if (message.data !== undefined) data.set(message.data.subarray(0, data.byteLength));
@@ -419,10 +445,7 @@ class RemoteQueues implements QueueServer {
       const readData = message.op === IoOp.Read && result > 0 ? data.slice(0, result) : undefined;
       // Done with it, as a ublk tag's buffer is once its request is answered.
       if (withData) this.buffers.give(data);
-      thread.post(
-        { kind: 'io-done', devId: this.devId, id: message.id, result, ...(readData ? { data: readData } : {}) },
-        readData ? [readData.buffer as ArrayBuffer] : undefined,
-      );
+      thread.answer({ devId: this.devId, id: message.id, result, ...(readData ? { data: readData } : {}) });
     });
   }
 

@@ -9,6 +9,8 @@ export interface RingTurnsOptions {
   waitMs(): number;
   /** How the next wait waits (always with queued: 'hold'). */
   waitOptions(): WaitOptions;
+  /** Before each wait: hand other threads what the last callbacks queued for them. */
+  beforeWait?(): void;
   /** Something outside the ring needs the event loop (a control step opening files): end the turn. */
   mustYield(): boolean;
   /** Checked before every wait; once true, `onStop` runs instead of the next turn and no turn follows. */
@@ -77,6 +79,7 @@ export class RingTurns {
     this.asyncWorkQueued = false;
     try {
       for (let wait = 0; wait < WAITS_PER_TURN; wait++) {
+        this.options.beforeWait?.();
         const ran = ring.waitAndDispatch(this.options.waitMs(), this.options.waitOptions(), waited ? this.clock : undefined);
         waited?.(this.clock.waitMicros, ran);
         if (ran === 0 || this.asyncWorkQueued || this.options.mustYield() || this.options.stopping()) break;

@@ -51,6 +51,12 @@ describe('RingTurns (a queue thread waits in its ring, not in libuv)', () => {
     assert.equal(firstSubmit, WAITS_PER_TURN, 'one turn waited WAITS_PER_TURN times before it submitted what was held');
   });
 
+  it('calls beforeWait before every wait, so what the last callbacks queued for other threads is sent before the thread blocks', async () => {
+    const ring = new ScriptedRing(() => 1);
+    await turnsOver(ring, { stopAfterWaits: 3, beforeWait: () => ring.log.push('before') });
+    assert.deepEqual(ring.log.slice(0, 6), ['before', 'wait 0', 'before', 'wait 1', 'before', 'wait 2']);
+  });
+
   it('tells `waited` what the ring timed for each wait, and asks for no timing without it', async () => {
     const ring = new ScriptedRing(() => 2);
     const seen: Array<[number, number]> = [];
