@@ -533,11 +533,6 @@ void Ring::OnEventFdReadable(uv_poll_t* handle, int status, int events) {
   self->PollForNext(self->ReapCompletions());
 }
 
-// The most completions one wakeup may find for the poll after it to be worth its CPU: more
-// means a client with requests to spare, whose next comes without waiting (POLL_MAX_BATCH in
-// src/io/poll-policy.ts says what polling cost there).
-constexpr unsigned kPollMaxBatch = 4;
-
 // A thread that sleeps in epoll between a client's requests is woken for each, and in a VM the
 // wakeup costs more than the request: so poll the ring for the next one, as a queue thread does
 // before it sleeps (PollFor), while the client keeps coming back within the budget. One poll per
@@ -546,7 +541,7 @@ constexpr unsigned kPollMaxBatch = 4;
 // which finds nothing left to reap and polls again while the last poll found something.
 void Ring::PollForNext(unsigned reaped) {
   if (pollMicros_ <= 0 || !open_) return;
-  bool clientActive = reaped > 0 ? reaped <= kPollMaxBatch : lastPollFound_;
+  bool clientActive = reaped > 0 ? reaped <= pollMaxBatch_ : lastPollFound_;
   lastPollFound_ = false;
   if (!clientActive || io_uring_cq_ready(&ring_) > 0) return;
   PrepStagedSqes();  // what a callback staged for a later flush goes in with the poll's first enter
@@ -555,16 +550,17 @@ void Ring::PollForNext(unsigned reaped) {
   if (lastPollFound_) ReapCompletions();
 }
 
-// pollAfterWakeups(micros): from now on, an event-loop ring polls up to `micros` for the next
-// completion after a wakeup that found a few (PollForNext); 0 stops it. Caller-driven rings
-// poll in wait() instead.
+// pollAfterWakeups(micros, maxBatch): from now on, an event-loop ring polls up to `micros` for
+// the next completion after a wakeup that found at most `maxBatch` (PollForNext); 0 stops it.
+// Caller-driven rings poll in wait() instead.
 Napi::Value Ring::PollAfterWakeups(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!ArgsAreNumbers(info, 1) || info[0].As<Napi::Number>().Int64Value() < 0) {
-    ThrowType(env, "pollAfterWakeups(micros >= 0)");
+  if (!ArgsAreNumbers(info, 2) || info[0].As<Napi::Number>().Int64Value() < 0 || info[1].As<Napi::Number>().Int64Value() < 1) {
+    ThrowType(env, "pollAfterWakeups(micros >= 0, maxBatch >= 1)");
     return env.Undefined();
   }
   pollMicros_ = callerDriven_ ? 0 : info[0].As<Napi::Number>().Int64Value();
+  pollMaxBatch_ = info[1].As<Napi::Number>().Uint32Value();
   return env.Undefined();
 }
 

@@ -91,8 +91,10 @@ class Ring : public Napi::ObjectWrap<Ring> {
   uv_poll_t* poll_ = nullptr;  // freed by uv_close's callback, which may outlive this object
   uint64_t inFlight_ = 0;
   // Event-loop rings: how long to poll after a wakeup that found a few completions (0: never),
-  // and whether the last such poll found one (the client is still sending).
+  // how many are a few, and whether the last such poll found one (the client is still sending).
   int64_t pollMicros_ = 0;
+  // The most completions a wakeup may run for the poll after it to be worth its CPU.
+  unsigned pollMaxBatch_ = 1;
   bool lastPollFound_ = false;
 
   void KeepCompletionArrays(Napi::Int32Array tokens, Napi::Int32Array results);

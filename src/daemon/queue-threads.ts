@@ -350,6 +350,8 @@ class RemoteQueues implements QueueServer {
   private closed = false;
   private threads: QueueThread[] = [];
   private readonly retiredQueues = new Set<number>();
+  /** Page-aligned buffers of the requests its queue threads forward here. */
+  private readonly buffers = new ForwardBuffers();
   private onRetired: (() => void) | undefined;
   private retireError: string | undefined;
 
@@ -448,8 +450,6 @@ class RemoteQueues implements QueueServer {
       thread.answer({ devId: this.devId, id: message.id, result, ...(readData ? { data: readData } : {}) });
     });
   }
-
-  private readonly buffers = new ForwardBuffers();
 }
 
 /**

@@ -72,8 +72,8 @@ export interface NativeRing {
   close(): void;
   /** Hold a close-on-exec second descriptor of the ring that is never closed (IoRing.keepUntilExit). */
   keepUntilExit(): void;
-  /** Event-loop rings: poll up to `micros` for the next completion after a wakeup that found a few (IoRing.pollAfterWakeups). */
-  pollAfterWakeups(micros: number): void;
+  /** Event-loop rings: poll up to `micros` for the next completion after a wakeup that ran at most `maxBatch` (IoRing.pollAfterWakeups). */
+  pollAfterWakeups(micros: number, maxBatch: number): void;
 }
 
 /** What `new Ring(...)` makes: a handle whose only method gives the ring's methods. */

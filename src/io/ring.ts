@@ -1,5 +1,6 @@
 import { ECANCELED, type IoResult } from '../base/errno';
 import { STAGED_SQE_WORDS, StagedSqeKind, native, stableAddressOf, type NativeRing } from './native';
+import { POLL_MAX_BATCH } from './poll-policy';
 
 /**
  * IoRing: the JS owner of one native io_uring. It hands out tokens, keeps every buffer of a
@@ -409,7 +410,8 @@ export class IoRing {
   }
 
   /**
-   * Event-loop rings: after a wakeup that ran a few completions, poll up to `micros` for the next
+   * Event-loop rings: after a wakeup that ran a few completions (at most POLL_MAX_BATCH, the
+   * queue threads' rule), poll up to `micros` for the next
    * before the thread goes back to sleep in the event loop (0: never). A thread woken for each
    * request of a client at QD 1 pays a VM's wakeup per request, which under TCG costs more than
    * serving it; caller-driven rings poll in waitAndDispatch() instead (WaitOptions.pollMicros).
@@ -418,7 +420,7 @@ export class IoRing {
   pollAfterWakeups(micros: number): void {
     if (this.callerDriven) throw new Error('pollAfterWakeups: this ring is driven by its caller, which polls in waitAndDispatch');
     if (!Number.isInteger(micros) || micros < 0) throw new RangeError(`poll budget must be 0 or more whole microseconds, not ${micros}`);
-    if (!this.closed) this.ring.pollAfterWakeups(micros);
+    if (!this.closed) this.ring.pollAfterWakeups(micros, POLL_MAX_BATCH);
   }
 
   /** Tear the ring down; every request still pending completes with -ECANCELED. Idempotent. */
