@@ -19,6 +19,11 @@ import type { QueuePlacement } from './queue-placement';
 export interface TablePlan {
   readonly text: string;
   readonly devices: ReadonlyArray<{ readonly spec: string; readonly key: DeviceKey }>;
+  /**
+   * The segments of owner-thread targets the copy views rather than copies (Target.queueViewShare):
+   * the thread serves part of their I/O and forwards the rest. Absent when there are none.
+   */
+  readonly views?: ReadonlyArray<{ readonly startSector: number; readonly share: SharedArrayBuffer }>;
 }
 
 export interface QueueThreadData {
@@ -39,7 +44,7 @@ type Sequenced = { readonly seq: number };
 
 /**
  * `table`: a plan to serve requests from a local copy, or null to forward every request to the
- * daemon thread (tables with stateful targets, whose one instance must see all I/O).
+ * daemon thread (tables with stateful targets, whose one instance must see all I/O, and no view).
  */
 export type AttachMessage = Sequenced & {
   readonly kind: 'attach';

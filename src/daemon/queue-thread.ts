@@ -11,7 +11,7 @@ import { Dispatcher } from '../dm/dispatcher';
 import { DaemonScope } from '../dm/scope';
 import { Table, loadTable } from '../dm/table';
 import { ALL_CAPABILITIES, type MapDone, type Target, type DeviceHandle } from '../dm/target';
-import { builtInTargetTypes } from '../targets';
+import { queueThreadTargetTypes } from '../targets';
 import { UblkQueue } from '../ublk/queue';
 import { queueThreadCpus, sameCpus } from './queue-placement';
 import { RingTurns } from './ring-turns';
@@ -25,8 +25,9 @@ import type { AttachMessage, ForwardedRequest, FromQueueThread, QueueThreadData,
  * into JS from the loop in between.
  *
  * A device whose table is stateless ('any-queue' targets: linear, zero, error, null) is served
- * from a copy of the table built here; any other is forwarded to the daemon thread, where the
- * one instance of its targets lives (design.md: 'owner-thread').
+ * from a copy of the table built here; so is one whose owner-thread targets offer a view
+ * (snapshot-origin), which forwards only what the view cannot serve. Any other is forwarded to
+ * the daemon thread, where the one instance of its targets lives (design.md: 'owner-thread').
  */
 
 const RING_ENTRIES = 512;
@@ -54,7 +55,7 @@ const sleepAtOnce: WaitOptions = { queued: 'hold' };
 const pollFirst: WaitOptions = { queued: 'hold', pollMicros };
 const pollLongFirst: WaitOptions = { queued: 'hold', pollMicros: waitPolicies.loneBacking.budgetMicros };
 const ring = IoRing.create({ entries: RING_ENTRIES, drivenBy: 'caller' });
-const scope = new DaemonScope({ targetTypes: builtInTargetTypes, ring, warn: (message) => send({ kind: 'warn', message }) });
+const scope = new DaemonScope({ targetTypes: queueThreadTargetTypes, ring, warn: (message) => send({ kind: 'warn', message }) });
 const doorbellBuffer = new Uint8Array(ONE_DOORBELL_READ_BYTES);
 /** Control steps in progress that wait on libuv (file opens and closes): the loop must let it run. */
 let asyncSteps = 0;
@@ -93,7 +94,10 @@ function sendForwarded(): void {
   send({ kind: 'io', requests }, transfer);
 }
 
-/** Forwards every request to the daemon thread; its answer arrives in an 'io-done' message. */
+/**
+ * Forwards every request to the daemon thread (or, through forwardAt, what a view of an
+ * owner-thread target cannot serve); its answer arrives in an 'io-done' message.
+ */
 class ForwardTarget implements Target {
   readonly type = 'forward';
   readonly threadModel = 'owner-thread';
@@ -103,17 +107,22 @@ class ForwardTarget implements Target {
 
   constructor(private readonly devId: number) {}
 
+  /** As the only segment of the device, its target sectors are device sectors. */
   map(bio: Bio, done: MapDone): void {
+    this.forwardAt(bio, bio.sector, done);
+  }
+
+  readonly forwardAt = (bio: Bio, deviceSector: number, done: MapDone): void => {
     const id = this.nextId++;
     this.waiting.set(id, { bio, done });
     forwardedInFlight++;
     // A view of the tag buffer would clone the whole queue buffer: copy the request's bytes.
     const data = bio.op === IoOp.Write ? bio.data.slice() : undefined;
     forwardLater(
-      { devId: this.devId, id, op: bio.op, sector: bio.sector, sectorCount: bio.sectorCount, fua: bio.fua, noUnmap: bio.noUnmap, ...(data ? { data } : {}) },
+      { devId: this.devId, id, op: bio.op, sector: deviceSector, sectorCount: bio.sectorCount, fua: bio.fua, noUnmap: bio.noUnmap, ...(data ? { data } : {}) },
       data?.buffer as ArrayBuffer | undefined,
     );
-  }
+  };
 
   answered(id: number, result: IoResult, data: Uint8Array | undefined): void {
     const request = this.waiting.get(id);
@@ -152,9 +161,9 @@ class DeviceQueue {
   readonly submitterCpus: readonly number[];
   private readonly forwardTable: Table;
 
-  constructor(attach: AttachMessage, initial: Table | undefined) {
+  constructor(attach: AttachMessage, forward: ForwardTarget, initial: Table | undefined) {
     this.submitterCpus = attach.submitterCpus;
-    this.forward = new ForwardTarget(attach.devId);
+    this.forward = forward;
     this.forwardTable = new Table([{ startSector: 0, lengthSectors: attach.sizeSectors, target: this.forward }], []);
     // In place only where ublk asks for write data: see Dispatcher's inPlace.
     this.dispatcher = new Dispatcher<Table>(initial ?? this.forwardTable, { inPlace: attach.needGetData });
@@ -209,10 +218,10 @@ function place(): void {
 
 /**
  * A local copy of a planned table, or undefined when it cannot be made exactly (a device whose
- * identity changed, a target that is not stateless): the queue then forwards instead, which is
- * always correct.
+ * identity changed, a target that is not stateless and has no view here): the queue then
+ * forwards instead, which is always correct. Views forward through `forward`.
  */
-async function buildCopy(plan: TablePlan | null, devId: number): Promise<Table | undefined> {
+async function buildCopy(plan: TablePlan | null, devId: number, forward: ForwardTarget): Promise<Table | undefined> {
   if (plan === null) return undefined;
   const name = `ublk device ${devId}`;
   const expected = new Map(plan.devices.map((device) => [device.spec, device.key]));
@@ -221,6 +230,7 @@ async function buildCopy(plan: TablePlan | null, devId: number): Promise<Table |
     const table = await loadTable(plan.text, {
       scope,
       device: handle,
+      ...(plan.views ? { queueViews: { shares: new Map(plan.views.map((view) => [view.startSector, view.share])), forward: forward.forwardAt } } : {}),
       openDevice: async (spec) => {
         const device = await openFileDevice(spec, { ring });
         if (expected.get(spec) !== device.key) {
@@ -239,10 +249,11 @@ async function buildCopy(plan: TablePlan | null, devId: number): Promise<Table |
 }
 
 async function attach(message: AttachMessage): Promise<boolean> {
-  const copy = await buildCopy(message.table, message.devId);
+  const forward = new ForwardTarget(message.devId);
+  const copy = await buildCopy(message.table, message.devId, forward);
   let device: DeviceQueue;
   try {
-    device = new DeviceQueue(message, copy);
+    device = new DeviceQueue(message, forward, copy);
   } catch (error) {
     await copy?.destroy();
     throw error;
@@ -281,7 +292,7 @@ async function resume(devId: number, swap: TablePlan | null | undefined): Promis
     if (device.dispatcher.suspended) await device.dispatcher.resume();
     return device.local;
   }
-  const copy = await buildCopy(swap, devId);
+  const copy = await buildCopy(swap, devId, device.forward);
   // A forwarding queue was left running through the daemon's suspend (the daemon thread held
   // its I/O); it drains now, through the daemon thread, which is running again.
   if (!device.dispatcher.suspended) await device.dispatcher.suspend();

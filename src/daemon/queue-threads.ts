@@ -275,16 +275,29 @@ export class QueueThread {
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 
+/** A table queue threads serve wholly from their own copies, with no request for the daemon thread. */
+export function isStatelessTable(table: DeviceTable): boolean {
+  return table.segments.every((segment) => segment.target.threadModel === 'any-queue');
+}
+
 /**
- * The stateless tables a queue thread can serve from its own copy: every target 'any-queue'.
- * The copy is built from the table's own `table` text, with the identity of each device.
+ * What a queue thread can build its copy of a table from: every target 'any-queue', or an
+ * owner-thread one that offers a view (Target.queueViewShare), whose memory goes with the plan.
+ * The copy is built from the table's own `table` text, with the identity of each device. Null:
+ * the thread forwards every request.
  */
 export function tablePlan(table: DeviceTable): TablePlan | null {
-  if (!table.segments.every((segment) => segment.target.threadModel === 'any-queue')) return null;
+  const views: Array<{ readonly startSector: number; readonly share: SharedArrayBuffer }> = [];
+  for (const segment of table.segments) {
+    if (segment.target.threadModel === 'any-queue') continue;
+    const share = segment.target.queueViewShare?.();
+    if (share === undefined) return null;
+    views.push({ startSector: segment.startSector, share });
+  }
   const text = table.segments
     .map((segment) => `${segment.startSector} ${segment.lengthSectors} ${segment.target.type} ${segment.target.status('table')}`)
     .join('\n');
-  return { text, devices: table.devices().map((device) => ({ spec: device.tableName, key: device.key })) };
+  return { text, devices: table.devices().map((device) => ({ spec: device.tableName, key: device.key })), ...(views.length > 0 ? { views } : {}) };
 }
 
 /**
@@ -315,7 +328,7 @@ export class ThreadedDispatcher implements DeviceDispatcher {
     return this.queues;
   }
 
-  /** The plan queue threads should serve the live table with (null: forward). */
+  /** The plan queue threads should serve the live table with (null: forward all of it). */
   livePlan(): TablePlan | null {
     return tablePlan(this.main.table);
   }

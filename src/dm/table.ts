@@ -2,7 +2,7 @@ import { DmError } from '../base/errno';
 import type { BlockDevice } from '../io/block-device';
 import { openFileDevice } from '../io/file-device';
 import type { DaemonScope } from './scope';
-import { TargetError, type DeviceHandle, type StatusKind, type Target, type TargetCapabilities, type TargetContext } from './target';
+import { TargetError, type DeviceHandle, type QueueView, type StatusKind, type Target, type TargetCapabilities, type TargetContext } from './target';
 import { parseSectorNumber } from './table-args';
 
 /**
@@ -160,6 +160,15 @@ export interface TableBuildContext {
   readonly openDevice?: DeviceOpener;
   /** A saved table rebuilt by a new daemon (TargetContext.rebuilt). */
   readonly rebuilt?: import('./target').RebuiltTable;
+  /** A queue thread's copy: the segments it views rather than copies (TargetContext.queueView). */
+  readonly queueViews?: QueueViews;
+}
+
+/** The owner-thread segments a queue thread's copy of a table views, and where their other I/O goes. */
+export interface QueueViews {
+  /** Each viewed segment's shared memory (Target.queueViewShare), by the segment's start sector. */
+  readonly shares: ReadonlyMap<number, SharedArrayBuffer>;
+  forward: QueueView['forward'];
 }
 
 /**
@@ -184,6 +193,7 @@ export async function buildTable(lines: readonly TableLine[], context: TableBuil
         device: context.device,
         openDevice: (spec) => devices.open(spec),
         ...(context.rebuilt ? { rebuilt: context.rebuilt } : {}),
+        ...queueViewAt(context.queueViews, line.startSector),
       };
       const target = await constructTarget(scope.targetTypes.get(line.type)!, targetContext, line);
       segments.push({ startSector: line.startSector, lengthSectors: line.lengthSectors, target });
@@ -195,6 +205,11 @@ export async function buildTable(lines: readonly TableLine[], context: TableBuil
     await releaseAll(targets, await devices.settledOpened()).catch(() => undefined);
     throw error;
   }
+}
+
+function queueViewAt(views: QueueViews | undefined, startSector: number): { queueView?: QueueView } {
+  const share = views?.shares.get(startSector);
+  return share === undefined ? {} : { queueView: { share, forward: views!.forward } };
 }
 
 /** parseTableText then buildTable. */

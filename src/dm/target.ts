@@ -79,6 +79,15 @@ export interface Target {
    */
   inPlaceAddress?(sector: number, byteLength: number, access: InPlaceAccess): number;
 
+  /**
+   * Optional, for an 'owner-thread' target part of whose I/O needs none of its state: memory it
+   * shares with a queue thread's view of it (a target type of the same name built there with a
+   * QueueView), which serves that part on the queue thread and forwards the rest to this one.
+   * The view reads only what this target keeps true in the memory (snapshot-origin: the chunks
+   * every snapshot already holds). Undefined: the queue threads forward all of its I/O.
+   */
+  queueViewShare?(): SharedArrayBuffer | undefined;
+
   /** INFO (`dmsetup status`) or TABLE (`dmsetup table`) text, without the `start len type` prefix. */
   status(kind: StatusKind): string;
 
@@ -134,6 +143,16 @@ export interface TargetContext {
    * transient snapshot Invalid, a core-log mirror out of sync).
    */
   readonly rebuilt?: RebuiltTable;
+  /** Present only when a queue thread builds its view of an owner-thread target (Target.queueViewShare). */
+  readonly queueView?: QueueView;
+}
+
+/** What a queue thread's view of an owner-thread target gets to serve with. */
+export interface QueueView {
+  /** The memory the owner-thread target shares (its queueViewShare()). */
+  readonly share: SharedArrayBuffer;
+  /** Send what the view cannot serve to the owner thread's table, at `deviceSector` (not target-relative). */
+  forward(bio: Bio, deviceSector: number, done: MapDone): void;
 }
 
 export interface RebuiltTable {

@@ -10,6 +10,7 @@ import { zeroTargetType } from './zero';
 import { mirrorTargetType } from './mirror/mirror';
 import { snapshotMergeTargetType } from './snapshot/merge';
 import { snapshotOriginTargetType } from './snapshot/origin';
+import { snapshotOriginViewType } from './snapshot/origin-view';
 import { snapshotTargetType } from './snapshot/snapshot';
 
 /**
@@ -30,5 +31,13 @@ export const builtInTargetTypes: readonly TargetType[] = [
   delayTargetType,
   logWritesTargetType,
 ];
+
+/**
+ * The target types a queue thread builds its copies of tables with: the built-in ones, with a
+ * view (Target.queueViewShare) in place of each owner-thread type that offers one.
+ */
+export const queueThreadTargetTypes: readonly TargetType[] = builtInTargetTypes.map((type) =>
+  type === snapshotOriginTargetType ? snapshotOriginViewType : type,
+);
 
 export { delayTargetType, errorTargetType, flakeyTargetType, linearTargetType, logWritesTargetType, stripedTargetType, mirrorTargetType, nullTargetType, snapshotMergeTargetType, snapshotOriginTargetType, snapshotTargetType, zeroTargetType };

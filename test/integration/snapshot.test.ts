@@ -382,6 +382,35 @@ describe(`integration: dm-snapshot (snapshot-origin + snapshot, persistent store
     assertImage(await readDevice(work, base), image, 'origin');
   });
 
+  it('rewrites of chunks the snapshots hold (a reloaded origin\'s queue threads serve them) keep each snapshot\'s generation; one taken later still gets its copies', async function () {
+    const size = 8 * MiB;
+    const sectors = size / 512;
+    const image = new Image(size, 1);
+    const origin = await dm.dev(await writeImageFile(work, 'origin.img', image));
+    const base = await createOrigin(origin, sectors);
+    const cowA = await dm.dev(await makeBackingFile(work, 'cow-a.img', 8 * MiB, 'zero'));
+    const snapA = await takeSnapshot('snapa', origin, cowA, sectors, 8, true);
+    const genA = image.clone();
+    // Generation 2 copies out; 3 rewrites half of it and copies out the rest.
+    for (const [gen, off, len] of [[2, 1 * MiB, 1 * MiB], [3, 1.5 * MiB, 1 * MiB]] as const) {
+      await fioStamp(base, gen, off, len, { qd: 16 });
+      image.stamp(gen, off, len);
+    }
+    const cowB = await dm.dev(await makeBackingFile(work, 'cow-b.img', 8 * MiB, 'zero'));
+    const snapB = await takeSnapshot('snapb', origin, cowB, sectors, 16, false);
+    const genB = image.clone();
+    // Chunks snapshot A holds: snapshot B must still get its copies; then rewrites of them all.
+    for (const [gen, off, len] of [[4, 1 * MiB, 2 * MiB], [5, 1 * MiB, 2 * MiB], [6, 0.5 * MiB, 3 * MiB]] as const) {
+      await fioStamp(base, gen, off, len, { qd: 16 });
+      image.stamp(gen, off, len);
+    }
+    assertImage(await readDevice(work, snapA), genA, 'snapshot A');
+    assertImage(await readDevice(work, snapB), genB, 'snapshot B');
+    assertImage(await readDevice(work, base), image, 'origin');
+    assert.equal(await dm.status('snapa'), `0 ${sectors} snapshot ${persistentUsage(chunksTouched([[0.5 * MiB, 3 * MiB]], 8).size, 8, 16384)}\n`);
+    assert.equal(await dm.status('snapb'), `0 ${sectors} snapshot ${persistentUsage(chunksTouched([[0.5 * MiB, 3 * MiB]], 16).size, 16, 16384)}\n`);
+  });
+
   it('a writable snapshot reads back its own full-chunk, partial-chunk and straddling writes; the origin never sees them', async function () {
     const size = 8 * MiB;
     const sectors = size / 512;

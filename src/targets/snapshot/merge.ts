@@ -111,6 +111,14 @@ export class SnapshotMergeTarget implements Target, HandoverParty {
     return this.registry.minChunkSectors(this.origin.key);
   }
 
+  /**
+   * While a merge writes the COW back into the origin, origin writes stay on the thread that
+   * runs it: more than the kernel asks (it skips a merging snapshot), and they are rare then.
+   */
+  holds(): boolean {
+    return false;
+  }
+
   /** A merging snapshot takes no copies of the origin (spec §3.1 step 1). */
   copyOutFor(): undefined {
     return undefined;

@@ -1,5 +1,6 @@
 import type { ScopeKey } from '../../dm/scope';
 import type { DeviceKey } from '../../io/block-device';
+import { OriginWriteMap, type OriginWriteRule } from './origin-write-map';
 
 /**
  * Every snapshot of every origin in one daemon, by the origin's device key: the instantiable
@@ -26,10 +27,19 @@ export interface OriginSnapshot {
    * excepted).
    */
   copyOutFor(sector: number, sectorCount: number): ((resume: () => void) => void) | undefined;
+  /**
+   * No origin write to [sector, sector + sectorCount) would make it copy anything out, now or
+   * until the registry hears of a change (add, remove, resort, activated): every chunk there has a
+   * committed exception, the snapshot is invalid, or the range is beyond it. An inactive or
+   * merging snapshot answers false.
+   */
+  holds(sector: number, sectorCount: number): boolean;
 }
 
 export class OriginRegistry {
   private readonly byOrigin = new Map<DeviceKey, OriginSnapshot[]>();
+  /** The write map of each origin a snapshot-origin target is over, and how many such targets. */
+  private readonly writeMaps = new Map<DeviceKey, { readonly map: OriginWriteMap; users: number }>();
 
   /** Sorted by chunk size, largest first, a newcomer after its equals (as the kernel's list). */
   add(origin: DeviceKey, snapshot: OriginSnapshot): void {
@@ -38,6 +48,7 @@ export class OriginRegistry {
     if (index < 0) index = list.length;
     list.splice(index, 0, snapshot);
     this.byOrigin.set(origin, list);
+    this.changed(origin);
   }
 
   remove(origin: DeviceKey, snapshot: OriginSnapshot): void {
@@ -46,6 +57,32 @@ export class OriginRegistry {
     const index = list.indexOf(snapshot);
     if (index >= 0) list.splice(index, 1);
     if (list.length === 0) this.byOrigin.delete(origin);
+    this.changed(origin);
+  }
+
+  /** A snapshot of `origin` went active: origin writes copy out to it from now on. */
+  activated(origin: DeviceKey): void {
+    this.changed(origin);
+  }
+
+  /**
+   * The map of where writes to `origin` copy nothing out (origin-write-map.ts), for a
+   * snapshot-origin target over it, which gives it back with releaseWriteMap when destroyed.
+   */
+  acquireWriteMap(origin: DeviceKey, originSectors: number): OriginWriteMap {
+    let entry = this.writeMaps.get(origin);
+    if (entry === undefined) {
+      entry = { map: OriginWriteMap.create(originSectors), users: 0 };
+      entry.map.reset(this.writeRule(origin));
+      this.writeMaps.set(origin, entry);
+    }
+    entry.users++;
+    return entry.map;
+  }
+
+  releaseWriteMap(origin: DeviceKey): void {
+    const entry = this.writeMaps.get(origin);
+    if (entry !== undefined && --entry.users === 0) this.writeMaps.delete(origin);
   }
 
   /** The snapshot (of any origin) whose COW is `cow`, if one is registered. */
@@ -96,8 +133,26 @@ export class OriginRegistry {
       const wait = snapshot.copyOutFor(sector, sectorCount);
       firstWait ??= wait;
     }
-    if (firstWait === undefined) proceed();
-    else firstWait(() => this.beforeOriginWrite(origin, sector, sectorCount, proceed));
+    if (firstWait === undefined) {
+      this.writeMaps.get(origin)?.map.markHeld(sector, sectorCount, (granule, granuleSectors) =>
+        snapshots.every((snapshot) => snapshot.holds(granule, granuleSectors)),
+      );
+      proceed();
+    } else {
+      firstWait(() => this.beforeOriginWrite(origin, sector, sectorCount, proceed));
+    }
+  }
+
+  /** Whatever the origin's write map said may no longer hold: start it over. */
+  private changed(origin: DeviceKey): void {
+    this.writeMaps.get(origin)?.map.reset(this.writeRule(origin));
+  }
+
+  /** Granules of the smallest chunk size: the size writes are split at, so a write marks its whole granule. */
+  private writeRule(origin: DeviceKey): OriginWriteRule {
+    if (this.snapshotsOf(origin).length === 0) return 'no-snapshots';
+    const granuleSectors = this.minChunkSectors(origin);
+    return granuleSectors === undefined ? 'nothing-known' : { granuleSectors };
   }
 }
 

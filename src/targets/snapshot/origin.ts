@@ -3,6 +3,7 @@ import { IoOp, type Bio } from '../../io/bio';
 import type { BlockDevice } from '../../io/block-device';
 import { LinearTarget } from '../linear';
 import { ORIGINS, type OriginRegistry } from './origin-registry';
+import type { OriginWriteMap } from './origin-write-map';
 
 /**
  * snapshot-origin <origin_dev>: the live origin (spec snapshot.md §1.1, §3.1). Reads and flushes
@@ -15,6 +16,8 @@ export class SnapshotOriginTarget implements Target {
   /** Copy-outs of every snapshot of the origin go through the thread that owns them. */
   readonly threadModel = 'owner-thread';
   private readonly passthrough: LinearTarget;
+  /** Where writes copy nothing out, kept by the registry: a queue thread's view serves those itself. */
+  private readonly writeMap: OriginWriteMap;
 
   constructor(
     private readonly origin: BlockDevice,
@@ -23,6 +26,7 @@ export class SnapshotOriginTarget implements Target {
     private readonly registry: OriginRegistry,
   ) {
     this.passthrough = new LinearTarget(origin, startSector);
+    this.writeMap = registry.acquireWriteMap(origin.key, origin.sizeSectors);
   }
 
   get capabilities() {
@@ -45,6 +49,11 @@ export class SnapshotOriginTarget implements Target {
     this.registry.beforeOriginWrite(this.origin.key, this.startSector + bio.sector, bio.sectorCount, () => this.passthrough.map(bio, done));
   }
 
+  /** Reads, flushes and writes that copy nothing out need no snapshot: origin-view.ts serves them. */
+  queueViewShare(): SharedArrayBuffer {
+    return this.writeMap.share;
+  }
+
   status(kind: StatusKind): string {
     return kind === 'table' ? this.origin.tableName : '';
   }
@@ -55,6 +64,7 @@ export class SnapshotOriginTarget implements Target {
 
   async destroy(): Promise<void> {
     // The device belongs to the table.
+    this.registry.releaseWriteMap(this.origin.key);
   }
 }
 

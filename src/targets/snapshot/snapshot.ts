@@ -100,6 +100,7 @@ export class SnapshotTarget implements Target, HandoverParty {
   becomeActive(): void {
     this.suspendedNow = false;
     this.activated = true;
+    this.registry.activated(this.origin.key);
   }
 
   whenIdle(): Promise<void> {
@@ -162,6 +163,17 @@ export class SnapshotTarget implements Target, HandoverParty {
     if (waitOn === undefined) return undefined;
     const pe = waitOn;
     return (resume) => pe.originWaiters.push(resume);
+  }
+
+  holds(sector: number, sectorCount: number): boolean {
+    if (!this.activated) return false;
+    if (!this.valid) return true;
+    const startSector = Math.max(sector, this.startSector);
+    const endSector = Math.min(sector + sectorCount, this.startSector + this.lengthSectors);
+    for (let chunk = this.geometry.chunkOf(startSector); startSector < endSector && chunk <= this.geometry.chunkOf(endSector - 1); chunk++) {
+      if (this.held.exceptions.lookup(chunk) === undefined) return false;
+    }
+    return true;
   }
 
   status(kind: StatusKind): string {

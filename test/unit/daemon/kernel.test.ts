@@ -7,9 +7,11 @@ import type { DeviceTable } from '../../../src/dm/mapped-device';
 import { DaemonScope } from '../../../src/dm/scope';
 import { ALL_CAPABILITIES, type Target, type ThreadModel } from '../../../src/dm/target';
 
-function tableOf(...threadModels: ThreadModel[]): DeviceTable {
-  const segments = threadModels.map((threadModel, index) => {
+function tableOf(...threadModels: Array<ThreadModel | 'owner-thread with a view'>): DeviceTable {
+  const segments = threadModels.map((model, index) => {
+    const threadModel: ThreadModel = model === 'any-queue' ? 'any-queue' : 'owner-thread';
     const target: Target = {
+      ...(model === 'owner-thread with a view' ? { queueViewShare: () => new SharedArrayBuffer(8) } : {}),
       type: threadModel === 'any-queue' ? 'linear' : 'striped',
       threadModel,
       capabilities: ALL_CAPABILITIES,
@@ -40,7 +42,8 @@ describe('daemon: where a new device is served', () => {
   });
 
   it('serves a table that keeps one instance of its state on the daemon thread, not forwarded from queue threads', () => {
-    for (const table of [tableOf('owner-thread'), tableOf('any-queue', 'owner-thread')]) {
+    // A view (snapshot-origin's) would still forward its copy-outs: created so, it is served here too.
+    for (const table of [tableOf('owner-thread'), tableOf('any-queue', 'owner-thread'), tableOf('owner-thread with a view')]) {
       const dispatcher = kernelCollaborators(scope, 'threads').createDispatcher(table);
       assert.ok(dispatcher instanceof Dispatcher, 'not a plain dispatcher');
       assert.ok(!(dispatcher instanceof ThreadedDispatcher), 'handed to the queue threads');

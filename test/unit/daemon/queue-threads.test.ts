@@ -53,6 +53,24 @@ describe('queue threads: which tables they copy', () => {
     assert.equal(tablePlan(table), null);
   });
 
+  it('plans a copy with a view of an owner-thread target that offers one, carrying the memory it shares', () => {
+    const share = new SharedArrayBuffer(8);
+    const origin: Target = { ...fakeTarget('snapshot-origin', 'owner-thread', '7:0'), queueViewShare: () => share };
+    const table = fakeTable(
+      [
+        [2048, fakeTarget('linear', 'any-queue', '/srv/a.img 0')],
+        [4096, origin],
+      ],
+      [{ tableName: '/srv/a.img', key: 'file:64:12' }, { tableName: '7:0', key: 'blk:7:0' }],
+    );
+    const plan = tablePlan(table);
+    assert.equal(plan?.text, '0 2048 linear /srv/a.img 0\n2048 4096 snapshot-origin 7:0');
+    assert.deepEqual(plan?.views, [{ startSector: 2048, share }]);
+    assert.equal(plan?.views?.[0]?.share, share, 'the same memory, not a copy');
+    const withoutView: Target = { ...origin, queueViewShare: () => undefined };
+    assert.equal(tablePlan(fakeTable([[4096, withoutView]], [])), null);
+  });
+
   it('reads UBLK_DM_QUEUE_LOOP: threads by default, main when asked, anything else refused', () => {
     assert.equal(queueLoopFromEnvironment({}), 'threads');
     assert.equal(queueLoopFromEnvironment({ UBLK_DM_QUEUE_LOOP: 'threads' }), 'threads');

@@ -7,6 +7,8 @@ import { MemoryDevice } from '../../../../src/testing/memory-device';
 import { submitted, testScope } from '../../../../src/testing/tables';
 import type { ExceptionStore, ExceptionStoreUsage } from '../../../../src/targets/snapshot/exception-store';
 import { SnapshotOriginTarget } from '../../../../src/targets/snapshot/origin';
+import { SnapshotOriginView } from '../../../../src/targets/snapshot/origin-view';
+import { OriginWriteMap } from '../../../../src/targets/snapshot/origin-write-map';
 import { ORIGINS, type OriginRegistry } from '../../../../src/targets/snapshot/origin-registry';
 import { HeldExceptions } from '../../../../src/targets/snapshot/handover';
 import { InOrderCompleter } from '../../../../src/targets/snapshot/pending-exception';
@@ -161,6 +163,84 @@ describe('snapshot: the origin write path', () => {
     assert.equal(r.originTarget.maxIoSectors, 4);
     await small.destroy();
     assert.equal(r.originTarget.maxIoSectors, 16);
+  });
+});
+
+describe('snapshot: a queue thread\'s view of the origin', () => {
+  /** A view as a queue thread builds it, forwarding to the owner's origin target (and counting). */
+  function viewOf(r: Rig): { view: SnapshotOriginView; forwarded: Array<[IoOp, number]> } {
+    const forwarded: Array<[IoOp, number]> = [];
+    const view = new SnapshotOriginView(r.origin.open(), 0, OriginWriteMap.over(r.originTarget.queueViewShare()), (bio, deviceSector, done) => {
+      forwarded.push([bio.op, deviceSector]);
+      r.originTarget.map({ ...bio, sector: deviceSector }, done);
+    });
+    return { view, forwarded };
+  }
+
+  function secondSnapshot(r: Rig): SnapshotTarget {
+    return new SnapshotTarget(
+      r.origin.open(), new MemoryDevice(64 * CHUNK).open(), HeldExceptions.loaded(new FakeStore(CHUNK, 32), true, []),
+      { discardZeroesCow: false, discardPassdownOrigin: false }, 0, 64 * CHUNK, new DeviceEvents('snap2'), r.registry,
+    );
+  }
+
+  it('serves reads and rewrites of chunks every snapshot holds; forwards the first write of a chunk, which copies it out', async () => {
+    const r = await rig();
+    const { view, forwarded } = viewOf(r);
+    assert.equal(await io(view, IoOp.Read, 3 * CHUNK, Buffer.alloc(CHUNK_BYTES)), CHUNK_BYTES);
+    assert.equal(await io(view, IoOp.Write, 3 * CHUNK, stamp(0x22)), CHUNK_BYTES);
+    assert.deepEqual(forwarded, [[IoOp.Write, 3 * CHUNK]], 'the read stayed, the first write went to the owner');
+    assert.deepEqual(r.store.committed, [[3, 0]]);
+    assert.equal(await io(view, IoOp.Write, 3 * CHUNK + 2, stamp(0x33, 2)), 1024);
+    assert.equal(await io(view, IoOp.Write, 4 * CHUNK, stamp(0x44)), CHUNK_BYTES);
+    assert.deepEqual(forwarded, [[IoOp.Write, 3 * CHUNK], [IoOp.Write, 4 * CHUNK]], 'the rewrite of chunk 3 stayed');
+    assert.deepEqual(r.store.committed, [[3, 0], [4, 1]]);
+    assert.ok(r.origin.contents.subarray(3 * CHUNK_BYTES + 1024, 3 * CHUNK_BYTES + 2048).every((b) => b === 0x33), 'the rewrite landed');
+    const back = Buffer.alloc(CHUNK_BYTES);
+    await io(r.snapshot, IoOp.Read, 3 * CHUNK, back);
+    assert.ok(back.every((b) => b === 0x11), 'the snapshot still reads the old data');
+  });
+
+  it('sends every write to the owner again once another snapshot goes active, until that one holds the chunk too', async () => {
+    const r = await rig();
+    const { view, forwarded } = viewOf(r);
+    await io(view, IoOp.Write, 0, stamp(0x22));
+    const late = secondSnapshot(r);
+    await io(view, IoOp.Write, 0, stamp(0x33));
+    assert.equal(forwarded.length, 2, 'a registered snapshot, even inactive, keeps writes with the owner');
+    await late.resume();
+    await io(view, IoOp.Write, 0, stamp(0x44));
+    assert.equal(forwarded.length, 3, 'activation forgot what the map knew');
+    const back = Buffer.alloc(CHUNK_BYTES);
+    await io(late, IoOp.Read, 0, back);
+    assert.ok(back.every((b) => b === 0x33), 'the late snapshot copied chunk 0 out before the write');
+    await io(view, IoOp.Write, 0, stamp(0x55));
+    assert.equal(forwarded.length, 3, 'both snapshots hold chunk 0 now');
+  });
+
+  it('serves in place (over a tmpfs file) reads, and writes only where the map says no copy is needed', async () => {
+    const r = await rig();
+    const device = r.origin.open();
+    Object.assign(device, { inPlaceAddress: () => 0x7000 });
+    const view = new SnapshotOriginView(device, 0, OriginWriteMap.over(r.originTarget.queueViewShare()), (bio, sector, done) =>
+      r.originTarget.map({ ...bio, sector }, done),
+    );
+    assert.equal(view.inPlaceAddress(3 * CHUNK, CHUNK_BYTES, 'read'), 0x7000);
+    assert.equal(view.inPlaceAddress(3 * CHUNK, CHUNK_BYTES, 'write'), 0, 'a first write must reach the owner');
+    await io(view, IoOp.Write, 3 * CHUNK, stamp(0x22));
+    assert.equal(view.inPlaceAddress(3 * CHUNK, CHUNK_BYTES, 'write'), 0x7000, 'the snapshot holds chunk 3 now');
+    assert.equal(view.inPlaceAddress(3 * CHUNK, 2 * CHUNK_BYTES, 'write'), 0, 'chunk 4 is not held');
+  });
+
+  it('forwards discards, and keeps nothing from a snapshot that left: with none left, every write stays', async () => {
+    const r = await rig();
+    const { view, forwarded } = viewOf(r);
+    await io(view, IoOp.Write, 0, stamp(0x22));
+    await io(view, IoOp.Discard, 0);
+    assert.deepEqual(forwarded.map(([op]) => op), [IoOp.Write, IoOp.Discard]);
+    await r.snapshot.destroy();
+    await io(view, IoOp.Write, 8 * CHUNK, stamp(0x22));
+    assert.equal(forwarded.length, 2, 'no snapshot: nothing to copy out');
   });
 });
 
