@@ -1,5 +1,4 @@
 import type { MessagePort } from 'node:worker_threads';
-import type { IoOp } from '../io/bio';
 import type { DeviceKey } from '../io/block-device';
 import type { QueuePlacement } from './queue-placement';
 
@@ -38,6 +37,10 @@ export interface QueueThreadData {
   readonly placement: QueuePlacement;
   /** The daemon thread's count of hole punches (io/punch-count.ts), which the thread counts with. */
   readonly punchCounter: Int32Array;
+  /** The RecordRing (forward-channel.ts) of the requests the thread forwards: it writes, the daemon thread reads. */
+  readonly requestRing: SharedArrayBuffer;
+  /** The RecordRing of their answers: the daemon thread writes, the thread reads (after its doorbell). */
+  readonly answerRing: SharedArrayBuffer;
 }
 
 type Sequenced = { readonly seq: number };
@@ -68,38 +71,18 @@ export type ToQueueThread =
   | (Sequenced & { readonly kind: 'suspend'; readonly devId: number; readonly noflush: boolean })
   /** Resume; with `swap`, first replace the local table (or start/stop forwarding). */
   | (Sequenced & { readonly kind: 'resume'; readonly devId: number; readonly swap?: TablePlan | null })
-  /** The answers to forwarded requests that completed in one turn of the daemon thread. */
-  | { readonly kind: 'io-done'; readonly answers: readonly ForwardedAnswer[] }
   | { readonly kind: 'exit' };
-
-/** A forwarded request's answer: bytes moved or -errno, and for a read what it read (a copy). */
-export interface ForwardedAnswer {
-  readonly devId: number;
-  readonly id: number;
-  readonly result: number;
-  readonly data?: Uint8Array;
-}
-
-/** A request a queue thread forwards to the daemon thread, whose table instance serves it. */
-export interface ForwardedRequest {
-  readonly devId: number;
-  readonly id: number;
-  readonly op: IoOp;
-  readonly sector: number;
-  readonly sectorCount: number;
-  readonly fua: boolean;
-  readonly noUnmap: boolean;
-  /** Write data (a copy), absent for other operations. */
-  readonly data?: Uint8Array;
-}
 
 /** Whether a queue now serves from a local table copy (false: it forwards). */
 export type Reply = { readonly kind: 'reply'; readonly seq: number; readonly error?: string; readonly local?: boolean };
 
 export type FromQueueThread =
   | Reply
-  /** The requests one turn of the queue thread forwards (sent before its next wait). */
-  | { readonly kind: 'io'; readonly requests: readonly ForwardedRequest[] }
+  /**
+   * A shared buffer forwarded requests name by id (forward-channel.ts' SharedBufferPool): new,
+   * with its memory, or dropped, without. Sent before any request that names it.
+   */
+  | { readonly kind: 'buffer'; readonly id: number; readonly share?: SharedArrayBuffer }
   | { readonly kind: 'retired'; readonly devId: number; readonly queueId: number; readonly error?: string }
   | { readonly kind: 'event'; readonly devId: number }
   | { readonly kind: 'warn'; readonly message: string };

@@ -15,7 +15,8 @@ import { queueThreadTargetTypes } from '../targets';
 import { UblkQueue } from '../ublk/queue';
 import { queueThreadCpus, sameCpus } from './queue-placement';
 import { RingTurns } from './ring-turns';
-import type { AttachMessage, ForwardedRequest, FromQueueThread, QueueThreadData, TablePlan, ToQueueThread } from './queue-thread-protocol';
+import { ANSWER_FIELDS, NO_BUFFER, REQUEST_FIELDS, RecordRing, SharedBufferPool, writeRequest, type ForwardedRequest } from './forward-channel';
+import type { AttachMessage, FromQueueThread, QueueThreadData, TablePlan, ToQueueThread } from './queue-thread-protocol';
 
 /**
  * A queue thread (a worker_thread): serves queue k of every device the daemon hands it, on its
@@ -40,7 +41,7 @@ const ASYNC_POLL_MS = 1;
 const IDLE_WAIT_MS = 1000;
 const ONE_DOORBELL_READ_BYTES = 8;
 
-const { doorbellFd, port, stopFlag, pollMicros, placement, punchCounter } = workerData as QueueThreadData;
+const { doorbellFd, port, stopFlag, pollMicros, placement, punchCounter, requestRing, answerRing } = workerData as QueueThreadData;
 // Before any file is opened: a punch here must reach the daemon thread's devices and the other queue threads'.
 adoptPunchCounter(punchCounter);
 /** The CPUs this thread was allowed at start (the daemon's own affinity), ascending: placement stays within them. */
@@ -72,38 +73,55 @@ function send(message: FromQueueThread, transfer?: ArrayBuffer[]): void {
  */
 let forwardedInFlight = 0;
 
+/** Forwarded requests go out through shared memory (forward-channel.ts), answers come back so. */
+const requests = new RecordRing(requestRing, REQUEST_FIELDS);
+const answers = new RecordRing(answerRing, ANSWER_FIELDS);
+const sharedBuffers = new SharedBufferPool((event) => send(event));
 /**
- * Requests forwarded since the last wait, sent as one message before the next (RingTurns'
- * beforeWait): a message per request cost each a serialization and a wakeup of the daemon
- * thread's loop, where a wait's callbacks often forward several.
+ * Requests published and not answered (every one is, also for a device gone meanwhile). No more
+ * go out than the answer ring holds, so the daemon thread always has room for an answer; the
+ * rest wait in `overflow`.
  */
-let outgoing: ForwardedRequest[] = [];
-let outgoingBuffers: ArrayBuffer[] = [];
+let publishedInFlight = 0;
+const overflow: ForwardedRequest[] = [];
+/** Records published since the daemon thread was last rung: it is rung once a turn, before the wait. */
+let unrung = false;
 
-function forwardLater(request: ForwardedRequest, transfer: ArrayBuffer | undefined): void {
-  outgoing.push(request);
-  if (transfer !== undefined) outgoingBuffers.push(transfer);
+function publishForwarded(request: ForwardedRequest): boolean {
+  if (publishedInFlight >= answers.capacity) return false;
+  const at = requests.slot();
+  if (at < 0) return false;
+  writeRequest(requests.records, at, request);
+  requests.publish();
+  publishedInFlight++;
+  unrung = true;
+  return true;
 }
 
+/** Before each wait (RingTurns' beforeWait): what waited for room, then one wakeup of the daemon thread. */
 function sendForwarded(): void {
-  if (outgoing.length === 0) return;
-  const requests = outgoing;
-  const transfer = outgoingBuffers;
-  outgoing = [];
-  outgoingBuffers = [];
-  send({ kind: 'io', requests }, transfer);
+  while (overflow.length > 0 && publishForwarded(overflow[0]!)) overflow.shift();
+  if (!unrung) return;
+  unrung = false;
+  requests.ring();
+}
+
+interface WaitingRequest {
+  readonly bio: Bio;
+  readonly done: MapDone;
+  readonly buffer: { readonly id: number; readonly bytes: Uint8Array } | undefined;
 }
 
 /**
  * Forwards every request to the daemon thread (or, through forwardAt, what a view of an
- * owner-thread target cannot serve); its answer arrives in an 'io-done' message.
+ * owner-thread target cannot serve); its answer arrives in the answer ring.
  */
 class ForwardTarget implements Target {
   readonly type = 'forward';
   readonly threadModel = 'owner-thread';
   readonly capabilities = ALL_CAPABILITIES;
   private nextId = 0;
-  private readonly waiting = new Map<number, { readonly bio: Bio; readonly done: MapDone }>();
+  private readonly waiting = new Map<number, WaitingRequest>();
 
   constructor(private readonly devId: number) {}
 
@@ -114,22 +132,34 @@ class ForwardTarget implements Target {
 
   readonly forwardAt = (bio: Bio, deviceSector: number, done: MapDone): void => {
     const id = this.nextId++;
-    this.waiting.set(id, { bio, done });
+    // Reads and writes carry their bytes in a shared buffer: a view of the tag buffer cannot be shared.
+    const buffer = carriesData(bio.op) ? sharedBuffers.take(bio.data.byteLength) : undefined;
+    if (buffer !== undefined && bio.op === IoOp.Write) buffer.bytes.set(bio.data);
+    this.waiting.set(id, { bio, done, buffer });
     forwardedInFlight++;
-    // A view of the tag buffer would clone the whole queue buffer: copy the request's bytes.
-    const data = bio.op === IoOp.Write ? bio.data.slice() : undefined;
-    forwardLater(
-      { devId: this.devId, id, op: bio.op, sector: deviceSector, sectorCount: bio.sectorCount, fua: bio.fua, noUnmap: bio.noUnmap, ...(data ? { data } : {}) },
-      data?.buffer as ArrayBuffer | undefined,
-    );
+    const request: ForwardedRequest = {
+      devId: this.devId,
+      id,
+      op: bio.op,
+      sector: deviceSector,
+      sectorCount: bio.sectorCount,
+      fua: bio.fua,
+      noUnmap: bio.noUnmap,
+      bufferId: buffer?.id ?? NO_BUFFER,
+    };
+    if (overflow.length > 0 || !publishForwarded(request)) overflow.push(request);
   };
 
-  answered(id: number, result: IoResult, data: Uint8Array | undefined): void {
+  answered(id: number, result: IoResult): void {
     const request = this.waiting.get(id);
     if (request === undefined) return;
     this.waiting.delete(id);
     forwardedInFlight--;
-    if (data !== undefined && result > 0 && carriesData(request.bio.op)) request.bio.data.set(data.subarray(0, Math.min(result, request.bio.data.byteLength)));
+    const { bio, buffer } = request;
+    if (buffer !== undefined) {
+      if (result > 0 && bio.op === IoOp.Read) bio.data.set(buffer.bytes.subarray(0, Math.min(result, bio.data.byteLength)));
+      sharedBuffers.give(buffer);
+    }
     request.done(result);
   }
 
@@ -138,6 +168,8 @@ class ForwardTarget implements Target {
     forwardedInFlight -= this.waiting.size;
     const abandoned = [...this.waiting.values()];
     this.waiting.clear();
+    // A request still waiting for room must not go out for a queue that is gone.
+    for (let index = overflow.length - 1; index >= 0; index--) if (overflow[index]!.devId === this.devId) overflow.splice(index, 1);
     for (const { done } of abandoned) done(-ENODEV);
   }
 
@@ -308,7 +340,7 @@ function deviceOf(devId: number): DeviceQueue {
   return device;
 }
 
-async function control(message: Exclude<ToQueueThread, { kind: 'io-done' } | { kind: 'exit' }>): Promise<void> {
+async function control(message: Exclude<ToQueueThread, { kind: 'exit' }>): Promise<void> {
   asyncSteps++;
   try {
     let local: boolean;
@@ -336,9 +368,6 @@ async function control(message: Exclude<ToQueueThread, { kind: 'io-done' } | { k
 
 function handle(message: ToQueueThread): void {
   switch (message.kind) {
-    case 'io-done':
-      for (const answer of message.answers) devices.get(answer.devId)?.forward.answered(answer.id, answer.result, answer.data);
-      return;
     case 'exit':
       exiting = true;
       return;
@@ -347,12 +376,18 @@ function handle(message: ToQueueThread): void {
   }
 }
 
-/** The doorbell rang: read every message waiting, then wait for the next ring. */
+/** The doorbell rang: read every answer and message waiting, then wait for the next ring. */
 function onDoorbell(): void {
+  answers.drain(takeAnswer);
   for (let received = receiveMessageOnPort(port); received !== undefined; received = receiveMessageOnPort(port)) {
     handle(received.message as ToQueueThread);
   }
   if (!exiting) ring.readCb(doorbellFd, doorbellBuffer, 0, onDoorbell);
+}
+
+function takeAnswer(records: Float64Array, at: number): void {
+  publishedInFlight--;
+  devices.get(records[at]!)?.forward.answered(records[at + 1]!, records[at + 2]!);
 }
 
 function stopping(): boolean {

@@ -1,9 +1,9 @@
 import { writeSync, closeSync } from 'node:fs';
 import * as path from 'node:path';
-import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
+import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 
-import { EINVAL, ETIMEDOUT, ErrnoError } from '../base/errno';
-import { NO_DATA, IoOp, carriesData, type Bio, type IoDone } from '../io/bio';
+import { EINVAL, ENODEV, ETIMEDOUT, ErrnoError } from '../base/errno';
+import { NO_DATA, IoOp, type Bio, type IoDone } from '../io/bio';
 import { allocPageAligned, native } from '../io/native';
 import { sharedPunchCounter } from '../io/punch-count';
 import { SECTOR_BYTES } from '../base/units';
@@ -13,7 +13,8 @@ import type { ScopeKey } from '../dm/scope';
 import type { SuspendOptions } from '../dm/target';
 import type { QueueServer, UblkQueueGeometry } from '../ublk/queue';
 import { queuePlacementFromEnvironment } from './queue-placement';
-import type { ForwardedAnswer, ForwardedRequest, FromQueueThread, QueueThreadData, Reply, TablePlan, ToQueueThread } from './queue-thread-protocol';
+import { ANSWER_FIELDS, NO_BUFFER, REQUEST_FIELDS, RecordRing, readRequest, writeAnswer, type ForwardedRequest } from './forward-channel';
+import type { FromQueueThread, QueueThreadData, Reply, TablePlan, ToQueueThread } from './queue-thread-protocol';
 
 /**
  * The daemon thread's side of queue threads (daemon/queue-thread.ts): the pool of threads (thread
@@ -62,6 +63,11 @@ export function pollMicrosFromEnvironment(env: NodeJS.ProcessEnv = process.env):
 }
 
 const CONTROL_TIMEOUT_MS = 60_000;
+/**
+ * Records in each forwarding ring of a queue thread: the most requests it has forwarded and not
+ * seen answered at once (32 devices at depth 128 on one queue each; more wait on the thread).
+ */
+const FORWARD_RING_RECORDS = 4096;
 const DOORBELL = new Uint8Array(new BigUint64Array([1n]).buffer);
 
 /** A thread waiting in its ring is woken to see it must stop, so that the process can end. */
@@ -122,13 +128,15 @@ export class QueueThreadPool {
   }
 
   /** @internal A queue thread's message about a device. */
-  deliver(thread: QueueThread, message: Exclude<FromQueueThread, Reply | { kind: 'warn' } | { kind: 'io' }>): void {
+  deliver(thread: QueueThread, message: Exclude<FromQueueThread, Reply | { kind: 'warn' } | { kind: 'buffer' }>): void {
     this.servers.get(message.devId)?.receive(thread, message);
   }
 
-  /** @internal Requests a queue thread forwarded. */
-  serveForwarded(thread: QueueThread, requests: readonly ForwardedRequest[]): void {
-    for (const request of requests) this.servers.get(request.devId)?.serveForwarded(thread, request);
+  /** @internal A request a queue thread forwarded: every one is answered, for a device gone too. */
+  serveForwarded(thread: QueueThread, request: ForwardedRequest, bytes: Uint8Array | undefined): void {
+    const server = this.servers.get(request.devId);
+    if (server === undefined) thread.answer(request.devId, request.id, -ENODEV);
+    else server.serveForwarded(thread, request, bytes);
   }
 
   /** Stop every thread (devices still attached stop being served). */
@@ -151,9 +159,11 @@ export class QueueThread {
   private exited = false;
   /** The pool it serves; none yet for a thread started early (it has no device before that). */
   private pool: QueueThreadPool | undefined;
-  /** Answers to forwarded requests not sent yet, and the buffers of their read data. */
-  private answers: ForwardedAnswer[] = [];
-  private answerBuffers: ArrayBuffer[] = [];
+  /** Forwarded requests and their answers (forward-channel.ts), and the shared buffers they name by id. */
+  private readonly requests = RecordRing.create(FORWARD_RING_RECORDS, REQUEST_FIELDS);
+  private readonly answers = RecordRing.create(FORWARD_RING_RECORDS, ANSWER_FIELDS);
+  private readonly sharedBuffers = new Map<number, Uint8Array>();
+  private doorbellDue = false;
 
   constructor() {
     const { port1, port2 } = new MessageChannel();
@@ -166,6 +176,8 @@ export class QueueThread {
       pollMicros: pollMicrosFromEnvironment(),
       placement: queuePlacementFromEnvironment(),
       punchCounter: sharedPunchCounter(),
+      requestRing: this.requests.share,
+      answerRing: this.answers.share,
     };
     this.worker = new Worker(path.join(__dirname, 'queue-thread.js'), { workerData: data, transferList: [port2] });
     // Neither keeps the daemon alive: it lives as long as its socket, and exits with its devices.
@@ -174,6 +186,8 @@ export class QueueThread {
     this.port.on('message', (message: FromQueueThread) => this.receive(message));
     this.worker.on('error', (error) => this.warn(`queue thread failed: ${error.stack ?? String(error)}`));
     this.worker.on('exit', () => this.onExit());
+    // A wait that keeps no process alive, like the port.
+    this.onRequests();
   }
 
   adopt(pool: QueueThreadPool): void {
@@ -193,21 +207,59 @@ export class QueueThread {
   }
 
   /**
-   * Answer a forwarded request. The answers of one callback run (a reap of the ring: often
-   * several) go as one message and one ring of the doorbell, after it.
+   * Answer a forwarded request (a read's bytes are in its shared buffer already). The answers of
+   * one callback run (a reap of the ring: often several) share one ring of the doorbell, after it.
    */
-  answer(answer: ForwardedAnswer): void {
-    if (this.answers.length === 0) queueMicrotask(this.sendAnswers);
-    this.answers.push(answer);
-    if (answer.data !== undefined) this.answerBuffers.push(answer.data.buffer as ArrayBuffer);
+  answer(devId: number, id: number, result: number): void {
+    if (this.exited) return;
+    const at = this.answers.slot();
+    // The thread publishes no more requests than this ring holds, so it is never full here.
+    if (at < 0) throw new Error('queue thread: more answers than requests');
+    writeAnswer(this.answers.records, at, devId, id, result);
+    this.answers.publish();
+    if (this.doorbellDue) return;
+    this.doorbellDue = true;
+    queueMicrotask(this.ringDoorbell);
   }
 
-  private readonly sendAnswers = (): void => {
-    const answers = this.answers;
-    const transfer = this.answerBuffers;
-    this.answers = [];
-    this.answerBuffers = [];
-    this.post({ kind: 'io-done', answers }, transfer);
+  private readonly ringDoorbell = (): void => {
+    this.doorbellDue = false;
+    if (!this.exited) writeSync(this.doorbellFd, DOORBELL);
+  };
+
+  /** Serve what the thread forwarded, then sleep until it rings again. */
+  private readonly onRequests = (): void => {
+    for (;;) {
+      if (this.exited) return;
+      this.requests.drain(this.takeRequest);
+      const rung = this.requests.sleep();
+      if (rung !== undefined) {
+        void rung.then(this.onRequests);
+        return;
+      }
+    }
+  };
+
+  private readonly takeRequest = (records: Float64Array, at: number): void => {
+    const request = readRequest(records, at);
+    let bytes: Uint8Array | undefined;
+    if (request.bufferId !== NO_BUFFER) {
+      bytes = this.sharedBuffers.get(request.bufferId);
+      if (bytes === undefined) {
+        // Announced on the port before the record was written: take what the port holds.
+        for (let received = receiveMessageOnPort(this.port); received !== undefined; received = receiveMessageOnPort(this.port)) {
+          this.receive(received.message as FromQueueThread);
+        }
+        bytes = this.sharedBuffers.get(request.bufferId);
+      }
+      if (bytes === undefined) {
+        this.answer(request.devId, request.id, -ENODEV);
+        this.warn(`queue thread forwarded a request with an unknown buffer ${request.bufferId}`);
+        return;
+      }
+    }
+    if (this.pool === undefined) this.answer(request.devId, request.id, -ENODEV);
+    else this.pool.serveForwarded(this, request, bytes);
   };
 
   /** A control step, answered with whether the queue now serves from a local table copy. */
@@ -253,8 +305,9 @@ export class QueueThread {
       case 'warn':
         this.warn(message.message);
         return;
-      case 'io':
-        this.pool?.serveForwarded(this, message.requests);
+      case 'buffer':
+        if (message.share === undefined) this.sharedBuffers.delete(message.id);
+        else this.sharedBuffers.set(message.id, new Uint8Array(message.share));
         return;
       default:
         this.pool?.deliver(this, message);
@@ -433,7 +486,7 @@ class RemoteQueues implements QueueServer {
   }
 
   /** @internal A queue thread's message about this device. */
-  receive(thread: QueueThread, message: Exclude<FromQueueThread, Reply | { kind: 'warn' } | { kind: 'io' }>): void {
+  receive(thread: QueueThread, message: Exclude<FromQueueThread, Reply | { kind: 'warn' } | { kind: 'buffer' }>): void {
     switch (message.kind) {
       case 'retired':
         this.retiredQueues.add(message.queueId);
@@ -450,17 +503,21 @@ class RemoteQueues implements QueueServer {
     return this.retireError === undefined ? Promise.resolve() : Promise.reject(new Error(this.retireError));
   }
 
-  /** @internal A request of a forwarding queue: run it through the dispatcher here, answer with a copy of what it read. */
-  serveForwarded(thread: QueueThread, message: ForwardedRequest): void {
-    const withData = carriesData(message.op);
-    const data = withData ? this.buffers.take(message.sectorCount * SECTOR_BYTES) : NO_DATA;
-    if (message.data !== undefined) data.set(message.data.subarray(0, data.byteLength));
-    const bio: Bio = { op: message.op, sector: message.sector, sectorCount: message.sectorCount, fua: message.fua, noUnmap: message.noUnmap, data };
+  /**
+   * @internal A request a queue thread forwarded: run it through the dispatcher here, in a
+   * page-aligned buffer (backing I/O may go O_DIRECT), the bytes copied from and to `shared`.
+   */
+  serveForwarded(thread: QueueThread, request: ForwardedRequest, shared: Uint8Array | undefined): void {
+    const data = shared !== undefined ? this.buffers.take(request.sectorCount * SECTOR_BYTES) : NO_DATA;
+    if (shared !== undefined && request.op === IoOp.Write) data.set(shared.subarray(0, data.byteLength));
+    const bio: Bio = { op: request.op, sector: request.sector, sectorCount: request.sectorCount, fua: request.fua, noUnmap: request.noUnmap, data };
     this.dispatcher.submit(bio, (result) => {
-      const readData = message.op === IoOp.Read && result > 0 ? data.slice(0, result) : undefined;
-      // Done with it, as a ublk tag's buffer is once its request is answered.
-      if (withData) this.buffers.give(data);
-      thread.answer({ devId: this.devId, id: message.id, result, ...(readData ? { data: readData } : {}) });
+      if (shared !== undefined) {
+        if (request.op === IoOp.Read && result > 0) shared.set(data.subarray(0, Math.min(result, shared.byteLength)));
+        // Done with it, as a ublk tag's buffer is once its request is answered.
+        this.buffers.give(data);
+      }
+      thread.answer(this.devId, request.id, result);
     });
   }
 }
