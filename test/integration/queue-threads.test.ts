@@ -279,6 +279,13 @@ describe('integration: queue threads', function () {
     assert.match(await box.ok(['table', 'swap']), /delay/);
     await stamp(dev, 'verify', 8);
     await fioVerify(dev, '--offset=16M');
+    // Requests of 4 KiB to 1 MiB, 32 at once: the shared buffers they travel in come and go by size.
+    const mixed = await sh(
+      `fio --name=mixed --filename=${dev} --allow_file_create=0 --ioengine=io_uring --direct=1 --rw=randwrite --bsrange=4k-1m ` +
+        `--iodepth=32 --offset=16M --size=16M --verify=crc32c --do_verify=1 --verify_fatal=1`,
+      { timeoutMs: 600_000 },
+    );
+    assert.equal(mixed.code, 0, `fio verify of mixed sizes on ${dev} failed:\n${mixed.stdout}\n${mixed.stderr}`);
 
     await box.ok(['reload', 'swap', '--table', `0 ${sectors} linear ${backing} 0`]);
     await box.ok(['resume', 'swap']);
