@@ -7,7 +7,8 @@ import type { QueuePlacement } from './queue-placement';
  * daemon/queue-thread.ts). Queue thread k serves queue k of every device served by threads.
  * Messages to a queue thread go through a MessagePort it reads with receiveMessageOnPort when
  * its doorbell (an eventfd read sitting in its ring) rings, since it waits in io_uring_enter,
- * not in libuv.
+ * not in libuv. Forwarded requests and their answers do not: they go through shared memory
+ * (forward-channel.ts), and only the buffers they use are announced here.
  */
 
 /**

@@ -23,9 +23,11 @@ import type { FromQueueThread, QueueThreadData, Reply, TablePlan, ToQueueThread 
  * the threads.
  *
  * Which way a device goes is decided per table: a table of stateless targets is copied into each
- * queue thread, which then serves it alone; any other table stays here, and the queue threads
- * forward its requests to this thread's dispatcher. The daemon thread's copy of a stateless table
- * still answers `status` and `table`.
+ * queue thread, which then serves it alone; so is one whose stateful targets offer views
+ * (snapshot-origin), whose copies forward only what they cannot serve; any other table stays
+ * here, and the queue threads forward all its requests to this thread's dispatcher, through
+ * shared memory (forward-channel.ts). The daemon thread's copy of the table still answers
+ * `status` and `table`.
  */
 
 /** How the daemon serves queues: on its own event loop, or in queue threads. */
