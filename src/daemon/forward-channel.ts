@@ -27,7 +27,8 @@ export class RecordRing {
   readonly records: Float64Array;
 
   static create(capacity: number, fields: number): RecordRing {
-    if (!Number.isInteger(Math.log2(capacity)) || capacity < 1 || !(fields >= 1)) throw new RangeError('RecordRing: capacity must be a power of 2');
+    if (!Number.isInteger(Math.log2(capacity)) || capacity < 1) throw new RangeError('RecordRing: capacity must be a power of 2');
+    if (!Number.isInteger(fields) || fields < 1) throw new RangeError('RecordRing: a record needs at least one field');
     return new RecordRing(new SharedArrayBuffer(HEADER_BYTES + capacity * fields * 8), fields);
   }
 
@@ -184,7 +185,7 @@ export class SharedBufferPool {
   give(buffer: { readonly id: number; readonly bytes: Uint8Array }): void {
     const byteLength = buffer.bytes.byteLength;
     if (this.idleBytes + byteLength > this.keptBytes) {
-      this.announce({ kind: 'buffer', id: buffer.id });
+      this.discard(buffer);
       return;
     }
     let kept = this.idle.get(byteLength);
@@ -194,5 +195,13 @@ export class SharedBufferPool {
     }
     kept.push(buffer);
     this.idleBytes += byteLength;
+  }
+
+  /**
+   * Never to be used again, and forgotten by the daemon thread: a buffer whose request was
+   * abandoned, which the daemon thread may still be filling (it holds the memory until then).
+   */
+  discard(buffer: { readonly id: number }): void {
+    this.announce({ kind: 'buffer', id: buffer.id });
   }
 }

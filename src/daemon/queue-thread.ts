@@ -170,7 +170,11 @@ class ForwardTarget implements Target {
     this.waiting.clear();
     // A request still waiting for room must not go out for a queue that is gone.
     for (let index = overflow.length - 1; index >= 0; index--) if (overflow[index]!.devId === this.devId) overflow.splice(index, 1);
-    for (const { done } of abandoned) done(-ENODEV);
+    for (const { done, buffer } of abandoned) {
+      // Its answer may still come (and a read's bytes with it): the buffer cannot be reused.
+      if (buffer !== undefined) sharedBuffers.discard(buffer);
+      done(-ENODEV);
+    }
   }
 
   status(): string {

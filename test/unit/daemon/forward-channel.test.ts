@@ -23,6 +23,11 @@ describe('queue threads: the forwarding channel in shared memory', () => {
     assert.deepEqual(seen, [...Array(12).keys()]);
   });
 
+  it('refuses a ring that is not a power of two records, or records of no field', () => {
+    assert.throws(() => RecordRing.create(3, 2), /power of 2/);
+    assert.throws(() => RecordRing.create(4, 0), /at least one field/);
+  });
+
   it('encodes a request exactly, sectors past 2^32 included', () => {
     const ring = RecordRing.create(2, REQUEST_FIELDS);
     const request = { devId: 3, id: 2 ** 31 + 5, op: IoOp.Write, sector: 2 ** 40 + 8, sectorCount: 2048, fua: true, noUnmap: false, bufferId: 12 };
@@ -107,5 +112,9 @@ describe('queue threads: the forwarding channel in shared memory', () => {
       { kind: 'buffer', id: c.id, shared: false },
       { kind: 'buffer', id: a.id, shared: false },
     ], 'past 8 KiB idle the daemon thread is told to forget them');
+    const abandoned = pool.take(4096);
+    pool.discard(abandoned);
+    assert.deepEqual(events.at(-1), { kind: 'buffer', id: abandoned.id, shared: false }, 'a discarded buffer is forgotten');
+    assert.notEqual(pool.take(4096).id, abandoned.id, 'and never handed out again');
   });
 });
