@@ -25,6 +25,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("nextData", Napi::Function::New(env, NextData, "nextData"));
   exports.Set("nextHole", Napi::Function::New(env, NextHole, "nextHole"));
   exports.Set("pwrite", Napi::Function::New(env, Pwrite, "pwrite"));
+  exports.Set("preadv", Napi::Function::New(env, Preadv, "preadv"));
+  exports.Set("pwritev", Napi::Function::New(env, Pwritev, "pwritev"));
   exports.Set("logicalBlockBytes", Napi::Function::New(env, LogicalBlockBytes, "logicalBlockBytes"));
   exports.Set("threadCpus", Napi::Function::New(env, ThreadCpus, "threadCpus"));
   exports.Set("setThreadCpus", Napi::Function::New(env, SetThreadCpus, "setThreadCpus"));

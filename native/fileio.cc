@@ -1,6 +1,8 @@
 #include "fileio.h"
 
+#include <limits.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -34,11 +36,42 @@ Napi::Value Transfer(const Napi::CallbackInfo& info, bool isWrite) {
   return Napi::Number::New(env, moved < 0 ? -errno : static_cast<double>(moved));
 }
 
+Napi::Value TransferVector(const Napi::CallbackInfo& info, bool isWrite) {
+  Napi::Env env = info.Env();
+  int64_t fileByteOffset = -1;
+  int32_t fd = -1;
+  uint32_t count = 0;
+  bool usable = info.Length() >= 3 && napi_get_value_int32(env, info[0], &fd) == napi_ok && info[1].IsArray() &&
+                napi_get_value_int64(env, info[2], &fileByteOffset) == napi_ok && fileByteOffset >= 0;
+  if (usable) {
+    count = info[1].As<Napi::Array>().Length();
+    usable = count > 0 && count <= IOV_MAX;
+  }
+  iovec iov[IOV_MAX];
+  for (uint32_t i = 0; usable && i < count; i++) {
+    Napi::Value view = info[1].As<Napi::Array>()[i];
+    usable = napi_get_buffer_info(env, view, &iov[i].iov_base, &iov[i].iov_len) == napi_ok;
+  }
+  if (!usable) {
+    ThrowType(env, isWrite ? "pwritev(fd, views (1 to IOV_MAX), fileByteOffset)" : "preadv(fd, views (1 to IOV_MAX), fileByteOffset)");
+    return env.Undefined();
+  }
+  ssize_t moved;
+  do {
+    moved = isWrite ? pwritev(fd, iov, static_cast<int>(count), fileByteOffset) : preadv(fd, iov, static_cast<int>(count), fileByteOffset);
+  } while (moved < 0 && errno == EINTR);
+  return Napi::Number::New(env, moved < 0 ? -errno : static_cast<double>(moved));
+}
+
 }  // namespace
 
 Napi::Value Pread(const Napi::CallbackInfo& info) { return Transfer(info, false); }
 
 Napi::Value Pwrite(const Napi::CallbackInfo& info) { return Transfer(info, true); }
+
+Napi::Value Preadv(const Napi::CallbackInfo& info) { return TransferVector(info, false); }
+
+Napi::Value Pwritev(const Napi::CallbackInfo& info) { return TransferVector(info, true); }
 
 Napi::Value FileSize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();

@@ -23,11 +23,13 @@ import { SECTOR_BYTES, SECTOR_SHIFT, isMultipleOfPowerOfTwo } from '../base/unit
  * descriptor; Linux keeps the two coherent (direct I/O writes back and invalidates the page
  * cache range it touches).
  *
- * A file on tmpfs, opened by a queue thread (a caller-driven ring), is read and written with
- * plain pread/pwrite in that thread instead: the data is already in memory, so the call is a
- * copy, while io_uring would hand each request to one of its workers (tmpfs in 6.12 has no
- * FMODE_NOWAIT), a wakeup there and back for every request. The results still arrive as ring
- * completions do (IoRing.completeInline), never from inside the call.
+ * A file on tmpfs is read and written with plain pread/pwrite (preadv/pwritev) by the thread
+ * that owns the ring instead: the data is already in memory, so the call is a copy, while
+ * io_uring would hand each request to one of its workers (tmpfs in 6.12 has no FMODE_NOWAIT),
+ * a wakeup there and back for every request, and a snapshot's copy-out is four such requests in
+ * a row. Its flush is a no-op, as tmpfs's fsync is. The results still arrive as ring completions
+ * do (IoRing.completeInline), never from inside the call. Only a queue thread (a caller-driven
+ * ring) also serves requests in place (inPlaceAddress).
  */
 
 /** statfs f_type of tmpfs (and of /dev/shm). */
@@ -124,6 +126,8 @@ export class FileDevice implements BlockDevice {
   /** Reads and writes are done synchronously by this thread (see the class comment). */
   readonly inlineIo: boolean;
   readonly servesInPlace: boolean;
+  /** In place on this device's ring: only a queue thread's, which checks the file's size once a wait (inPlaceAddress). */
+  private readonly inPlaceAllowed: boolean;
   /** The whole file mapped shared, made on the first in-place request (queue threads only). */
   private inPlaceMapping: ArrayBuffer | undefined;
   private inPlaceBase = 0;
@@ -163,8 +167,9 @@ export class FileDevice implements BlockDevice {
     this.devno = description.devno;
     this.key = description.key;
     this.capabilities = description.capabilities;
-    this.inlineIo = description.memoryBacked && ring.isCallerDriven;
+    this.inlineIo = description.memoryBacked;
     this.servesInPlace = description.memoryBacked;
+    this.inPlaceAllowed = description.memoryBacked && ring.isCallerDriven;
   }
 
   /**
@@ -193,7 +198,7 @@ export class FileDevice implements BlockDevice {
    * the fault; a later wait looks again.
    */
   inPlaceAddress(sector: number, byteLength: number, access: InPlaceAccess): number {
-    if (!this.inlineIo || this.closed || this.inPlaceRefused || (access === 'write' && this.readOnly)) return 0;
+    if (!this.inPlaceAllowed || this.closed || this.inPlaceRefused || (access === 'write' && this.readOnly)) return 0;
     const startByte = sector * SECTOR_BYTES;
     const endByte = startByte + byteLength;
     if (endByte > this.sizeSectors * SECTOR_BYTES) return 0;
@@ -322,6 +327,7 @@ export class FileDevice implements BlockDevice {
     const misuse = this.misuse(totalBytes(bufs));
     if (misuse) return Promise.reject(misuse);
     const byteOffset = sector * SECTOR_BYTES;
+    if (this.inlineIo) return new Promise((resolve) => this.ring.completeInline(resolve, native().preadv(this.handle.fd, bufs, byteOffset)));
     const direct = options?.throughPageCache !== true && this.allAlignedForDirect(bufs, byteOffset);
     return new Promise((resolve) => this.issue(direct, DataOp.Readv, NO_DATA, bufs, byteOffset, 0, resolve));
   }
@@ -332,6 +338,7 @@ export class FileDevice implements BlockDevice {
     if (this.beyondEnd(sector, totalBytes(bufs))) return Promise.resolve(-EIO);
     const byteOffset = sector * SECTOR_BYTES;
     this.holePages.unmark(byteOffset, byteOffset + totalBytes(bufs));
+    if (this.inlineIo) return new Promise((resolve) => this.ring.completeInline(resolve, native().pwritev(this.handle.fd, bufs, byteOffset)));
     const rwFlags = fua ? RWF_DSYNC : 0;
     return new Promise((resolve) => this.issue(this.allAlignedForDirect(bufs, byteOffset), DataOp.Writev, NO_DATA, bufs, byteOffset, rwFlags, resolve));
   }
@@ -339,6 +346,9 @@ export class FileDevice implements BlockDevice {
   flush(): Promise<IoResult> {
     const misuse = this.misuse(0);
     if (misuse) return Promise.reject(misuse);
+    // tmpfs has no stable storage to reach: its fsync does nothing, and through io_uring that
+    // nothing would still cost a worker thread's wakeup.
+    if (this.inlineIo) return new Promise((resolve) => this.ring.completeInline(resolve, 0));
     return this.ring.fsync(this.handle.fd, true);
   }
 

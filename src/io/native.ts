@@ -143,6 +143,10 @@ export interface NativeAddon {
   pread(fd: number, view: ArrayBufferView, fileByteOffset: number): number;
   /** pwrite(2) from `view` on this thread: bytes written, or -errno (never throws for an I/O error). */
   pwrite(fd: number, view: ArrayBufferView, fileByteOffset: number): number;
+  /** preadv(2) into 1 to IOV_MAX views on this thread: bytes read, or -errno. */
+  preadv(fd: number, views: readonly ArrayBufferView[], fileByteOffset: number): number;
+  /** pwritev(2) from 1 to IOV_MAX views on this thread: bytes written, or -errno. */
+  pwritev(fd: number, views: readonly ArrayBufferView[], fileByteOffset: number): number;
   /** ioctl(BLKSSZGET) on a block device fd. */
   logicalBlockBytes(fd: number): number;
   /** The CPUs the calling thread may run on (sched_getaffinity of the thread itself), ascending. */

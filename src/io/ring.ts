@@ -205,15 +205,16 @@ export class IoRing {
   }
 
   /**
-   * Caller-driven rings only: a request this thread did itself, synchronously (a copy to or from
-   * a memory-backed file, which io_uring would hand to a worker thread: one more wakeup per I/O).
-   * Its callback runs from the next waitAndDispatch(), as a completion would: never from inside
-   * the call that issued it.
+   * A request this thread did itself, synchronously (a copy to or from a memory-backed file,
+   * which io_uring would hand to a worker thread: one more wakeup per I/O). Its callback runs as
+   * a completion's would, never from inside the call that issued it: from the next
+   * waitAndDispatch() on a caller-driven ring, from the next flush on an event-loop ring.
    */
   completeInline(done: IoCallback, result: IoResult): void {
-    if (!this.callerDriven) throw new Error('completeInline: only a caller-driven ring dispatches inline completions');
+    if (this.closed) throw new Error('IoRing is closed');
     this.inlineCallbacks.push(done);
     this.inlineResults.push(result);
+    this.scheduleFlush();
   }
 
   /**
@@ -532,11 +533,11 @@ export class IoRing {
   private readonly flush = (): void => {
     this.flushScheduled = false;
     if (this.closed) return;
-    // Much of what we submit completes inside io_uring_enter (page-cache and tmpfs I/O, ublk
-    // requests delivered as task work while we were in the kernel): reap it here rather than
-    // waiting a loop turn for the eventfd. Callbacks that queue more I/O synchronously get it
-    // submitted in the next round; promise continuations run after this returns and schedule
-    // the next flush.
+    // Much of what we submit completes inside io_uring_enter (page-cache I/O, ublk requests
+    // delivered as task work while we were in the kernel), and copies to and from tmpfs were done
+    // inline (completeInline): run them here rather than waiting a loop turn for the eventfd.
+    // Callbacks that queue more I/O synchronously get it submitted in the next round; promise
+    // continuations run after this returns and schedule the next flush.
     //
     // The eventfd stays armed throughout, although each inline completion then also signals it
     // and costs one empty reap on a later turn. Disarming it meanwhile (IORING_CQ_EVENTFD_DISABLED)
@@ -544,15 +545,22 @@ export class IoRing {
     // full barrier, so a CQE posted by an io-wq worker (fsync, fallocate) just as we re-arm can
     // be missed by both sides, and only signalling the eventfd ourselves after every flush would
     // cover it, which is the very wakeup disarming saves.
-    for (let round = 0; round < INLINE_ROUNDS; round++) {
-      if (this.unsubmittedCount > 0) {
-        this.unsubmittedCount = 0;
-        this.ring.submit();
+    try {
+      for (let round = 0; round < INLINE_ROUNDS; round++) {
+        if (this.unsubmittedCount > 0) {
+          this.unsubmittedCount = 0;
+          this.ring.submit();
+        }
+        const count = this.ring.reap();
+        if (count > 0) this.onCompletions(count);
+        if (this.closed) return;
+        if (this.runInlineCompletions() === 0 && count === 0) return;
+        if (this.closed) return;
       }
-      const count = this.ring.reap();
-      if (count === 0) return;
-      this.onCompletions(count);
-      if (this.closed) return;
+    } finally {
+      // A throwing callback ends the flush: CQEs left over signal the eventfd again, inline
+      // completions left over nobody would, so they get a flush of their own.
+      if (!this.closed && this.inlineCallbacks.length > 0) this.scheduleFlush(true);
     }
     // Out of rounds, maybe with completions left in the CQ or on the kernel's overflow list
     // (which signals nobody): take them on the next turn, after timers and other I/O had theirs.

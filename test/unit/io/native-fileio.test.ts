@@ -7,8 +7,8 @@ import { native } from '../../../src/io/native';
 
 const EBADF = os.constants.errno.EBADF;
 
-/** The addon's pread/pwrite: the inline I/O of a queue thread on a tmpfs file (FileDevice). */
-describe('native pread / pwrite', () => {
+/** The addon's pread/pwrite and preadv/pwritev: the inline I/O of a FileDevice on a tmpfs file. */
+describe('native pread / pwrite / preadv / pwritev', () => {
   let dir: string;
   let handle: fsp.FileHandle;
 
@@ -36,6 +36,19 @@ describe('native pread / pwrite', () => {
   it('returns -errno rather than throwing for an I/O error', () => {
     assert.equal(native().pread(-1, new Uint8Array(512), 0), -EBADF);
     assert.equal(native().pwrite(-1, new Uint8Array(512), 0), -EBADF);
+  });
+
+  it('preadv / pwritev move a list of views in order, in one call', () => {
+    const pages = [new Uint8Array(4096).fill(1), new Uint8Array(512).fill(2), new Uint8Array(4096).fill(3)];
+    assert.equal(native().pwritev(handle.fd, pages, 1024), 4096 + 512 + 4096);
+    const back = [new Uint8Array(4096), new Uint8Array(4608)];
+    assert.equal(native().preadv(handle.fd, back, 1024), 8704);
+    assert.ok(back[0]!.every((byte) => byte === 1));
+    assert.ok(back[1]!.subarray(0, 512).every((byte) => byte === 2) && back[1]!.subarray(512).every((byte) => byte === 3));
+    assert.equal(native().preadv(-1, back, 0), -EBADF);
+    assert.throws(() => native().preadv(handle.fd, [], 0), /preadv\(fd, views \(1 to IOV_MAX\), fileByteOffset\)/);
+    assert.throws(() => native().pwritev(handle.fd, new Array(1025).fill(new Uint8Array(512)), 0), /pwritev/);
+    assert.throws(() => native().pwritev(handle.fd, [new Uint8Array(512), 'x' as unknown as Uint8Array], 0), /pwritev/);
   });
 
   it('throws for arguments that are not an fd, a view and a non-negative offset', () => {

@@ -127,6 +127,31 @@ describe('IoRing (real io_uring)', () => {
     assert.equal(tokens.size, 4);
   });
 
+  it('completeInline(): the result arrives after the call, in order with the rest, also past a throwing callback', async () => {
+    const order: string[] = [];
+    ring.completeInline((result) => order.push(`first ${result}`), 512);
+    ring.completeInline(() => {
+      order.push('second');
+      ring.completeInline((result) => order.push(`queued by second ${result}`), 7);
+      throw new Error('a callback that throws');
+    }, 0);
+    ring.completeInline(() => order.push('third'), 0);
+    order.push('issued');
+    const uncaught = new Promise<Error>((resolve) => {
+      const listeners = process.listeners('uncaughtException');
+      process.removeAllListeners('uncaughtException');
+      process.once('uncaughtException', (error) => {
+        for (const listener of listeners) process.on('uncaughtException', listener);
+        resolve(error);
+      });
+    });
+    assert.match((await uncaught).message, /a callback that throws/);
+    await new Promise((resolve) => setImmediate(resolve));
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(order, ['issued', 'first 512', 'second', 'third', 'queued by second 7']);
+    assert.equal(ring.inFlight, 0);
+  });
+
   it('close() fails pending requests with -ECANCELED', async () => {
     const pipe = await openPipeReadEnd(dir);
     const pending = ring.read(pipe.fd, Buffer.alloc(16), 0);
@@ -135,6 +160,7 @@ describe('IoRing (real io_uring)', () => {
     assert.equal(await pending, -ECANCELED);
     await pipe.close();
     assert.throws(() => ring.readCb(handle.fd, Buffer.alloc(512), 0, () => {}), /closed/);
+    assert.throws(() => ring.completeInline(() => {}, 0), /closed/);
     await assert.rejects(ring.read(handle.fd, Buffer.alloc(512), 0), /closed/);
   });
 
