@@ -51,6 +51,13 @@ uint64_t ToToken(Napi::Value value) { return static_cast<uint64_t>(value.As<Napi
 
 uint64_t ToByteOffset(Napi::Value value) { return static_cast<uint64_t>(value.As<Napi::Number>().Int64Value()); }
 
+// While a caller-driven ring with TASKRUN_FLAG polls by looking at memory, how often it still
+// yields the CPU (and enters the kernel once, whatever the flags say).
+constexpr int64_t kPollYieldEveryNanos = 50 * 1000;
+// Looks at memory between two readings of the clock: in a VM without a usable TSC, reading it
+// is a system call.
+constexpr unsigned kPollLooksPerClockRead = 32;
+
 int64_t MonotonicNanos() {
   timespec now{};
   clock_gettime(CLOCK_MONOTONIC, &now);
@@ -99,8 +106,13 @@ Ring::Ring(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Ring>(info) {
   // the kernel for events: completion task work can then wait for that entry instead of
   // interrupting the thread (DEFER_TASKRUN, which needs SINGLE_ISSUER). Kernels before 6.1
   // refuse the flags; such a ring works without them, at the cost of those interruptions.
+  //
+  // TASKRUN_FLAG has the kernel also raise IORING_SQ_TASKRUN in the shared SQ flags whenever it
+  // queues task work for the ring, so a poll can look at memory for news instead of entering
+  // the kernel to find out (PollFor).
   unsigned baseFlags = IORING_SETUP_CQSIZE | (sqe128_ ? IORING_SETUP_SQE128 : 0);
-  const unsigned callerDrivenFlags[] = {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, IORING_SETUP_COOP_TASKRUN, 0};
+  const unsigned deferred = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+  const unsigned callerDrivenFlags[] = {deferred | IORING_SETUP_TASKRUN_FLAG, deferred, IORING_SETUP_COOP_TASKRUN, 0};
   int err = -EINVAL;
   for (unsigned extra : callerDrivenFlags) {
     if (!callerDriven_ && extra != 0) continue;
@@ -108,7 +120,10 @@ Ring::Ring(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Ring>(info) {
     params.flags = baseFlags | extra;
     params.cq_entries = entries * kCqPerSqEntries;
     err = io_uring_queue_init_params(entries, &ring_, &params);
-    if (err != -EINVAL) break;
+    if (err != -EINVAL) {
+      taskrunFlag_ = err == 0 && (extra & IORING_SETUP_TASKRUN_FLAG) != 0;
+      break;
+    }
   }
   if (err < 0) {
     ThrowErrno(env, "io_uring_queue_init_params", -err);
@@ -693,14 +708,36 @@ Napi::Value Ring::BoundMethods(const Napi::CallbackInfo& info) {
 
 int Ring::PollFor(unsigned minComplete, int64_t pollMicros, int64_t startNanos) {
   int64_t deadlineNanos = startNanos + pollMicros * 1000;
+  int64_t nowNanos = startNanos;
+  int64_t yieldAtNanos = startNanos + kPollYieldEveryNanos;
+  bool enter = true;
+  unsigned looksSinceClock = 0;
   do {
-    int err = io_uring_submit_and_get_events(&ring_);
-    if (err < 0 && err != -EINTR && err != -EAGAIN && err != -EBUSY) return err;
+    // Between yields, enter the kernel only when it has something for us: task work queued (a
+    // ublk command completed, a read done) or CQEs held back on the overflow list. Under TCG a
+    // system call costs tens of microseconds, which an io_uring_enter per look added to the
+    // time a request waited to be seen.
+    enter = enter || (IO_URING_READ_ONCE(*ring_.sq.kflags) & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) != 0 ||
+            io_uring_sq_ready(&ring_) > 0;
+    if (enter) {
+      int err = io_uring_submit_and_get_events(&ring_);
+      if (err < 0 && err != -EINTR && err != -EAGAIN && err != -EBUSY) return err;
+    }
     if (io_uring_cq_ready(&ring_) >= minComplete) return 0;
-    // Poll only with a CPU nobody else wants: a runnable task here (the client itself, when it
-    // shares this CPU) runs first.
-    sched_yield();
-  } while (MonotonicNanos() < deadlineNanos);
+    if (taskrunFlag_ && !enter && ++looksSinceClock < kPollLooksPerClockRead) continue;
+    looksSinceClock = 0;
+    if (taskrunFlag_) nowNanos = MonotonicNanos();
+    if (!taskrunFlag_ || nowNanos >= yieldAtNanos) {
+      // Poll only with a CPU nobody else wants: a runnable task here (the client itself, when it
+      // shares this CPU) runs first.
+      sched_yield();
+      nowNanos = MonotonicNanos();
+      yieldAtNanos = nowNanos + kPollYieldEveryNanos;
+      enter = true;
+      continue;
+    }
+    enter = false;
+  } while (nowNanos < deadlineNanos);
   return 0;
 }
 

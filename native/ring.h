@@ -85,6 +85,8 @@ class Ring : public Napi::ObjectWrap<Ring> {
   bool sqe128_ = false;
   // No eventfd and no uv_poll: the owner blocks in Wait() instead of the libuv loop.
   bool callerDriven_ = false;
+  // The kernel raises IORING_SQ_TASKRUN when it queues task work (IORING_SETUP_TASKRUN_FLAG).
+  bool taskrunFlag_ = false;
   int eventFd_ = -1;
   // A second descriptor of the ring, never closed (see KeepUntilExit).
   int keptFd_ = -1;
