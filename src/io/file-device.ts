@@ -561,6 +561,9 @@ export class FileDevice implements BlockDevice {
 
   private misuse(byteLength: number): Error | undefined {
     if (this.closed) return new Error(`${this.path}: device is closed`);
+    // Checked before the I/O: on tmpfs the copy is done in the call (inlineIo), and a write done
+    // whose completion the ring cannot deliver any more would change the file yet report failure.
+    if (this.ring.isClosed) return new Error(`${this.path}: its ring is closed`);
     if (byteLength % SECTOR_BYTES !== 0) {
       return new RangeError(`${this.path}: ${byteLength} bytes is not a whole number of sectors`);
     }

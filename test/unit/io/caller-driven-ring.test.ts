@@ -309,6 +309,12 @@ describe('IoRing driven by its caller (real io_uring)', () => {
       await new Promise((resolve) => setImmediate(resolve));
       assert.deepEqual(cbResults, [4096]);
       assert.equal(loopRing.inFlight, 0);
+      // Once its ring is closed, a device on tmpfs refuses I/O before doing any: the file keeps its bytes.
+      loopRing.close();
+      await assert.rejects(elsewhere.write(Buffer.alloc(4096, 7), 16, false), /its ring is closed/);
+      await assert.rejects(elsewhere.writev([Buffer.alloc(4096, 7)], 16, false), /its ring is closed/);
+      assert.throws(() => elsewhere.writeCb(Buffer.alloc(4096, 7), 16, false, () => {}), /its ring is closed/);
+      assert.ok((await fsp.readFile(file)).subarray(8192, 12288).every((byte) => byte === 5), 'nothing was written');
     } finally {
       await onDisk.close();
       await device.close();
