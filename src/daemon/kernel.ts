@@ -11,7 +11,7 @@ import { UblkDevState } from '../ublk/abi';
 import { deleteUblkDevice, listUblkDevices } from '../ublk/inventory';
 import { processIsAlive } from '../ublk/processes';
 import { UNUSED, procUsageProbe } from './usage';
-import { QUEUE_THREADS, ThreadedDispatcher, isStatelessTable, queueLoopFromEnvironment, type QueueLoop } from './queue-threads';
+import { QUEUE_THREADS, ThreadedDispatcher, isServedByQueueThreads, queueLoopFromEnvironment, type QueueLoop } from './queue-threads';
 
 /**
  * The collaborators that touch the kernel (real tables over real files, the dispatcher, real
@@ -22,16 +22,17 @@ export function kernelCollaborators(
   scope: DaemonScope,
   queueLoop: QueueLoop = queueLoopFromEnvironment(),
 ): Pick<RegistryDeps, 'scope' | 'buildTable' | 'createDispatcher' | 'createUblk'> {
-  // A table that keeps one instance of its state (snapshot, mirror, striped...) is served where
+  // A table that keeps one instance of its state (snapshot, mirror, flakey...) is served where
   // that state lives, the daemon thread, from the start: queue threads would forward each of its
   // requests there and back, which cost 7 times the IOPS at QD 32 (a flakey and a striped over
-  // tmpfs files in the guest: 2.1-2.8k forwarded, 16-19k served here). A device that is
+  // tmpfs files in the guest: 2.1-2.8k forwarded, 16-19k served here). striped's view
+  // serves all but failed I/O on the queue threads, so its tables go there. A device that is
   // reloaded from such a table to a stateless one stays here; one reloaded the other way, from
   // queue threads, forwards what their copies cannot serve (its queues stay with the threads
   // that fetched them); a snapshot-origin's copy there serves reads and the writes that copy
   // nothing out (origin-view.ts).
   const createDispatcher: DispatcherFactory = (table) =>
-    queueLoop === 'threads' && isStatelessTable(table)
+    queueLoop === 'threads' && isServedByQueueThreads(table)
       ? new ThreadedDispatcher(table, scope.get(QUEUE_THREADS))
       : new Dispatcher(table, { suspended: true });
   const createUblk: UblkFactory = ({ recoverFrom, ...options }, handler, dispatcher) => {
@@ -39,8 +40,8 @@ export function kernelCollaborators(
     // queue threads serve it, with the dispatcher here for what they forward.
     const serve = dispatcher instanceof ThreadedDispatcher ? dispatcher.queueServer(options.sizeSectors) : handler;
     // Writes come without their data where queue threads can place them in the device (a
-    // linear over a tmpfs file); elsewhere the extra command per write would buy nothing.
-    const placeWrites = dispatcher instanceof ThreadedDispatcher && isStatelessTable(dispatcher.main.table) && servesInPlace(dispatcher.main.table);
+    // linear or striped over tmpfs files); elsewhere the extra command per write would buy nothing.
+    const placeWrites = dispatcher instanceof ThreadedDispatcher && isServedByQueueThreads(dispatcher.main.table) && servesInPlace(dispatcher.main.table);
     return recoverFrom !== undefined
       ? UblkDevice.recover(
           { ring: scope.ring, devId: recoverFrom.id, serverFlags: recoverFrom.serverFlags, sizeSectors: options.sizeSectors },

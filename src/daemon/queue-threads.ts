@@ -330,9 +330,15 @@ export class QueueThread {
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 
-/** A table queue threads serve wholly from their own copies, with no request for the daemon thread. */
-export function isStatelessTable(table: DeviceTable): boolean {
-  return table.segments.every((segment) => segment.target.threadModel === 'any-queue');
+/**
+ * A table queue threads serve wholly from their own copies, sending the daemon thread no request
+ * but what failed: every target 'any-queue', or owner-thread with a view that serves all its I/O
+ * (Target.queueViewServesAll).
+ */
+export function isServedByQueueThreads(table: DeviceTable): boolean {
+  return table.segments.every(
+    ({ target }) => target.threadModel === 'any-queue' || (target.queueViewServesAll === true && target.queueViewShare?.() !== undefined),
+  );
 }
 
 /**

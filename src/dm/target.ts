@@ -84,9 +84,18 @@ export interface Target {
    * shares with a queue thread's view of it (a target type of the same name built there with a
    * QueueView), which serves that part on the queue thread and forwards the rest to this one.
    * The view reads only what this target keeps true in the memory (snapshot-origin: the chunks
-   * every snapshot already holds). Undefined: the queue threads forward all of its I/O.
+   * every snapshot already holds; striped shares none, its view sends only failed I/O here).
+   * Undefined: the queue threads forward all of its I/O.
    */
   queueViewShare?(): SharedArrayBuffer | undefined;
+
+  /**
+   * Optional, with queueViewShare: its view sends the owner nothing but I/O that failed (striped,
+   * whose error counts live here), so a table of such targets and 'any-queue' ones is served by
+   * queue threads from the start, as a stateless one is. A view that forwards part of the I/O by
+   * design (snapshot-origin's first writes) leaves its table with the owner thread at create.
+   */
+  readonly queueViewServesAll?: boolean;
 
   /** INFO (`dmsetup status`) or TABLE (`dmsetup table`) text, without the `start len type` prefix. */
   status(kind: StatusKind): string;

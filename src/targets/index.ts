@@ -6,6 +6,7 @@ import { linearTargetType } from './linear';
 import { logWritesTargetType } from './log-writes/log-writes';
 import { nullTargetType } from './null';
 import { stripedTargetType } from './striped';
+import { stripedViewType } from './striped-view';
 import { zeroTargetType } from './zero';
 import { mirrorTargetType } from './mirror/mirror';
 import { snapshotMergeTargetType } from './snapshot/merge';
@@ -32,12 +33,16 @@ export const builtInTargetTypes: readonly TargetType[] = [
   logWritesTargetType,
 ];
 
+/** The owner-thread types that offer queue threads a view (Target.queueViewShare), and the view's type. */
+const QUEUE_THREAD_VIEWS = new Map<TargetType, TargetType>([
+  [snapshotOriginTargetType, snapshotOriginViewType],
+  [stripedTargetType, stripedViewType],
+]);
+
 /**
  * The target types a queue thread builds its copies of tables with: the built-in ones, with a
  * view (Target.queueViewShare) in place of each owner-thread type that offers one.
  */
-export const queueThreadTargetTypes: readonly TargetType[] = builtInTargetTypes.map((type) =>
-  type === snapshotOriginTargetType ? snapshotOriginViewType : type,
-);
+export const queueThreadTargetTypes: readonly TargetType[] = builtInTargetTypes.map((type) => QUEUE_THREAD_VIEWS.get(type) ?? type);
 
 export { delayTargetType, errorTargetType, flakeyTargetType, linearTargetType, logWritesTargetType, stripedTargetType, mirrorTargetType, nullTargetType, snapshotMergeTargetType, snapshotOriginTargetType, snapshotTargetType, zeroTargetType };

@@ -10,6 +10,7 @@ import { cpus } from 'node:os';
 import { basename } from 'node:path';
 import { parseCpuList, possibleCpuCount } from '../../src/base/cpus';
 import { Sandbox, daemonPid, requireRealUblk, makeBackingFile, mustSh, sh } from './harness';
+import { eventNumber } from './mirror-support';
 
 const MiB = 1 << 20;
 
@@ -253,6 +254,42 @@ describe('integration: queue threads', function () {
       }
       await stamp(dev, 'verify', 1);
       await box.ok(['remove', 'inplacesp']);
+    });
+
+    it('serves striped on the queue threads, in place within a chunk, and counts a stripe\'s errors where the table lives (status D, an event)', async function () {
+      // A tmpfs of its own: the tests above leave theirs near full.
+      const stripeDir = `${box.dir}/stripes`;
+      await mustSh(`mkdir -p ${stripeDir} && mount -t tmpfs -o size=40m ublkdm-stripes ${stripeDir}`);
+      try {
+        const stripes = [`${stripeDir}/stripe0.img`, `${stripeDir}/stripe1.img`];
+        await mustSh(`truncate -s 16M ${stripes.join(' ')}`);
+        const chunkBytes = 64 * 1024;
+        const dev = await box.create('striped2', `0 ${(32 * MiB) / 512} striped 2 ${chunkBytes / 512} ${stripes[0]} 0 ${stripes[1]} 0`, ['--queues', '2']);
+        await fioVerify(dev, `--numjobs=2 --size=8M --offset_increment=8M --iodepth=32 --cpus_allowed=0-${cpus().length - 1} --cpus_allowed_policy=split`);
+        for (const stripe of stripes) assert.ok(await daemonMaps(stripe), `the daemon did not map ${stripe}: its writes did not go in place`);
+        // Requests across chunks (1 MiB) are split and served from the tags' buffers: each chunk lands on its stripe.
+        await mustSh(`fio --name=big --filename=${dev} --allow_file_create=0 --ioengine=io_uring --direct=1 --rw=write --bs=1M --iodepth=4 --size=4M --verify=pattern --verify_pattern=%o --verify_fatal=1`, { timeoutMs: 600_000 });
+        await mustSh(`cmp -n ${chunkBytes} ${dev} ${stripes[0]}`);
+        await mustSh(`cmp -n ${chunkBytes} -i ${chunkBytes}:0 ${dev} ${stripes[1]}`);
+        await mustSh(`cmp -n ${chunkBytes} -i ${2 * chunkBytes}:${chunkBytes} ${dev} ${stripes[0]}`);
+        await box.ok(['remove', 'striped2']);
+
+        await mustSh(`DM_DISABLE_UDEV=1 dmsetup create qterror --table '0 ${(16 * MiB) / 512} error'`);
+        try {
+          const broken = await box.create('striped-err', `0 ${(32 * MiB) / 512} striped 2 ${chunkBytes / 512} ${stripes[0]} 0 /dev/mapper/qterror 0`, ['--queues', '2']);
+          await mustSh(`dd if=${broken} of=/dev/null bs=64k count=1 iflag=direct`);
+          assert.match(await box.ok(['status', 'striped-err']), / 1 AA\n?$/);
+          const failed = await sh(`dd if=${broken} of=/dev/null bs=64k skip=1 count=1 iflag=direct`);
+          assert.notEqual(failed.code, 0, 'a read of a chunk on the error stripe succeeded');
+          assert.match(await box.ok(['status', 'striped-err']), / 1 AD\n?$/);
+          assert.ok(eventNumber(await box.ok(['info', 'striped-err'])) >= 1, 'no event for the stripe error');
+          await box.ok(['remove', 'striped-err']);
+        } finally {
+          await sh('DM_DISABLE_UDEV=1 dmsetup remove qterror');
+        }
+      } finally {
+        await sh(`umount ${stripeDir}`);
+      }
     });
   });
 

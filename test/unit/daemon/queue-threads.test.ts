@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 
-import { DEFAULT_POLL_MICROS, ForwardBuffers, pollMicrosFromEnvironment, queueLoopFromEnvironment, tablePlan } from '../../../src/daemon/queue-threads';
+import { DEFAULT_POLL_MICROS, ForwardBuffers, isServedByQueueThreads, pollMicrosFromEnvironment, queueLoopFromEnvironment, tablePlan } from '../../../src/daemon/queue-threads';
 import { isDirectIoAligned } from '../../../src/io/native';
 import type { DeviceTable } from '../../../src/dm/mapped-device';
 import { ALL_CAPABILITIES, type Target, type ThreadModel } from '../../../src/dm/target';
@@ -69,6 +69,18 @@ describe('queue threads: which tables they copy', () => {
     assert.equal(plan?.views?.[0]?.share, share, 'the same memory, not a copy');
     const withoutView: Target = { ...origin, queueViewShare: () => undefined };
     assert.equal(tablePlan(fakeTable([[4096, withoutView]], [])), null);
+  });
+
+  it('serves from the threads at create a table whose owner-thread targets\' views serve all their I/O (striped), not one whose views forward part (snapshot-origin)', () => {
+    const linear = fakeTarget('linear', 'any-queue', '/srv/a.img 0');
+    const striped: Target = { ...fakeTarget('striped', 'owner-thread', '2 8 7:0 0 7:1 0'), queueViewShare: () => new SharedArrayBuffer(0), queueViewServesAll: true };
+    const origin: Target = { ...fakeTarget('snapshot-origin', 'owner-thread', '7:0'), queueViewShare: () => new SharedArrayBuffer(8) };
+    const delay = fakeTarget('delay', 'owner-thread', '/srv/a.img 0 10');
+    assert.equal(isServedByQueueThreads(fakeTable([[2048, linear], [2048, striped]], [])), true);
+    assert.equal(isServedByQueueThreads(fakeTable([[2048, linear], [2048, origin]], [])), false);
+    assert.equal(isServedByQueueThreads(fakeTable([[2048, striped], [2048, delay]], [])), false);
+    // Serving all of it takes a view to serve it with.
+    assert.equal(isServedByQueueThreads(fakeTable([[2048, { ...striped, queueViewShare: () => undefined }]], [])), false);
   });
 
   it('reads UBLK_DM_QUEUE_LOOP: threads by default, main when asked, anything else refused', () => {

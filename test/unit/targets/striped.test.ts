@@ -1,12 +1,19 @@
 import assert from 'node:assert/strict';
 import { EIO, EOPNOTSUPP } from '../../../src/base/errno';
 import { IoOp, NO_DATA, type Bio } from '../../../src/io/bio';
-import { Dispatcher } from '../../../src/dm/dispatcher';
+import { Dispatcher, servesInPlace } from '../../../src/dm/dispatcher';
 import { DeviceEvents } from '../../../src/dm/mapped-device';
 import { TableError } from '../../../src/dm/table';
 import type { MapOutcome } from '../../../src/dm/target';
 import { MemoryDevice } from '../../../src/testing/memory-device';
 import { loadMemoryTable, submitted } from '../../../src/testing/tables';
+import { buildTable, parseTableText } from '../../../src/dm/table';
+import { memoryDeviceOpener } from '../../../src/testing/memory-device';
+import { queueThreadTargetTypes } from '../../../src/targets';
+import { DaemonScope } from '../../../src/dm/scope';
+import { StripedView } from '../../../src/targets/striped-view';
+import { StripeLayout } from '../../../src/targets/striped';
+import { tablePlan } from '../../../src/daemon/queue-threads';
 
 function bio(op: IoOp, sector: number, sectorCount: number, data: Uint8Array = NO_DATA): Bio {
   return { op, sector, sectorCount, data, fua: false, noUnmap: false };
@@ -141,3 +148,106 @@ describe('targets: striped', () => {
     });
   }
 });
+
+describe('striped: a queue thread\'s view', () => {
+  const disks = () => ({ a: new MemoryDevice(256, { tableName: '7:1' }), b: new MemoryDevice(256, { tableName: '7:2' }), c: new MemoryDevice(256, { tableName: '7:3' }) });
+  /** The owner's table of one striped segment at device sector 64, and a queue thread's copy of it built as the thread builds it. */
+  async function rig(d: ReturnType<typeof disks>) {
+    const text = '0 64 zero\n64 48 striped 3 8 a 0 b 0 c 0';
+    const events = new DeviceEvents('s');
+    const owner = await loadMemoryTable(text, d, { device: events });
+    const plan = tablePlan(owner);
+    assert.ok(plan !== null, 'a striped table is planned for queue threads, not forwarded');
+    const forwarded: Array<[IoOp, number]> = [];
+    const copy = await buildTable(parseTableText(plan.text), {
+      scope: new DaemonScope({ targetTypes: queueThreadTargetTypes }),
+      device: new DeviceEvents('s'),
+      // The plan names each device as its table does: the thread opens the same ones.
+      openDevice: memoryDeviceOpener({ '7:1': d.a, '7:2': d.b, '7:3': d.c }),
+      queueViews: {
+        shares: new Map(plan.views!.map((view) => [view.startSector, view.share])),
+        forward: (b, deviceSector, done) => {
+          forwarded.push([b.op, deviceSector]);
+          owner.segments[1]!.target.map({ ...b, sector: deviceSector - 64 }, done);
+        },
+      },
+    });
+    const view = copy.segments[1]!.target;
+    assert.ok(view instanceof StripedView);
+    return { owner: owner.segments[1]!.target, view, forwarded, events };
+  }
+
+  it('does reads, writes and flushes on the stripes itself, where the owner would put them', async () => {
+    const d = disks();
+    const { owner, view, forwarded } = await rig(d);
+    const image = stampedImage(8);
+    // Target chunk 4 (sectors 32..39) is row 1 of stripe 1 (b): sectors 8..15.
+    assert.equal(await submitted<MapOutcome>((b, done) => view.map(b, done), bio(IoOp.Write, 32, 8, image)), 8 * 512);
+    assert.deepEqual(d.b.contents.subarray(8 * 512, 16 * 512), image);
+    const back = Buffer.alloc(8 * 512);
+    assert.equal(await submitted<MapOutcome>((b, done) => owner.map(b, done), bio(IoOp.Read, 32, 8, back)), 8 * 512);
+    assert.deepEqual(back, image);
+    assert.equal(await submitted<MapOutcome>((b, done) => view.map(b, done), bio(IoOp.Flush, 0, 0)), 0);
+    assert.deepEqual([d.a.calls.flush, d.b.calls.flush, d.c.calls.flush], [1, 1, 1]);
+    assert.deepEqual(forwarded, []);
+    assert.equal(view.status('table'), owner.status('table'));
+    assert.equal(view.maxIoSectors, 8);
+  });
+
+  it('sends failed I/O to the owner, in device sectors: done again there, its errors are counted (D, events) once', async () => {
+    const d = disks();
+    const { owner, view, forwarded, events } = await rig(d);
+    d.b.failOp('write', EIO);
+    assert.equal(await submitted<MapOutcome>((b, done) => view.map(b, done), bio(IoOp.Write, 8, 1, Buffer.alloc(512))), -EIO);
+    assert.deepEqual(forwarded, [[IoOp.Write, 72]]);
+    assert.equal(owner.status('info'), '3 7:1 7:2 7:3 1 ADA');
+    assert.equal(events.eventNumber, 1);
+    // A failure the owner's try does not meet again: the request succeeds and nothing is counted.
+    d.c.failOp('read', EIO);
+    const read = view.map.bind(view);
+    const pending = submitted<MapOutcome>(read, bio(IoOp.Read, 16, 1, Buffer.alloc(512)));
+    d.c.failOp('read', null);
+    assert.equal(await pending, 512);
+    assert.equal(owner.status('info'), '3 7:1 7:2 7:3 1 ADA');
+  });
+
+  it('answers EOPNOTSUPP itself, as the owner would without counting it', async () => {
+    const d = disks();
+    const { view, forwarded } = await rig(d);
+    d.a.failOp('discard', EOPNOTSUPP);
+    assert.equal(await submitted<MapOutcome>((b, done) => view.map(b, done), bio(IoOp.Discard, 0, 8)), -EOPNOTSUPP);
+    assert.deepEqual(forwarded, []);
+  });
+
+  it('serves in place within one chunk of a stripe that can, never across a chunk boundary', () => {
+    const d = disks();
+    const b = Object.assign(d.b.open(), { inPlaceAddress: (sector: number) => 0x10000 + sector * 512 });
+    const layout = new StripeLayout([{ device: d.a, deviceStartSector: 0 }, { device: b, deviceStartSector: 0 }, { device: d.c, deviceStartSector: 0 }], 8);
+    const view = new StripedView(layout, 0, () => assert.fail('nothing is forwarded'));
+    // Target sector 34 is stripe b's sector 10 (row 1, chunk 4, 2 sectors in).
+    assert.equal(view.inPlaceAddress(34, 6 * 512, 'read'), 0x10000 + 10 * 512);
+    assert.equal(view.inPlaceAddress(34, 6 * 512, 'write'), 0x10000 + 10 * 512);
+    assert.equal(view.inPlaceAddress(34, 7 * 512, 'read'), 0, 'crosses into chunk 5, on stripe c');
+    assert.equal(view.inPlaceAddress(40, 512, 'read'), 0, 'stripe c has no in-place address');
+  });
+
+  it('has writes placed (UBLK_F_NEED_GET_DATA) when a stripe serves in place, so the view can serve them so', async () => {
+    const d = disks();
+    const table = await loadMemoryTable('0 48 striped 3 8 a 0 b 0 c 0', d);
+    assert.equal(servesInPlace(table), false);
+    const inPlace = { ...d, b: Object.assign(Object.create(d.b) as MemoryDevice, { open: () => Object.assign(d.b.open(), { servesInPlace: true }) }) };
+    assert.equal(servesInPlace(await loadMemoryTable('0 48 striped 3 8 a 0 b 0 c 0', inPlace)), true);
+  });
+
+  it('is built only with the owner to send failed I/O to', async () => {
+    await assert.rejects(
+      buildTable(parseTableText('0 48 striped 3 8 a 0 b 0 c 0'), {
+        scope: new DaemonScope({ targetTypes: queueThreadTargetTypes }),
+        device: new DeviceEvents('s'),
+        openDevice: memoryDeviceOpener(disks()),
+      }),
+      /striped: a queue thread views striped only with its owner/,
+    );
+  });
+});
+
