@@ -22,11 +22,11 @@ export function kernelCollaborators(
   scope: DaemonScope,
   queueLoop: QueueLoop = queueLoopFromEnvironment(),
 ): Pick<RegistryDeps, 'scope' | 'buildTable' | 'createDispatcher' | 'createUblk'> {
-  // A table that keeps one instance of its state (snapshot, mirror, flakey...) is served where
+  // A table that keeps one instance of its state (snapshot, mirror, delay...) is served where
   // that state lives, the daemon thread, from the start: queue threads would forward each of its
   // requests there and back, which cost 7 times the IOPS at QD 32 (a flakey and a striped over
-  // tmpfs files in the guest: 2.1-2.8k forwarded, 16-19k served here). striped's view
-  // serves all but failed I/O on the queue threads, so its tables go there. A device that is
+  // tmpfs files in the guest: 2.1-2.8k forwarded, 16-19k served here). striped's and flakey's
+  // views serve all but failed I/O on the queue threads, so their tables go there. A device that is
   // reloaded from such a table to a stateless one stays here; one reloaded the other way, from
   // queue threads, forwards what their copies cannot serve (its queues stay with the threads
   // that fetched them); a snapshot-origin's copy there serves reads and the writes that copy
@@ -40,7 +40,7 @@ export function kernelCollaborators(
     // queue threads serve it, with the dispatcher here for what they forward.
     const serve = dispatcher instanceof ThreadedDispatcher ? dispatcher.queueServer(options.sizeSectors) : handler;
     // Writes come without their data where queue threads can place them in the device (a
-    // linear or striped over tmpfs files); elsewhere the extra command per write would buy nothing.
+    // linear, striped or flakey over tmpfs files); elsewhere the extra command per write would buy nothing.
     const placeWrites = dispatcher instanceof ThreadedDispatcher && isServedByQueueThreads(dispatcher.main.table) && servesInPlace(dispatcher.main.table);
     return recoverFrom !== undefined
       ? UblkDevice.recover(

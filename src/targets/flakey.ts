@@ -2,7 +2,7 @@ import { randomInt } from 'node:crypto';
 import { EIO } from '../base/errno';
 import type { Clock } from '../base/clock';
 import { IoOp, type Bio } from '../io/bio';
-import type { BlockDevice } from '../io/block-device';
+import type { BlockDevice, InPlaceAccess } from '../io/block-device';
 import { checkDeviceArea, lookupDevice, parseSectorNumber } from '../dm/table-args';
 import { passthroughCapabilities, TargetError, type MapDone, type StatusKind, type Target, type TargetCapabilities, type TargetContext, type TargetType } from '../dm/target';
 import { remapToDevice } from './remap';
@@ -51,8 +51,12 @@ export interface FlakeySchedule {
  */
 export class FlakeyTarget implements Target {
   readonly type = 'flakey';
-  /** Its up/down schedule counts from one construction, and its corruption counters are shared: one instance. */
+  /**
+   * Its up/down schedule counts from one construction: one instance, whose start its queue-thread
+   * views (FlakeyView) share, so that they go down and up with it and it gets no I/O of theirs.
+   */
   readonly threadModel = 'owner-thread';
+  readonly queueViewServesAll = true;
   readonly capabilities: TargetCapabilities;
   private readonly constructedMs: number;
 
@@ -64,9 +68,18 @@ export class FlakeyTarget implements Target {
     private readonly clock: Clock,
     /** Uniform integer in [0, bound): injectable so tests can pin the random corruptions. */
     private readonly random: (bound: number) => number = randomInt,
+    /** When the schedule starts (clock.nowMs()); a view is given its owner's. */
+    startMs: number = clock.nowMs(),
   ) {
     this.capabilities = passthroughCapabilities([device]);
-    this.constructedMs = clock.nowMs();
+    this.constructedMs = startMs;
+  }
+
+  /** The schedule's start as any thread can read it: a Float64 of Unix-epoch milliseconds. */
+  queueViewShare(): SharedArrayBuffer {
+    const share = new SharedArrayBuffer(Float64Array.BYTES_PER_ELEMENT);
+    new Float64Array(share)[0] = this.clock.timeOriginMs + this.constructedMs;
+    return share;
   }
 
   /** Down for the second `elapsed mod (up + down) >= up`, as flakey_map computes it. */
@@ -110,6 +123,16 @@ export class FlakeyTarget implements Target {
       }
     }
     remapToDevice(this.device, deviceSector, bio, done);
+  }
+
+  /**
+   * While up flakey is linear (its end_io corrupts only what was mapped while down), so a read
+   * or write then can be served in place (a tmpfs file); while down, every request is mapped.
+   * Only a queue thread's dispatcher asks (through a FlakeyView).
+   */
+  inPlaceAddress(sector: number, byteLength: number, access: InPlaceAccess): number {
+    if (this.isDown) return 0;
+    return this.device.inPlaceAddress?.(this.deviceStartSector + sector, byteLength, access) ?? 0;
   }
 
   status(kind: StatusKind): string {
@@ -258,21 +281,82 @@ export function parseFlakeyFeatures(args: readonly string[]): FlakeyFeatures {
   return { errorReads, writes, fixedCorruption, randomReadCorrupt, randomWriteCorrupt };
 }
 
+/**
+ * A queue thread's flakey: the same target, up and down on its owner's schedule (the start the
+ * owner shares), so the thread serves all of the device's I/O itself. Each thread draws its own
+ * random corruptions, as each CPU would in the kernel.
+ */
+export class FlakeyView implements Target {
+  readonly type = 'flakey';
+  readonly threadModel = 'any-queue';
+
+  constructor(private readonly flakey: FlakeyTarget) {}
+
+  get capabilities(): TargetCapabilities {
+    return this.flakey.capabilities;
+  }
+
+  get isDown(): boolean {
+    return this.flakey.isDown;
+  }
+
+  map(bio: Bio, done: MapDone): void {
+    this.flakey.map(bio, done);
+  }
+
+  inPlaceAddress(sector: number, byteLength: number, access: InPlaceAccess): number {
+    return this.flakey.inPlaceAddress(sector, byteLength, access);
+  }
+
+  status(kind: StatusKind): string {
+    return this.flakey.status(kind);
+  }
+
+  devices(): BlockDevice[] {
+    return this.flakey.devices();
+  }
+
+  async destroy(): Promise<void> {
+    // The device belongs to the table.
+  }
+}
+
+/** flakey's constructor (flakey_ctr): its arguments checked, its device opened; started now or at `startMs`. */
+async function constructFlakey(ctx: TargetContext, args: string[], startMs?: number): Promise<FlakeyTarget> {
+  if (args.length < 4) throw new TargetError('Invalid argument count');
+  const deviceStartSector = parseSectorNumber(args[1]!);
+  if (deviceStartSector === undefined) throw new TargetError('Invalid device sector');
+  const upSeconds = readArg(args[2], 0, UINT32_MAX, 'Invalid up interval');
+  const downSeconds = readArg(args[3], 0, UINT32_MAX, 'Invalid down interval');
+  if (upSeconds + downSeconds === 0) throw new TargetError('Total (up + down) interval is zero');
+  if (upSeconds + downSeconds > UINT32_MAX) throw new TargetError('Interval overflow');
+  const features = parseFlakeyFeatures(args.slice(4));
+
+  const device = await lookupDevice(ctx, args[0]!);
+  checkDeviceArea(device, ctx, deviceStartSector);
+  const { clock } = ctx.scope;
+  return new FlakeyTarget(device, deviceStartSector, { upSeconds, downSeconds }, features, clock, randomInt, startMs ?? clock.nowMs());
+}
+
+/** Built by a queue thread in place of flakey, only with the owner's QueueView (its start). */
+export const flakeyViewType: TargetType = {
+  name: 'flakey',
+  version: [1, 5, 0],
+  async create(ctx: TargetContext, args: string[]): Promise<Target> {
+    const view = ctx.queueView;
+    // Without the owner's start the thread's schedule would drift from the owner's: refuse, and the queue forwards all.
+    if (view === undefined || view.share.byteLength < Float64Array.BYTES_PER_ELEMENT) {
+      throw new TargetError("a queue thread views flakey only with its owner's start");
+    }
+    const startEpochMs = new Float64Array(view.share)[0]!;
+    return new FlakeyView(await constructFlakey(ctx, args, startEpochMs - ctx.scope.clock.timeOriginMs));
+  },
+};
+
 export const flakeyTargetType: TargetType = {
   name: 'flakey',
   version: [1, 5, 0],
   async create(ctx: TargetContext, args: string[]): Promise<Target> {
-    if (args.length < 4) throw new TargetError('Invalid argument count');
-    const deviceStartSector = parseSectorNumber(args[1]!);
-    if (deviceStartSector === undefined) throw new TargetError('Invalid device sector');
-    const upSeconds = readArg(args[2], 0, UINT32_MAX, 'Invalid up interval');
-    const downSeconds = readArg(args[3], 0, UINT32_MAX, 'Invalid down interval');
-    if (upSeconds + downSeconds === 0) throw new TargetError('Total (up + down) interval is zero');
-    if (upSeconds + downSeconds > UINT32_MAX) throw new TargetError('Interval overflow');
-    const features = parseFlakeyFeatures(args.slice(4));
-
-    const device = await lookupDevice(ctx, args[0]!);
-    checkDeviceArea(device, ctx, deviceStartSector);
-    return new FlakeyTarget(device, deviceStartSector, { upSeconds, downSeconds }, features, ctx.scope.clock);
+    return constructFlakey(ctx, args);
   },
 };

@@ -1,7 +1,7 @@
 import type { TargetType } from '../dm/target';
 import { delayTargetType } from './delay';
 import { errorTargetType } from './error';
-import { flakeyTargetType } from './flakey';
+import { flakeyTargetType, flakeyViewType } from './flakey';
 import { linearTargetType } from './linear';
 import { logWritesTargetType } from './log-writes/log-writes';
 import { nullTargetType } from './null';
@@ -37,6 +37,7 @@ export const builtInTargetTypes: readonly TargetType[] = [
 const QUEUE_THREAD_VIEWS = new Map<TargetType, TargetType>([
   [snapshotOriginTargetType, snapshotOriginViewType],
   [stripedTargetType, stripedViewType],
+  [flakeyTargetType, flakeyViewType],
 ]);
 
 /**

@@ -2,6 +2,8 @@ import type { Clock } from '../base/clock';
 
 /** A Clock that moves only when a test calls advance(): timers fire in deadline order. */
 export class ManualClock implements Clock {
+  /** One clock for every thread a test has. */
+  readonly timeOriginMs = 0;
   private now = 0;
   private nextId = 0;
   private readonly timers = new Map<number, { readonly dueMs: number; readonly fire: () => void }>();

@@ -4,8 +4,13 @@ import { IoOp, NO_DATA, type Bio } from '../../../src/io/bio';
 import { DaemonScope } from '../../../src/dm/scope';
 import { TableError } from '../../../src/dm/table';
 import type { MapOutcome, Target } from '../../../src/dm/target';
-import { builtInTargetTypes } from '../../../src/targets';
-import { FlakeyTarget, KERNEL_OPF, parseFlakeyFeatures } from '../../../src/targets/flakey';
+import { builtInTargetTypes, queueThreadTargetTypes } from '../../../src/targets';
+import { FlakeyTarget, FlakeyView, KERNEL_OPF, parseFlakeyFeatures } from '../../../src/targets/flakey';
+import type { Clock } from '../../../src/base/clock';
+import { buildTable, parseTableText } from '../../../src/dm/table';
+import { DeviceEvents } from '../../../src/dm/mapped-device';
+import { memoryDeviceOpener } from '../../../src/testing/memory-device';
+import { isServedByQueueThreads, tablePlan } from '../../../src/daemon/queue-threads';
 import { ManualClock } from '../../../src/testing/manual-clock';
 import { MemoryDevice } from '../../../src/testing/memory-device';
 import { loadMemoryTable, submitted } from '../../../src/testing/tables';
@@ -176,3 +181,70 @@ describe('targets: flakey', () => {
     await assert.rejects(loadMemoryTable('0 64 flakey nope 0 1 1', {}), /flakey: Device lookup failed: open nope: ENOENT/);
   });
 });
+
+describe('flakey: a queue thread\'s view', () => {
+  /** The owner's flakey table, and a queue thread's copy built from its plan on a clock that counts from another origin, as a worker's does. */
+  async function rig(args: string) {
+    const disk = new MemoryDevice(64, { tableName: '254:5' });
+    const ownerClock = new ManualClock();
+    ownerClock.advance(5_000); // the table is loaded some time after the owner thread started
+    const owner = await loadMemoryTable(`0 64 flakey disk ${args}`, { disk }, { scope: new DaemonScope({ targetTypes: builtInTargetTypes, clock: ownerClock }) });
+    assert.equal(isServedByQueueThreads(owner), true, 'a flakey table goes to the queue threads');
+    const plan = tablePlan(owner);
+    assert.ok(plan !== null && plan.views !== undefined);
+    // The thread builds its copy 1.5 s into the schedule (a resume, say), and started 3.5 s after
+    // the owner thread: its nowMs() reads 3500 less.
+    ownerClock.advance(1_500);
+    const workerClock: Clock = { nowMs: () => ownerClock.nowMs() - 3_500, timeOriginMs: ownerClock.timeOriginMs + 3_500, setTimer: ownerClock.setTimer.bind(ownerClock) };
+    const copy = await buildTable(parseTableText(plan.text), {
+      scope: new DaemonScope({ targetTypes: queueThreadTargetTypes, clock: workerClock }),
+      device: new DeviceEvents('f'),
+      openDevice: memoryDeviceOpener({ '254:5': disk }),
+      queueViews: { shares: new Map(plan.views.map((view) => [view.startSector, view.share])), forward: () => assert.fail('a flakey view forwards nothing') },
+    });
+    const view = copy.segments[0]!.target;
+    assert.ok(view instanceof FlakeyView);
+    return { clock: ownerClock, disk, owner: owner.segments[0]!.target as FlakeyTarget, view };
+  }
+
+  it('goes down and up with its owner, counted from the owner\'s start, and serves every request itself', async () => {
+    const { clock, disk, owner, view } = await rig('0 2 1 1 drop_writes');
+    const states: Array<[boolean, boolean]> = [];
+    for (let step = 0; step < 3; step++) {
+      if (step > 0) clock.advance(500);
+      states.push([owner.isDown, view.isDown]);
+    }
+    // 1.5 to 2.5 s after the owner's start: up for 2 s, then down.
+    assert.deepEqual(states, [[false, false], [true, true], [true, true]]);
+    assert.equal(await mapped(view, bio(IoOp.Write, 0, 1, Buffer.alloc(512, 7))), 512);
+    assert.equal(disk.contents[0], 0, 'the write was dropped while down');
+    clock.advance(500);
+    assert.equal(view.isDown, false);
+    assert.equal(await mapped(view, bio(IoOp.Write, 0, 1, Buffer.alloc(512, 7))), 512);
+    assert.equal(disk.contents[0], 7, 'up again at 3 s: the write landed');
+    assert.equal(view.status('table'), owner.status('table'));
+  });
+
+  it('serves in place (a tmpfs file) only while up, where it is linear', async () => {
+    const { clock, view } = await rig('0 2 1');
+    // The view's own handle of the device, made to answer as a tmpfs file's does.
+    Object.assign(view.devices()[0]!, { inPlaceAddress: (sector: number) => 0x40000 + sector * 512 });
+    assert.equal(view.inPlaceAddress!(8, 4096, 'read'), 0x40000 + 8 * 512, 'up at 1.5 s');
+    assert.equal(view.inPlaceAddress!(8, 4096, 'write'), 0x40000 + 8 * 512);
+    clock.advance(500);
+    assert.equal(view.inPlaceAddress!(8, 4096, 'read'), 0, 'down at 2 s: mapped, so that it fails');
+    assert.equal(view.inPlaceAddress!(8, 4096, 'write'), 0);
+  });
+
+  it('is built only with its owner\'s start', async () => {
+    await assert.rejects(
+      buildTable(parseTableText('0 64 flakey disk 0 1 1'), {
+        scope: new DaemonScope({ targetTypes: queueThreadTargetTypes, clock: new ManualClock() }),
+        device: new DeviceEvents('f'),
+        openDevice: memoryDeviceOpener({ disk: new MemoryDevice(64) }),
+      }),
+      /flakey: a queue thread views flakey only with its owner's start/,
+    );
+  });
+});
+
