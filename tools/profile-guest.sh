@@ -4,7 +4,7 @@
 # of one linear segment from offset 0, its null for any other) while fio runs on its device, in
 # the guest; read on the host.
 #
-#   tools/profile-guest.sh [--table TABLE] [--rw randread|randwrite] [--qd N] [--jobs N] [--queues N]
+#   tools/profile-guest.sh [--table TABLE] [--rw randread|randwrite|read|write] [--bs SIZE] [--qd N] [--jobs N] [--queues N]
 #                          [--cpus LIST] [--seconds S] [--warmup S] [--ublksrv PATH/sbin/ublk] [--system]
 #                          [--builtins] [--out DIR]
 #
@@ -29,11 +29,12 @@
 # compiler takes most of a second on a fresh daemon, which is start-up, not the cost of an I/O.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-table='0 2097152 null' rw=randread qd=1 jobs=1 queues=1 cpus='' seconds=10 warmup=3 ublksrv='' out=.cache/profile in_guest=0 system=0 builtins=0
+table='0 2097152 null' rw=randread bs=4k qd=1 jobs=1 queues=1 cpus='' seconds=10 warmup=3 ublksrv='' out=.cache/profile in_guest=0 system=0 builtins=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --table) table=$2; shift 2 ;;
     --rw) rw=$2; shift 2 ;;
+    --bs) bs=$2; shift 2 ;;
     --qd) qd=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
     --queues) queues=$2; shift 2 ;;
@@ -54,7 +55,7 @@ mkdir -p "$out" && out=$(realpath "$out")
 perf_ok() { command -v perf >/dev/null && perf version >/dev/null 2>&1; }
 
 fio_job() { # device seconds: the profile's fio command line, into the array `job`
-  job=(fio --name=profile --filename="$1" --allow_file_create=0 --ioengine=io_uring --direct=1 --rw="$rw" --bs=4k
+  job=(fio --name=profile --filename="$1" --allow_file_create=0 --ioengine=io_uring --direct=1 --rw="$rw" --bs="$bs"
     --iodepth="$qd" --time_based --runtime="$2" --size=100% --randrepeat=0 --norandommap --output-format=json)
   if [[ $jobs -gt 1 ]]; then
     job+=(--numjobs="$jobs" --group_reporting --cpus_allowed="$(cat /sys/devices/system/cpu/online)" --cpus_allowed_policy=split)
@@ -115,7 +116,7 @@ if ! perf_ok; then
   [[ $EUID -eq 0 ]] || { echo "profile-guest: need root to apt-get install linux-perf" >&2; exit 1; }
   apt-get install -y -qq --no-install-recommends linux-perf >/dev/null
 fi
-args=(--in-guest --table "$table" --rw "$rw" --qd "$qd" --jobs "$jobs" --queues "$queues" --seconds "$seconds" --warmup "$warmup" --out "$out")
+args=(--in-guest --table "$table" --rw "$rw" --bs "$bs" --qd "$qd" --jobs "$jobs" --queues "$queues" --seconds "$seconds" --warmup "$warmup" --out "$out")
 [[ -n $ublksrv ]] && args+=(--ublksrv "$ublksrv")
 [[ $system -eq 1 ]] && args+=(--system)
 [[ $builtins -eq 1 ]] && args+=(--builtins)
