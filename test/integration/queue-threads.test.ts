@@ -291,6 +291,23 @@ describe('integration: queue threads', function () {
         await sh(`umount ${stripeDir}`);
       }
     });
+
+    it('serves flakey on the queue threads, in place while up; reloaded always down with drop_writes, writes succeed and the file keeps its bytes', async function () {
+      const backing = `${shm}/flakey.img`;
+      await mustSh(`truncate -s 16M ${backing}`);
+      const sectors = (16 * MiB) / 512;
+      const dev = await box.create('flakeyq', `0 ${sectors} flakey ${backing} 0 1000 0`, ['--queues', '2']);
+      await fioVerify(dev, `--numjobs=2 --size=4M --offset_increment=4M --cpus_allowed=0-${cpus().length - 1} --cpus_allowed_policy=split`);
+      assert.ok(await daemonMaps(backing), `the daemon did not map ${backing}: flakey's I/O did not go in place`);
+      await mustSh(`cp ${backing} ${box.dir}/flakey-before.img`);
+      await box.ok(['reload', 'flakeyq', '--table', `0 ${sectors} flakey ${backing} 0 0 1000 1 drop_writes`]);
+      await box.ok(['resume', 'flakeyq']);
+      await mustSh(`dd if=/dev/urandom of=${dev} bs=64k count=32 oflag=direct status=none`);
+      await mustSh(`cmp ${backing} ${box.dir}/flakey-before.img`);
+      await mustSh(`cmp -n ${2 * MiB} ${dev} ${box.dir}/flakey-before.img`);
+      await box.ok(['remove', 'flakeyq']);
+      await sh(`rm -f ${backing} ${box.dir}/flakey-before.img`);
+    });
   });
 
   it('refuses more queues than the kernel grants (one per possible CPU), leaving no device behind', async function () {
