@@ -9,6 +9,7 @@ import { stripedTargetType } from './striped';
 import { stripedViewType } from './striped-view';
 import { zeroTargetType } from './zero';
 import { mirrorTargetType } from './mirror/mirror';
+import { mirrorViewType } from './mirror/view';
 import { snapshotMergeTargetType } from './snapshot/merge';
 import { snapshotOriginTargetType } from './snapshot/origin';
 import { snapshotOriginViewType } from './snapshot/origin-view';
@@ -38,6 +39,7 @@ const QUEUE_THREAD_VIEWS = new Map<TargetType, TargetType>([
   [snapshotOriginTargetType, snapshotOriginViewType],
   [stripedTargetType, stripedViewType],
   [flakeyTargetType, flakeyViewType],
+  [mirrorTargetType, mirrorViewType],
 ]);
 
 /**

@@ -308,6 +308,22 @@ describe('integration: queue threads', function () {
       await box.ok(['remove', 'flakeyq']);
       await sh(`rm -f ${backing} ${box.dir}/flakey-before.img`);
     });
+
+    it('serves a mirror reloaded from linear: the queue threads read its default leg in place, its writes reach both legs through the daemon thread', async function () {
+      const [linear, legA, legB] = ['mlinear', 'mlegA', 'mlegB'].map((name) => `${shm}/${name}.img`);
+      await mustSh(`truncate -s 8M ${linear} ${legA} ${legB}`);
+      const sectors = (8 * MiB) / 512;
+      const dev = await box.create('mirrorq', `0 ${sectors} linear ${linear} 0`, ['--queues', '2']);
+      // As lvconvert -m1 does: the device's queues stay with the threads that fetched them.
+      await box.ok(['reload', 'mirrorq', '--table', `0 ${sectors} mirror core 2 64 nosync 2 ${legA} 0 ${legB} 0`]);
+      await box.ok(['resume', 'mirrorq']);
+      await fioVerify(dev, `--numjobs=2 --size=4M --offset_increment=4M --cpus_allowed=0-${cpus().length - 1} --cpus_allowed_policy=split`);
+      assert.ok(await daemonMaps(legA), `the daemon did not map ${legA}: the reads did not go in place on the queue threads`);
+      assert.ok(!(await daemonMaps(legB)), `the daemon mapped ${legB}: a read went to a leg other than the default`);
+      await mustSh(`cmp ${legA} ${legB}`);
+      await box.ok(['remove', 'mirrorq']);
+      await sh(`rm -f ${linear} ${legA} ${legB}`);
+    });
   });
 
   it('refuses more queues than the kernel grants (one per possible CPU), leaving no device behind', async function () {

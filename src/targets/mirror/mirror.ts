@@ -62,6 +62,12 @@ export class MirrorTarget implements Target {
   readonly capabilities: TargetCapabilities;
 
   private readonly regionHash: RegionHash;
+  /**
+   * The leg a queue thread's view (view.ts) may read from, or -1 (it forwards its reads): the
+   * default leg while it has no errors. Every write reaches the default leg, so it holds the
+   * truth in every region, in sync or not.
+   */
+  private readonly readLegShare = new Int32Array(new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT));
   private defaultLeg = 0;
   /** Set when every region is in sync; cleared by a failed write (status event logic, §6). */
   private inSync = false;
@@ -94,6 +100,16 @@ export class MirrorTarget implements Target {
     // The kernel's worker makes its first pass at construction, before the table is live: a
     // `nosync` log is already all in sync then, and its "in sync" event is lost (spec §4.2).
     this.inSync = log.syncCount() === log.regionCount;
+    this.publishReadLeg();
+  }
+
+  queueViewShare(): SharedArrayBuffer {
+    return this.readLegShare.buffer as SharedArrayBuffer;
+  }
+
+  /** Called whenever the default leg or a leg's errors change, before the I/O that saw it is answered. */
+  private publishReadLeg(): void {
+    Atomics.store(this.readLegShare, 0, this.legs[this.defaultLeg]!.errorCount === 0 ? this.defaultLeg : -1);
   }
 
   map(bio: Bio, done: MapDone): void {
@@ -382,12 +398,14 @@ export class MirrorTarget implements Target {
   /** fail_mirror (§7). */
   private failLeg(leg: MirrorLeg, type: LegErrorType): void {
     leg.errorCount++;
+    this.publishReadLeg();
     if (leg.errorTypes.has(type)) return;
     leg.errorTypes.add(type);
     if (!this.features.handleErrors) return; // recorded, shown in status, no event
     if (leg === this.legs[this.defaultLeg] && (this.inSync || this.features.keepLog)) {
       const healthy = this.legs.findIndex((other) => other.errorCount === 0);
       if (healthy >= 0) this.defaultLeg = healthy;
+      this.publishReadLeg();
     }
     this.device.raiseEvent();
   }
@@ -437,33 +455,37 @@ export const mirrorTargetType: TargetType = {
       if (error instanceof DirtyLogError) throw new TargetError(`Error creating mirror dirty log: ${error.message}`);
       throw error;
     }
-    let rest = args.slice(logWords);
-    const legCount = parseSectorNumber(rest[0] ?? '');
-    if (legCount === undefined || legCount < 2 || legCount > 9) throw new TargetError('Invalid number of mirrors');
-    rest = rest.slice(1);
-    if (rest.length < legCount * 2) throw new TargetError('Too few mirror arguments');
-    const legs: MirrorLeg[] = [];
-    for (let index = 0; index < legCount; index++) {
-      const offset = parseSectorNumber(rest[index * 2 + 1]!);
-      if (offset === undefined) throw new TargetError('Invalid offset');
-      let device: BlockDevice;
-      try {
-        device = await ctx.openDevice(rest[index * 2]!);
-      } catch (cause) {
-        throw new TargetError(`Device lookup failure: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
-      }
-      if (offset + ctx.lengthSectors > device.sizeSectors) {
-        throw new TargetError(`Device too small for target: ${device.tableName} start=${offset}, len=${ctx.lengthSectors}, dev_size=${device.sizeSectors}`);
-      }
-      legs.push(new MirrorLeg(device, offset));
-    }
-    rest = rest.slice(legCount * 2);
+    const { legs, rest } = await openLegs(ctx, args.slice(logWords));
     const features = parseFeatures(rest);
     mirror = new MirrorTarget(legs, log, features, ctx.lengthSectors, ctx.device, new KcopydClient({ throttle: ctx.scope.get(RESYNC_THROTTLE), readSourceThroughPageCache: true }));
     return mirror;
   },
   parameters: [resyncThrottleParameter],
 };
+
+/** `<#mirrors> <dev> <offset>...` opened as dm-raid1's constructor does; `rest` is what follows them (the features). */
+export async function openLegs(ctx: TargetContext, words: readonly string[]): Promise<{ legs: MirrorLeg[]; rest: readonly string[] }> {
+  const legCount = parseSectorNumber(words[0] ?? '');
+  if (legCount === undefined || legCount < 2 || legCount > 9) throw new TargetError('Invalid number of mirrors');
+  const rest = words.slice(1);
+  if (rest.length < legCount * 2) throw new TargetError('Too few mirror arguments');
+  const legs: MirrorLeg[] = [];
+  for (let index = 0; index < legCount; index++) {
+    const offset = parseSectorNumber(rest[index * 2 + 1]!);
+    if (offset === undefined) throw new TargetError('Invalid offset');
+    let device: BlockDevice;
+    try {
+      device = await ctx.openDevice(rest[index * 2]!);
+    } catch (cause) {
+      throw new TargetError(`Device lookup failure: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+    }
+    if (offset + ctx.lengthSectors > device.sizeSectors) {
+      throw new TargetError(`Device too small for target: ${device.tableName} start=${offset}, len=${ctx.lengthSectors}, dev_size=${device.sizeSectors}`);
+    }
+    legs.push(new MirrorLeg(device, offset));
+  }
+  return { legs, rest: rest.slice(legCount * 2) };
+}
 
 function parseFeatures(rest: readonly string[]): MirrorFeatures {
   if (rest.length === 0) return { handleErrors: false, keepLog: false };

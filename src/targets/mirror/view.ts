@@ -1,0 +1,89 @@
+import { EOPNOTSUPP } from '../../base/errno';
+import { IoOp, type Bio } from '../../io/bio';
+import type { BlockDevice, InPlaceAccess } from '../../io/block-device';
+import { passthroughCapabilities, TargetError, type MapDone, type QueueView, type StatusKind, type Target, type TargetCapabilities, type TargetContext, type TargetType } from '../../dm/target';
+import { remapToDevice } from '../remap';
+import { parseLogPart } from './log-types';
+import { openLegs, type MirrorLeg } from './mirror';
+
+/**
+ * A queue thread's view of a mirror (mirror.ts), for a device whose queues belong to queue
+ * threads (one reloaded from a linear to a mirror, as `lvconvert -m1` does). Reads need none of
+ * the mirror's state but which leg to read: the owner shares its default leg while that leg has
+ * no errors, and every write reaches the default leg, so it holds the truth in every region, in
+ * sync or not. The view reads it itself (in place over a tmpfs file); a read that fails there,
+ * every read while the owner shares no leg, and everything else (writes go through the region
+ * hash and the dirty log) go to the owner. Without the view a queue thread forwarded every read.
+ */
+export class MirrorView implements Target {
+  readonly type = 'mirror';
+  /** One per queue thread: it reads the shared leg and keeps nothing. */
+  readonly threadModel = 'any-queue';
+  readonly capabilities: TargetCapabilities;
+
+  constructor(
+    private readonly legs: readonly MirrorLeg[],
+    /** The owner's read leg (MirrorTarget.queueViewShare): an index into `legs`, or -1. */
+    private readonly readLeg: Int32Array,
+    /** Where the segment starts on the device (forwarded I/O is addressed in device sectors). */
+    private readonly startSector: number,
+    private readonly forward: QueueView['forward'],
+    /** The owner's table text, which this copy was built from. */
+    private readonly tableText: string,
+  ) {
+    this.capabilities = passthroughCapabilities(legs.map((leg) => leg.device));
+  }
+
+  map(bio: Bio, done: MapDone): void {
+    const leg = bio.op === IoOp.Read ? this.sharedLeg() : undefined;
+    if (leg === undefined) {
+      this.forward(bio, this.startSector + bio.sector, done);
+      return;
+    }
+    remapToDevice(leg.device, leg.offsetSectors + bio.sector, bio, (result) => {
+      // The owner fails the leg over (or answers the error) as for any read of its own.
+      if (result < 0 && result !== -EOPNOTSUPP) this.forward(bio, this.startSector + bio.sector, done);
+      else done(result);
+    });
+  }
+
+  /** Reads only, from the shared leg when it serves in place; a write must go through the owner. */
+  inPlaceAddress(sector: number, byteLength: number, access: InPlaceAccess): number {
+    if (access !== 'read') return 0;
+    const leg = this.sharedLeg();
+    return leg?.device.inPlaceAddress?.(leg.offsetSectors + sector, byteLength, 'read') ?? 0;
+  }
+
+  status(kind: StatusKind): string {
+    // A queue thread's copy answers no status: the owner's target does.
+    return kind === 'table' ? this.tableText : '';
+  }
+
+  devices(): BlockDevice[] {
+    return this.legs.map((leg) => leg.device);
+  }
+
+  async destroy(): Promise<void> {
+    // The devices belong to the table.
+  }
+
+  private sharedLeg(): MirrorLeg | undefined {
+    const index = Atomics.load(this.readLeg, 0);
+    return index >= 0 ? this.legs[index] : undefined;
+  }
+}
+
+/** Built by a queue thread in place of mirror, only with the owner's QueueView. It opens the legs, never the log. */
+export const mirrorViewType: TargetType = {
+  name: 'mirror',
+  version: [1, 14, 0],
+  async create(ctx: TargetContext, args: string[]): Promise<Target> {
+    const view = ctx.queueView;
+    // Without the owner's read leg it could read a leg that is behind: refuse, and the queue forwards all.
+    if (view === undefined || view.share.byteLength < Int32Array.BYTES_PER_ELEMENT) {
+      throw new TargetError("a queue thread views mirror only with its owner's read leg");
+    }
+    const { legs } = await openLegs(ctx, args.slice(parseLogPart(args).wordCount));
+    return new MirrorView(legs, new Int32Array(view.share), ctx.startSector, view.forward, args.join(' '));
+  },
+};
