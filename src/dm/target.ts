@@ -164,6 +164,17 @@ export interface QueueView {
   forward(bio: Bio, deviceSector: number, done: MapDone): void;
 }
 
+/**
+ * A view type's QueueView, sharing at least `minShareBytes`; without one, the TargetError that
+ * makes the queue thread forward all of the segment's I/O instead. `needs` says what the view
+ * reads from its owner ("its owner's write map").
+ */
+export function requireQueueView(ctx: TargetContext, typeName: string, minShareBytes: number, needs: string): QueueView {
+  const view = ctx.queueView;
+  if (view === undefined || view.share.byteLength < minShareBytes) throw new TargetError(`a queue thread views ${typeName} only with ${needs}`);
+  return view;
+}
+
 export interface RebuiltTable {
   warn(message: string): void;
 }

@@ -4,7 +4,7 @@ import type { Clock } from '../base/clock';
 import { IoOp, type Bio } from '../io/bio';
 import type { BlockDevice, InPlaceAccess } from '../io/block-device';
 import { checkDeviceArea, lookupDevice, parseSectorNumber } from '../dm/table-args';
-import { passthroughCapabilities, TargetError, type MapDone, type StatusKind, type Target, type TargetCapabilities, type TargetContext, type TargetType } from '../dm/target';
+import { passthroughCapabilities, requireQueueView, TargetError, type MapDone, type StatusKind, type Target, type TargetCapabilities, type TargetContext, type TargetType } from '../dm/target';
 import { remapToDevice } from './remap';
 
 /** dm-flakey's PROBABILITY_BASE: random corruption probabilities are out of a billion. */
@@ -343,11 +343,8 @@ export const flakeyViewType: TargetType = {
   name: 'flakey',
   version: [1, 5, 0],
   async create(ctx: TargetContext, args: string[]): Promise<Target> {
-    const view = ctx.queueView;
-    // Without the owner's start the thread's schedule would drift from the owner's: refuse, and the queue forwards all.
-    if (view === undefined || view.share.byteLength < Float64Array.BYTES_PER_ELEMENT) {
-      throw new TargetError("a queue thread views flakey only with its owner's start");
-    }
+    // Without the owner's start the thread's schedule would drift from the owner's.
+    const view = requireQueueView(ctx, 'flakey', Float64Array.BYTES_PER_ELEMENT, "its owner's start");
     const startEpochMs = new Float64Array(view.share)[0]!;
     return new FlakeyView(await constructFlakey(ctx, args, startEpochMs - ctx.scope.clock.timeOriginMs));
   },

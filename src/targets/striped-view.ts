@@ -1,7 +1,7 @@
 import { EOPNOTSUPP } from '../base/errno';
 import type { Bio } from '../io/bio';
 import type { BlockDevice, InPlaceAccess } from '../io/block-device';
-import { TargetError, type MapDone, type MapOutcome, type QueueView, type StatusKind, type Target, type TargetCapabilities, type TargetContext, type TargetType } from '../dm/target';
+import { requireQueueView, type MapDone, type MapOutcome, type QueueView, type StatusKind, type Target, type TargetCapabilities, type TargetContext, type TargetType } from '../dm/target';
 import { openStripes, stripedCapabilities, stripedTargetType, type StripeLayout } from './striped';
 
 /**
@@ -63,9 +63,8 @@ export const stripedViewType: TargetType = {
   name: stripedTargetType.name,
   version: stripedTargetType.version,
   async create(ctx: TargetContext, args: string[]): Promise<Target> {
-    const view = ctx.queueView;
-    // Without somewhere to send failed I/O its errors would go uncounted: refuse, and the queue forwards all.
-    if (view === undefined) throw new TargetError('a queue thread views striped only with its owner to send failed I/O to');
+    // Without somewhere to send failed I/O its errors would go uncounted.
+    const view = requireQueueView(ctx, 'striped', 0, 'its owner to send failed I/O to');
     const layout = await openStripes(ctx, args);
     return new StripedView(layout, ctx.startSector, view.forward);
   },

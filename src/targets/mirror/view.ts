@@ -1,7 +1,7 @@
 import { EOPNOTSUPP } from '../../base/errno';
 import { IoOp, type Bio } from '../../io/bio';
 import type { BlockDevice, InPlaceAccess } from '../../io/block-device';
-import { passthroughCapabilities, TargetError, type MapDone, type QueueView, type StatusKind, type Target, type TargetCapabilities, type TargetContext, type TargetType } from '../../dm/target';
+import { passthroughCapabilities, requireQueueView, type MapDone, type QueueView, type StatusKind, type Target, type TargetCapabilities, type TargetContext, type TargetType } from '../../dm/target';
 import { remapToDevice } from '../remap';
 import { parseLogPart } from './log-types';
 import { openLegs, type MirrorLeg } from './mirror';
@@ -78,11 +78,8 @@ export const mirrorViewType: TargetType = {
   name: 'mirror',
   version: [1, 14, 0],
   async create(ctx: TargetContext, args: string[]): Promise<Target> {
-    const view = ctx.queueView;
-    // Without the owner's read leg it could read a leg that is behind: refuse, and the queue forwards all.
-    if (view === undefined || view.share.byteLength < Int32Array.BYTES_PER_ELEMENT) {
-      throw new TargetError("a queue thread views mirror only with its owner's read leg");
-    }
+    // Without the owner's read leg it could read a leg that is behind.
+    const view = requireQueueView(ctx, 'mirror', Int32Array.BYTES_PER_ELEMENT, "its owner's read leg");
     const { legs } = await openLegs(ctx, args.slice(parseLogPart(args).wordCount));
     return new MirrorView(legs, new Int32Array(view.share), ctx.startSector, view.forward, args.join(' '));
   },

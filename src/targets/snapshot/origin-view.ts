@@ -1,4 +1,4 @@
-import { TargetError, type MapDone, type QueueView, type StatusKind, type Target, type TargetContext, type TargetType } from '../../dm/target';
+import { requireQueueView, TargetError, type MapDone, type QueueView, type StatusKind, type Target, type TargetContext, type TargetType } from '../../dm/target';
 import { SECTOR_BYTES } from '../../base/units';
 import { IoOp, type Bio } from '../../io/bio';
 import type { BlockDevice, InPlaceAccess } from '../../io/block-device';
@@ -70,9 +70,8 @@ export const snapshotOriginViewType: TargetType = {
   name: 'snapshot-origin',
   version: [1, 9, 0],
   async create(ctx: TargetContext, args: string[]): Promise<Target> {
-    const view = ctx.queueView;
-    // Without the owner's map a write could skip a copy-out: refuse, and the queue forwards all.
-    if (view === undefined) throw new TargetError('a queue thread views snapshot-origin only with its owner\'s write map');
+    // Without the owner's map a write could skip a copy-out.
+    const view = requireQueueView(ctx, 'snapshot-origin', 0, "its owner's write map");
     if (args.length !== 1) throw new TargetError('origin: incorrect number of arguments');
     const origin = await ctx.openDevice(args[0]!);
     return new SnapshotOriginView(origin, ctx.startSector, OriginWriteMap.over(view.share), view.forward);
