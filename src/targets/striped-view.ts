@@ -44,9 +44,7 @@ export class StripedView implements Target {
 
   status(kind: StatusKind): string {
     // A queue thread's copy answers no status: the owner's target does (with its error counts).
-    if (kind !== 'table') return '';
-    const areas = this.layout.stripes.map((stripe) => ` ${stripe.device.tableName} ${stripe.deviceStartSector}`).join('');
-    return `${this.layout.stripes.length} ${this.layout.chunkSectors}${areas}`;
+    return kind === 'table' ? this.layout.tableText() : '';
   }
 
   devices(): BlockDevice[] {

@@ -66,6 +66,12 @@ export class StripeLayout {
     }
   }
 
+  /** The table text after `striped`: `<#stripes> <chunk_size> <dev> <offset>...`, as the target was loaded with. */
+  tableText(): string {
+    const areas = this.stripes.map((stripe) => ` ${stripe.device.tableName} ${stripe.deviceStartSector}`).join('');
+    return `${this.stripes.length} ${this.chunkSectors}${areas}`;
+  }
+
   /** Where the stripe device has these bytes in place, when they lie in one chunk and it can say; else 0. */
   inPlaceAddress(sector: number, byteLength: number, access: InPlaceAccess): number {
     const { stripeIndex, areaSector } = this.locate(sector);
@@ -185,10 +191,7 @@ export class StripedTarget implements Target {
   readonly queueViewServesAll = true;
 
   status(kind: StatusKind): string {
-    if (kind === 'table') {
-      const areas = this.stripes.map((stripe) => ` ${stripe.device.tableName} ${stripe.deviceStartSector}`).join('');
-      return `${this.stripes.length} ${this.layout.chunkSectors}${areas}`;
-    }
+    if (kind === 'table') return this.layout.tableText();
     const names = this.stripes.map((stripe) => `${stripe.device.tableName} `).join('');
     const health = this.errorCounts.map((count) => (count > 0 ? 'D' : 'A')).join('');
     return `${this.stripes.length} ${names}1 ${health}`;

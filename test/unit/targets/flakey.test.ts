@@ -2,17 +2,15 @@ import assert from 'node:assert/strict';
 import { EIO } from '../../../src/base/errno';
 import { IoOp, NO_DATA, type Bio } from '../../../src/io/bio';
 import { DaemonScope } from '../../../src/dm/scope';
-import { TableError } from '../../../src/dm/table';
+import { TableError, buildTable, parseTableText } from '../../../src/dm/table';
 import type { MapOutcome, Target } from '../../../src/dm/target';
 import { builtInTargetTypes, queueThreadTargetTypes } from '../../../src/targets';
 import { FlakeyTarget, FlakeyView, KERNEL_OPF, parseFlakeyFeatures } from '../../../src/targets/flakey';
 import type { Clock } from '../../../src/base/clock';
-import { buildTable, parseTableText } from '../../../src/dm/table';
 import { DeviceEvents } from '../../../src/dm/mapped-device';
-import { memoryDeviceOpener } from '../../../src/testing/memory-device';
 import { isServedByQueueThreads, tablePlan } from '../../../src/daemon/queue-threads';
 import { ManualClock } from '../../../src/testing/manual-clock';
-import { MemoryDevice } from '../../../src/testing/memory-device';
+import { MemoryDevice, memoryDeviceOpener } from '../../../src/testing/memory-device';
 import { loadMemoryTable, submitted } from '../../../src/testing/tables';
 
 function bio(op: IoOp, sector: number, sectorCount: number, data: Uint8Array = NO_DATA, fua = false): Bio {
