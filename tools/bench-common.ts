@@ -69,6 +69,21 @@ export async function fio(spec: FioSpec): Promise<FioMeasurement> {
   };
 }
 
+/**
+ * Seconds of fio each way, after fio's own 1 s ramp, that warm a userspace device before any cell
+ * counts: our daemon's request path is JIT code that V8 optimizes only after thousands of requests,
+ * slower under TCG, and a fresh device's first cells measured that (bench-core.ts has figures; a
+ * mirror's 4k randwrite at QD 1 ran at 215, 619 and 791 IOPS in three 4 s runs one after another).
+ */
+export const WARM_UP_SECONDS = 2;
+
+/** Runs fio 4k random reads and writes at QD 32 on `path`, unmeasured (WARM_UP_SECONDS each), then 1 MiB ones when `largeToo`. */
+export async function warmUp(path: string, largeToo = false): Promise<void> {
+  for (const rw of ['randread', 'randwrite'] as const) await fio({ path, rw, blockSize: '4k', iodepth: 32, runtimeSeconds: WARM_UP_SECONDS });
+  if (!largeToo) return;
+  for (const rw of ['read', 'write'] as const) await fio({ path, rw, blockSize: '1M', iodepth: 8, runtimeSeconds: WARM_UP_SECONDS });
+}
+
 /** The CPUs fio() pins `jobs` parallel jobs to, one each, the first online ones (a single job is not pinned). */
 export function fioJobCpus(jobs: number): number[] {
   return onlineCpus().slice(0, jobs);

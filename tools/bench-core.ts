@@ -16,7 +16,7 @@
  * too (tools/bench-ublksrv.ts).
  * Never throws: a failure is recorded in `error` beside what was measured.
  */
-import { fio, formatRatio, ioSchedulerOf, sh } from './bench-common';
+import { fio, formatRatio, ioSchedulerOf, sh, warmUp } from './bench-common';
 import { BenchDaemon, withCpuPerIo, type DaemonMemory } from './bench-daemon';
 import { queueLoopEnv, type DaemonPartOptions, type QueueLoop } from './bench-queue-loop';
 import { DEFAULT_ROUNDS, median, roundOrder, roundRatios, formatSpread } from './bench-rounds';
@@ -117,8 +117,6 @@ const PATTERNS: readonly Pattern[] = ['randread', 'randwrite'];
 const IODEPTHS = [1, 32] as const;
 const DEPTH = 128;
 const IDLE_SECONDS = 3;
-/** Seconds of fio at QD 32, each way, on every userspace device before the cells (after fio's own 1 s ramp). */
-const WARM_UP_SECONDS = 2;
 
 /** Issue 11: our device's IOPS ÷ the kernel's, at least. */
 export const CORE_GOALS: ReadonlyArray<{ ours: Ours; kernel: Kernel; iodepth: number; goal: number }> = [
@@ -178,14 +176,10 @@ export async function runCoreBench(o: CoreBenchOptions): Promise<CoreReport> {
     for (const [device, path] of kernelDevices) report.schedulers[device] = await ioSchedulerOf(path);
     for (const { device, mode, path } of ourDevices) report.schedulers[`ours-${device}-${mode}`] = await ioSchedulerOf(path);
     for (const { device, server } of cServerDevices.values()) report.schedulers[device] = await ioSchedulerOf(server.path);
-    // Userspace servers warm up before any cell counts: our daemon's request path is JIT code
-    // that V8 optimizes only after thousands of requests (slower under TCG), and the first cell
-    // of a fresh device was measured cold (in one boot, 3571 IOPS at randread QD 1 against 5664
-    // in the run after it; linear 1697 against 4023). The C server gets the same passes.
-    const warmUp = [...ourDevices.map((d) => d.path), ...[...cServerDevices.values()].map((c) => c.server.path)];
-    for (const path of warmUp) {
-      for (const rw of ['randread', 'randwrite'] as const) await fio({ path, rw, blockSize: '4k', iodepth: 32, runtimeSeconds: WARM_UP_SECONDS });
-    }
+    // Userspace servers warm up before any cell counts (warmUp says why): the first cell of a
+    // fresh device was measured cold (in one boot, 3571 IOPS at randread QD 1 against 5664 in the
+    // run after it; linear 1697 against 4023). The C server gets the same passes.
+    for (const path of [...ourDevices.map((d) => d.path), ...[...cServerDevices.values()].map((c) => c.server.path)]) await warmUp(path);
     const runs: CoreRun[] = [];
     try {
       for (let round = 0; round < rounds; round++) {

@@ -6,7 +6,7 @@
  *      an empty file, timed from the create to the "in sync" event (dm's `wait`: the event comes
  *      when the last region is copied), then leg 1 compared with leg 0;
  *   2. fio 4k randwrite at QD 1 and QD 32 on that mirror, now in sync (every write marks its
- *      region in the disk log before it goes to both legs).
+ *      region in the disk log before it goes to both legs); ours is warmed up first (warmUp).
  * Leg 0 is one file both sides read (resync only reads it); leg 1 and the logs are fresh per side.
  */
 import { performance } from 'node:perf_hooks';
@@ -16,7 +16,7 @@ import type { Send } from '../src/cli/snapshot';
 import { cliEntryScript } from '../src/base/package-files';
 import { daemonPaths } from '../src/daemon/paths';
 import type { Request } from '../src/wire/protocol';
-import { fio, run, sh } from './bench-common';
+import { fio, run, sh, warmUp } from './bench-common';
 
 export interface MirrorBenchOptions {
   /** A scratch directory on tmpfs. */
@@ -97,6 +97,7 @@ class MirrorBench {
       const resyncSeconds = (performance.now() - t0) / 1000;
       await this.expectInSync((await this.send({ verb: 'status', name: OURS_NAME }))[0]!.targets[0]!.text);
       const verified = await this.same(leg1);
+      await warmUp(created.blockPath);
       const randwrite = [];
       for (const qd of [1, 32]) randwrite.push(await fioRandwrite(created.blockPath, qd, this.o.runtimeSeconds));
       return { side: 'ours', resyncSeconds, resyncMiBps: this.o.legMiB / resyncSeconds, verified, randwrite };

@@ -18,7 +18,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { basename, join } from 'node:path';
 import { onlineCpus, parseCpuList, possibleCpuCount } from '../src/base/cpus';
-import { fio, fioJobCpus, formatRatio } from './bench-common';
+import { fio, fioJobCpus, formatRatio, WARM_UP_SECONDS } from './bench-common';
 import { withCpusSpreadInGuest } from './bench-cpus';
 import { BenchDaemon, withCpuPerIo } from './bench-daemon';
 import { queueLoopEnv, type DaemonPartOptions, type QueueLoop } from './bench-queue-loop';
@@ -97,8 +97,6 @@ export interface QueueRatio {
 
 export const QUEUE_COUNTS = [1, 2, 4] as const;
 const TOTAL_IODEPTH = 32;
-/** Seconds of fio each way on the widest devices before the cells (after fio's own 1 s ramp). */
-const WARM_UP_SECONDS = 2;
 const DEPTH = 128;
 const PATTERNS: readonly Pattern[] = ['randread', 'randwrite'];
 
@@ -144,7 +142,7 @@ async function measureQueues(o: QueueBenchOptions): Promise<QueueReport> {
         }
       }
     }
-    // Warm the queue threads' JIT code before any cell counts (bench-core.ts says why): the
+    // Warm the queue threads' JIT code before any cell counts (warmUp says why): the
     // devices with the most queues reach every thread fio's CPUs reach.
     const mostQueues = Math.max(...devices.map((d) => d.queues));
     for (const d of devices.filter((x) => x.queues === mostQueues)) {
