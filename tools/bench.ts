@@ -14,7 +14,8 @@ import { runCoreBench, formatCoreReport, type CoreReport } from './bench-core';
 import { runQueueBench, formatQueueReport, type QueueReport } from './bench-queues';
 import { runMemoryBench, formatMemoryReport, type MemoryReport } from './bench-memory';
 import { runSnapshotBench, formatSnapshotReport, type SnapshotReport } from './bench-snapshot';
-import { runStripedBench, formatStripedReport, type StripedReport } from './bench-striped';
+import { runPairBench, formatPairReport, type PairReport } from './bench-pairs';
+import { stripedPair, flakeyPair, reloadedMirrorPair } from './bench-pair-targets';
 import { runMirrorBench, formatMirrorReport, type MirrorReport } from './bench-mirror';
 import { runRecoveryBench, formatRecoveryReport, type RecoveryReport } from './bench-recovery';
 import { DEFAULT_ROUNDS } from './bench-rounds';
@@ -30,7 +31,10 @@ Parts, in this order:
   memory    daemon RSS with 4 devices of depth 128 after fio on each
   snapshot  the snapshot family against dm-snapshot
   striped   striped over 4 files against dm-striped
+  flakey    flakey, always up, against dm-flakey
   mirror    the mirror against dm-mirror
+  reloaded-mirror
+            a linear reloaded as a mirror and resynced, against dm-mirror the same way
   recovery  SIGKILL of the daemon under a writer, time until I/O flows again
   kcopyd    kcopyd against dd to each destination in turn
 
@@ -52,7 +56,7 @@ Options:
 const projectRoot = resolve(__dirname, '..', '..');
 const cli = join(projectRoot, 'bin', 'ublk-dm');
 
-const PARTS = ['core', 'queues', 'memory', 'snapshot', 'striped', 'mirror', 'recovery', 'kcopyd'] as const;
+const PARTS = ['core', 'queues', 'memory', 'snapshot', 'striped', 'flakey', 'mirror', 'reloaded-mirror', 'recovery', 'kcopyd'] as const;
 type Part = (typeof PARTS)[number];
 
 interface Args {
@@ -131,8 +135,10 @@ async function main(): Promise<void> {
   let queues: QueueReport | null = null;
   let memory: MemoryReport | null = null;
   let snapshot: SnapshotReport | null = null;
-  let striped: StripedReport | null = null;
+  let striped: PairReport | null = null;
+  let flakey: PairReport | null = null;
   let mirror: MirrorReport | null = null;
+  let reloadedMirror: PairReport | null = null;
   let recovery: RecoveryReport | null = null;
   let kcopyd: unknown = null;
 
@@ -164,10 +170,13 @@ async function main(): Promise<void> {
       runtimeSeconds: args.snapshotRuntimeSeconds, log,
     });
   }
-  if (has('striped')) striped = await runStripedBench({ dir: work, env, stripeMiB: 64, runtimeSeconds: args.runtimeSeconds, log });
+  const pairOptions = { dir: work, env, runtimeSeconds: args.runtimeSeconds, log };
+  if (has('striped')) striped = await runPairBench(stripedPair(), pairOptions);
+  if (has('flakey')) flakey = await runPairBench(flakeyPair(), pairOptions);
   if (has('mirror')) {
     mirror = await runMirrorBench({ dir: work, env, legMiB: args.mirrorMiB, regionSectors: args.mirrorRegionSectors, runtimeSeconds: args.runtimeSeconds, log });
   }
+  if (has('reloaded-mirror')) reloadedMirror = await runPairBench(reloadedMirrorPair(args.mirrorRegionSectors), pairOptions);
   if (has('recovery')) {
     // Never throws either; it SIGKILLs the daemon and starts the next one itself.
     recovery = await runRecoveryBench({ dir: work, oursArgv: [process.execPath, cli], env, rounds: args.recoveryRounds, log });
@@ -178,8 +187,10 @@ async function main(): Promise<void> {
   if (queues) console.log(formatQueueReport(queues));
   if (memory) console.log(formatMemoryReport(memory));
   if (snapshot) console.log(formatSnapshotReport(snapshot));
-  if (striped) console.log(formatStripedReport(striped));
+  if (striped) console.log(formatPairReport(striped));
+  if (flakey) console.log(formatPairReport(flakey));
   if (mirror) console.log(formatMirrorReport(mirror));
+  if (reloadedMirror) console.log(formatPairReport(reloadedMirror));
   if (recovery) console.log(formatRecoveryReport(recovery));
 
   if (has('kcopyd')) {
@@ -207,7 +218,9 @@ async function main(): Promise<void> {
     memory,
     snapshot,
     striped,
+    flakey,
     mirror,
+    reloadedMirror,
     recovery,
     kcopyd,
   };
