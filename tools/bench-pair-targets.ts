@@ -7,6 +7,7 @@
 import type { DevicePair, SideContext } from './bench-pairs';
 import { pollStatus } from './bench-pairs';
 import { sh } from './bench-common';
+import { mirrorInSync } from './bench-mirror';
 import type { Send } from '../src/cli/snapshot';
 
 const STRIPES = 4;
@@ -62,10 +63,6 @@ export function reloadedMirrorPair(regionSectors: number): DevicePair {
   const sectors = sectorsOfMiB(DEVICE_MIB);
   const linear = (legA: string) => `0 ${sectors} linear ${legA} 0`;
   const mirror = ([legA, legB, log]: readonly string[]) => `0 ${sectors} mirror disk 2 ${log} ${regionSectors} 2 ${legA} 0 ${legB} 0`;
-  const inSync = (status: string) => {
-    const m = / (\d+)\/(\d+) 1 AA /.exec(status);
-    return m !== null && m[1] === m[2];
-  };
   const name = 'bench-rmirror';
   return {
     name,
@@ -75,14 +72,14 @@ export function reloadedMirrorPair(regionSectors: number): DevicePair {
     kernel: async (ctx) => {
       const path = await createKernel(ctx, name, linear(ctx.backing[0]!));
       await sh(`dmsetup reload ${name} --table '${mirror(ctx.backing)}' && dmsetup resume ${name}`);
-      await pollStatus(() => sh(`dmsetup status ${name}`), inSync, 600);
+      await pollStatus(() => sh(`dmsetup status ${name}`), mirrorInSync, 600);
       return path;
     },
     ours: async (ctx, send) => {
       const path = await createOurs(ctx, send, name, linear(ctx.backing[0]!));
       await send({ verb: 'reload', name, table: mirror(ctx.backing) });
       await send({ verb: 'resume', name });
-      await pollStatus(async () => (await send({ verb: 'status', name }))[0]!.targets[0]!.text, inSync, 600);
+      await pollStatus(async () => (await send({ verb: 'status', name }))[0]!.targets[0]!.text, mirrorInSync, 600);
       return path;
     },
   };

@@ -2,6 +2,7 @@ import { strict as assert } from 'node:assert';
 
 import { formatPairReport, pollStatus, type PairReport } from '../../../tools/bench-pairs';
 import { flakeyPair, reloadedMirrorPair, stripedPair } from '../../../tools/bench-pair-targets';
+import { mirrorInSync } from '../../../tools/bench-mirror';
 
 describe('bench: pair parts (ours beside the kernel\'s same table)', () => {
   it('prints each cell with both sides\' IOPS and their ratio, and a failure under them', () => {
@@ -21,7 +22,7 @@ describe('bench: pair parts (ours beside the kernel\'s same table)', () => {
     assert.equal(lines[4], 'flakey bench FAILED: fio: no such device');
   });
 
-  it('builds the same table text on both sides from each side\'s backing', async () => {
+  it('builds our tables from the backing it is given (the kernel\'s come from the same text)', async () => {
     const tables: string[] = [];
     const defer = () => undefined;
     const send = (async (request: { verb: string; table?: string }) => {
@@ -33,6 +34,12 @@ describe('bench: pair parts (ours beside the kernel\'s same table)', () => {
     await flakeyPair().ours({ backing: ['/f'], defer }, send);
     assert.equal(tables[1], '0 524288 flakey /f 0 3600 0');
     assert.deepEqual(reloadedMirrorPair(1024).files.map((f) => f.content), ['random', 'zeros', 'zeros']);
+  });
+
+  it('waits for a mirror until every region is in sync with both legs alive', () => {
+    assert.equal(mirrorInSync('0 8 mirror 2 a b 8/8 1 AA 1 core'), true);
+    assert.equal(mirrorInSync('0 8 mirror 2 a b 3/8 1 AA 1 core'), false, 'still copying');
+    assert.equal(mirrorInSync('0 8 mirror 2 a b 8/8 1 AD 1 core'), false, 'a leg failed');
   });
 
   it('polls a status until it says done, and gives up with the last line', async () => {
