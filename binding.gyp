@@ -7,6 +7,7 @@
         "native/ring.cc",
         "native/memory.cc",
         "native/fileio.cc",
+        "native/mapped_copy.cc",
         "native/blockdev.cc",
         "native/affinity.cc"
       ],

@@ -1,11 +1,12 @@
-// ublkdm_native: io_uring transport, aligned buffers, descriptor mmaps, pread/pwrite, block
-// device geometry and a thread's CPU affinity. Transport only; it knows nothing of ublk semantics
-// beyond the I/O command layout.
+// ublkdm_native: io_uring transport, aligned buffers, descriptor mmaps, pread/pwrite, copies
+// through file mappings, block device geometry and a thread's CPU affinity. Transport only; it
+// knows nothing of ublk semantics beyond the I/O command layout.
 #include <napi.h>
 
 #include "affinity.h"
 #include "blockdev.h"
 #include "fileio.h"
+#include "mapped_copy.h"
 #include "memory.h"
 #include "ring.h"
 
@@ -18,6 +19,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("addressOf", Napi::Function::New(env, AddressOf, "addressOf"));
   exports.Set("mmapReadOnly", Napi::Function::New(env, MmapReadOnly, "mmapReadOnly"));
   exports.Set("mmapShared", Napi::Function::New(env, MmapShared, "mmapShared"));
+  exports.Set("copyFromMapping", Napi::Function::New(env, CopyFromMapping, "copyFromMapping"));
+  exports.Set("copyToMapping", Napi::Function::New(env, CopyToMapping, "copyToMapping"));
   exports.Set("unmap", Napi::Function::New(env, Unmap, "unmap"));
   exports.Set("blockDeviceBytes", Napi::Function::New(env, BlockDeviceBytes, "blockDeviceBytes"));
   exports.Set("pread", Napi::Function::New(env, Pread, "pread"));

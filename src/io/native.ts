@@ -135,6 +135,14 @@ export interface NativeAddon {
   nextData(fd: number, fileByteOffset: number): number;
   /** lseek(SEEK_HOLE), as nextData: where the first hole at or after the offset begins (the file's end counts as one). */
   nextHole(fd: number, fileByteOffset: number): number;
+  /**
+   * Copy `target.byteLength` bytes of a file mapping (mmapShared / mmapReadOnly) from
+   * `mappingByteOffset` into `target`: the bytes copied, or -EFAULT when a page of the mapping
+   * could not be read (the file shrank under it). The fault is caught, never the process's end.
+   */
+  copyFromMapping(mapping: ArrayBuffer, mappingByteOffset: number, target: ArrayBufferView): number;
+  /** Copy `source` into an mmapShared mapping at `mappingByteOffset`, as copyFromMapping; -EFAULT also when a hole cannot be filled (a full tmpfs). */
+  copyToMapping(mapping: ArrayBuffer, mappingByteOffset: number, source: ArrayBufferView): number;
   /** munmap now; the ArrayBuffer must not be used afterwards (it is detached). */
   unmap(buffer: ArrayBuffer): void;
   /** ioctl(BLKGETSIZE64) on a block device fd. */
