@@ -5,7 +5,7 @@ import * as path from 'node:path';
 
 import { EINVAL, EIO, ErrnoError } from '../../../src/base/errno';
 import { FileDevice, openFileDevice } from '../../../src/io/file-device';
-import { allocPageAligned } from '../../../src/io/native';
+import { allocPageAligned, native } from '../../../src/io/native';
 import { IoRing, type IoCallback } from '../../../src/io/ring';
 
 let ring: IoRing;
@@ -213,6 +213,102 @@ async function settledDescriptorsOn(file: string, expected: number): Promise<num
   }
   return count;
 }
+
+describe('FileDevice on tmpfs: reads and writes copied through a mapping of the file', () => {
+  let shm: string;
+  let file: string;
+  let device: FileDevice;
+  const PAGE = 4096;
+
+  beforeEach(async function () {
+    const made = await fsp.mkdtemp('/dev/shm/ublkdm-mapped-').catch(() => undefined);
+    if (made === undefined) this.skip(); // a host without /dev/shm: --forbid-pending makes that a failure
+    shm = made!;
+    file = path.join(shm, 'backing');
+    // Data in the first 16 pages, a hole in the next 16.
+    const handle = await fsp.open(file, 'w');
+    await handle.write(Buffer.alloc(16 * PAGE, 1), 0, 16 * PAGE, 0);
+    await handle.truncate(32 * PAGE);
+    await handle.close();
+    device = await openFileDevice(file, { ring });
+  });
+
+  afterEach(async () => {
+    await device?.close();
+    if (shm !== undefined) await fsp.rm(shm, { recursive: true, force: true });
+  });
+
+  const mapsFile = async (): Promise<boolean> => (await fsp.readFile('/proc/self/maps', 'utf8')).split('\n').some((line) => line.endsWith(` ${file}`));
+  const allocatedPages = async (): Promise<number> => ((await fsp.stat(file)).blocks * 512) / PAGE;
+
+  it('copies where the file has data, and the file and other readers see the bytes', async () => {
+    assert.equal(device.inlineIo, true);
+    assert.equal(await device.write(Buffer.alloc(2 * PAGE, 7), 8, false), 2 * PAGE);
+    assert.equal(await mapsFile(), true, 'the write went through a mapping of the file');
+    const onFile = await fsp.readFile(file);
+    assert.ok(onFile.subarray(PAGE, 3 * PAGE).every((byte) => byte === 7) && onFile[0] === 1 && onFile[3 * PAGE] === 1);
+    const readBack = Buffer.alloc(4 * PAGE);
+    assert.equal(await device.read(readBack, 0), 4 * PAGE);
+    assert.deepEqual(readBack, onFile.subarray(0, 4 * PAGE));
+    const pages = [Buffer.alloc(PAGE, 4), Buffer.alloc(512, 5)];
+    assert.equal(await device.writev(pages, 80, false), PAGE + 512);
+    const readPages = [Buffer.alloc(PAGE), Buffer.alloc(512)];
+    assert.equal(await device.readv(readPages, 80), PAGE + 512);
+    assert.deepEqual(readPages, pages);
+  });
+
+  it('reads a hole as zeroes without filling it, and writes into a hole fill only what they write', async () => {
+    const before = await allocatedPages();
+    const hole = Buffer.alloc(8 * PAGE, 9);
+    assert.equal(await device.read(hole, 16 * 8), 8 * PAGE);
+    assert.ok(hole.every((byte) => byte === 0));
+    const straddling = Buffer.alloc(4 * PAGE, 9);
+    assert.equal(await device.read(straddling, 14 * 8), 4 * PAGE, 'two pages of data, two of hole');
+    assert.ok(straddling.subarray(0, 2 * PAGE).every((byte) => byte === 1) && straddling.subarray(2 * PAGE).every((byte) => byte === 0));
+    assert.equal(await allocatedPages(), before, 'no read took memory');
+    assert.equal(await device.write(Buffer.alloc(PAGE, 6), 20 * 8, false), PAGE);
+    assert.equal(await allocatedPages(), before + 1);
+    const readBack = Buffer.alloc(PAGE);
+    assert.equal(await device.read(readBack, 20 * 8), PAGE);
+    assert.ok(readBack.every((byte) => byte === 6), 'the filled page reads back (through the mapping now)');
+  });
+
+  it('fills a hole front to back without asking the file (lseek) again at each write', async () => {
+    const addon = native() as { nextData: (fd: number, byteOffset: number) => number };
+    const nextData = addon.nextData;
+    let asked = 0;
+    addon.nextData = (fd, byteOffset) => {
+      asked++;
+      return nextData(fd, byteOffset);
+    };
+    try {
+      assert.equal(await device.read(Buffer.alloc(PAGE), 16 * 8), PAGE, 'the hole learned');
+      const askedToLearn = asked;
+      assert.ok(askedToLearn > 0);
+      // As a snapshot's COW or a resyncing mirror leg fills: each write lands in the known hole.
+      for (let page = 16; page < 24; page++) assert.equal(await device.write(Buffer.alloc(PAGE, page), page * 8, false), PAGE);
+      assert.equal(asked, askedToLearn, 'no write asked the file where its hole is');
+      const readBack = Buffer.alloc(8 * PAGE);
+      assert.equal(await device.read(readBack, 16 * 8), 8 * PAGE);
+      for (let page = 0; page < 8; page++) assert.ok(readBack.subarray(page * PAGE, (page + 1) * PAGE).every((byte) => byte === 16 + page));
+      assert.equal(asked, askedToLearn, 'what they wrote is known as data');
+    } finally {
+      addon.nextData = nextData;
+    }
+  });
+
+  it('a file shrunk under it: reads and writes answer as pread and pwrite do, and the process lives', async () => {
+    assert.equal(await device.read(Buffer.alloc(PAGE), 0), PAGE, 'the file mapped and learned');
+    await fsp.truncate(file, 2 * PAGE);
+    assert.equal(await device.read(Buffer.alloc(4 * PAGE), 0), 2 * PAGE, 'a short read, as pread gives');
+    assert.equal(await device.read(Buffer.alloc(PAGE), 8 * 8), 0, 'past the end');
+    assert.equal(await device.write(Buffer.alloc(PAGE, 2), 4 * 8, false), PAGE, 'pwrite extends the file');
+    assert.equal((await fsp.stat(file)).size, 5 * PAGE);
+    const readBack = Buffer.alloc(PAGE);
+    assert.equal(await device.read(readBack, 4 * 8), PAGE);
+    assert.ok(readBack.every((byte) => byte === 2));
+  });
+});
 
 describe('FileDevice when the filesystem refuses its direct I/O (EINVAL)', () => {
   let dir: string;
