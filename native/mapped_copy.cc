@@ -43,12 +43,15 @@ void OnBus(int signal, siginfo_t* info, void* context) {
   } else if (previousBusAction.sa_handler != SIG_DFL && previousBusAction.sa_handler != SIG_IGN) {
     previousBusAction.sa_handler(signal);
   } else {
-    // Back to the default action: returning re-runs the faulting access, which now ends the
-    // process as SIGBUS always did (an ignored SIGBUS from a fault would only repeat forever).
+    // The default action, now: the process ends as SIGBUS always ended it. Raised, not left to
+    // the faulting access to repeat: a SIGBUS sent by kill repeats nothing, and returning would
+    // leave the process alive with the default handler in place of the guard's. (An ignored
+    // SIGBUS from a fault would only repeat for ever.)
     struct sigaction fallback {};
     fallback.sa_handler = SIG_DFL;
     sigemptyset(&fallback.sa_mask);
     sigaction(SIGBUS, &fallback, nullptr);
+    raise(SIGBUS);
   }
 }
 

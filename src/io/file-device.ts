@@ -206,18 +206,29 @@ export class FileDevice implements BlockDevice {
     const endByte = startByte + byteLength;
     if (endByte > this.sizeSectors * SECTOR_BYTES) return 0;
     if (this.fileMappingBase === 0 && !this.mapFile()) return 0;
-    const wait = this.ring.waitCount;
-    if (wait !== this.sizeCheckedInWait) {
-      if (native().fileSize(this.handle.fd) < this.sizeSectors * SECTOR_BYTES) {
-        this.mappingRefused = true; // shrunk under the device: reads and writes from now on, as any file
-        return 0;
-      }
-      this.sizeCheckedInWait = wait;
-      const punched = punchCount();
-      if (punched !== this.learnedAtPunchCount) this.forgetExtents(punched);
-    }
+    if (!this.mappingStillWhole()) return 0;
     if (!this.dataPages.covers(startByte, endByte) && (this.holePages.touchesAny(startByte, endByte) || !this.learnExtents(startByte, endByte))) return 0;
     return this.fileMappingBase + startByte;
+  }
+
+  /**
+   * Whether the file is still as long as the device, looked at (one fstat) once per wait of the
+   * ring (inPlaceAddress says why); once it is not, the mapping is given up for good. A mapped
+   * copy needs it too: a file cut short of a page boundary keeps the rest of that page mapped,
+   * and a write copied there would land past the file's end, where pwrite extends the file.
+   * Also forgets what was learned of the file once another thread punched a hole.
+   */
+  private mappingStillWhole(): boolean {
+    const wait = this.ring.waitCount;
+    if (wait === this.sizeCheckedInWait) return true;
+    if (native().fileSize(this.handle.fd) < this.sizeSectors * SECTOR_BYTES) {
+      this.mappingRefused = true; // shrunk under the device: reads and writes from now on, as any file
+      return false;
+    }
+    this.sizeCheckedInWait = wait;
+    const punched = punchCount();
+    if (punched !== this.learnedAtPunchCount) this.forgetExtents(punched);
+    return true;
   }
 
   /**
@@ -315,8 +326,7 @@ export class FileDevice implements BlockDevice {
     const endByte = byteOffset + byteLength;
     if (endByte > this.sizeSectors * SECTOR_BYTES) return undefined;
     if (this.fileMappingBase === 0 && !this.mapFile()) return undefined;
-    const punched = punchCount();
-    if (punched !== this.learnedAtPunchCount) this.forgetExtents(punched);
+    if (!this.mappingStillWhole()) return undefined;
     if (!this.dataPages.covers(byteOffset, endByte) && (this.holePages.touchesAny(byteOffset, endByte) || !this.learnExtents(byteOffset, endByte))) return undefined;
     return this.fileMapping;
   }

@@ -192,8 +192,9 @@ export class IoRing {
   }
 
   /**
-   * How many times waitAndDispatch() was called: the callbacks one wait runs share a number,
-   * so what holds for a whole batch of requests (a file's size) can be looked up once for it.
+   * How many times waitAndDispatch() was called (on a ring the event loop drives: how many times
+   * it flushed): the callbacks one wait runs share a number, so what holds for a whole batch of
+   * requests (a file's size) can be looked up once for it.
    */
   get waitCount(): number {
     return this.waits;
@@ -533,6 +534,7 @@ export class IoRing {
   private readonly flush = (): void => {
     this.flushScheduled = false;
     if (this.closed) return;
+    this.waits++;
     // Much of what we submit completes inside io_uring_enter (page-cache I/O, ublk requests
     // delivered as task work while we were in the kernel), and copies to and from tmpfs were done
     // inline (completeInline): run them here rather than waiting a loop turn for the eventfd.

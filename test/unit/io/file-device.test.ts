@@ -297,6 +297,16 @@ describe('FileDevice on tmpfs: reads and writes copied through a mapping of the 
     }
   });
 
+  it('a file cut short within a page: a write past its new end extends it, as pwrite does, not into the mapped rest of the page', async () => {
+    assert.equal(await device.read(Buffer.alloc(PAGE), 0), PAGE, 'the file mapped and learned');
+    await fsp.truncate(file, 3 * PAGE + 512);
+    assert.equal(await device.write(Buffer.alloc(512, 8), 3 * 8 + 2, false), 512);
+    const onFile = await fsp.readFile(file);
+    assert.equal(onFile.length, 3 * PAGE + 3 * 512, 'the write extended the file');
+    assert.ok(onFile.subarray(3 * PAGE + 1024).every((byte) => byte === 8));
+    assert.equal(await device.read(Buffer.alloc(PAGE), 3 * 8), 3 * 512, 'a read stops at the end, as pread does');
+  });
+
   it('a file shrunk under it: reads and writes answer as pread and pwrite do, and the process lives', async () => {
     assert.equal(await device.read(Buffer.alloc(PAGE), 0), PAGE, 'the file mapped and learned');
     await fsp.truncate(file, 2 * PAGE);

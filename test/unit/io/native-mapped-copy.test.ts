@@ -3,6 +3,7 @@ import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
+import { spawnSync } from 'node:child_process';
 
 import { native } from '../../../src/io/native';
 
@@ -78,6 +79,19 @@ describe('native copyFromMapping / copyToMapping', () => {
     } finally {
       await worker.terminate();
     }
+  });
+
+  it('leaves a SIGBUS outside a guarded copy to its default: a process sent one dies of it, as without the guard', () => {
+    const addonPath = require.resolve('../../../src/io/native');
+    const child = spawnSync(
+      process.execPath,
+      ['-e', `const { native } = require(${JSON.stringify(addonPath)});
+        native().copyFromMapping(new ArrayBuffer(8), 0, new Uint8Array(8)); // installs the guard's handler
+        process.kill(process.pid, 'SIGBUS');
+        setTimeout(() => process.exit(0), 2000);`],
+      { timeout: 20_000 },
+    );
+    assert.equal(child.signal, 'SIGBUS', `the child lived on: ${child.stderr}`);
   });
 
   it('refuses a range outside the mapping, and what is not a mapping and a view', () => {
