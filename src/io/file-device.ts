@@ -201,14 +201,9 @@ export class FileDevice implements BlockDevice {
    * the fault; a later wait looks again.
    */
   inPlaceAddress(sector: number, byteLength: number, access: InPlaceAccess): number {
-    if (!this.inPlaceAllowed || this.closed || this.mappingRefused || (access === 'write' && this.readOnly)) return 0;
+    if (!this.inPlaceAllowed) return 0;
     const startByte = sector * SECTOR_BYTES;
-    const endByte = startByte + byteLength;
-    if (endByte > this.sizeSectors * SECTOR_BYTES) return 0;
-    if (this.fileMappingBase === 0 && !this.mapFile()) return 0;
-    if (!this.mappingStillWhole()) return 0;
-    if (!this.dataPages.covers(startByte, endByte) && (this.holePages.touchesAny(startByte, endByte) || !this.learnExtents(startByte, endByte))) return 0;
-    return this.fileMappingBase + startByte;
+    return this.mappingOver(startByte, byteLength, access === 'write') === undefined ? 0 : this.fileMappingBase + startByte;
   }
 
   /**
@@ -320,7 +315,11 @@ export class FileDevice implements BlockDevice {
     return byteLength;
   }
 
-  /** The file's mapping, when [byteOffset, +byteLength) may be copied through it (copyThroughMapping). */
+  /**
+   * The file's mapping, when [byteOffset, +byteLength) may be copied through it, by us
+   * (copyThroughMapping) or by ublk (inPlaceAddress): a memory-backed file, still whole, where it
+   * is known to hold data.
+   */
   private mappingOver(byteOffset: number, byteLength: number, toFile: boolean): ArrayBuffer | undefined {
     if (!this.inlineIo || this.closed || this.mappingRefused || (toFile && this.readOnly)) return undefined;
     const endByte = byteOffset + byteLength;
