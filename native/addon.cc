@@ -21,6 +21,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mmapShared", Napi::Function::New(env, MmapShared, "mmapShared"));
   exports.Set("copyFromMapping", Napi::Function::New(env, CopyFromMapping, "copyFromMapping"));
   exports.Set("copyToMapping", Napi::Function::New(env, CopyToMapping, "copyToMapping"));
+  exports.Set("copyBytes", Napi::Function::New(env, CopyBytesBetween, "copyBytes"));
   exports.Set("unmap", Napi::Function::New(env, Unmap, "unmap"));
   exports.Set("blockDeviceBytes", Napi::Function::New(env, BlockDeviceBytes, "blockDeviceBytes"));
   exports.Set("pread", Napi::Function::New(env, Pread, "pread"));

@@ -130,6 +130,28 @@ Napi::Value MappedCopy(const Napi::CallbackInfo& info, bool toMapping) {
 
 }  // namespace
 
+Napi::Value CopyBytesBetween(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* usage = "copyBytes(target, source)";
+  void* target = nullptr;
+  size_t targetBytes = 0;
+  void* source = nullptr;
+  size_t sourceBytes = 0;
+  if (info.Length() < 2 || napi_get_buffer_info(env, info[0], &target, &targetBytes) != napi_ok ||
+      napi_get_buffer_info(env, info[1], &source, &sourceBytes) != napi_ok) {
+    ThrowType(env, usage);
+    return env.Undefined();
+  }
+  if (sourceBytes > targetBytes) {
+    Napi::RangeError::New(env, std::string(usage) + ": the source is longer than the target").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  // Memory, not a file mapping: nothing to fault on, so no guard. memmove's rule for overlap is
+  // not needed by any caller (two buffers, never one), and CopyBytes copies forwards.
+  if (sourceBytes > 0) CopyBytes(static_cast<uint8_t*>(target), static_cast<const uint8_t*>(source), sourceBytes);
+  return Napi::Number::New(env, static_cast<double>(sourceBytes));
+}
+
 Napi::Value CopyFromMapping(const Napi::CallbackInfo& info) { return MappedCopy(info, false); }
 Napi::Value CopyToMapping(const Napi::CallbackInfo& info) { return MappedCopy(info, true); }
 

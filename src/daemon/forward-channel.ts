@@ -1,4 +1,11 @@
 import { IoOp } from '../io/bio';
+import { FORWARD_BUFFER_LIMITS, IdleBuffers, type IdleBufferLimits } from './idle-buffers';
+
+/** A buffer forwarded bytes go through, and the id requests name it by. */
+export interface SharedBuffer {
+  readonly id: number;
+  readonly bytes: Uint8Array;
+}
 
 /**
  * The I/O half of the link between a queue thread and the daemon thread (queue-thread.ts,
@@ -157,44 +164,42 @@ export function writeAnswer(records: Float64Array, at: number, devId: number, id
 
 /**
  * The queue thread's shared buffers for forwarded bytes, kept for the next request of the same
- * size. A new one is announced to the daemon thread (`announce`, a port message sent before the
- * record that names it, so the daemon thread finds it by then), and one dropped is too.
+ * size (idle-buffers.ts says how many). A new one is announced to the daemon thread (`announce`,
+ * a port message sent before the record that names it, so the daemon thread finds it by then),
+ * and one dropped is too.
  */
 export class SharedBufferPool {
-  private readonly idle = new Map<number, Array<{ readonly id: number; readonly bytes: Uint8Array }>>();
-  private idleBytes = 0;
+  private readonly idle: IdleBuffers<SharedBuffer>;
   private nextId = 0;
 
   constructor(
     private readonly announce: (event: { readonly kind: 'buffer'; readonly id: number; readonly share?: SharedArrayBuffer }) => void,
-    private readonly keptBytes: number = 4 * 1024 * 1024,
-  ) {}
+    limits: IdleBufferLimits = FORWARD_BUFFER_LIMITS,
+  ) {
+    this.idle = new IdleBuffers(limits);
+  }
 
-  take(byteLength: number): { readonly id: number; readonly bytes: Uint8Array } {
-    const buffer = this.idle.get(byteLength)?.pop();
-    if (buffer !== undefined) {
-      this.idleBytes -= byteLength;
-      return buffer;
-    }
+  take(byteLength: number): SharedBuffer {
+    const kept = this.idle.take(byteLength);
+    if (kept !== undefined) return kept;
     const share = new SharedArrayBuffer(byteLength);
     const id = this.nextId++;
     this.announce({ kind: 'buffer', id, share });
     return { id, bytes: new Uint8Array(share) };
   }
 
-  give(buffer: { readonly id: number; readonly bytes: Uint8Array }): void {
-    const byteLength = buffer.bytes.byteLength;
-    if (this.idleBytes + byteLength > this.keptBytes) {
-      this.discard(buffer);
-      return;
-    }
-    let kept = this.idle.get(byteLength);
-    if (kept === undefined) {
-      kept = [];
-      this.idle.set(byteLength, kept);
-    }
-    kept.push(buffer);
-    this.idleBytes += byteLength;
+  give(buffer: SharedBuffer): void {
+    if (!this.idle.give(buffer, buffer.bytes.byteLength)) this.discard(buffer);
+  }
+
+  /** Whether trimIfIdle may have buffers to drop. */
+  get aboveIdleLimit(): boolean {
+    return this.idle.aboveIdleLimit;
+  }
+
+  /** Now and then (the queue thread: about once a second while nothing is forwarded): see IdleBuffers. */
+  trimIfIdle(): void {
+    this.idle.trimIfIdle((buffer) => this.discard(buffer));
   }
 
   /**

@@ -3,7 +3,7 @@ import { receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { ENODEV, type IoResult } from '../base/errno';
 import { IoOp, carriesData, type Bio } from '../io/bio';
 import { openFileDevice } from '../io/file-device';
-import { native } from '../io/native';
+import { copyBytes, native } from '../io/native';
 import { adoptPunchCounter } from '../io/punch-count';
 import { WaitPolicies } from '../io/poll-policy';
 import { IoRing, type WaitOptions } from '../io/ring';
@@ -15,6 +15,7 @@ import { queueThreadTargetTypes } from '../targets';
 import { UblkQueue } from '../ublk/queue';
 import { queueThreadCpus, sameCpus } from './queue-placement';
 import { RingTurns } from './ring-turns';
+import { TRIM_LOOK_MS } from './idle-buffers';
 import { ANSWER_FIELDS, NO_BUFFER, REQUEST_FIELDS, RecordRing, SharedBufferPool, writeRequest, type ForwardedRequest } from './forward-channel';
 import type { AttachMessage, FromQueueThread, QueueThreadData, TablePlan, ToQueueThread } from './queue-thread-protocol';
 
@@ -98,8 +99,21 @@ function publishForwarded(request: ForwardedRequest): boolean {
   return true;
 }
 
+/** When shared buffers were last offered to trim (Date.now(): cheap, and any jump just looks early or late once). */
+let trimLookedAtMs = 0;
+
+/** About once a second while nothing is forwarded: a burst of large requests gives its memory back. */
+function trimIdleBuffers(): void {
+  if (forwardedInFlight > 0 || !sharedBuffers.aboveIdleLimit) return;
+  const now = Date.now();
+  if (Math.abs(now - trimLookedAtMs) < TRIM_LOOK_MS) return;
+  trimLookedAtMs = now;
+  sharedBuffers.trimIfIdle();
+}
+
 /** Before each wait (RingTurns' beforeWait): what waited for room, then one wakeup of the daemon thread. */
 function sendForwarded(): void {
+  trimIdleBuffers();
   while (overflow.length > 0 && publishForwarded(overflow[0]!)) overflow.shift();
   if (!unrung) return;
   unrung = false;
@@ -134,7 +148,7 @@ class ForwardTarget implements Target {
     const id = this.nextId++;
     // Reads and writes carry their bytes in a shared buffer: a view of the tag buffer cannot be shared.
     const buffer = carriesData(bio.op) ? sharedBuffers.take(bio.data.byteLength) : undefined;
-    if (buffer !== undefined && bio.op === IoOp.Write) buffer.bytes.set(bio.data);
+    if (buffer !== undefined && bio.op === IoOp.Write) copyBytes(buffer.bytes, bio.data);
     this.waiting.set(id, { bio, done, buffer });
     forwardedInFlight++;
     const request: ForwardedRequest = {
@@ -157,7 +171,7 @@ class ForwardTarget implements Target {
     forwardedInFlight--;
     const { bio, buffer } = request;
     if (buffer !== undefined) {
-      if (result > 0 && bio.op === IoOp.Read) bio.data.set(buffer.bytes.subarray(0, Math.min(result, bio.data.byteLength)));
+      if (result > 0 && bio.op === IoOp.Read) copyBytes(bio.data, buffer.bytes.subarray(0, Math.min(result, bio.data.byteLength)));
       sharedBuffers.give(buffer);
     }
     request.done(result);

@@ -4,7 +4,8 @@ import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from '
 
 import { EINVAL, ENODEV, ETIMEDOUT, ErrnoError } from '../base/errno';
 import { NO_DATA, IoOp, type Bio, type IoDone } from '../io/bio';
-import { allocPageAligned, native } from '../io/native';
+import { allocPageAligned, copyBytes, native } from '../io/native';
+import { FORWARD_BUFFER_LIMITS, IdleBuffers, TRIM_LOOK_MS, type IdleBufferLimits } from './idle-buffers';
 import { sharedPunchCounter } from '../io/punch-count';
 import { SECTOR_BYTES } from '../base/units';
 import { Dispatcher } from '../dm/dispatcher';
@@ -517,11 +518,11 @@ class RemoteQueues implements QueueServer {
    */
   serveForwarded(thread: QueueThread, request: ForwardedRequest, shared: Uint8Array | undefined): void {
     const data = shared !== undefined ? this.buffers.take(request.sectorCount * SECTOR_BYTES) : NO_DATA;
-    if (shared !== undefined && request.op === IoOp.Write) data.set(shared.subarray(0, data.byteLength));
+    if (shared !== undefined && request.op === IoOp.Write) copyBytes(data, shared.subarray(0, data.byteLength));
     const bio: Bio = { op: request.op, sector: request.sector, sectorCount: request.sectorCount, fua: request.fua, noUnmap: request.noUnmap, data };
     this.dispatcher.submit(bio, (result) => {
       if (shared !== undefined) {
-        if (request.op === IoOp.Read && result > 0) shared.set(data.subarray(0, Math.min(result, shared.byteLength)));
+        if (request.op === IoOp.Read && result > 0) copyBytes(shared, data.subarray(0, Math.min(result, shared.byteLength)));
         // Done with it, as a ublk tag's buffer is once its request is answered.
         this.buffers.give(data);
       }
@@ -532,32 +533,32 @@ class RemoteQueues implements QueueServer {
 
 /**
  * Page-aligned buffers for forwarded requests (so that the targets' backing I/O can go O_DIRECT
- * as it does for requests served here), kept for the next request of the same size: a fresh one
- * each time is memory from the addon, zeroed, faulted in and finalized by the GC. Idle ones are
- * kept up to `keptBytes` in all, enough for every tag of a 4-queue, depth-128 device at 4 KiB,
- * without holding large requests' buffers for good.
+ * as it does for requests served here), kept for the next request of the same size
+ * (idle-buffers.ts says how many): a fresh one each time is memory from the addon, zeroed, faulted
+ * in and finalized by the GC. Once idle, `keptBytes` stay: by default enough for every tag of a
+ * 4-queue, depth-128 device at 4 KiB.
  */
 export class ForwardBuffers {
-  private readonly idle = new Map<number, Uint8Array[]>();
-  private idleBytes = 0;
+  private readonly idle: IdleBuffers<Uint8Array>;
+  private trimTimer: NodeJS.Timeout | undefined;
 
-  constructor(private readonly keptBytes: number = 2 * 1024 * 1024) {}
+  constructor(limits: IdleBufferLimits = { keptBytes: 2 * 1024 * 1024, busyKeptBytes: FORWARD_BUFFER_LIMITS.busyKeptBytes }) {
+    this.idle = new IdleBuffers(limits);
+  }
 
   take(byteLength: number): Uint8Array {
-    const buffer = this.idle.get(byteLength)?.pop();
-    if (buffer === undefined) return new Uint8Array(allocPageAligned(byteLength));
-    this.idleBytes -= byteLength;
-    return buffer;
+    return this.idle.take(byteLength) ?? new Uint8Array(allocPageAligned(byteLength));
   }
 
   give(buffer: Uint8Array): void {
-    if (this.idleBytes + buffer.byteLength > this.keptBytes) return;
-    let kept = this.idle.get(buffer.byteLength);
-    if (kept === undefined) {
-      kept = [];
-      this.idle.set(buffer.byteLength, kept);
-    }
-    kept.push(buffer);
-    this.idleBytes += buffer.byteLength;
+    // One not kept is dropped: the GC frees it.
+    if (!this.idle.give(buffer, buffer.byteLength) || !this.idle.aboveIdleLimit || this.trimTimer !== undefined) return;
+    this.trimTimer = setTimeout(this.trim, TRIM_LOOK_MS).unref();
   }
+
+  private readonly trim = (): void => {
+    this.trimTimer = undefined;
+    this.idle.trimIfIdle(() => {});
+    if (this.idle.aboveIdleLimit) this.trimTimer = setTimeout(this.trim, TRIM_LOOK_MS).unref();
+  };
 }

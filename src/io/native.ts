@@ -143,6 +143,8 @@ export interface NativeAddon {
   copyFromMapping(mapping: ArrayBuffer, mappingByteOffset: number, target: ArrayBufferView): number;
   /** Copy `source` into an mmapShared mapping at `mappingByteOffset`, as copyFromMapping; -EFAULT also when a hole cannot be filled (a full tmpfs). */
   copyToMapping(mapping: ArrayBuffer, mappingByteOffset: number, source: ArrayBufferView): number;
+  /** Copy all of `source` to the start of `target` (which must be at least as long) in vector moves: the bytes copied. */
+  copyBytes(target: ArrayBufferView, source: ArrayBufferView): number;
   /** munmap now; the ArrayBuffer must not be used afterwards (it is detached). */
   unmap(buffer: ArrayBuffer): void;
   /** ioctl(BLKGETSIZE64) on a block device fd. */
@@ -230,4 +232,21 @@ export function isDirectIoAligned(view: ArrayBufferView, byteLength: number, ali
   if (!isMultipleOfPowerOfTwo(byteLength, alignmentBytes)) return false;
   const address = stableAddressOf(view);
   return address !== undefined && isMultipleOfPowerOfTwo(address, alignmentBytes);
+}
+
+/**
+ * Below this, a copy stays in JS: the call into the addon costs more than the copy.
+ */
+const NATIVE_COPY_MIN_BYTES = 1024;
+
+/**
+ * Copy all of `source` to the start of `target` (at least as long). Large copies go through the
+ * addon's vector moves: V8 copies into or out of a SharedArrayBuffer 8 bytes at a time (it must
+ * tolerate other threads writing it), and glibc's memcpy moves a few KiB to a few hundred KiB
+ * with `rep movsb`, both of which qemu's TCG (our test guests) runs slowly; on hardware the
+ * ways are alike.
+ */
+export function copyBytes(target: Uint8Array, source: Uint8Array): void {
+  if (source.byteLength < NATIVE_COPY_MIN_BYTES) target.set(source);
+  else native().copyBytes(target, source);
 }

@@ -95,7 +95,7 @@ describe('queue threads: the forwarding channel in shared memory', () => {
 
   it('announces a shared buffer before it is first named, reuses it by size, and announces one dropped', () => {
     const events: Array<{ kind: string; id: number; shared: boolean }> = [];
-    const pool = new SharedBufferPool((event) => events.push({ kind: event.kind, id: event.id, shared: event.share !== undefined }), 8192);
+    const pool = new SharedBufferPool((event) => events.push({ kind: event.kind, id: event.id, shared: event.share !== undefined }), { keptBytes: 8192, busyKeptBytes: 8192 });
     const a = pool.take(4096);
     assert.deepEqual(events, [{ kind: 'buffer', id: a.id, shared: true }]);
     assert.ok(a.bytes.buffer instanceof SharedArrayBuffer);

@@ -114,7 +114,7 @@ describe('queue threads: buffers of forwarded requests', () => {
   });
 
   it('keeps idle buffers only up to its byte budget', () => {
-    const buffers = new ForwardBuffers(8192);
+    const buffers = new ForwardBuffers({ keptBytes: 8192, busyKeptBytes: 8192 });
     const [a, b, c] = [buffers.take(4096), buffers.take(4096), buffers.take(4096)];
     for (const buffer of [a, b, c]) buffers.give(buffer);
     const again = new Set([buffers.take(4096), buffers.take(4096), buffers.take(4096)]);

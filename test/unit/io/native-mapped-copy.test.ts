@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { spawnSync } from 'node:child_process';
 
-import { native } from '../../../src/io/native';
+import { copyBytes, native } from '../../../src/io/native';
 
 const EFAULT = os.constants.errno.EFAULT;
 
@@ -104,5 +104,29 @@ describe('native copyFromMapping / copyToMapping', () => {
     } finally {
       native().unmap(mapping);
     }
+  });
+});
+
+/** copyBytes: forwarded requests' bytes between a tag's buffer and a shared one (queue-thread.ts). */
+describe('copyBytes (native vector copies between buffers)', () => {
+  const patterned = (byteLength: number, seed: number): Uint8Array => Uint8Array.from({ length: byteLength }, (_, i) => (i * 31 + seed) & 0xff);
+
+  it('copies every length and offset exactly, into shared memory and out, touching nothing past the source', () => {
+    for (const byteLength of [0, 1, 15, 63, 64, 65, 1023, 1024, 1025, 4096, 4096 + 17, 512 * 1024]) {
+      const source = patterned(byteLength + 3, byteLength).subarray(3);
+      const shared = new Uint8Array(new SharedArrayBuffer(byteLength + 8)).fill(0xee);
+      copyBytes(shared.subarray(5), source);
+      assert.deepEqual(Buffer.from(shared.subarray(5, 5 + byteLength)), Buffer.from(source), `${byteLength} bytes in`);
+      assert.ok(shared.subarray(0, 5).every((byte) => byte === 0xee) && shared.subarray(5 + byteLength).every((byte) => byte === 0xee), `${byteLength}: nothing else written`);
+      const back = new Uint8Array(byteLength + 1).fill(0xdd);
+      copyBytes(back, shared.subarray(5, 5 + byteLength));
+      assert.deepEqual(Buffer.from(back.subarray(0, byteLength)), Buffer.from(source), `${byteLength} bytes out`);
+      assert.equal(back[byteLength], 0xdd);
+    }
+  });
+
+  it('refuses a target shorter than the source, and what is not a view', () => {
+    assert.throws(() => native().copyBytes(new Uint8Array(4095), new Uint8Array(4096)), RangeError);
+    assert.throws(() => native().copyBytes({} as Uint8Array, new Uint8Array(4)), TypeError);
   });
 });
