@@ -214,6 +214,12 @@ async function settledDescriptorsOn(file: string, expected: number): Promise<num
   return count;
 }
 
+/** On the daemon thread's ring a file's size is looked at once a millisecond (FileDevice.sizeLookDue): let one pass. */
+async function nextMillisecond(): Promise<void> {
+  const start = Date.now();
+  while (Date.now() === start) await new Promise((resolve) => setTimeout(resolve, 1));
+}
+
 describe('FileDevice on tmpfs: reads and writes copied through a mapping of the file', () => {
   let shm: string;
   let file: string;
@@ -297,9 +303,33 @@ describe('FileDevice on tmpfs: reads and writes copied through a mapping of the 
     }
   });
 
+  it('on a ring the event loop drives, looks at the file\'s size once a millisecond, however many flushes', async () => {
+    const addon = native() as { fileSize: (fd: number) => number };
+    const fileSize = addon.fileSize;
+    const dateNow = Date.now;
+    let looks = 0;
+    let nowMs = dateNow();
+    addon.fileSize = (fd) => {
+      looks++;
+      return fileSize(fd);
+    };
+    Date.now = () => nowMs;
+    try {
+      for (let page = 0; page < 8; page++) assert.equal(await device.write(Buffer.alloc(PAGE, page), page * 8, false), PAGE);
+      assert.equal(looks, 1, 'eight writes, eight flushes, one millisecond');
+      nowMs += 1;
+      assert.equal(await device.read(Buffer.alloc(PAGE), 0), PAGE);
+      assert.equal(looks, 2, 'the next millisecond looks again');
+    } finally {
+      addon.fileSize = fileSize;
+      Date.now = dateNow;
+    }
+  });
+
   it('a file cut short within a page: a write past its new end extends it, as pwrite does, not into the mapped rest of the page', async () => {
     assert.equal(await device.read(Buffer.alloc(PAGE), 0), PAGE, 'the file mapped and learned');
     await fsp.truncate(file, 3 * PAGE + 512);
+    await nextMillisecond();
     assert.equal(await device.write(Buffer.alloc(512, 8), 3 * 8 + 2, false), 512);
     const onFile = await fsp.readFile(file);
     assert.equal(onFile.length, 3 * PAGE + 3 * 512, 'the write extended the file');
@@ -310,6 +340,7 @@ describe('FileDevice on tmpfs: reads and writes copied through a mapping of the 
   it('a file shrunk under it: reads and writes answer as pread and pwrite do, and the process lives', async () => {
     assert.equal(await device.read(Buffer.alloc(PAGE), 0), PAGE, 'the file mapped and learned');
     await fsp.truncate(file, 2 * PAGE);
+    await nextMillisecond();
     assert.equal(await device.read(Buffer.alloc(4 * PAGE), 0), 2 * PAGE, 'a short read, as pread gives');
     assert.equal(await device.read(Buffer.alloc(PAGE), 8 * 8), 0, 'past the end');
     assert.equal(await device.write(Buffer.alloc(PAGE, 2), 4 * 8, false), PAGE, 'pwrite extends the file');
