@@ -17,6 +17,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("createEventFd", Napi::Function::New(env, CreateEventFd, "createEventFd"));
   exports.Set("allocAligned", Napi::Function::New(env, AllocAligned, "allocAligned"));
   exports.Set("addressOf", Napi::Function::New(env, AddressOf, "addressOf"));
+  exports.Set("adviseNoHugePages", Napi::Function::New(env, AdviseNoHugePages, "adviseNoHugePages"));
   exports.Set("mmapReadOnly", Napi::Function::New(env, MmapReadOnly, "mmapReadOnly"));
   exports.Set("mmapShared", Napi::Function::New(env, MmapShared, "mmapShared"));
   exports.Set("copyFromMapping", Napi::Function::New(env, CopyFromMapping, "copyFromMapping"));

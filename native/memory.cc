@@ -108,6 +108,19 @@ Napi::Value AllocAligned(const Napi::CallbackInfo& info) {
   return Napi::ArrayBuffer::New(env, data, static_cast<size_t>(byteLength), FreeAligned);
 }
 
+Napi::Value AdviseNoHugePages(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  void* data = nullptr;
+  size_t byteLength = 0;
+  if (info.Length() < 1 || !ViewBytes(info[0], &data, &byteLength)) return env.Undefined();
+  // Only the pages wholly inside the view: its edges may share a page with other memory.
+  uintptr_t start = (reinterpret_cast<uintptr_t>(data) + kPageBytes - 1) & ~static_cast<uintptr_t>(kPageBytes - 1);
+  uintptr_t end = (reinterpret_cast<uintptr_t>(data) + byteLength) & ~static_cast<uintptr_t>(kPageBytes - 1);
+  // Advice only: a kernel without transparent huge pages refuses it (EINVAL), which changes nothing.
+  if (end > start) madvise(reinterpret_cast<void*>(start), end - start, MADV_NOHUGEPAGE);
+  return env.Undefined();
+}
+
 Napi::Value AddressOf(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   void* data = nullptr;

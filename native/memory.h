@@ -8,6 +8,9 @@ namespace ublkdm {
 
 Napi::Value AllocAligned(const Napi::CallbackInfo& info);
 Napi::Value AddressOf(const Napi::CallbackInfo& info);
+// adviseNoHugePages(view): madvise(MADV_NOHUGEPAGE) over the whole pages of the view, as
+// allocAligned does for its own large buffers (tag buffers are touched a few KiB at a time).
+Napi::Value AdviseNoHugePages(const Napi::CallbackInfo& info);
 Napi::Value MmapReadOnly(const Napi::CallbackInfo& info);
 Napi::Value MmapShared(const Napi::CallbackInfo& info);
 Napi::Value Unmap(const Napi::CallbackInfo& info);

@@ -103,7 +103,7 @@ export class RecordRing {
 }
 
 /** A forwarded request's record: where each field is. */
-export const REQUEST_FIELDS = 7;
+export const REQUEST_FIELDS = 8;
 const DEV_ID = 0;
 const ID = 1;
 const OP = 2;
@@ -111,8 +111,10 @@ const SECTOR = 3;
 const SECTOR_COUNT = 4;
 const FLAGS = 5;
 const BUFFER_ID = 6;
+const BYTE_OFFSET = 7;
 const FUA = 1;
 const NO_UNMAP = 2;
+const IN_TAG_MEMORY = 4;
 /** The buffer id of a request that carries no bytes (flush, discard, write-zeroes). */
 export const NO_BUFFER = -1;
 
@@ -125,8 +127,15 @@ export interface ForwardedRequest {
   readonly sectorCount: number;
   readonly fua: boolean;
   readonly noUnmap: boolean;
-  /** The shared buffer with a write's bytes, or for a read's (SharedBuffers), or NO_BUFFER. */
+  /** The shared buffer with a write's bytes, or for a read's (SharedBufferPool), or NO_BUFFER. */
   readonly bufferId: number;
+  /** Where in that buffer the bytes are. */
+  readonly byteOffset: number;
+  /**
+   * The buffer is the queue's tag memory (UblkQueue.tagMemory): the bytes are the ublk tag's own,
+   * aligned as a tag's buffer is, and the daemon thread serves the request in them, no copy made.
+   */
+  readonly inTagMemory: boolean;
 }
 
 export function writeRequest(records: Float64Array, at: number, request: ForwardedRequest): void {
@@ -135,8 +144,9 @@ export function writeRequest(records: Float64Array, at: number, request: Forward
   records[at + OP] = request.op;
   records[at + SECTOR] = request.sector;
   records[at + SECTOR_COUNT] = request.sectorCount;
-  records[at + FLAGS] = (request.fua ? FUA : 0) | (request.noUnmap ? NO_UNMAP : 0);
+  records[at + FLAGS] = (request.fua ? FUA : 0) | (request.noUnmap ? NO_UNMAP : 0) | (request.inTagMemory ? IN_TAG_MEMORY : 0);
   records[at + BUFFER_ID] = request.bufferId;
+  records[at + BYTE_OFFSET] = request.byteOffset;
 }
 
 export function readRequest(records: Float64Array, at: number): ForwardedRequest {
@@ -150,6 +160,8 @@ export function readRequest(records: Float64Array, at: number): ForwardedRequest
     fua: (flags & FUA) !== 0,
     noUnmap: (flags & NO_UNMAP) !== 0,
     bufferId: records[at + BUFFER_ID]!,
+    byteOffset: records[at + BYTE_OFFSET]!,
+    inTagMemory: (flags & IN_TAG_MEMORY) !== 0,
   };
 }
 
@@ -190,6 +202,16 @@ export class SharedBufferPool {
 
   give(buffer: SharedBuffer): void {
     if (!this.idle.give(buffer, buffer.bytes.byteLength)) this.discard(buffer);
+  }
+
+  /**
+   * Announce memory that is not the pool's (a queue's tag memory), for requests to name by the
+   * id returned; discard() it when it is no longer named.
+   */
+  register(share: SharedArrayBuffer): number {
+    const id = this.nextId++;
+    this.announce({ kind: 'buffer', id, share });
+    return id;
   }
 
   /** Whether trimIfIdle may have buffers to drop. */

@@ -16,7 +16,7 @@ import { UblkQueue } from '../ublk/queue';
 import { queueThreadCpus, sameCpus } from './queue-placement';
 import { RingTurns } from './ring-turns';
 import { TRIM_LOOK_MS } from './idle-buffers';
-import { ANSWER_FIELDS, NO_BUFFER, REQUEST_FIELDS, RecordRing, SharedBufferPool, writeRequest, type ForwardedRequest } from './forward-channel';
+import { ANSWER_FIELDS, NO_BUFFER, REQUEST_FIELDS, RecordRing, SharedBufferPool, writeRequest, type ForwardedRequest, type SharedBuffer } from './forward-channel';
 import type { AttachMessage, FromQueueThread, QueueThreadData, TablePlan, ToQueueThread } from './queue-thread-protocol';
 
 /**
@@ -123,7 +123,8 @@ function sendForwarded(): void {
 interface WaitingRequest {
   readonly bio: Bio;
   readonly done: MapDone;
-  readonly buffer: { readonly id: number; readonly bytes: Uint8Array } | undefined;
+  /** The pool's buffer its bytes were copied to (not in the tag memory), else undefined. */
+  readonly buffer: SharedBuffer | undefined;
 }
 
 /**
@@ -136,8 +137,20 @@ class ForwardTarget implements Target {
   readonly capabilities = ALL_CAPABILITIES;
   private nextId = 0;
   private readonly waiting = new Map<number, WaitingRequest>();
+  /** The queue's tag memory (UblkQueue.tagMemory), once useTagMemory named it. */
+  private tagShare: SharedArrayBuffer | undefined;
+  /** Its id for the daemon thread, announced with the first request that names it. */
+  private tagShareId = NO_BUFFER;
 
   constructor(private readonly devId: number) {}
+
+  /**
+   * The tags' buffers lie in `tagMemory`, shared: a request whose bytes are there (as every
+   * request's are, but for writes placed elsewhere) is forwarded by where they are, not copied.
+   */
+  useTagMemory(tagMemory: Uint8Array): void {
+    if (tagMemory.buffer instanceof SharedArrayBuffer) this.tagShare = tagMemory.buffer;
+  }
 
   /** As the only segment of the device, its target sectors are device sectors. */
   map(bio: Bio, done: MapDone): void {
@@ -146,9 +159,20 @@ class ForwardTarget implements Target {
 
   readonly forwardAt = (bio: Bio, deviceSector: number, done: MapDone): void => {
     const id = this.nextId++;
-    // Reads and writes carry their bytes in a shared buffer: a view of the tag buffer cannot be shared.
-    const buffer = carriesData(bio.op) ? sharedBuffers.take(bio.data.byteLength) : undefined;
-    if (buffer !== undefined && bio.op === IoOp.Write) copyBytes(buffer.bytes, bio.data);
+    let buffer: SharedBuffer | undefined;
+    let bufferId = NO_BUFFER;
+    let byteOffset = 0;
+    const inTagMemory = carriesData(bio.op) && this.tagShare !== undefined && bio.data.buffer === this.tagShare;
+    if (inTagMemory) {
+      if (this.tagShareId === NO_BUFFER) this.tagShareId = sharedBuffers.register(this.tagShare!);
+      bufferId = this.tagShareId;
+      byteOffset = bio.data.byteOffset;
+    } else if (carriesData(bio.op)) {
+      // Bytes elsewhere (a write placed in the backing file's mapping, say) travel in a buffer of the pool.
+      buffer = sharedBuffers.take(bio.data.byteLength);
+      if (bio.op === IoOp.Write) copyBytes(buffer.bytes, bio.data);
+      bufferId = buffer.id;
+    }
     this.waiting.set(id, { bio, done, buffer });
     forwardedInFlight++;
     const request: ForwardedRequest = {
@@ -159,7 +183,9 @@ class ForwardTarget implements Target {
       sectorCount: bio.sectorCount,
       fua: bio.fua,
       noUnmap: bio.noUnmap,
-      bufferId: buffer?.id ?? NO_BUFFER,
+      bufferId,
+      byteOffset,
+      inTagMemory,
     };
     if (overflow.length > 0 || !publishForwarded(request)) overflow.push(request);
   };
@@ -189,6 +215,10 @@ class ForwardTarget implements Target {
       if (buffer !== undefined) sharedBuffers.discard(buffer);
       done(-ENODEV);
     }
+    // The daemon thread forgets the tag memory too (it keeps what requests in service hold).
+    if (this.tagShareId !== NO_BUFFER) sharedBuffers.discard({ id: this.tagShareId });
+    this.tagShareId = NO_BUFFER;
+    this.tagShare = undefined;
   }
 
   status(): string {
@@ -224,7 +254,9 @@ class DeviceQueue {
       attach.queueId,
       (request, done) => this.dispatcher.submit(request, done),
       this.dispatcher,
+      'shared',
     );
+    this.forward.useTagMemory(this.queue.tagMemory);
   }
 
   get local(): boolean {

@@ -4,7 +4,7 @@ import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from '
 
 import { EINVAL, ENODEV, ETIMEDOUT, ErrnoError } from '../base/errno';
 import { NO_DATA, IoOp, type Bio, type IoDone } from '../io/bio';
-import { allocPageAligned, copyBytes, native } from '../io/native';
+import { adoptSharedMemory, allocPageAligned, copyBytes, native } from '../io/native';
 import { FORWARD_BUFFER_LIMITS, IdleBuffers, TRIM_LOOK_MS, type IdleBufferLimits } from './idle-buffers';
 import { sharedPunchCounter } from '../io/punch-count';
 import { SECTOR_BYTES } from '../base/units';
@@ -260,6 +260,8 @@ export class QueueThread {
         this.warn(`queue thread forwarded a request with an unknown buffer ${request.bufferId}`);
         return;
       }
+      const byteLength = request.sectorCount * SECTOR_BYTES;
+      if (request.byteOffset !== 0 || byteLength !== bytes.byteLength) bytes = bytes.subarray(request.byteOffset, request.byteOffset + byteLength);
     }
     if (this.pool === undefined) this.answer(request.devId, request.id, -ENODEV);
     else this.pool.serveForwarded(this, request, bytes);
@@ -309,8 +311,12 @@ export class QueueThread {
         this.warn(message.message);
         return;
       case 'buffer':
-        if (message.share === undefined) this.sharedBuffers.delete(message.id);
-        else this.sharedBuffers.set(message.id, new Uint8Array(message.share));
+        if (message.share === undefined) {
+          this.sharedBuffers.delete(message.id);
+        } else {
+          adoptSharedMemory(message.share);
+          this.sharedBuffers.set(message.id, new Uint8Array(message.share));
+        }
         return;
       default:
         this.pool?.deliver(this, message);
@@ -513,10 +519,17 @@ class RemoteQueues implements QueueServer {
   }
 
   /**
-   * @internal A request a queue thread forwarded: run it through the dispatcher here, in a
-   * page-aligned buffer (backing I/O may go O_DIRECT), the bytes copied from and to `shared`.
+   * @internal A request a queue thread forwarded: run it through the dispatcher here. Its bytes
+   * are served where they are when they are the ublk tag's own (in the queue's shared tag
+   * memory, aligned as a tag's buffer for backing I/O that goes O_DIRECT); others are copied from
+   * and to `shared` through a page-aligned buffer.
    */
   serveForwarded(thread: QueueThread, request: ForwardedRequest, shared: Uint8Array | undefined): void {
+    if (shared !== undefined && request.inTagMemory) {
+      const bio: Bio = { op: request.op, sector: request.sector, sectorCount: request.sectorCount, fua: request.fua, noUnmap: request.noUnmap, data: shared };
+      this.dispatcher.submit(bio, (result) => thread.answer(this.devId, request.id, result));
+      return;
+    }
     const data = shared !== undefined ? this.buffers.take(request.sectorCount * SECTOR_BYTES) : NO_DATA;
     if (shared !== undefined && request.op === IoOp.Write) copyBytes(data, shared.subarray(0, data.byteLength));
     const bio: Bio = { op: request.op, sector: request.sector, sectorCount: request.sectorCount, fua: request.fua, noUnmap: request.noUnmap, data };

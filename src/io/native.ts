@@ -121,6 +121,8 @@ export interface NativeAddon {
   allocAligned(byteLength: number, alignment: number): ArrayBuffer;
   /** The address of a view's first byte (for ublk command `addr` fields). */
   addressOf(view: ArrayBufferView): number;
+  /** madvise(MADV_NOHUGEPAGE) over the whole pages of `view` (advice: refused by a kernel without THP, silently). */
+  adviseNoHugePages(view: ArrayBufferView): void;
   /** mmap(PROT_READ, MAP_SHARED) of `byteLength` bytes of `fd` at `fileByteOffset`; munmap on GC or unmap(). */
   mmapReadOnly(fd: number, fileByteOffset: number, byteLength: number): ArrayBuffer;
   /** mmap(PROT_READ | PROT_WRITE, MAP_SHARED): stores into it are stores into the file. Released as mmapReadOnly's. */
@@ -177,12 +179,14 @@ export function native(): NativeAddon {
 }
 
 /**
- * ArrayBuffers known to start on a page boundary (made by allocPageAligned), with the address of
- * their first byte once something asked for it (ADDRESS_NOT_ASKED before): their memory lies
- * outside the V8 heap and never moves, so the address holds while the buffer lives.
+ * Buffers whose memory lies outside the V8 heap and never moves (allocPageAligned's, and shared
+ * memory: allocSharedPageAligned's and those adopted from another thread), with the address of
+ * their first byte once something asked for it (ADDRESS_NOT_ASKED before): the address holds
+ * while the buffer lives.
  */
 const pageAlignedBuffers = new WeakMap<ArrayBufferLike, number>();
 const ADDRESS_NOT_ASKED = -1;
+const PAGE_BYTES = 4096;
 
 /** Page-aligned, zero-filled memory outside the V8 heap, usable for O_DIRECT I/O. */
 export function allocPageAligned(byteLength: number): ArrayBuffer {
@@ -193,7 +197,29 @@ export function allocPageAligned(byteLength: number): ArrayBuffer {
 }
 
 /**
- * The address of `view`'s first byte when it lies in memory from allocPageAligned, else
+ * `byteLength` bytes of zero-filled memory in a SharedArrayBuffer (the view's `buffer`), starting
+ * on a page boundary, as allocPageAligned's: memory a queue thread's ublk tags and the daemon
+ * thread can both use, so that a request forwarded between them carries no copy of its bytes.
+ * The SharedArrayBuffer is a page longer, for the alignment.
+ */
+export function allocSharedPageAligned(byteLength: number): Uint8Array {
+  const share = new SharedArrayBuffer(byteLength + PAGE_BYTES);
+  const whole = new Uint8Array(share);
+  const address = native().addressOf(whole);
+  const view = new Uint8Array(share, (PAGE_BYTES - (address % PAGE_BYTES)) % PAGE_BYTES, byteLength);
+  pageAlignedBuffers.set(share, address);
+  // As allocAligned's large buffers: a tag's few KiB must not make a huge page resident.
+  native().adviseNoHugePages(view);
+  return view;
+}
+
+/** A SharedArrayBuffer from another thread (allocSharedPageAligned's): its memory never moves either. */
+export function adoptSharedMemory(share: SharedArrayBuffer): void {
+  if (!pageAlignedBuffers.has(share)) pageAlignedBuffers.set(share, ADDRESS_NOT_ASKED);
+}
+
+/**
+ * The address of `view`'s first byte when it lies in memory that never moves (above), else
  * undefined: what a request staged for the kernel (NativeRing.stageSqes) can carry instead of
  * the view. Valid while the view's buffer is alive; the caller keeps it alive until the kernel is
  * done with it.

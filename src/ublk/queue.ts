@@ -1,7 +1,7 @@
 import { EIO, ENODEV, EOPNOTSUPP, ETIMEDOUT, ErrnoError, type IoResult } from '../base/errno';
 import { PAGE_BYTES, SECTOR_BYTES } from '../base/units';
 import { IoOp, NO_DATA, carriesData, type InPlaceBio, type IoDone } from '../io/bio';
-import { allocPageAligned, native } from '../io/native';
+import { allocPageAligned, allocSharedPageAligned, native } from '../io/native';
 import type { IoRing } from '../io/ring';
 import {
   UBLK_IO_F_FUA,
@@ -106,6 +106,8 @@ export class UblkQueue {
   private unmapped = false;
   /** Called once every tag is retired (for a thread that must release the queue itself). */
   onRetired: (() => void) | undefined;
+  /** Every tag's buffer, one after the other (`depth` x `maxIoBytes`, page-aligned). */
+  readonly tagMemory: Uint8Array;
 
   constructor(
     readonly ring: IoRing,
@@ -114,13 +116,19 @@ export class UblkQueue {
     private readonly handler: UblkHandler,
     /** Places writes on a device with needGetData; without one their data goes to the tag's buffer. */
     private readonly placer?: WritePlacer,
+    /**
+     * 'shared': the tags' buffers lie in a SharedArrayBuffer (tagMemory.buffer), which a queue
+     * thread shares with the daemon thread so that a forwarded request's bytes are not copied.
+     */
+    tagMemoryKind: 'private' | 'shared' = 'private',
   ) {
     const addon = native();
     const { charFd, depth, maxIoBytes } = geometry;
     this.descriptorMapping = addon.mmapReadOnly(charFd, descriptorMmapByteOffset(queueId), descriptorMmapByteLength(depth));
     this.descriptorWords = new Uint32Array(this.descriptorMapping);
     try {
-      const queueBuffer = new Uint8Array(allocPageAligned(depth * maxIoBytes));
+      const queueBuffer = tagMemoryKind === 'shared' ? allocSharedPageAligned(depth * maxIoBytes) : new Uint8Array(allocPageAligned(depth * maxIoBytes));
+      this.tagMemory = queueBuffer;
       const queueAddress = addon.addressOf(queueBuffer);
       for (let tag = 0; tag < depth; tag++) {
         const byteOffset = tag * maxIoBytes;

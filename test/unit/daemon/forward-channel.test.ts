@@ -30,10 +30,10 @@ describe('queue threads: the forwarding channel in shared memory', () => {
 
   it('encodes a request exactly, sectors past 2^32 included', () => {
     const ring = RecordRing.create(2, REQUEST_FIELDS);
-    const request = { devId: 3, id: 2 ** 31 + 5, op: IoOp.Write, sector: 2 ** 40 + 8, sectorCount: 2048, fua: true, noUnmap: false, bufferId: 12 };
+    const request = { devId: 3, id: 2 ** 31 + 5, op: IoOp.Write, sector: 2 ** 40 + 8, sectorCount: 2048, fua: true, noUnmap: false, bufferId: 12, byteOffset: 127 * 512 * 1024, inTagMemory: true };
     writeRequest(ring.records, ring.slot(), request);
     ring.publish();
-    const flush = { ...request, op: IoOp.Flush, fua: false, noUnmap: true, bufferId: NO_BUFFER };
+    const flush = { ...request, op: IoOp.Flush, fua: false, noUnmap: true, bufferId: NO_BUFFER, byteOffset: 0, inTagMemory: false };
     writeRequest(ring.records, ring.slot(), flush);
     ring.publish();
     const back: unknown[] = [];

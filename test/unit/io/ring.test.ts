@@ -5,7 +5,7 @@ import * as path from 'node:path';
 
 import { execFile } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
-import { allocPageAligned, isDirectIoAligned, native, stableAddressOf } from '../../../src/io/native';
+import { allocPageAligned, allocSharedPageAligned, isDirectIoAligned, native, stableAddressOf } from '../../../src/io/native';
 import { ECANCELED, EOPNOTSUPP } from '../../../src/base/errno';
 import { IoRing } from '../../../src/io/ring';
 import { UBLK_U_IO_FETCH_REQ } from '../../../src/ublk/abi';
@@ -446,6 +446,42 @@ describe('stableAddressOf', () => {
     assert.equal(stableAddressOf(view), native().addressOf(view));
     assert.equal(stableAddressOf(view), native().addressOf(view), 'asked a second time');
     assert.equal(stableAddressOf(new DataView(memory.buffer, 512)), native().addressOf(memory) + 512);
+  });
+});
+
+describe('allocSharedPageAligned: tag memory a queue thread shares with the daemon thread', () => {
+  it('is zeroed, page-aligned memory in a SharedArrayBuffer, whose views have stable addresses', () => {
+    const memory = allocSharedPageAligned(5 * 4096);
+    assert.ok(memory.buffer instanceof SharedArrayBuffer);
+    assert.equal(memory.byteLength, 5 * 4096);
+    assert.equal(native().addressOf(memory) % 4096, 0);
+    assert.ok(memory.every((byte) => byte === 0));
+    const tag = memory.subarray(4096, 3 * 4096);
+    assert.equal(stableAddressOf(tag), native().addressOf(tag));
+    assert.equal(isDirectIoAligned(tag, tag.byteLength, 4096), true);
+  });
+
+  it('is the same memory at the same address on the thread that adopts it', async () => {
+    const memory = allocSharedPageAligned(2 * 4096);
+    const addonPath = require.resolve('../../../src/io/native');
+    const worker = new Worker(
+      `const { parentPort, workerData } = require('node:worker_threads');
+       const { adoptSharedMemory, native, stableAddressOf } = require(workerData.addonPath);
+       const { share, byteOffset } = workerData;
+       adoptSharedMemory(share);
+       const tag = new Uint8Array(share, byteOffset + 4096, 4096);
+       tag.fill(0x5a);
+       parentPort.postMessage([stableAddressOf(tag), native().addressOf(tag)]);`,
+      { eval: true, workerData: { addonPath, share: memory.buffer, byteOffset: memory.byteOffset } },
+    );
+    try {
+      const [stable, found] = (await new Promise((resolve, reject) => worker.once('message', resolve).once('error', reject))) as number[];
+      assert.equal(stable, found);
+      assert.equal(found, native().addressOf(memory) + 4096);
+      assert.ok(memory.subarray(4096).every((byte) => byte === 0x5a) && memory.subarray(0, 4096).every((byte) => byte === 0));
+    } finally {
+      await worker.terminate();
+    }
   });
 });
 
