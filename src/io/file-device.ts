@@ -232,10 +232,10 @@ export class FileDevice implements BlockDevice {
    * On a queue thread's ring, at every wait. On a ring the event loop drives (the daemon
    * thread's: its targets' copies, never ublk's in place) a "wait" is a flush, and a request to a
    * mirror or a snapshot takes several, each looking at every file it touches: four fstats for a
-   * 4 KiB mirror write, 15 % of its time under TCG. There the size is looked at once in each
-   * millisecond of the wall clock (any change of Date.now(), so a jump of the clock only looks
-   * early): a truncate can meet a copy within that millisecond, as it can meet one between the
-   * look and the copy on a queue thread.
+   * 4 KiB mirror write (strace), some 150 us of its 1.1 ms under TCG at stop 39's 35-42 us an
+   * fstat. There the size is looked at once in each millisecond of the wall clock (any change
+   * of Date.now(), so a jump of the clock only looks early): a truncate can meet a copy within
+   * that millisecond, as it can meet one between the look and the copy on a queue thread.
    */
   private sizeLookDue(): boolean {
     if (this.ring.isCallerDriven) return true;
