@@ -168,7 +168,9 @@ class ForwardTarget implements Target {
       bufferId = this.tagShareId;
       byteOffset = bio.data.byteOffset;
     } else if (carriesData(bio.op)) {
-      // Bytes elsewhere (a write placed in the backing file's mapping, say) travel in a buffer of the pool.
+      // Bytes outside the tag memory travel in a buffer of the pool. No forwarding path makes
+      // such bytes today (the targets that place writes in a file's mapping are served here, not
+      // forwarded); the copy keeps a future one correct.
       buffer = sharedBuffers.take(bio.data.byteLength);
       if (bio.op === IoOp.Write) copyBytes(buffer.bytes, bio.data);
       bufferId = buffer.id;

@@ -184,7 +184,7 @@ export function native(): NativeAddon {
  * their first byte once something asked for it (ADDRESS_NOT_ASKED before): the address holds
  * while the buffer lives.
  */
-const pageAlignedBuffers = new WeakMap<ArrayBufferLike, number>();
+const stableBuffers = new WeakMap<ArrayBufferLike, number>();
 const ADDRESS_NOT_ASKED = -1;
 const PAGE_BYTES = 4096;
 
@@ -192,7 +192,7 @@ const PAGE_BYTES = 4096;
 export function allocPageAligned(byteLength: number): ArrayBuffer {
   const buffer = native().allocAligned(byteLength, 4096);
   // Not asked yet: a buffer made for one request (a forwarded write) may never need it.
-  pageAlignedBuffers.set(buffer, ADDRESS_NOT_ASKED);
+  stableBuffers.set(buffer, ADDRESS_NOT_ASKED);
   return buffer;
 }
 
@@ -207,7 +207,7 @@ export function allocSharedPageAligned(byteLength: number): Uint8Array {
   const whole = new Uint8Array(share);
   const address = native().addressOf(whole);
   const view = new Uint8Array(share, (PAGE_BYTES - (address % PAGE_BYTES)) % PAGE_BYTES, byteLength);
-  pageAlignedBuffers.set(share, address);
+  stableBuffers.set(share, address);
   // As allocAligned's large buffers: a tag's few KiB must not make a huge page resident.
   native().adviseNoHugePages(view);
   return view;
@@ -215,7 +215,7 @@ export function allocSharedPageAligned(byteLength: number): Uint8Array {
 
 /** A SharedArrayBuffer from another thread (allocSharedPageAligned's): its memory never moves either. */
 export function adoptSharedMemory(share: SharedArrayBuffer): void {
-  if (!pageAlignedBuffers.has(share)) pageAlignedBuffers.set(share, ADDRESS_NOT_ASKED);
+  if (!stableBuffers.has(share)) stableBuffers.set(share, ADDRESS_NOT_ASKED);
 }
 
 /**
@@ -228,14 +228,14 @@ export function stableAddressOf(view: ArrayBufferView): number | undefined {
   const known = stableViewAddresses.get(view);
   if (known !== undefined) return known;
   const buffer = view.buffer;
-  const bufferAddress = pageAlignedBuffers.get(buffer);
+  const bufferAddress = stableBuffers.get(buffer);
   if (bufferAddress === undefined) return undefined;
   let viewAddress: number;
   if (bufferAddress !== ADDRESS_NOT_ASKED) {
     viewAddress = bufferAddress + view.byteOffset;
   } else {
     viewAddress = native().addressOf(view);
-    pageAlignedBuffers.set(buffer, viewAddress - view.byteOffset);
+    stableBuffers.set(buffer, viewAddress - view.byteOffset);
   }
   stableViewAddresses.set(view, viewAddress);
   return viewAddress;
