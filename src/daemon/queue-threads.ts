@@ -9,7 +9,7 @@ import { FORWARD_BUFFER_LIMITS, IdleBuffers, TRIM_LOOK_MS, type IdleBufferLimits
 import { sharedPunchCounter } from '../io/punch-count';
 import { SECTOR_BYTES } from '../base/units';
 import { Dispatcher } from '../dm/dispatcher';
-import type { DeviceDispatcher, DeviceTable } from '../dm/mapped-device';
+import type { DeviceDispatcher, DeviceTable, ForwardedCounts } from '../dm/mapped-device';
 import type { ScopeKey } from '../dm/scope';
 import type { SuspendOptions } from '../dm/target';
 import type { QueueServer, UblkQueueGeometry } from '../ublk/queue';
@@ -422,6 +422,10 @@ export class ThreadedDispatcher implements DeviceDispatcher {
     this.swapped = true;
     return previous;
   }
+
+  get forwarded(): ForwardedCounts | undefined {
+    return this.queues?.forwarded;
+  }
 }
 
 /** A device's queues, each served by its queue thread. */
@@ -435,6 +439,8 @@ class RemoteQueues implements QueueServer {
   private readonly buffers = new ForwardBuffers();
   private onRetired: (() => void) | undefined;
   private retireError: string | undefined;
+  /** Requests served here for the threads, and those of them whose bytes were copied (ForwardedCounts). */
+  readonly forwarded = { requests: 0, copied: 0 };
 
   constructor(
     private readonly pool: QueueThreadPool,
@@ -525,11 +531,13 @@ class RemoteQueues implements QueueServer {
    * and to `shared` through a page-aligned buffer.
    */
   serveForwarded(thread: QueueThread, request: ForwardedRequest, shared: Uint8Array | undefined): void {
+    this.forwarded.requests++;
     if (shared !== undefined && request.inTagMemory) {
       const bio: Bio = { op: request.op, sector: request.sector, sectorCount: request.sectorCount, fua: request.fua, noUnmap: request.noUnmap, data: shared };
       this.dispatcher.submit(bio, (result) => thread.answer(this.devId, request.id, result));
       return;
     }
+    if (shared !== undefined) this.forwarded.copied++;
     const data = shared !== undefined ? this.buffers.take(request.sectorCount * SECTOR_BYTES) : NO_DATA;
     if (shared !== undefined && request.op === IoOp.Write) copyBytes(data, shared.subarray(0, data.byteLength));
     const bio: Bio = { op: request.op, sector: request.sector, sectorCount: request.sectorCount, fua: request.fua, noUnmap: request.noUnmap, data };

@@ -577,6 +577,7 @@ export class DeviceRegistry {
       blockPath: device.blockPath,
       queues: device.queues,
       depth: device.depth,
+      ...(device.forwarded !== undefined ? { forwarded: { ...device.forwarded } } : {}),
     };
   }
 

@@ -31,6 +31,18 @@ export interface DeviceDispatcher {
   resume(): Promise<void>;
   /** Only while suspended; returns the table it replaced. */
   swapTable(next: DeviceTable): unknown;
+  /** What queue threads sent to this thread, when they serve the device (absent otherwise). */
+  readonly forwarded?: ForwardedCounts;
+}
+
+/**
+ * Requests of a device that queue threads sent to the daemon thread (where owner-thread targets
+ * keep their state) since it was made, and how many of those had their bytes copied there and
+ * back rather than served in the queue's shared tag memory.
+ */
+export interface ForwardedCounts {
+  readonly requests: number;
+  readonly copied: number;
 }
 
 export interface UblkCreateOptions {
@@ -221,6 +233,11 @@ export class MappedDevice {
 
   get depth(): number {
     return this.ublk.depth;
+  }
+
+  /** What its queue threads sent to the daemon thread; undefined when that thread serves its queues. */
+  get forwarded(): ForwardedCounts | undefined {
+    return this.dispatcher.forwarded;
   }
 
   /** The ublk device id (N of /dev/ublkbN). */

@@ -116,6 +116,8 @@ export interface DeviceInfo {
   readonly blockPath: string;
   readonly queues: number;
   readonly depth: number;
+  /** Requests its queue threads sent to the daemon thread (ForwardedCounts); absent when that thread serves its queues. */
+  readonly forwarded?: { readonly requests: number; readonly copied: number };
 }
 
 /** A saved device the daemon could not bring back when it started; `remove NAME` forgets it. */
