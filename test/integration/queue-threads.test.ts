@@ -10,7 +10,7 @@ import { cpus } from 'node:os';
 import { basename } from 'node:path';
 import { parseCpuList, possibleCpuCount } from '../../src/base/cpus';
 import { Sandbox, daemonPid, requireRealUblk, makeBackingFile, mustSh, sh } from './harness';
-import { eventNumber } from './mirror-support';
+import { background, cleanBits, eventNumber, parseMirrorStatus } from './mirror-support';
 
 const MiB = 1 << 20;
 
@@ -327,6 +327,46 @@ describe('integration: queue threads', function () {
       await box.ok(['remove', 'mirrorq']);
       await sh(`rm -f ${linear} ${legA} ${legB}`);
     });
+  });
+
+  it('a mirror reloaded from linear with a disk log: queue threads write both legs of a region the log marks, which stays marked while they do and is cleaned by a suspend', async function () {
+    const [legA, legB, log] = ['hlegA', 'hlegB', 'hlog'].map((name) => `${box.dir}/${name}.img`);
+    await mustSh(`truncate -s 8M ${legA} ${legB} && truncate -s 1M ${log}`);
+    const sectors = (8 * MiB) / 512;
+    const regions = 16; // of 512 KiB
+    const dev = await box.create('mirrorh', `0 ${sectors} linear ${legA} 0`, ['--queues', '2']);
+    await box.ok(['reload', 'mirrorh', '--table', `0 ${sectors} mirror disk 2 ${log} 1024 2 ${legA} 0 ${legB} 0`]);
+    await box.ok(['resume', 'mirrorh']);
+    for (let i = 0; i < 600 && parseMirrorStatus(await box.ok(['status', 'mirrorh'])).inSync < regions; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(parseMirrorStatus(await box.ok(['status', 'mirrorh'])).inSync, regions, 'resynced');
+    const forwarded = async () => (JSON.parse(await box.ok(['info', 'mirrorh', '--json'])) as { forwarded?: { requests: number; copied: number } }).forwarded!;
+    const before = await forwarded();
+
+    // 4k writes all over the device from both queues for 4 s; midway every region is being
+    // written, so each must be dirty in the log on disk.
+    const fio = background(
+      `fio --name=held --filename=${dev} --allow_file_create=0 --ioengine=io_uring --direct=1 --rw=randwrite --bs=4k --iodepth=8 ` +
+        `--numjobs=2 --cpus_allowed=0-${cpus().length - 1} --cpus_allowed_policy=split --time_based --runtime=4 --group_reporting --output-format=json`,
+    );
+    await new Promise((r) => setTimeout(r, 2500));
+    const midway = cleanBits(await readFile(log), regions);
+    const result = await fio.exited;
+    assert.equal(result.code, 0, `fio failed: ${result.stderr}`);
+    assert.deepEqual(midway, new Array(regions).fill(false), 'a region clean in the log while writes land in it');
+    const writes = (JSON.parse(result.stdout) as { jobs: Array<{ write: { total_ios: number } }> }).jobs[0]!.write.total_ios;
+    const after = await forwarded();
+    const sent = after.requests - before.requests;
+    assert.ok(writes > 200, `only ${writes} writes`);
+    assert.ok(sent < writes / 4, `${sent} of ${writes} writes went to the daemon thread: the queue threads did not write held regions`);
+    assert.equal(after.copied, 0, 'a forwarded request had its bytes copied: not served in the tag memory');
+
+    await box.ok(['suspend', 'mirrorh']);
+    await mustSh(`cmp ${legA} ${legB}`);
+    assert.deepEqual(cleanBits(await readFile(log), regions), new Array(regions).fill(true), 'a suspend leaves every region clean, as the kernel does');
+    await box.ok(['resume', 'mirrorh']);
+    await fioVerify(dev, '--size=4M');
+    await box.ok(['remove', 'mirrorh']);
+    await mustSh(`cmp ${legA} ${legB}`);
   });
 
   it('refuses more queues than the kernel grants (one per possible CPU), leaving no device behind', async function () {

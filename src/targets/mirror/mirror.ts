@@ -8,6 +8,7 @@ import { KCOPYD_IGNORE_ERROR, KcopydClient } from '../../kcopyd';
 import { DirtyLogError, type DirtyLog } from './dirty-log';
 import { parseLogPart } from './log-types';
 import { RegionHash, RegionState } from './region-hash';
+import { RegionHolds, SWEEP_MS } from './region-holds';
 import { RESYNC_THROTTLE, resyncThrottleParameter } from './resync-throttle';
 
 /**
@@ -62,12 +63,21 @@ export class MirrorTarget implements Target {
   readonly capabilities: TargetCapabilities;
 
   private readonly regionHash: RegionHash;
+  /** What a queue thread's view (view.ts) reads: the read leg's word, then the region holds. */
+  private readonly viewShare: SharedArrayBuffer;
   /**
-   * The leg a queue thread's view (view.ts) may read from, or -1 (it forwards its reads): the
-   * default leg while it has no errors. Every write reaches the default leg, so it holds the
-   * truth in every region, in sync or not.
+   * The leg a queue thread's view may read from, or -1 (it forwards its reads): the default leg
+   * while it has no errors. Every write reaches the default leg, so it holds the truth in every
+   * region, in sync or not.
    */
-  private readonly readLegShare = new Int32Array(new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT));
+  private readonly readLegShare: Int32Array;
+  /** The regions views may write to all legs themselves. */
+  private readonly holds: RegionHolds;
+  /** Whether queue threads view this mirror (queueViewShare() was asked for): only then are regions held. */
+  private viewed = false;
+  private sweepTimer: NodeJS.Timeout | undefined;
+  /** Regions whose recovery waits for view writes still in flight (after a revoke). */
+  private recoveryAwaitingViews: number[] = [];
   private defaultLeg = 0;
   /** Set when every region is in sync; cleared by a failed write (status event logic, §6). */
   private inSync = false;
@@ -95,7 +105,11 @@ export class MirrorTarget implements Target {
     private readonly kcopyd: KcopydClient = new KcopydClient(),
   ) {
     this.maxIoSectors = log.regionSectors;
-    this.regionHash = new RegionHash(log, features.handleErrors);
+    const heldRegions = log.regionCount <= MAX_HELD_REGIONS ? log.regionCount : 0;
+    this.viewShare = new SharedArrayBuffer(VIEW_SHARE_HOLDS_OFFSET + RegionHolds.byteLength(heldRegions));
+    this.readLegShare = new Int32Array(this.viewShare, 0, 1);
+    this.holds = RegionHolds.create(this.viewShare, VIEW_SHARE_HOLDS_OFFSET, log.regionSectors);
+    this.regionHash = new RegionHash(log, features.handleErrors, (region) => this.holds.busy(region));
     this.capabilities = passthroughCapabilities(legs.map((leg) => leg.device));
     // The kernel's worker makes its first pass at construction, before the table is live: a
     // `nosync` log is already all in sync then, and its "in sync" event is lost (spec §4.2).
@@ -104,7 +118,8 @@ export class MirrorTarget implements Target {
   }
 
   queueViewShare(): SharedArrayBuffer {
-    return this.readLegShare.buffer as SharedArrayBuffer;
+    this.viewed = true;
+    return this.viewShare;
   }
 
   /** Called whenever the default leg or a leg's errors change, before the I/O that saw it is answered. */
@@ -148,12 +163,17 @@ export class MirrorTarget implements Target {
   async presuspend(options: { noflush: boolean }): Promise<void> {
     this.suspending = options;
     this.recoveryAllowed = false;
+    // Views' writes come here from now on, and the regions they held are cleaned as ours are
+    // once the queue threads have drained (postsuspend's pass), leaving the log as the kernel's.
+    this.holds.revokeAll();
+    this.sweep();
     for (const io of this.held.splice(0)) this.completeHeld(io);
     if (this.regionHash.recoveriesInFlight > 0) await new Promise<void>((resolve) => this.recoveryIdle.push(resolve));
     await this.log.presuspend?.();
   }
 
   async postsuspend(): Promise<void> {
+    this.sweep(); // the queue threads have drained: every region presuspend revoked is free now
     await this.nextPass();
     await this.log.postsuspend();
   }
@@ -164,6 +184,8 @@ export class MirrorTarget implements Target {
 
   async destroy(): Promise<void> {
     this.recoveryAllowed = false;
+    clearInterval(this.sweepTimer);
+    this.sweepTimer = undefined;
     await this.kcopyd.destroy();
   }
 
@@ -231,7 +253,14 @@ export class MirrorTarget implements Target {
    */
   private doRecovery(): void {
     if (this.recoveryAllowed) this.regionHash.startRecovery();
-    for (const region of this.regionHash.takeQuiesced()) this.recover(region);
+    const ready = [...this.recoveryAwaitingViews.splice(0), ...this.regionHash.takeQuiesced()];
+    for (const region of ready) {
+      // A region held for views is in sync and never recovered; one revoked by a failed write
+      // may still have their writes in flight, which its copy must not race.
+      if (this.holds.busy(region)) this.recoveryAwaitingViews.push(region);
+      else this.recover(region);
+    }
+    if (this.recoveryAwaitingViews.length > 0) this.startSweeping();
   }
 
   /** Copy a region from the default leg to every other leg (kcopyd, one region at a time). */
@@ -324,6 +353,7 @@ export class MirrorTarget implements Target {
     for (const io of [...toAllLegs, ...toDefaultLeg]) if (countsForRegion(io.bio)) this.regionHash.incPending(io.region);
     // The dirty marks are durable before any data write is issued.
     if ((await this.log.flush()) < 0) this.logFailure = true;
+    this.holdForViews(toAllLegs);
 
     if (this.logFailure && this.features.handleErrors) this.failures.push(...toAllLegs);
     else for (const io of toAllLegs) this.writeToLegs(io, this.legs);
@@ -355,7 +385,10 @@ export class MirrorTarget implements Target {
     legs.forEach((leg, index) => {
       if (errors & regionBit(index)) this.failLeg(leg, io.bio.op === IoOp.Flush ? 'flush' : 'write');
     });
-    if (io.bio.op === IoOp.Flush) this.regionHash.markFlushFailure();
+    if (io.bio.op === IoOp.Flush) {
+      this.regionHash.markFlushFailure();
+      this.holds.revokeAll();
+    }
     this.failures.push(io);
     this.wake();
   }
@@ -364,7 +397,10 @@ export class MirrorTarget implements Target {
   private doFailures(): void {
     for (const io of this.failures.splice(0)) {
       if (!this.logFailure) {
-        if (countsForRegion(io.bio)) this.regionHash.markNoSync(io.region);
+        if (countsForRegion(io.bio)) {
+          this.holds.revoke(io.region);
+          this.regionHash.markNoSync(io.region);
+        }
         this.inSync = false;
       }
       const anyLegValid = this.legs.some((leg) => leg.errorCount === 0);
@@ -395,9 +431,43 @@ export class MirrorTarget implements Target {
     this.wake();
   }
 
+  /**
+   * After the log flush of a pass: the regions of writes about to go to every leg, marked dirty
+   * durably now, may take views' writes too, while the legs and the log are healthy and the
+   * table is not being suspended.
+   */
+  private holdForViews(toAllLegs: readonly QueuedIo[]): void {
+    if (!this.viewed || this.logFailure || this.suspending !== undefined || this.legs.some((leg) => leg.errorCount > 0)) return;
+    let held = false;
+    for (const io of toAllLegs) {
+      if (io.bio.op !== IoOp.Write || io.region >= this.holds.regionCount) continue;
+      this.holds.hold(io.region);
+      held = true;
+    }
+    if (held) this.startSweeping();
+  }
+
+  private startSweeping(): void {
+    if (this.sweepTimer !== undefined) return;
+    this.sweepTimer = setInterval(() => this.sweep(), SWEEP_MS);
+    this.sweepTimer.unref(); // a held region is cleaned at suspend anyway
+  }
+
+  /** Release held regions idle for a sweep, and run a pass for what that frees. */
+  private sweep(): void {
+    const freed = this.holds.sweep();
+    for (const region of freed) this.regionHash.released(region);
+    if (freed.length > 0 || this.recoveryAwaitingViews.length > 0) this.wake();
+    if (!this.holds.anyBusy && this.recoveryAwaitingViews.length === 0 && this.sweepTimer !== undefined) {
+      clearInterval(this.sweepTimer);
+      this.sweepTimer = undefined;
+    }
+  }
+
   /** fail_mirror (§7). */
   private failLeg(leg: MirrorLeg, type: LegErrorType): void {
     leg.errorCount++;
+    this.holds.revokeAll(); // a failed leg changes how writes are done: the owner does them all
     this.publishReadLeg();
     if (leg.errorTypes.has(type)) return;
     leg.errorTypes.add(type);
@@ -410,6 +480,15 @@ export class MirrorTarget implements Target {
     this.device.raiseEvent();
   }
 }
+
+/** Where the region holds start in the view share, after the read leg's word. */
+export const VIEW_SHARE_HOLDS_OFFSET = Int32Array.BYTES_PER_ELEMENT;
+/**
+ * Regions held for views at most (16 MiB of share): 2 TiB of mirror in LVM's 512 KiB regions. A
+ * larger mirror's views send every write to the owner. The share's pages are touched only where
+ * regions are written.
+ */
+const MAX_HELD_REGIONS = 1 << 22;
 
 /** Flushes and discards are sent to all legs without region accounting. */
 function countsForRegion(bio: Bio): boolean {

@@ -38,6 +38,11 @@ export class RegionHash {
     private readonly log: DirtyLog,
     /** handle_errors: a failed recovery leaves the region out of sync. */
     private readonly handleErrors: boolean,
+    /**
+     * Whether writes the hash does not count (a queue thread's, region-holds.ts) still need
+     * `region`'s dirty mark: a drained region then stays DIRTY until released().
+     */
+    private readonly markNeededElsewhere: (region: number) => boolean = () => false,
   ) {}
 
   /** CLEAN, DIRTY, NOSYNC or RECOVERING. */
@@ -70,6 +75,17 @@ export class RegionHash {
       entry.state = RegionState.Clean;
       this.clean.add(entry);
     }
+  }
+
+  /**
+   * The writes markNeededElsewhere() stood for have ended: a region kept DIRTY for them, with no
+   * write of ours in flight, becomes clean at the next updateStates.
+   */
+  released(region: number): void {
+    const entry = this.regions.get(region);
+    if (entry === undefined || entry.state !== RegionState.Dirty || entry.pendingWrites > 0) return;
+    entry.state = RegionState.Clean;
+    this.clean.add(entry);
   }
 
   /** A write to `region` failed on some leg: the legs differ there now (§3 mark_nosync). */
@@ -113,6 +129,11 @@ export class RegionHash {
     }
     for (const entry of cleaned) {
       if (entry.state !== RegionState.Clean || entry.pendingWrites > 0) continue; // dirtied again since
+      if (this.markNeededElsewhere(entry.region)) {
+        // Its mark stays, and a write of ours finds it DIRTY: no mark again, no log write.
+        entry.state = RegionState.Dirty;
+        continue;
+      }
       this.log.clearRegion(entry.region);
       this.regions.delete(entry.region);
     }

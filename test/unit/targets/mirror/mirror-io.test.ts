@@ -6,7 +6,9 @@ import type { BlockDevice } from '../../../../src/io/block-device';
 import { MemoryDevice } from '../../../../src/testing/memory-device';
 import { submitted } from '../../../../src/testing/tables';
 import type { DirtyLog } from '../../../../src/targets/mirror/dirty-log';
-import { MirrorLeg, MirrorTarget } from '../../../../src/targets/mirror/mirror';
+import { MirrorLeg, MirrorTarget, VIEW_SHARE_HOLDS_OFFSET } from '../../../../src/targets/mirror/mirror';
+import { RegionHolds, SWEEP_MS } from '../../../../src/targets/mirror/region-holds';
+import { MirrorView } from '../../../../src/targets/mirror/view';
 
 const REGION = 8;
 const REGION_BYTES = REGION * 512;
@@ -219,5 +221,135 @@ describe('mirror: leg failures', () => {
     assert.equal(await io(mirror, IoOp.Read, 0, back), REGION_BYTES);
     assert.ok(back.every((b) => b === 0x22));
     assert.match(mirror.status('info'), / 1 RA 1 core$/);
+  });
+});
+
+describe('mirror: regions held for queue threads\' writes', () => {
+  /** An in-sync mirror queue threads view, and one view built over its share. */
+  async function rigViewed(options: { handleErrors?: boolean; inSync?: boolean; resume?: boolean } = {}) {
+    const rig = rigMirror(options);
+    const share = rig.mirror.queueViewShare();
+    const forwarded: Array<[IoOp, number]> = [];
+    const view = new MirrorView(
+      rig.legs.map((device) => new MirrorLeg(device.open(), 0)),
+      new Int32Array(share, 0, 1),
+      0,
+      (b, deviceSector, done) => {
+        forwarded.push([b.op, deviceSector]);
+        rig.mirror.map({ ...b, sector: deviceSector }, done);
+      },
+      '',
+      RegionHolds.over(share, VIEW_SHARE_HOLDS_OFFSET),
+    );
+    if (options.resume ?? true) await rig.mirror.resume(); // (a resume starts the resync of a mirror out of sync)
+    await settle();
+    return { ...rig, view, forwarded };
+  }
+
+  const viewIo = (view: MirrorView, sector: number, data: Uint8Array) =>
+    submitted<MapOutcome>((b, done) => view.map(b, done), { op: IoOp.Write, sector, sectorCount: data.byteLength / 512, data, fua: false, noUnmap: false });
+
+  it('after the owner marked a region for a write, the views write there to every leg themselves, and its mark stays', async () => {
+    const { legs, log, view, forwarded } = await rigViewed();
+    assert.equal(await viewIo(view, 3 * REGION, Buffer.alloc(REGION_BYTES, 0x51)), REGION_BYTES);
+    assert.deepEqual(forwarded, [[IoOp.Write, 3 * REGION]], 'the first write to a region goes to the owner, which marks it');
+    await settle();
+    assert.ok(!log.events.includes('clear 3'), 'the owner keeps the mark of a region it holds for views');
+    const eventsBefore = log.events.length;
+    assert.equal(await viewIo(view, 3 * REGION + 2, Buffer.alloc(1024, 0x52)), 1024);
+    assert.equal(forwarded.length, 1, 'served by the view');
+    for (const device of legs) {
+      assert.ok(device.contents.subarray(3 * REGION_BYTES, 3 * REGION_BYTES + 1024).every((b) => b === 0x51));
+      assert.ok(device.contents.subarray(3 * REGION_BYTES + 1024, 3 * REGION_BYTES + 2048).every((b) => b === 0x52), 'on every leg');
+    }
+    await settle();
+    assert.deepEqual(log.events.slice(eventsBefore), [], 'no mark, no log flush for a held region');
+    assert.equal(await viewIo(view, 4 * REGION, Buffer.alloc(512, 0x53)), 512);
+    assert.equal(await viewIo(view, 5 * REGION - 1, Buffer.alloc(1024, 0x54)), 1024);
+    assert.deepEqual(forwarded.slice(1), [[IoOp.Write, 4 * REGION], [IoOp.Write, 5 * REGION - 1]], 'another region, and a write across two, go to the owner');
+  });
+
+  it('a suspend cleans the held regions as the kernel\'s leaves them, and views write nothing themselves until the owner marks again', async () => {
+    const { mirror, log, view, forwarded } = await rigViewed();
+    await viewIo(view, 0, Buffer.alloc(512, 1));
+    await viewIo(view, 2 * REGION, Buffer.alloc(512, 2));
+    await settle();
+    assert.ok(!log.events.includes('clear 0') && !log.events.includes('clear 2'));
+    await mirror.presuspend({ noflush: false });
+    await mirror.postsuspend();
+    const lastFlush = log.events.lastIndexOf('flush');
+    for (const region of [0, 2]) {
+      const clearedAt = log.events.indexOf(`clear ${region}`);
+      assert.ok(clearedAt >= 0 && clearedAt < lastFlush, `region ${region} cleaned, then the log flushed: ${log.events.join(', ')}`);
+    }
+    await mirror.resume();
+    await viewIo(view, 0, Buffer.alloc(512, 3));
+    assert.equal(forwarded.length, 3, 'after the resume the owner marks the region again first');
+  });
+
+  it('a view write in flight at presuspend keeps its region marked until it lands; postsuspend then cleans it', async () => {
+    const { mirror, legs, log, view } = await rigViewed();
+    await viewIo(view, 7 * REGION, Buffer.alloc(512, 1));
+    await settle();
+    const gate = legs[1]!.hold(['write', 'writev']);
+    const inFlight = viewIo(view, 7 * REGION, Buffer.alloc(512, 2));
+    await gate.whenWaiting(1);
+    await mirror.presuspend({ noflush: false });
+    await settle();
+    assert.ok(!log.events.includes('clear 7'), 'not cleaned under a write in flight');
+    gate.release();
+    assert.equal(await inFlight, 512); // the queue threads drain here, between the two hooks
+    await mirror.postsuspend();
+    assert.ok(log.events.includes('clear 7'), log.events.join(', '));
+  });
+
+  it('a view write that fails on a leg is done again by the owner, which fails the leg; no region is held from then on', async () => {
+    const { legs, mirror, view, forwarded } = await rigViewed();
+    await viewIo(view, 6 * REGION, Buffer.alloc(512, 1));
+    await settle();
+    legs[1]!.failOp('write', 5);
+    legs[1]!.failOp('writev', 5);
+    assert.equal(await viewIo(view, 6 * REGION, Buffer.alloc(512, 2)), 512, 'without handle_errors the data on the default leg counts');
+    assert.deepEqual(forwarded, [[IoOp.Write, 6 * REGION], [IoOp.Write, 6 * REGION]], 'the failed write went to the owner');
+    assert.match(mirror.status('info'), / AD 1 core$/);
+    legs[1]!.failOp('write', null);
+    legs[1]!.failOp('writev', null);
+    await viewIo(view, 6 * REGION, Buffer.alloc(512, 3));
+    assert.equal(forwarded.length, 3, 'the owner holds nothing for views while a leg has failed');
+  });
+
+  it('holds nothing in a region out of sync, nor for a mirror no queue thread views', async () => {
+    const outOfSync = await rigViewed({ inSync: false, resume: false });
+    await viewIo(outOfSync.view, 0, Buffer.alloc(512, 1));
+    await viewIo(outOfSync.view, 0, Buffer.alloc(512, 1));
+    assert.equal(outOfSync.forwarded.length, 2);
+    await outOfSync.mirror.destroy();
+
+    const { mirror, log } = rigMirror();
+    await mirror.resume();
+    await io(mirror, IoOp.Write, 0, Buffer.alloc(512, 1));
+    await settle();
+    assert.ok(log.events.includes('clear 0'), 'unviewed, a region goes clean as soon as its write drained');
+  });
+});
+
+describe('mirror: held regions left idle', () => {
+  it('are cleaned within two sweeps of the last view write, with the mirror left running', async function () {
+    this.timeout(10_000);
+    const { mirror, legs, log } = rigMirror();
+    const share = mirror.queueViewShare();
+    const holds = RegionHolds.over(share, VIEW_SHARE_HOLDS_OFFSET);
+    await mirror.resume();
+    await io(mirror, IoOp.Write, 9 * REGION, Buffer.alloc(512, 1));
+    await settle();
+    assert.ok(!log.events.includes('clear 9'));
+    assert.equal(holds.enter(9), true, 'held for views');
+    holds.leave(9);
+    const started = Date.now();
+    while (!log.events.includes('clear 9') && Date.now() - started < 2 * SWEEP_MS + 1000) await settle(50);
+    assert.ok(log.events.includes('clear 9'), `cleaned after ${Date.now() - started} ms: ${log.events.join(', ')}`);
+    assert.equal(holds.enter(9), false, 'released');
+    assert.equal(legs.length, 2);
+    await mirror.destroy();
   });
 });
