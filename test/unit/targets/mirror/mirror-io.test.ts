@@ -336,7 +336,7 @@ describe('mirror: regions held for queue threads\' writes', () => {
 describe('mirror: held regions left idle', () => {
   it('are cleaned within two sweeps of the last view write, with the mirror left running', async function () {
     this.timeout(10_000);
-    const { mirror, legs, log } = rigMirror();
+    const { mirror, log } = rigMirror();
     const share = mirror.queueViewShare();
     const holds = RegionHolds.over(share, VIEW_SHARE_HOLDS_OFFSET);
     await mirror.resume();
@@ -349,7 +349,6 @@ describe('mirror: held regions left idle', () => {
     while (!log.events.includes('clear 9') && Date.now() - started < 2 * SWEEP_MS + 1000) await settle(50);
     assert.ok(log.events.includes('clear 9'), `cleaned after ${Date.now() - started} ms: ${log.events.join(', ')}`);
     assert.equal(holds.enter(9), false, 'released');
-    assert.equal(legs.length, 2);
     await mirror.destroy();
   });
 });
